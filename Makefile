@@ -1,0 +1,56 @@
+# roomcast: `make run` starts a local cluster, `make test` installs what the tests need and runs them.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+PORT   ?= 3000
+PROTOCOL_SUITES ?=
+
+.PHONY: run test lint typecheck bench compliance compliance-server install install-test clean
+
+$(VENV)/.stamp-install: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.stamp-test: $(VENV)/.stamp-install pyproject.toml
+	$(PIP) install --quiet -e '.[test]'
+	touch $@
+
+tests/js/node_modules/.stamp: tests/js/package.json tests/js/package-lock.json
+	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(VENV)/.stamp-install
+
+install-test: $(VENV)/.stamp-test tests/js/node_modules/.stamp
+
+run: install
+	$(VENV)/bin/roomcast up --config cluster.toml
+
+test: install-test
+	$(VENV)/bin/ruff check roomcast tests bench examples
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -q
+
+lint: install-test
+	$(VENV)/bin/ruff check roomcast tests bench examples
+	$(VENV)/bin/ruff format --check roomcast tests bench examples
+
+typecheck: install-test
+	$(VENV)/bin/mypy
+
+bench: install-test
+	$(PY) -m bench
+
+compliance-server: install
+	PYTHONPATH=. $(PY) examples/compliance.py
+
+compliance:
+	@test -n "$(PROTOCOL_SUITES)" || { echo "set PROTOCOL_SUITES to a local copy of the socket.io repository"; exit 2; }
+	cd $(PROTOCOL_SUITES)/docs/engine.io-protocol/v4-test-suite && npm ci --no-audit --no-fund --loglevel=error && npx mocha test-suite.js
+	cd $(PROTOCOL_SUITES)/docs/socket.io-protocol/v5-test-suite && npm ci --no-audit --no-fund --loglevel=error && npx mocha test-suite.js
+
+clean:
+	rm -rf $(VENV) tests/js/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,272 @@
+"""The one loader of ``cluster.toml`` (+ environment overrides) into frozen, validated settings.
+
+Every key has a default (the same values are written, commented, in the repository's
+``cluster.toml``). Unknown keys and values of the wrong type or range are :class:`ConfigError`
+naming the dotted key. Environment variables override the file:
+``ROOMCAST__NODE__PORT=3001`` sets ``node.port``; values are parsed as TOML values when they can
+be, else taken as strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from roomcast.errors import ConfigError
+
+ENV_PREFIX = "ROOMCAST__"
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """``[node]``: one edge node's identity and HTTP listener."""
+
+    id: str = ""  #: empty: a random id is chosen at start
+    host: str = "127.0.0.1"
+    port: int = 3000
+    path: str = "/socket.io/"
+    cors_origins: tuple[str, ...] = ()  #: ``["*"]`` allows any origin
+    app: str = ""  #: ``module:attr`` of an app setup function; empty: the built-in relay only
+    shutdown_grace_ms: int = 2_000
+
+
+@dataclass(frozen=True)
+class EngineIOSettings:
+    """``[engineio]``: Engine.IO parameters sent in the handshake, in milliseconds."""
+
+    ping_interval_ms: int = 25_000
+    ping_timeout_ms: int = 20_000
+    max_payload: int = 1_000_000
+    connect_timeout_ms: int = 45_000
+    upgrade_timeout_ms: int = 10_000
+    transports: tuple[str, ...] = ("polling", "websocket")
+    allow_upgrades: bool = True
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """``[limits]``: every network input's bound; past one the session closes with a reason."""
+
+    max_packets_per_body: int = 256
+    max_attachments: int = 10
+    max_ack_id: int = 2**53 - 1
+    max_rooms_per_socket: int = 256
+    max_namespaces_per_connection: int = 16
+    send_buffer_bytes: int = 4 * 1024 * 1024
+    max_buffered_packets: int = 10_000
+    max_room_name_length: int = 256
+    max_event_name_length: int = 128
+
+
+@dataclass(frozen=True)
+class NamespacePolicy:
+    """``[namespaces."/name"]``: what the built-in relay lets clients of one namespace do."""
+
+    name: str = "/"
+    client_join: bool = True
+    client_leave: bool = True
+    publish: Literal["members", "any", "none"] = "members"
+    echo: bool = False
+    auth: Literal["none", "secret", "jwt"] = "none"
+    secret: str = ""
+    room_pattern: str = ""  #: a regex room names must match in full; empty: any name
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole, frozen configuration of a roomcast process."""
+
+    node: NodeSettings = field(default_factory=NodeSettings)
+    engineio: EngineIOSettings = field(default_factory=EngineIOSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    namespaces: tuple[NamespacePolicy, ...] = (NamespacePolicy(),)
+
+    def namespace_policy(self, name: str) -> NamespacePolicy | None:
+        """The relay policy of ``name``, if the config declares that namespace."""
+        for policy in self.namespaces:
+            if policy.name == name:
+                return policy
+        return None
+
+    def replace(self, **sections: Any) -> Settings:
+        """A copy with whole sections replaced, or with dotted overrides:
+        ``settings.replace(**{"node.port": 0})``."""
+        data = to_dict(self)
+        for key, value in sections.items():
+            _set_dotted(data, key.split("."), value)
+        return from_dict(data)
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load ``path`` (or only the defaults when None) and apply environment overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    for name, raw in (os.environ if env is None else env).items():
+        if name.startswith(ENV_PREFIX):
+            keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
+            _set_dotted(data, keys, _parse_env_value(raw))
+    return from_dict(data)
+
+
+def from_dict(data: Mapping[str, Any]) -> Settings:
+    """Validate a plain mapping (the shape of ``cluster.toml``) into :class:`Settings`."""
+    raw = dict(data)
+    namespaces_raw = raw.pop("namespaces", None)
+    settings: Settings = _build(Settings, raw, "", skip={"namespaces"})
+    if namespaces_raw is not None:
+        if not isinstance(namespaces_raw, Mapping):
+            raise ConfigError("namespaces: expected a table of namespace tables")
+        policies = []
+        for name, table in namespaces_raw.items():
+            if not isinstance(name, str) or not name.startswith("/"):
+                raise ConfigError(f"namespaces.{name}: a namespace name starts with '/'")
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"namespaces.{name}: expected a table")
+            policies.append(_build(NamespacePolicy, {**table, "name": name}, f"namespaces.{name}"))
+        settings = dataclasses.replace(settings, namespaces=tuple(policies))
+    _check(settings)
+    return settings
+
+
+def to_dict(settings: Settings) -> dict[str, Any]:
+    """The inverse of :func:`from_dict` (namespaces as a table keyed by name)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(settings):
+        if f.name == "namespaces":
+            out["namespaces"] = {
+                p.name: {k: v for k, v in dataclasses.asdict(p).items() if k != "name"}
+                for p in settings.namespaces
+            }
+        else:
+            out[f.name] = dataclasses.asdict(getattr(settings, f.name))
+    return out
+
+
+def _set_dotted(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        child = data.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(keys)}: {key} is not a table")
+        data = child
+    data[keys[-1]] = value
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _build(cls: type[Any], table: Mapping[str, Any], path: str, skip: set[str] = set()) -> Any:  # noqa: B006
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{path or '<root>'}: expected a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{_join(path, key)}: unknown key")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.name not in table:
+            continue
+        kwargs[f.name] = _coerce(hints[f.name], table[f.name], _join(path, f.name))
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{path}: must be one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected a list")
+        return tuple(_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin in (types.UnionType, typing.Union):
+        for arm in typing.get_args(hint):
+            try:
+                return _coerce(arm, value, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path}: invalid value {value!r}")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{path}: expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string")
+        return value
+    raise ConfigError(f"{path}: unsupported setting type {hint!r}")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _positive(settings: Any, section: str, *names: str) -> None:
+    for name in names:
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{section}.{name}: must be positive")
+
+
+def _check(s: Settings) -> None:
+    _positive(
+        s.engineio,
+        "engineio",
+        "ping_interval_ms",
+        "ping_timeout_ms",
+        "max_payload",
+        "connect_timeout_ms",
+        "upgrade_timeout_ms",
+    )
+    _positive(s.limits, "limits", *(f.name for f in dataclasses.fields(s.limits)))
+    if not 0 <= s.node.port <= 65535:
+        raise ConfigError("node.port: must be between 0 and 65535")
+    if not (s.node.path.startswith("/") and s.node.path.endswith("/")):
+        raise ConfigError("node.path: must start and end with '/'")
+    for i, t in enumerate(s.engineio.transports):
+        if t not in ("polling", "websocket"):
+            raise ConfigError(f"engineio.transports[{i}]: must be 'polling' or 'websocket'")
+    if not s.engineio.transports:
+        raise ConfigError("engineio.transports: at least one transport")
+    for p in s.namespaces:
+        if p.auth != "none" and not p.secret:
+            raise ConfigError(f"namespaces.{p.name}.secret: required when auth = {p.auth!r}")
+        if p.room_pattern:
+            try:
+                re.compile(p.room_pattern)
+            except re.error as exc:
+                raise ConfigError(f"namespaces.{p.name}.room_pattern: {exc}") from exc

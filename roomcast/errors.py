@@ -1,0 +1,66 @@
+"""The one error tree of roomcast.
+
+As in h11, protocol errors are split by whose fault they are:
+:class:`RemoteProtocolError` means a peer sent something we refuse (the session that sent it is
+closed with :attr:`~RemoteProtocolError.reason`), :class:`LocalProtocolError` means our own code
+asked for something the protocol forbids. Neither carries text that is sent back to a peer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RoomcastError(Exception):
+    """Base class of every error roomcast raises on purpose."""
+
+
+class ConfigError(RoomcastError):
+    """A configuration value is missing, unknown or invalid; the message names the dotted key."""
+
+
+class ProtocolError(RoomcastError):
+    """Base class of Engine.IO / Socket.IO protocol violations."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        #: A named disconnect reason (one of :mod:`roomcast.protocol.reasons`).
+        self.reason = reason
+        #: Text for logs only; never sent to a peer.
+        self.detail = detail
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the protocol or a limit; its session must be closed with ``reason``."""
+
+
+class LocalProtocolError(ProtocolError):
+    """Our own code attempted something the protocol state machine forbids."""
+
+
+class ConnectRefusedError(RoomcastError):
+    """Raised by middleware or a ``connect`` handler to refuse a namespace connection.
+
+    The client receives ``CONNECT_ERROR`` with ``{"message": message}`` and, when given,
+    ``"data": data``.
+    """
+
+    def __init__(self, message: str = "Connection rejected by server", data: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+
+class AckTimeoutError(RoomcastError):
+    """An acknowledgement did not arrive before its deadline.
+
+    For a broadcast, ``responses`` holds the answers that did arrive in time.
+    """
+
+    def __init__(self, message: str, responses: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.responses: list[Any] = responses or []
+
+
+class DisconnectedError(RoomcastError):
+    """The socket was disconnected before the operation could complete."""

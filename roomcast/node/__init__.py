@@ -1,0 +1,1 @@
+"""The edge node: aiohttp routes, transports, namespaces, rooms and the built-in relay."""

@@ -1,0 +1,494 @@
+"""Engine.IO transports on aiohttp: a thin pump around :class:`EngineSession`.
+
+:class:`Connection` is one client (one Engine.IO session): it owns the session state machine,
+its heartbeat timer, the pending polling GET or the WebSocket, and the Socket.IO decoder. The
+HTTP handlers here only move bytes between aiohttp and the session; every protocol decision is
+made by :mod:`roomcast.protocol.engineio`.
+
+Writes to a WebSocket go straight to the TCP transport as pre-built frames
+(:class:`~roomcast.protocol.frames.Frames`): a broadcast costs one ``transport.write`` per
+recipient and no per-recipient encoding. The transport's write buffer is the per-socket send
+buffer: past ``limits.send_buffer_bytes`` the session closes with ``send buffer full``, and a
+volatile packet is dropped as soon as the buffer is not empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from roomcast.errors import RemoteProtocolError
+from roomcast.protocol import engineio as eio
+from roomcast.protocol import reasons
+from roomcast.protocol import socketio as sio
+from roomcast.protocol.frames import Frames, ws_frame, ws_text
+
+if TYPE_CHECKING:
+    from roomcast.node.server import Server
+    from roomcast.node.sockets import Socket
+
+log = logging.getLogger("roomcast.node")
+
+# Engine.IO's HTTP error codes (engine.io's Server.errors).
+_ERR_TRANSPORT_UNKNOWN = (0, "Transport unknown")
+_ERR_UNKNOWN_SID = (1, "Session ID unknown")
+_ERR_BAD_HANDSHAKE_METHOD = (2, "Bad handshake method")
+_ERR_BAD_REQUEST = (3, "Bad request")
+_ERR_UNSUPPORTED_VERSION = (5, "Unsupported protocol version")
+
+_TEXT_PLAIN = "text/plain; charset=UTF-8"
+
+
+def new_id() -> str:
+    """A random, URL-safe, 20-character session id."""
+    return secrets.token_urlsafe(15)
+
+
+class Connection:
+    """One client connection: an Engine.IO session and the Socket.IO sockets multiplexed on it."""
+
+    __slots__ = (
+        "_poll_waiter",
+        "_posting",
+        "_timer",
+        "_ws",
+        "_ws_transport",
+        "connect_timer",
+        "decoder",
+        "request",
+        "server",
+        "session",
+        "sockets",
+    )
+
+    def __init__(self, server: Server, session: eio.EngineSession, request: web.Request) -> None:
+        self.server = server
+        self.session = session
+        self.request = request
+        self.decoder = sio.Decoder(server.decoder_limits)
+        self.sockets: dict[str, Socket] = {}
+        self._ws: web.WebSocketResponse | None = None
+        self._ws_transport: asyncio.Transport | None = None
+        self._poll_waiter: asyncio.Future[eio.Packet | None] | None = None
+        self._posting = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.connect_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def sid(self) -> str:
+        """The Engine.IO session id."""
+        return self.session.sid
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session has ended."""
+        return self.session.closed
+
+    @property
+    def transport_name(self) -> str:
+        """``"polling"`` or ``"websocket"``."""
+        return self.session.transport.value
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def write(self, frames: Frames, volatile: bool = False) -> bool:
+        """Send one pre-built packet; returns whether it was written or queued."""
+        transport = self._ws_transport
+        if transport is not None:
+            if transport.is_closing():
+                return False
+            size = transport.get_write_buffer_size()
+            if size:
+                if volatile:
+                    self.server.stats.volatile_dropped += 1
+                    return False
+                if size > self.server.settings.limits.send_buffer_bytes:
+                    self.close(reasons.SEND_BUFFER_FULL)
+                    return False
+            transport.write(frames.ws)
+            return True
+        if self.session.closed:
+            return False
+        if volatile and (self._poll_waiter is None or self.session.upgrading):
+            self.server.stats.volatile_dropped += 1
+            return False
+        try:
+            for text in frames.poll:
+                self.session.buffer(text)
+        except RemoteProtocolError as exc:
+            self.close(exc.reason)
+            return False
+        self._wake_poll(None)
+        return True
+
+    def send_packet(self, packet: sio.Packet) -> None:
+        """Encode and send one Socket.IO packet to this client only."""
+        self.write(Frames(sio.encode(packet)))
+
+    def send_engine(self, packet: eio.Packet) -> None:
+        """Send one Engine.IO packet (a PING, or a raw MESSAGE) on the current transport."""
+        transport = self._ws_transport
+        if transport is not None:
+            if not transport.is_closing():
+                if isinstance(packet.data, bytes):
+                    transport.write(ws_frame(packet.data, 0x2))
+                else:
+                    transport.write(ws_text(eio.encode_text(packet)))
+            return
+        if self.session.closed:
+            return
+        try:
+            self.session.buffer(eio.encode_text(packet))
+        except RemoteProtocolError as exc:
+            self.close(exc.reason)
+            return
+        self._wake_poll(None)
+
+    def _wake_poll(self, result: eio.Packet | None) -> None:
+        waiter = self._poll_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(result)
+
+    # -- session events -----------------------------------------------------------------------
+
+    def start_timer(self) -> None:
+        """(Re)arm the heartbeat timer at the session's next deadline."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self.session.closed:
+            loop = self.server.loop
+            self._timer = loop.call_at(self.session.next_deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.handle(self.session.on_timer(self.server.loop.time()))
+        self.start_timer()
+
+    def handle(self, events: Iterable[eio.EngineEvent]) -> None:
+        """Act on what the session state machine decided."""
+        for event in events:
+            if isinstance(event, eio.MessageReceived):
+                self.on_message(event.data)
+            elif isinstance(event, eio.SendPacket):
+                self.send_engine(event.packet)
+            elif isinstance(event, eio.SessionClosed):
+                self._finish_close(event)
+            if self.session.closed:
+                return
+
+    def receive(self, packet: eio.Packet) -> None:
+        """Feed one packet from the current transport (errors close this session only)."""
+        try:
+            events = self.session.receive(packet, self.server.loop.time())
+        except RemoteProtocolError as exc:
+            self.close(exc.reason, exc.detail)
+            return
+        if packet.type is eio.PacketType.PONG:
+            self.start_timer()
+        self.handle(events)
+
+    def on_message(self, data: str | bytes) -> None:
+        """An Engine.IO MESSAGE: hand it to the server (which decodes it as Socket.IO)."""
+        self.server.on_engine_message(self, data)
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def close(self, reason: str, detail: str = "") -> None:
+        """Close the whole connection from the server side with a named reason."""
+        if self.session.closed:
+            return
+        if detail:
+            log.info("closing session %s: %s (%s)", self.sid, reason, detail)
+        else:
+            log.debug("closing session %s: %s", self.sid, reason)
+        self._finish_close(self.session.close(reason))
+
+    def _finish_close(self, event: eio.SessionClosed) -> None:
+        server = self.server
+        server.stats.closed_by_reason[event.reason] += 1
+        server.connections.pop(self.sid, None)
+        for handle in (self._timer, self.connect_timer):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self.connect_timer = None
+        self._wake_poll(event.notify_poll)
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            code = (
+                WSCloseCode.OK
+                if event.reason
+                in (
+                    reasons.TRANSPORT_CLOSE,
+                    reasons.SERVER_SHUTTING_DOWN,
+                    reasons.FORCED_SERVER_CLOSE,
+                    reasons.PING_TIMEOUT,
+                )
+                else WSCloseCode.POLICY_VIOLATION
+            )
+            if event.reason == reasons.PAYLOAD_TOO_LARGE:
+                code = WSCloseCode.MESSAGE_TOO_BIG
+            server.spawn(ws.close(code=code, message=event.reason.encode()))
+        self._ws_transport = None
+        for socket in list(self.sockets.values()):
+            socket._on_close(event.reason)
+        self.sockets.clear()
+
+    # -- transports ---------------------------------------------------------------------------
+
+    async def poll(self) -> web.Response:
+        """Serve one polling GET: answer with the outbox, or wait for something to send."""
+        session = self.session
+        if self._poll_waiter is not None:
+            self.close(reasons.DUPLICATE_POLL)
+            return _error(_ERR_BAD_REQUEST)
+        if not session.has_outbox():
+            if session.upgrading:
+                return _payload(eio.encode_text(eio.NOOP))
+            waiter: asyncio.Future[eio.Packet | None] = self.server.loop.create_future()
+            self._poll_waiter = waiter
+            try:
+                notify = await waiter
+            except asyncio.CancelledError:
+                # The client went away with the GET pending (§HTTP long-polling: the session
+                # cannot know what was delivered, so it ends).
+                self.close(reasons.POLL_ABORTED)
+                raise
+            finally:
+                self._poll_waiter = None
+            if notify is not None and not session.has_outbox():
+                return _payload(eio.encode_text(notify))
+        return _payload(eio.encode_payload(session.take_outbox()))
+
+    async def post(self, request: web.Request) -> web.Response:
+        """Serve one polling POST: decode the payload and feed every packet."""
+        if self._posting:
+            self.close(reasons.DUPLICATE_POLL, "concurrent POST")
+            return _error(_ERR_BAD_REQUEST)
+        limit = self.session.settings.max_payload
+        if request.content_length is not None and request.content_length > limit:
+            self.close(reasons.PAYLOAD_TOO_LARGE)
+            return web.Response(status=413, text="payload too large")
+        self._posting = True
+        try:
+            body = await _read_limited(request, limit)
+        finally:
+            self._posting = False
+        if body is None:
+            self.close(reasons.PAYLOAD_TOO_LARGE)
+            return web.Response(status=413, text="payload too large")
+        if self.session.closed:
+            return _error(_ERR_UNKNOWN_SID)
+        try:
+            text = body.decode("utf-8")
+            events = self.session.receive_payload(text, self.server.loop.time())
+        except (RemoteProtocolError, UnicodeDecodeError) as exc:
+            reason = exc.reason if isinstance(exc, RemoteProtocolError) else reasons.PARSE_ERROR
+            self.close(reason, getattr(exc, "detail", "invalid UTF-8"))
+            return _error(_ERR_BAD_REQUEST)
+        self.start_timer()
+        self.handle(events)
+        return web.Response(text="ok", content_type="text/html")
+
+    async def run_websocket(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+        """Pump a WebSocket that carries this session from its start."""
+        self._ws = ws
+        self._ws_transport = transport
+        await self._read_websocket(ws)
+
+    async def upgrade(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+        """Run the upgrade handshake (§Upgrade) on ``ws``, then pump it."""
+        session = self.session
+        timeout = session.settings.upgrade_timeout_ms / 1000
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    msg = await ws.receive()
+                    if msg.type is not WSMsgType.TEXT:
+                        raise RemoteProtocolError(reasons.UPGRADE_FAILED, "probe not text")
+                    events = session.receive_probe(eio.decode_text(msg.data))
+                    if any(isinstance(e, eio.UpgradeCompleted) for e in events):
+                        break
+                    # "2probe" answered with "3probe"; the pending GET gets a NOOP.
+                    transport.write(ws_text("3probe"))
+                    self._wake_poll(eio.NOOP)
+        except (RemoteProtocolError, TimeoutError) as exc:
+            session.abort_upgrade()
+            reason = exc.reason if isinstance(exc, RemoteProtocolError) else "upgrade timeout"
+            log.debug("upgrade of %s failed: %s", self.sid, reason)
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"upgrade failed")
+            return
+        except asyncio.CancelledError:
+            session.abort_upgrade()
+            raise
+        if session.closed:
+            await ws.close()
+            return
+        self._ws = ws
+        self._ws_transport = transport
+        outbox = session.take_outbox()
+        if outbox:
+            transport.write(b"".join(_poll_text_to_ws(t) for t in outbox))
+        self._wake_poll(eio.NOOP)
+        await self._read_websocket(ws)
+
+    async def _read_websocket(self, ws: web.WebSocketResponse) -> None:
+        reason = reasons.TRANSPORT_CLOSE
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    try:
+                        packet = eio.decode_text(msg.data)
+                    except RemoteProtocolError as exc:
+                        self.close(exc.reason, exc.detail)
+                        break
+                    self.receive(packet)
+                elif msg.type is WSMsgType.BINARY:
+                    self.receive(eio.decode_binary_frame(msg.data))
+                elif msg.type is WSMsgType.ERROR:
+                    error = ws.exception()
+                    code = getattr(error, "code", None)
+                    reason = (
+                        reasons.PAYLOAD_TOO_LARGE
+                        if code == WSCloseCode.MESSAGE_TOO_BIG
+                        else reasons.TRANSPORT_ERROR
+                    )
+                    break
+                if self.session.closed:
+                    break
+        finally:
+            self.close(reason)
+
+
+def _poll_text_to_ws(text: str) -> bytes:
+    if text.startswith("b"):
+        packet = eio.decode_text(text)
+        assert isinstance(packet.data, bytes)
+        return ws_frame(packet.data, 0x2)
+    return ws_text(text)
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _payload(text: str) -> web.Response:
+    return web.Response(text=text, content_type="text/plain", charset="UTF-8")
+
+
+def _error(err: tuple[int, str], status: int = 400) -> web.Response:
+    code, message = err
+    return web.json_response({"code": code, "message": message}, status=status)
+
+
+class EngineEndpoint:
+    """The aiohttp handler of the Engine.IO path: handshakes, polling and WebSocket."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        s = server.settings.engineio
+        self.transports = frozenset(s.transports)
+        self.engine_settings = eio.EngineSettings(
+            ping_interval_ms=s.ping_interval_ms,
+            ping_timeout_ms=s.ping_timeout_ms,
+            max_payload=s.max_payload,
+            max_packets_per_body=server.settings.limits.max_packets_per_body,
+            max_buffered_packets=server.settings.limits.max_buffered_packets,
+            upgrade_timeout_ms=s.upgrade_timeout_ms,
+            allow_upgrades=s.allow_upgrades and "websocket" in self.transports,
+        )
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Route one request by its ``EIO``, ``transport`` and ``sid`` query parameters."""
+        if request.method == "OPTIONS":
+            return web.Response(status=204)
+        query = request.query
+        if query.get("EIO") != eio.PROTOCOL_VERSION:
+            return _error(_ERR_UNSUPPORTED_VERSION)
+        transport = query.get("transport")
+        if transport not in self.transports:
+            return _error(_ERR_TRANSPORT_UNKNOWN)
+        sid = query.get("sid")
+        if transport == "websocket":
+            return await self._websocket(request, sid)
+        if sid is None:
+            if request.method != "GET":
+                return _error(_ERR_BAD_HANDSHAKE_METHOD)
+            opened = self._open(request, eio.TransportKind.POLLING)
+            return _payload(opened.session.open_packet())
+        conn = self.server.connections.get(sid)
+        if conn is None:
+            return _error(_ERR_UNKNOWN_SID)
+        if conn.session.transport is not eio.TransportKind.POLLING:
+            return _error(_ERR_BAD_REQUEST)
+        if request.method == "GET":
+            return await conn.poll()
+        if request.method == "POST":
+            return await conn.post(request)
+        return _error(_ERR_BAD_REQUEST)
+
+    def _open(self, request: web.Request, kind: eio.TransportKind) -> Connection:
+        server = self.server
+        now = server.loop.time()
+        session = eio.EngineSession(new_id(), kind, self.engine_settings, now)
+        conn = Connection(server, session, request)
+        server.connections[session.sid] = conn
+        server.stats.connections_opened += 1
+        conn.start_timer()
+        conn.connect_timer = server.loop.call_at(
+            now + server.settings.engineio.connect_timeout_ms / 1000, _connect_timeout, conn
+        )
+        return conn
+
+    async def _websocket(self, request: web.Request, sid: str | None) -> web.StreamResponse:
+        conn: Connection | None = None
+        if sid is not None:
+            conn = self.server.connections.get(sid)
+        ws = web.WebSocketResponse(
+            max_msg_size=self.engine_settings.max_payload, compress=False, autoping=True
+        )
+        if not ws.can_prepare(request).ok:
+            return _error(_ERR_BAD_REQUEST)
+        await ws.prepare(request)
+        if sid is not None and (conn is None or not conn.session.can_upgrade()):
+            # Unknown sid, or a second WebSocket for a session (§Transports, WebSocket): the
+            # session is left alone and this socket is closed.
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"bad session")
+            return ws
+        transport = request.transport
+        if transport is None:
+            return ws
+        if conn is not None:
+            await conn.upgrade(ws, transport)
+            return ws
+        conn = self._open(request, eio.TransportKind.WEBSOCKET)
+        transport.write(ws_text(conn.session.open_packet()))
+        await conn.run_websocket(ws, transport)
+        return ws
+
+
+def _connect_timeout(conn: Connection) -> None:
+    conn.connect_timer = None
+    if not conn.sockets and not conn.closed:
+        conn.close(reasons.CONNECT_TIMEOUT)
+
+
+def describe(conn: Connection) -> dict[str, Any]:
+    """A JSON-able summary of one connection (for the admin API)."""
+    return {
+        "sid": conn.sid,
+        "transport": conn.transport_name,
+        "namespaces": sorted(conn.sockets),
+        "remote": conn.request.remote,
+    }

@@ -1,0 +1,612 @@
+"""Namespaces, sockets and broadcasts: the Socket.IO server API of an edge node.
+
+The shapes follow socket.io's server API (``io.of(name)``, ``socket.join``, ``io.to(room).
+except(room).emit``, ``emitWithAck``, ``fetchSockets``...), written in Python's spelling. Names
+say how far a thing goes (STYLE.md #5): ``emit`` reaches the whole namespace in the cluster;
+``.local`` restricts a broadcast to this node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, NewType
+
+from roomcast.errors import AckTimeoutError, ConnectRefusedError, DisconnectedError
+from roomcast.protocol import reasons
+from roomcast.protocol import socketio as sio
+from roomcast.protocol.frames import Frames
+
+from .rooms import Room, RoomRegistry
+
+if TYPE_CHECKING:
+    from roomcast.node.engine import Connection
+    from roomcast.node.server import Server
+
+log = logging.getLogger("roomcast.node")
+
+Sid = NewType("Sid", str)
+Handler = Callable[..., Any]
+Middleware = Callable[["Socket", Any], Any]
+NamespaceMatcher = str | re.Pattern[str] | Callable[[str], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """What the client presented when its socket connected (socket.io's ``socket.handshake``)."""
+
+    headers: dict[str, str]
+    query: dict[str, str]
+    auth: dict[str, Any]
+    address: str | None
+    time: float
+    url: str
+    secure: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SocketInfo:
+    """A snapshot of a socket, local or on another node (socket.io's ``RemoteSocket``)."""
+
+    id: str
+    namespace: str
+    rooms: frozenset[str]
+    data: Any
+    handshake: Handshake | None
+    node: str
+
+
+class _Collector:
+    """Collects the acks of one broadcast with acks until every recipient answered."""
+
+    __slots__ = ("expected", "future", "responses")
+
+    def __init__(self, future: asyncio.Future[list[Any]]) -> None:
+        self.future = future
+        self.expected = 0
+        self.responses: list[Any] = []
+
+    def ack(self, args: list[Any]) -> None:
+        self.responses.append(args[0] if args else None)
+        self._check()
+
+    def forget(self) -> None:
+        """A recipient disconnected: it will never answer."""
+        self.expected -= 1
+        self._check()
+
+    def _check(self) -> None:
+        if len(self.responses) >= self.expected and not self.future.done():
+            self.future.set_result(self.responses)
+
+
+def _ack_args(result: Any) -> list[Any]:
+    if result is None:
+        return []
+    if isinstance(result, tuple):
+        return list(result)
+    return [result]
+
+
+class Socket:
+    """One client's connection to one namespace."""
+
+    __slots__ = (
+        "__weakref__",
+        "_acks",
+        "conn",
+        "connected",
+        "data",
+        "handshake",
+        "namespace",
+        "rooms",
+        "sid",
+    )
+
+    def __init__(self, namespace: Namespace, conn: Connection, handshake: Handshake) -> None:
+        self.namespace = namespace
+        self.conn = conn
+        self.sid = Sid(namespace.server.new_sid())
+        self.handshake = handshake
+        #: Free-form application data (socket.io's ``socket.data``); shown by fetch_sockets.
+        self.data: dict[str, Any] = {}
+        #: The rooms this socket is in, its own sid room included.
+        self.rooms: set[str] = {self.sid}
+        self.connected = False
+        self._acks: dict[int, Callable[[list[Any]], None] | _Collector] = {}
+
+    def __repr__(self) -> str:
+        return f"<Socket {self.namespace.name}#{self.sid}>"
+
+    @property
+    def id(self) -> str:
+        """The socket id (a sid, distinct from the Engine.IO session id)."""
+        return self.sid
+
+    # -- emitting -----------------------------------------------------------------------------
+
+    def emit(
+        self,
+        event: str,
+        *args: Any,
+        callback: Callable[..., Any] | None = None,
+        volatile: bool = False,
+    ) -> None:
+        """Send ``event`` to this client; ``callback(*ack_args)`` runs when it acknowledges."""
+        if not self.connected:
+            return
+        ack_id = None
+        if callback is not None:
+            ack_id = self.namespace.next_ack_id()
+            self._acks[ack_id] = lambda a: callback(*a)
+        enc = sio.encode_event(self.namespace.name, event, args, ack_id)
+        self.conn.write(Frames(enc), volatile)
+
+    async def emit_with_ack(self, event: str, *args: Any, timeout: float | None = None) -> Any:
+        """Send ``event`` and wait for the client's ack; returns its first argument.
+
+        Raises :class:`AckTimeoutError` after ``timeout`` seconds, :class:`DisconnectedError`
+        when the socket disconnects first.
+        """
+        if not self.connected:
+            raise DisconnectedError(self.sid)
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        ack_id = self.namespace.next_ack_id()
+
+        def resolve(args: list[Any]) -> None:
+            if not future.done():
+                future.set_result(args)
+
+        self._acks[ack_id] = resolve
+        self.conn.write(Frames(sio.encode_event(self.namespace.name, event, args, ack_id)))
+        try:
+            result = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self._acks.pop(ack_id, None)
+            raise AckTimeoutError(f"no ack for {event!r} from {self.sid}") from None
+        return result[0] if result else None
+
+    def send(self, *args: Any, callback: Callable[..., Any] | None = None) -> None:
+        """Emit a ``message`` event (socket.io's ``socket.send``)."""
+        self.emit("message", *args, callback=callback)
+
+    # -- rooms --------------------------------------------------------------------------------
+
+    async def join(self, *rooms: str | Iterable[str]) -> None:
+        """Join one or more rooms; returns once messages to them will reach this socket."""
+        await self.namespace.add_to_rooms(self, _flatten(rooms))
+
+    async def leave(self, *rooms: str | Iterable[str]) -> None:
+        """Leave one or more rooms (leaving the sid room is refused silently, as in socket.io)."""
+        await self.namespace.remove_from_rooms(self, _flatten(rooms))
+
+    def to(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
+        """Broadcast to ``rooms``, excluding this socket (socket.io's ``socket.to``)."""
+        return self.namespace.to(*rooms).except_sids_(self.sid)
+
+    in_ = to
+
+    def except_(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
+        """Broadcast to the whole namespace except ``rooms`` and this socket."""
+        return self.broadcast.except_(*rooms)
+
+    @property
+    def broadcast(self) -> BroadcastOperator:
+        """Broadcast to every socket of the namespace but this one."""
+        return BroadcastOperator(self.namespace, except_sids=frozenset({self.sid}))
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def disconnect(self, close: bool = False) -> None:
+        """Disconnect from this namespace (``close=True`` closes the whole connection)."""
+        if close:
+            self.conn.close(reasons.FORCED_SERVER_CLOSE)
+            return
+        if self.connected:
+            self.conn.send_packet(sio.Packet(sio.PacketType.DISCONNECT, self.namespace.name))
+            self._on_close(reasons.SERVER_NAMESPACE_DISCONNECT)
+
+    def info(self) -> SocketInfo:
+        """A snapshot of this socket."""
+        return SocketInfo(
+            self.sid,
+            self.namespace.name,
+            frozenset(self.rooms),
+            self.data,
+            self.handshake,
+            self.namespace.server.node_id,
+        )
+
+    # -- input from the connection ------------------------------------------------------------
+
+    def _on_event(self, data: list[Any], ack_id: int | None) -> None:
+        ns = self.namespace
+        event = data[0]
+        handler = ns.handler(event)
+        if handler is None:
+            catch_all = ns.handler("*")
+            if catch_all is None:
+                return
+            args: list[Any] = data
+            handler = catch_all
+        else:
+            args = data[1:]
+        try:
+            result = handler(self, *args)
+        except Exception:
+            log.exception("handler for %r in %s failed", event, ns.name)
+            return
+        if inspect.isawaitable(result):
+            ns.server.spawn(self._finish_event(result, ack_id, event))
+        elif ack_id is not None:
+            self._ack(ack_id, result)
+
+    async def _finish_event(self, result: Awaitable[Any], ack_id: int | None, event: Any) -> None:
+        try:
+            value = await result
+        except Exception:
+            log.exception("handler for %r in %s failed", event, self.namespace.name)
+            return
+        if ack_id is not None:
+            self._ack(ack_id, value)
+
+    def _ack(self, ack_id: int, result: Any) -> None:
+        if self.connected:
+            self.conn.send_packet(
+                sio.Packet(sio.PacketType.ACK, self.namespace.name, _ack_args(result), ack_id)
+            )
+
+    def _on_ack(self, ack_id: int, args: list[Any]) -> None:
+        pending = self._acks.pop(ack_id, None)
+        if pending is None:
+            return
+        if isinstance(pending, _Collector):
+            pending.ack(args)
+            return
+        try:
+            pending(args)
+        except Exception:
+            log.exception("ack callback failed")
+
+    def _on_close(self, reason: str) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        ns = self.namespace
+        for pending in self._acks.values():
+            if isinstance(pending, _Collector):
+                pending.forget()
+        self._acks.clear()
+        self.conn.sockets.pop(ns.name, None)
+        ns.server.spawn(ns.remove_socket(self, reason))
+
+
+def _flatten(rooms: Iterable[str | Iterable[str]]) -> list[str]:
+    out: list[str] = []
+    for r in rooms:
+        if isinstance(r, str):
+            out.append(r)
+        else:
+            out.extend(r)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastOperator:
+    """An immutable description of a broadcast: rooms, exceptions, flags.
+
+    ``to``/``in_``/``except_`` return new operators, so chains can be kept and reused.
+    """
+
+    namespace: Namespace
+    rooms: frozenset[str] = frozenset()
+    except_rooms: frozenset[str] = frozenset()
+    except_sids: frozenset[str] = frozenset()
+    volatile_: bool = False
+    local_: bool = False
+    timeout_: float | None = None
+
+    def to(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
+        """Also target ``rooms`` (a socket in several targeted rooms gets one copy)."""
+        return replace(self, rooms=self.rooms | frozenset(_flatten(rooms)))
+
+    in_ = to
+
+    def except_(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
+        """Exclude members of ``rooms``, cluster-wide."""
+        return replace(self, except_rooms=self.except_rooms | frozenset(_flatten(rooms)))
+
+    def except_sids_(self, *sids: str) -> BroadcastOperator:
+        """Exclude these socket ids."""
+        return replace(self, except_sids=self.except_sids | frozenset(sids))
+
+    @property
+    def volatile(self) -> BroadcastOperator:
+        """Drop the message for any recipient that cannot take it right now."""
+        return replace(self, volatile_=True)
+
+    @property
+    def local(self) -> BroadcastOperator:
+        """Only sockets on this node."""
+        return replace(self, local_=True)
+
+    def timeout(self, seconds: float) -> BroadcastOperator:
+        """The deadline of :meth:`emit_with_ack`."""
+        return replace(self, timeout_=seconds)
+
+    def emit(self, event: str, *args: Any) -> None:
+        """Send ``event`` to every targeted socket, once each. Encoded once."""
+        enc = sio.encode_event(self.namespace.name, event, args)
+        self.namespace.server.broadcast(self, Frames(enc))
+
+    def send(self, *args: Any) -> None:
+        """Emit a ``message`` event."""
+        self.emit("message", *args)
+
+    async def emit_with_ack(
+        self, event: str, *args: Any, timeout: float | None = None
+    ) -> list[Any]:
+        """Send ``event`` and collect every recipient's ack (its first argument each).
+
+        Raises :class:`AckTimeoutError` (with the answers so far in ``.responses``) when some
+        recipients did not answer within ``timeout`` seconds.
+        """
+        return await self.namespace.server.broadcast_with_ack(
+            self, event, args, timeout if timeout is not None else self.timeout_
+        )
+
+    async def fetch_sockets(self) -> list[SocketInfo]:
+        """Every targeted socket, as :class:`SocketInfo`."""
+        return await self.namespace.server.fetch_sockets(self)
+
+    async def sockets_join(self, *rooms: str | Iterable[str]) -> None:
+        """Make every targeted socket join ``rooms``."""
+        await self.namespace.server.sockets_join(self, _flatten(rooms))
+
+    async def sockets_leave(self, *rooms: str | Iterable[str]) -> None:
+        """Make every targeted socket leave ``rooms``."""
+        await self.namespace.server.sockets_leave(self, _flatten(rooms))
+
+    async def disconnect_sockets(self, close: bool = False) -> None:
+        """Disconnect every targeted socket (``close=True`` closes their connections)."""
+        await self.namespace.server.disconnect_sockets(self, close)
+
+    def local_recipients(self) -> Iterable[Socket]:
+        """The targeted sockets on this node."""
+        return self.namespace.registry.recipients(self.rooms, self.except_rooms, self.except_sids)
+
+
+class Namespace:
+    """A namespace: its handlers, middleware, sockets and rooms on this node."""
+
+    def __init__(self, server: Server, name: str, parent: Namespace | None = None) -> None:
+        self.server = server
+        self.name = sio.Namespace(name)
+        self.parent = parent
+        self.sockets: dict[str, Socket] = {}
+        self.registry = RoomRegistry(self.sockets)
+        self._handlers: dict[str, Handler] = {}
+        self._middlewares: list[Middleware] = []
+        self._ack_ids = itertools.count(0)
+
+    def __repr__(self) -> str:
+        return f"<Namespace {self.name}>"
+
+    # -- registration -------------------------------------------------------------------------
+
+    def on(self, event: str, handler: Handler | None = None) -> Any:
+        """Register ``handler(socket, *args)`` for ``event``; usable as a decorator.
+
+        Special events: ``connect`` (``handler(socket, auth)``, after the client was told it is
+        connected), ``disconnect`` (``handler(socket, reason)``) and ``*`` (catch-all:
+        ``handler(socket, event, *args)`` for events without their own handler). The return
+        value is the ack (a tuple for several arguments).
+        """
+
+        def register(fn: Handler) -> Handler:
+            self._handlers[event] = fn
+            return fn
+
+        return register(handler) if handler is not None else register
+
+    def use(self, middleware: Middleware) -> Middleware:
+        """Add ``middleware(socket, auth)``, run in order before ``connect``.
+
+        It refuses the connection by raising :class:`ConnectRefusedError` (sync or async).
+        """
+        self._middlewares.append(middleware)
+        return middleware
+
+    def handler(self, event: str) -> Handler | None:
+        """The handler of ``event`` here or, for a dynamic child, in its parent."""
+        h = self._handlers.get(event)
+        if h is None and self.parent is not None:
+            return self.parent.handler(event)
+        return h
+
+    @property
+    def middlewares(self) -> list[Middleware]:
+        """Middlewares in the order they run (a dynamic parent's first)."""
+        inherited = self.parent.middlewares if self.parent is not None else []
+        return inherited + self._middlewares
+
+    def next_ack_id(self) -> int:
+        """A fresh ack id, shared by direct emits and broadcasts of this namespace."""
+        return next(self._ack_ids)
+
+    # -- broadcasting -------------------------------------------------------------------------
+
+    def to(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
+        """Broadcast to ``rooms``."""
+        return BroadcastOperator(self).to(*rooms)
+
+    in_ = to
+
+    def except_(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
+        """Broadcast to the namespace except ``rooms``."""
+        return BroadcastOperator(self).except_(*rooms)
+
+    @property
+    def volatile(self) -> BroadcastOperator:
+        """A volatile namespace-wide broadcast."""
+        return BroadcastOperator(self, volatile_=True)
+
+    @property
+    def local(self) -> BroadcastOperator:
+        """A namespace-wide broadcast to this node's sockets only."""
+        return BroadcastOperator(self, local_=True)
+
+    def emit(self, event: str, *args: Any) -> None:
+        """Send ``event`` to every socket of the namespace."""
+        BroadcastOperator(self).emit(event, *args)
+
+    async def emit_with_ack(
+        self, event: str, *args: Any, timeout: float | None = None
+    ) -> list[Any]:
+        """Send ``event`` to every socket and collect their acks."""
+        return await BroadcastOperator(self).emit_with_ack(event, *args, timeout=timeout)
+
+    async def fetch_sockets(self) -> list[SocketInfo]:
+        """Every socket of the namespace."""
+        return await BroadcastOperator(self).fetch_sockets()
+
+    async def sockets_join(self, *rooms: str | Iterable[str]) -> None:
+        """Make every socket join ``rooms``."""
+        await BroadcastOperator(self).sockets_join(*rooms)
+
+    async def sockets_leave(self, *rooms: str | Iterable[str]) -> None:
+        """Make every socket leave ``rooms``."""
+        await BroadcastOperator(self).sockets_leave(*rooms)
+
+    async def disconnect_sockets(self, close: bool = False) -> None:
+        """Disconnect every socket."""
+        await BroadcastOperator(self).disconnect_sockets(close)
+
+    def rooms(self) -> dict[Room, int]:
+        """Rooms with members on this node, with their local sizes."""
+        return self.registry.rooms()
+
+    # -- membership ---------------------------------------------------------------------------
+
+    async def add_to_rooms(self, socket: Socket, rooms: list[str]) -> None:
+        """Add ``socket`` to ``rooms``; the rooms this creates are announced to the cluster."""
+        if not socket.connected:
+            return
+        new = [r for r in rooms if r not in socket.rooms]
+        limit = self.server.settings.limits.max_rooms_per_socket
+        if len(socket.rooms) - 1 + len(new) > limit:
+            socket.conn.close(reasons.TOO_MANY_ROOMS, f"limit {limit}")
+            raise DisconnectedError(reasons.TOO_MANY_ROOMS)
+        created: list[Room] = []
+        for room in new:
+            socket.rooms.add(room)
+            if self.registry.add(socket, Room(room)):
+                created.append(Room(room))
+        if created:
+            await self.server.rooms_created(self, created)
+
+    async def remove_from_rooms(self, socket: Socket, rooms: list[str]) -> None:
+        """Remove ``socket`` from ``rooms``; rooms left empty are deleted."""
+        deleted: list[Room] = []
+        for room in rooms:
+            if room == socket.sid or room not in socket.rooms:
+                continue
+            socket.rooms.discard(room)
+            if self.registry.discard(socket, Room(room)):
+                deleted.append(Room(room))
+        if deleted:
+            await self.server.rooms_deleted(self, deleted)
+
+    async def remove_socket(self, socket: Socket, reason: str) -> None:
+        """Forget a disconnected socket: leave its rooms, run the ``disconnect`` handler."""
+        self.sockets.pop(socket.sid, None)
+        self.server.stats.sockets -= 1
+        await self.remove_from_rooms(socket, [r for r in socket.rooms if r != socket.sid])
+        handler = self.handler("disconnect")
+        if handler is not None:
+            try:
+                result = handler(socket, reason)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("disconnect handler of %s failed", self.name)
+
+    async def connect(self, conn: Connection, auth: dict[str, Any]) -> None:
+        """Run middleware, then connect a new socket for ``conn`` (§Connection to a namespace)."""
+        socket = Socket(self, conn, self.server.handshake(conn, auth))
+        try:
+            for mw in self.middlewares:
+                result = mw(socket, auth)
+                if inspect.isawaitable(result):
+                    await result
+        except ConnectRefusedError as exc:
+            self._refuse(conn, exc)
+            return
+        except Exception:
+            log.exception("middleware of %s failed", self.name)
+            self._refuse(conn, ConnectRefusedError("Internal server error"))
+            return
+        if conn.closed or self.name in conn.sockets:
+            return
+        socket.connected = True
+        self.sockets[socket.sid] = socket
+        conn.sockets[self.name] = socket
+        self.server.stats.sockets += 1
+        if conn.connect_timer is not None:
+            conn.connect_timer.cancel()
+            conn.connect_timer = None
+        conn.send_packet(sio.Packet(sio.PacketType.CONNECT, self.name, {"sid": socket.sid}))
+        handler = self.handler("connect")
+        if handler is None:
+            return
+        try:
+            result = handler(socket, auth)
+            if inspect.isawaitable(result):
+                await result
+        except ConnectRefusedError:
+            socket.disconnect()
+        except Exception:
+            log.exception("connect handler of %s failed", self.name)
+
+    def _refuse(self, conn: Connection, exc: ConnectRefusedError) -> None:
+        body: dict[str, Any] = {"message": exc.message}
+        if exc.data is not None:
+            body["data"] = exc.data
+        conn.send_packet(sio.Packet(sio.PacketType.CONNECT_ERROR, self.name, body))
+
+
+def start_broadcast_with_ack(
+    op: BroadcastOperator, event: str, args: tuple[Any, ...]
+) -> tuple[asyncio.Future[list[Any]], _Collector]:
+    """Write a broadcast with acks to the local recipients; returns the collector of answers."""
+    ns = op.namespace
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[list[Any]] = loop.create_future()
+    collector = _Collector(future)
+    ack_id = ns.next_ack_id()
+    frames = Frames(sio.encode_event(ns.name, event, args, ack_id))
+    for socket in op.local_recipients():
+        if socket.conn.write(frames, op.volatile_):
+            socket._acks[ack_id] = collector
+            collector.expected += 1
+    collector._check()
+    return future, collector
+
+
+async def wait_acks(
+    future: asyncio.Future[list[Any]], collector: _Collector, timeout: float | None
+) -> list[Any]:
+    """Wait for a collector to fill; on timeout raise with the answers received so far."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), timeout)
+    except TimeoutError:
+        raise AckTimeoutError(
+            f"{collector.expected - len(collector.responses)} of {collector.expected} "
+            "recipients did not acknowledge in time",
+            list(collector.responses),
+        ) from None

@@ -1,0 +1,45 @@
+"""Shared fixtures: real nodes on 127.0.0.1 port 0, always stopped at the end of the test."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from roomcast.config import Settings
+from roomcast.node.server import Server
+
+NodeFactory = Callable[..., Any]
+
+
+def node_settings(**overrides: Any) -> Settings:
+    """Default test settings (port 0, localhost) with dotted overrides."""
+    base = {"node.host": "127.0.0.1", "node.port": 0}
+    base.update(overrides)
+    return Settings().replace(**base)
+
+
+@pytest.fixture
+async def start_node() -> AsyncIterator[NodeFactory]:
+    """Start an in-process node: ``server = await start_node(**{"limits.max_attachments": 2})``.
+
+    Pass ``setup=fn`` to register handlers before it starts listening.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def factory(setup: Callable[[Server], Any] | None = None, **overrides: Any) -> Server:
+            server = Server(node_settings(**overrides))
+            if setup is not None:
+                setup(server)
+            return await stack.enter_async_context(server)
+
+        yield factory
+
+
+@pytest.fixture
+async def node(start_node: NodeFactory) -> Server:
+    """One node with the default relay policy on ``/``."""
+    server: Server = await start_node()
+    return server
