@@ -81,6 +81,62 @@ class NamespacePolicy:
 
 
 @dataclass(frozen=True)
+class RouterAddress:
+    """One router as nodes see it."""
+
+    xsub: str = "tcp://127.0.0.1:5555"  #: nodes publish here
+    xpub: str = "tcp://127.0.0.1:5556"  #: nodes subscribe here
+    http: str = "http://127.0.0.1:5557"  #: stats and health
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """``[router]``: what ``roomcast router`` binds."""
+
+    id: str = "router"
+    host: str = "127.0.0.1"
+    xsub_port: int = 5555
+    xpub_port: int = 5556
+    http_port: int = 5557
+    hwm: int = 100_000
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """``[cluster]``: the bus and the gossiped membership replica."""
+
+    enabled: bool = False  #: false: a standalone node that joins no bus
+    gossip_interval_ms: int = 5  #: how long membership changes are batched into one delta
+    heartbeat_interval_ms: int = 500
+    suspect_after_ms: int = 1_500
+    down_after_ms: int = 3_000
+    request_timeout_ms: int = 2_000  #: node-to-node requests (fetch sockets, acks, ...)
+    join_timeout_ms: int = 5_000  #: how long a join may wait for its subscription to be live
+    probe_retry_ms: int = 50
+    hwm: int = 100_000  #: ZeroMQ high-water marks of the node's PUB and SUB sockets
+    dedup_window: int = 65_536  #: message ids remembered to drop copies from several topics
+
+
+@dataclass(frozen=True)
+class DiscoverySettings:
+    """``[discovery]``: how nodes find routers (and the CLI finds nodes)."""
+
+    backend: Literal["static", "consul"] = "static"
+    routers: tuple[RouterAddress, ...] = (RouterAddress(),)
+    nodes: tuple[str, ...] = ()  #: node HTTP URLs the CLI may ask; empty: from ``[up]``
+
+
+@dataclass(frozen=True)
+class UpSettings:
+    """``[up]``: the local cluster ``roomcast up`` starts."""
+
+    nodes: int = 2
+    host: str = "127.0.0.1"
+    base_port: int = 3000  #: node i listens on base_port + i
+    app: str = ""
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole, frozen configuration of a roomcast process."""
 
@@ -88,6 +144,10 @@ class Settings:
     engineio: EngineIOSettings = field(default_factory=EngineIOSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     namespaces: tuple[NamespacePolicy, ...] = (NamespacePolicy(),)
+    router: RouterSettings = field(default_factory=RouterSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
+    up: UpSettings = field(default_factory=UpSettings)
 
     def namespace_policy(self, name: str) -> NamespacePolicy | None:
         """The relay policy of ``name``, if the config declares that namespace."""
@@ -140,6 +200,8 @@ def from_dict(data: Mapping[str, Any]) -> Settings:
                 raise ConfigError(f"namespaces.{name}: a namespace name starts with '/'")
             if not isinstance(table, Mapping):
                 raise ConfigError(f"namespaces.{name}: expected a table")
+            if "name" in table:  # the table's key is the name; a second one would be ignored
+                raise ConfigError(f"namespaces.{name}.name: unknown key (the table key names it)")
             policies.append(_build(NamespacePolicy, {**table, "name": name}, f"namespaces.{name}"))
         settings = dataclasses.replace(settings, namespaces=tuple(policies))
     _check(settings)
@@ -260,6 +322,17 @@ def _check(s: Settings) -> None:
     for i, t in enumerate(s.engineio.transports):
         if t not in ("polling", "websocket"):
             raise ConfigError(f"engineio.transports[{i}]: must be 'polling' or 'websocket'")
+    _positive(
+        s.cluster,
+        "cluster",
+        *(f.name for f in dataclasses.fields(s.cluster) if f.name != "enabled"),
+    )
+    if s.cluster.suspect_after_ms >= s.cluster.down_after_ms:
+        raise ConfigError("cluster.down_after_ms: must be greater than cluster.suspect_after_ms")
+    if s.up.nodes < 1:
+        raise ConfigError("up.nodes: must be at least 1")
+    if s.cluster.enabled and not s.discovery.routers and s.discovery.backend == "static":
+        raise ConfigError("discovery.routers: static discovery needs at least one router")
     if not s.engineio.transports:
         raise ConfigError("engineio.transports: at least one transport")
     for p in s.namespaces:

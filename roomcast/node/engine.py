@@ -171,6 +171,10 @@ class Connection:
 
     def handle(self, events: Iterable[eio.EngineEvent]) -> None:
         """Act on what the session state machine decided."""
+        # A polling body that ends with CLOSE ("41" then "1") comes in already closed: its
+        # messages are still handled and its SessionClosed must still run. Otherwise, stop
+        # as soon as something we did closed the session.
+        closed_by_peer = self.session.closed
         for event in events:
             if isinstance(event, eio.MessageReceived):
                 self.on_message(event.data)
@@ -178,7 +182,8 @@ class Connection:
                 self.send_engine(event.packet)
             elif isinstance(event, eio.SessionClosed):
                 self._finish_close(event)
-            if self.session.closed:
+                return
+            if self.session.closed and not closed_by_peer:
                 return
 
     def receive(self, packet: eio.Packet) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import logging
 import re
 import secrets
@@ -30,15 +31,17 @@ from typing import Any
 
 from aiohttp import web
 
+from roomcast.cluster.membership import node_tag
+from roomcast.cluster.wire import NodeId, namespace_topic, room_topic, tag_text
 from roomcast.config import Settings
-from roomcast.errors import RemoteProtocolError
+from roomcast.errors import AckTimeoutError, RemoteProtocolError
 from roomcast.protocol import reasons
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
 
 from . import relay
+from .cluster import ClusterLink, ClusterTimeoutError, _target, infos_from_replies
 from .engine import Connection, EngineEndpoint
-from .rooms import Room
 from .sockets import (
     BroadcastOperator,
     Handshake,
@@ -77,10 +80,15 @@ class Server:
         self._namespaces: dict[str, Namespace] = {}
         self._dynamic: list[tuple[Callable[[str], bool], Namespace]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        #: Coroutines called with (namespace, rooms, created) when local rooms appear or vanish.
-        self.membership_listeners: list[
-            Callable[[Namespace, list[Room], bool], Awaitable[None]]
-        ] = []
+        self._server_handlers: dict[str, Callable[..., Any]] = {}
+        #: This run of the node: a restarted node is a new incarnation.
+        self.incarnation = time.time_ns() // 1000
+        self.tag = node_tag(self.node_id, self.incarnation)
+        self._sid_prefix = tag_text(self.tag)
+        #: The node's membership in the cluster (None for a standalone node).
+        self.cluster: ClusterLink | None = (
+            ClusterLink(self) if self.settings.cluster.enabled else None
+        )
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -219,55 +227,178 @@ class Server:
         )
 
     def new_sid(self) -> str:
-        """A fresh socket id."""
-        return secrets.token_urlsafe(15)
+        """A fresh socket id; its first characters name this node's incarnation (its tag), so
+        any node can route a message for it without a lookup."""
+        return self._sid_prefix + secrets.token_urlsafe(12)
 
-    # -- broadcasting (single node; the cluster extends these) --------------------------------
+    def namespace(self, name: str) -> Namespace | None:
+        """The existing namespace ``name`` (None when nobody created or connected to it)."""
+        return self._namespaces.get(name)
+
+    # -- broadcasting: this node's sockets, then the cluster's ---------------------------------
 
     def broadcast(self, op: BroadcastOperator, frames: Frames) -> None:
-        """Deliver a pre-encoded packet to every targeted local socket, once each."""
+        """Deliver a pre-encoded packet to every targeted socket in the cluster, once each.
+
+        Local sockets get it now; other nodes get one envelope per target topic.
+        """
         volatile = op.volatile_
         n = 0
         for socket in op.local_recipients():
             if socket.conn.write(frames, volatile):
                 n += 1
         self.stats.messages_out += n
+        if self.cluster is not None and not op.local_:
+            self.cluster.publish(op, frames)
+
+    def _remote(self, op: BroadcastOperator) -> set[NodeId]:
+        if self.cluster is None or op.local_:
+            return set()
+        return self.cluster.involved(op)
 
     async def broadcast_with_ack(
         self, op: BroadcastOperator, event: str, args: tuple[Any, ...], timeout: float | None
     ) -> list[Any]:
-        """Broadcast with acks; returns every recipient's answer."""
+        """Broadcast with acks; returns every recipient's answer, cluster-wide.
+
+        Only the nodes that the replica says hold recipients are asked; each answers with its
+        recipients' acks (or none), so the wait ends as soon as all have answered.
+        """
         future, collector = start_broadcast_with_ack(op, event, args)
-        return await wait_acks(future, collector, timeout)
+        nodes = self._remote(op)
+        if not nodes:
+            return await wait_acks(future, collector, timeout)
+        assert self.cluster is not None
+        wait = timeout if timeout is not None else self.settings.cluster.request_timeout_ms / 1000
+        payload = {
+            **_target(op),
+            "event": event,
+            "args": list(args),
+            "volatile": op.volatile_,
+            "timeout": wait,
+        }
+        remote_task = asyncio.ensure_future(
+            self.cluster.request(nodes, "ack_broadcast", payload, wait + 0.5)
+        )
+        responses: list[Any] = []
+        complete = True
+        try:
+            responses.extend(await wait_acks(future, collector, wait))
+        except AckTimeoutError as exc:
+            responses.extend(exc.responses)
+            complete = False
+        try:
+            replies = await remote_task
+        except ClusterTimeoutError as exc:
+            replies = exc.partial
+            complete = False
+        for reply in replies.values():
+            responses.extend(reply["responses"])
+            if len(reply["responses"]) < reply["expected"]:
+                complete = False
+        if not complete:
+            raise AckTimeoutError("some recipients did not acknowledge in time", responses)
+        return responses
 
     async def fetch_sockets(self, op: BroadcastOperator) -> list[SocketInfo]:
-        """The targeted sockets."""
-        return [s.info() for s in op.local_recipients()]
+        """The targeted sockets, cluster-wide."""
+        out = [s.info() for s in op.local_recipients()]
+        nodes = self._remote(op)
+        if nodes:
+            assert self.cluster is not None
+            out.extend(infos_from_replies(await self.cluster.request(nodes, "fetch", _target(op))))
+        return out
+
+    async def _apply_remote(self, op: BroadcastOperator, name: str, **extra: Any) -> None:
+        nodes = self._remote(op)
+        if nodes:
+            assert self.cluster is not None
+            await self.cluster.request(nodes, name, {**_target(op), **extra})
 
     async def sockets_join(self, op: BroadcastOperator, rooms: list[str]) -> None:
-        """Make the targeted sockets join ``rooms``."""
+        """Make the targeted sockets join ``rooms``, cluster-wide."""
         for socket in list(op.local_recipients()):
             await socket.namespace.add_to_rooms(socket, rooms)
+        await self._apply_remote(op, "join", args=rooms)
 
     async def sockets_leave(self, op: BroadcastOperator, rooms: list[str]) -> None:
-        """Make the targeted sockets leave ``rooms``."""
+        """Make the targeted sockets leave ``rooms``, cluster-wide."""
         for socket in list(op.local_recipients()):
             await socket.namespace.remove_from_rooms(socket, rooms)
+        await self._apply_remote(op, "leave", args=rooms)
 
     async def disconnect_sockets(self, op: BroadcastOperator, close: bool) -> None:
-        """Disconnect the targeted sockets."""
+        """Disconnect the targeted sockets, cluster-wide."""
         for socket in list(op.local_recipients()):
             socket.disconnect(close)
+        await self._apply_remote(op, "disconnect", close=close)
 
-    async def rooms_created(self, ns: Namespace, rooms: list[Room]) -> None:
-        """Rooms got their first local member (the cluster subscribes to them here)."""
-        for listener in self.membership_listeners:
-            await listener(ns, rooms, True)
+    async def membership_changed(self, ns: Namespace, joined: list[str], left: list[str]) -> None:
+        """A socket joined or left rooms: gossip the new counts, follow room interest.
 
-    async def rooms_deleted(self, ns: Namespace, rooms: list[Room]) -> None:
-        """Rooms lost their last local member."""
-        for listener in self.membership_listeners:
-            await listener(ns, rooms, False)
+        Returns once the rooms joined are live at the router, so the first message published
+        to them afterwards, from any node, arrives.
+        """
+        cluster = self.cluster
+        if cluster is None:
+            return
+        registry = ns.registry
+        cluster.room_counts(ns.name, {r: registry.size(r) for r in (*joined, *left)})
+        bus = cluster.bus
+        for room in left:
+            bus.unsubscribe(room_topic(ns.name, room))
+        if joined:
+            await asyncio.gather(
+                *(bus.subscribe(room_topic(ns.name, r), cluster.join_timeout) for r in joined)
+            )
+
+    async def namespace_entered(self, ns: Namespace) -> None:
+        """A socket is about to connect to ``ns``: make namespace-wide emits reach it."""
+        if self.cluster is not None:
+            await self.cluster.bus.subscribe(namespace_topic(ns.name), self.cluster.join_timeout)
+
+    def namespace_exited(self, ns: Namespace) -> None:
+        """A socket of ``ns`` is gone."""
+        if self.cluster is not None:
+            self.cluster.bus.unsubscribe(namespace_topic(ns.name))
+
+    # -- server-to-server events --------------------------------------------------------------
+
+    def on_server_event(self, event: str, handler: Callable[..., Any] | None = None) -> Any:
+        """Register ``handler(*args)`` for events other nodes send with :meth:`server_side_emit`;
+        its return value is the answer. Usable as a decorator."""
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self._server_handlers[event] = fn
+            return fn
+
+        return register(handler) if handler is not None else register
+
+    async def run_server_event(self, event: str, args: list[Any]) -> Any:
+        """Run the local handler of a server-to-server event; returns its answer."""
+        handler = self._server_handlers.get(event)
+        if handler is None:
+            return None
+        try:
+            result = handler(*args)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception:
+            log.exception("server event handler %r failed", event)
+            return None
+        return result
+
+    async def server_side_emit(
+        self, event: str, *args: Any, timeout: float | None = None
+    ) -> list[Any]:
+        """Send ``event`` to every other node; returns their handlers' answers."""
+        if self.cluster is None:
+            return []
+        nodes = set(self.cluster.replica.alive())
+        replies = await self.cluster.request(
+            nodes, "server_event", {"event": event, "args": list(args)}, timeout
+        )
+        return list(replies.values())
 
     # -- tasks --------------------------------------------------------------------------------
 
@@ -301,6 +432,8 @@ class Server:
         app.router.add_get("/health", self._health)
         app.router.add_get("/admin/stats", self._admin_stats)
         app.router.add_get("/admin/rooms", self._admin_rooms)
+        app.router.add_get("/admin/room", self._admin_room)
+        app.router.add_get("/admin/cluster", self._admin_cluster)
         return app
 
     @web.middleware
@@ -347,10 +480,77 @@ class Server:
             }
         )
 
+    def _local_facts(self) -> dict[str, Any]:
+        return {
+            "node": self.node_id,
+            "address": self.url,
+            "status": "alive",
+            "connections": len(self.connections),
+            "sockets": self.stats.sockets,
+            "rooms": sum(len(ns.registry.rooms()) for ns in self._namespaces.values()),
+            "messages_in": self.stats.messages_in,
+            "messages_out": self.stats.messages_out,
+        }
+
+    async def _admin_cluster(self, request: web.Request) -> web.Response:
+        body: dict[str, Any] = {"self": self._local_facts(), "standalone": self.cluster is None}
+        if self.cluster is not None:
+            body["cluster"] = self.cluster.describe()
+            body["routers"] = [
+                {"xsub": r.xsub, "xpub": r.xpub, "http": r.http}
+                for r in self.settings.discovery.routers
+            ]
+        return web.json_response(body)
+
+    def room_table(self, namespace: str | None = None) -> dict[tuple[str, str], dict[str, int]]:
+        """Every room in the cluster (or this namespace): (ns, room) -> {node: members}.
+
+        A local read: this node's registry plus its replica of everyone else's.
+        """
+        table: dict[tuple[str, str], dict[str, int]] = {}
+        if self.cluster is not None:
+            table.update(self.cluster.remote_rooms(namespace))
+        for ns in self._namespaces.values():
+            if namespace is not None and ns.name != namespace:
+                continue
+            for room, count in ns.registry.rooms().items():
+                table.setdefault((ns.name, room), {})[self.node_id] = count
+        return table
+
+    def _freshness(self) -> float:
+        return round(self.cluster.freshness(), 3) if self.cluster is not None else 0.0
+
     async def _admin_rooms(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {ns.name: ns.rooms() for ns in self._namespaces.values() if ns.sockets}
-        )
+        namespace = request.query.get("namespace") or None
+        rows: list[dict[str, Any]] = [
+            {"namespace": ns, "room": room, "members": sum(nodes.values()), "nodes": nodes}
+            for (ns, room), nodes in self.room_table(namespace).items()
+        ]
+        rows.sort(key=lambda r: (-r["members"], r["namespace"], r["room"]))
+        top = request.query.get("top")
+        if top is not None and top.isdigit():
+            rows = rows[: int(top)]
+        return web.json_response({"freshness": self._freshness(), "rooms": rows})
+
+    async def _admin_room(self, request: web.Request) -> web.Response:
+        namespace = request.query.get("namespace", "/")
+        name = request.query.get("name", "")
+        nodes = self.room_table(namespace).get((namespace, name), {})
+        body: dict[str, Any] = {
+            "namespace": namespace,
+            "room": name,
+            "members": sum(nodes.values()),
+            "nodes": nodes,
+            "freshness": self._freshness(),
+        }
+        if request.query.get("members") and nodes:
+            ns = self.namespace(namespace)
+            op = BroadcastOperator(ns if ns is not None else Namespace(self, namespace))
+            infos = await op.to(name).fetch_sockets()
+            body["sockets"] = [
+                {"id": i.id, "node": i.node, "rooms": sorted(i.rooms)} for i in infos
+            ]
+        return web.json_response(body)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -370,6 +570,8 @@ class Server:
         log.info(
             "node %s listening on http://%s:%d%s", self.node_id, node.host, self.port, node.path
         )
+        if self.cluster is not None:
+            await self.cluster.start(self.url)
         return self
 
     async def __aexit__(
@@ -389,6 +591,8 @@ class Server:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -502,30 +502,29 @@ class Namespace:
         if len(socket.rooms) - 1 + len(new) > limit:
             socket.conn.close(reasons.TOO_MANY_ROOMS, f"limit {limit}")
             raise DisconnectedError(reasons.TOO_MANY_ROOMS)
-        created: list[Room] = []
         for room in new:
             socket.rooms.add(room)
-            if self.registry.add(socket, Room(room)):
-                created.append(Room(room))
-        if created:
-            await self.server.rooms_created(self, created)
+            self.registry.add(socket, Room(room))
+        if new:
+            await self.server.membership_changed(self, joined=new, left=[])
 
     async def remove_from_rooms(self, socket: Socket, rooms: list[str]) -> None:
         """Remove ``socket`` from ``rooms``; rooms left empty are deleted."""
-        deleted: list[Room] = []
+        left: list[str] = []
         for room in rooms:
             if room == socket.sid or room not in socket.rooms:
                 continue
             socket.rooms.discard(room)
-            if self.registry.discard(socket, Room(room)):
-                deleted.append(Room(room))
-        if deleted:
-            await self.server.rooms_deleted(self, deleted)
+            self.registry.discard(socket, Room(room))
+            left.append(room)
+        if left:
+            await self.server.membership_changed(self, joined=[], left=left)
 
     async def remove_socket(self, socket: Socket, reason: str) -> None:
         """Forget a disconnected socket: leave its rooms, run the ``disconnect`` handler."""
         self.sockets.pop(socket.sid, None)
         self.server.stats.sockets -= 1
+        self.server.namespace_exited(self)
         await self.remove_from_rooms(socket, [r for r in socket.rooms if r != socket.sid])
         handler = self.handler("disconnect")
         if handler is not None:
@@ -552,6 +551,11 @@ class Namespace:
             self._refuse(conn, ConnectRefusedError("Internal server error"))
             return
         if conn.closed or self.name in conn.sockets:
+            return
+        # Namespace-wide emits must reach the socket as soon as it is told it is connected.
+        await self.server.namespace_entered(self)
+        if conn.closed or self.name in conn.sockets:
+            self.server.namespace_exited(self)
             return
         socket.connected = True
         self.sockets[socket.sid] = socket
@@ -581,7 +585,7 @@ class Namespace:
 
 
 def start_broadcast_with_ack(
-    op: BroadcastOperator, event: str, args: tuple[Any, ...]
+    op: BroadcastOperator, event: str, args: tuple[Any, ...] | list[Any]
 ) -> tuple[asyncio.Future[list[Any]], _Collector]:
     """Write a broadcast with acks to the local recipients; returns the collector of answers."""
     ns = op.namespace

@@ -271,7 +271,7 @@ class EngineSession:
         """Feed a packet that arrived on the WebSocket that is upgrading this session."""
         self._require_live()
         if packet.type is PacketType.PING and packet.data == "probe":
-            if self.state is not EngineState.OPEN or self.transport is not TransportKind.POLLING:
+            if not self.can_upgrade():  # the same rule the node checks before accepting a WS
                 raise RemoteProtocolError(reasons.UPGRADE_FAILED, "probe in wrong state")
             self.state = EngineState.UPGRADING
             return [SendPacket(Packet(PacketType.PONG, "probe"))]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Final, NewType
 
@@ -60,8 +62,35 @@ class Encoded:
     attachments: tuple[bytes, ...] = ()
 
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_loads = json.loads
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# A str can hold a lone surrogate (a peer may send "\ud800" in JSON); written raw it is not
+# UTF-8. JSON.stringify escapes them (well-formed JSON.stringify, ES2019), and so do we.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def _dumps(value: Any) -> str:
+    text = _encode(value)
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub(_escape_surrogate, text)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # JSON.parse refuses NaN and Infinity
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: JSON.stringify could not send it on to other clients
+        raise ValueError("number out of range")
+    return value
+
+
+_loads = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
 
 
 def dumps(value: Any) -> str:
@@ -230,6 +259,8 @@ class Decoder:
             if len(digits) > 6 or int(digits) > self._limits.max_attachments:
                 raise RemoteProtocolError(reasons.TOO_MANY_ATTACHMENTS, digits[:12])
             attachments = int(digits)
+            if attachments == 0:  # socket.io-parser: "Illegal attachments"
+                raise RemoteProtocolError(reasons.PARSE_ERROR, "bad attachment count")
             i = dash + 1
         namespace = ROOT_NAMESPACE
         if i < n and text[i] == "/":
@@ -252,6 +283,8 @@ class Decoder:
                 payload = _loads(text[i:])
             except ValueError as exc:
                 raise RemoteProtocolError(reasons.PARSE_ERROR, "invalid JSON payload") from exc
+            if payload is None:  # an explicit null is valid for no type (isPayloadValid)
+                raise RemoteProtocolError(reasons.PARSE_ERROR, f"invalid {kind.name} payload")
         if not _payload_valid(kind, payload):
             raise RemoteProtocolError(reasons.PARSE_ERROR, f"invalid {kind.name} payload")
         if ack_id is not None and kind not in (

@@ -1,0 +1,1 @@
+"""The ``roomcast`` command line: router, node, up, and the inspection commands."""

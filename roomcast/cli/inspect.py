@@ -1,0 +1,267 @@
+"""Inspection commands: ``status``, ``nodes``, ``rooms``, ``room`` and ``emit``.
+
+Answers come from the membership replica of whichever node answers first (every node holds the
+whole cluster's facts), so they are local reads with a stated freshness; router figures come
+from the routers' stats endpoints. ``--json`` prints the raw documents for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+import aiohttp
+
+from roomcast import config
+
+
+class Unreachable(Exception):
+    """No node (or router) answered."""
+
+
+def _node_urls(args: argparse.Namespace, settings: config.Settings) -> list[str]:
+    if args.node:
+        return [args.node.rstrip("/")]
+    if settings.discovery.nodes:
+        return [u.rstrip("/") for u in settings.discovery.nodes]
+    up = settings.up
+    return [f"http://{up.host}:{up.base_port + i}" for i in range(up.nodes)]
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> Any:
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=3)) as resp:
+        resp.raise_for_status()
+        return await resp.json()
+
+
+async def _ask_any(urls: list[str], path: str) -> tuple[str, Any]:
+    errors = []
+    async with aiohttp.ClientSession() as session:
+        for base in urls:
+            try:
+                return base, await _get(session, base + path)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                errors.append(f"{base}: {type(exc).__name__} {exc}".strip())
+    raise Unreachable("no node answered:\n  " + "\n  ".join(errors))
+
+
+async def _routers(settings: config.Settings) -> list[dict[str, Any]]:
+    out = []
+    async with aiohttp.ClientSession() as session:
+        for r in settings.discovery.routers:
+            try:
+                out.append(await _get(session, r.http.rstrip("/") + "/stats"))
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                out.append({"router": r.http, "status": "unreachable", "error": str(exc)})
+    return out
+
+
+def _table(rows: list[list[Any]], headers: list[str]) -> str:
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _nodes_rows(doc: dict[str, Any]) -> list[list[Any]]:
+    me = doc["self"]
+    rows = [
+        [me["node"], "alive (answering)", me["address"], me["connections"], me["rooms"], "0.000"]
+    ]
+    for n in doc.get("cluster", {}).get("nodes", []):
+        rows.append(
+            [n["node"], n["status"], n["address"], n["connections"], n["rooms"], f"{n['age']:.3f}"]
+        )
+    return rows
+
+
+async def _status(args: argparse.Namespace, settings: config.Settings) -> dict[str, Any]:
+    base, doc = await _ask_any(_node_urls(args, settings), "/admin/cluster")
+    assert isinstance(doc, dict)
+    _, stats = await _ask_any([base], "/admin/stats")
+    doc["stats"] = stats
+    doc["asked"] = base
+    if not doc.get("standalone"):
+        doc["router_stats"] = await _routers(settings)
+    return doc
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    print(f"asked {doc['asked']} (node {doc['self']['node']})")
+    print()
+    print(_table(_nodes_rows(doc), ["node", "status", "address", "conns", "rooms", "age s"]))
+    s = doc["stats"]
+    print()
+    print(
+        f"this node: {s['connections']} connections, {s['sockets']} sockets, "
+        f"{s['messages_in']} messages in, {s['messages_out']} out, "
+        f"{s['volatile_dropped']} volatile dropped"
+    )
+    bus = doc.get("cluster", {}).get("bus")
+    if bus:
+        print(
+            f"bus: {bus['published']} published, {bus['received']} received, "
+            f"{bus['gaps']} lost (gaps), {bus['undecodable']} undecodable"
+        )
+    routers = doc.get("router_stats", [])
+    if routers:
+        print()
+        rows = [
+            [
+                r.get("router"),
+                r.get("status"),
+                r.get("messages_in", "-"),
+                r.get("messages_out", "-"),
+                r.get("unrouted", "-"),
+                r.get("topics", "-"),
+            ]
+            for r in routers
+        ]
+        print(_table(rows, ["router", "status", "in", "out", "unrouted", "topics"]))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Nodes, health, connections, rooms, message counters, router stats."""
+    return _main(args, _status, _print_status)
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    """The nodes as the replica of the answering node sees them."""
+
+    async def fetch(args: argparse.Namespace, settings: config.Settings) -> dict[str, Any]:
+        _, doc = await _ask_any(_node_urls(args, settings), "/admin/cluster")
+        return doc  # type: ignore[no-any-return]
+
+    def show(doc: dict[str, Any]) -> None:
+        print(_table(_nodes_rows(doc), ["node", "status", "address", "conns", "rooms", "age s"]))
+
+    return _main(args, fetch, show)
+
+
+def cmd_rooms(args: argparse.Namespace) -> int:
+    """Rooms across the cluster, largest first."""
+
+    async def fetch(args: argparse.Namespace, settings: config.Settings) -> dict[str, Any]:
+        query = f"?top={args.top}" if args.top else "?"
+        if args.namespace:
+            query += f"&namespace={args.namespace}"
+        _, doc = await _ask_any(_node_urls(args, settings), "/admin/rooms" + query)
+        return doc  # type: ignore[no-any-return]
+
+    def show(doc: dict[str, Any]) -> None:
+        rows = [
+            [r["namespace"], r["room"], r["members"], ", ".join(sorted(r["nodes"]))]
+            for r in doc["rooms"]
+        ]
+        print(_table(rows, ["namespace", "room", "members", "nodes"]))
+        print(f"({len(rows)} rooms; replica at most {doc['freshness']:.3f} s old)")
+
+    return _main(args, fetch, show)
+
+
+def cmd_room(args: argparse.Namespace) -> int:
+    """One room: which nodes, how many members, and (``--members``) its sockets."""
+
+    async def fetch(args: argparse.Namespace, settings: config.Settings) -> dict[str, Any]:
+        from urllib.parse import urlencode
+
+        query = {"namespace": args.namespace or "/", "name": args.name}
+        if args.members:
+            query["members"] = "1"
+        _, doc = await _ask_any(_node_urls(args, settings), "/admin/room?" + urlencode(query))
+        return doc  # type: ignore[no-any-return]
+
+    def show(doc: dict[str, Any]) -> None:
+        print(f"room {doc['room']!r} in {doc['namespace']}: {doc['members']} members")
+        if not doc["nodes"]:
+            print("(no node has members of this room)")
+            return
+        print(_table([[n, c] for n, c in sorted(doc["nodes"].items())], ["node", "members"]))
+        if "sockets" in doc:
+            print()
+            rows = [[s["id"], s["node"], ", ".join(s["rooms"])] for s in doc["sockets"]]
+            print(_table(rows, ["socket", "node", "rooms"]))
+
+    return _main(args, fetch, show)
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    """Send an event to a room through the routers (as an emitter, not a node)."""
+    from roomcast.emitter import Emitter
+
+    async def send(args: argparse.Namespace, settings: config.Settings) -> dict[str, Any]:
+        try:
+            data = json.loads(args.data) if args.data is not None else None
+        except ValueError:
+            data = args.data  # plain text is sent as a string
+        routers = settings.discovery.routers
+        try:
+            async with Emitter(routers, connect_timeout=args.timeout) as emitter:
+                emitter.of(args.namespace or "/").to(args.room).emit(args.event, data)
+        except ConnectionError:
+            addresses = ", ".join(r.xsub for r in routers)
+            raise Unreachable(f"no router answered at {addresses}") from None
+        return {"ok": True, "room": args.room, "event": args.event, "namespace": args.namespace}
+
+    def show(doc: dict[str, Any]) -> None:
+        print(f"sent {doc['event']!r} to room {doc['room']!r}")
+
+    return _main(args, send, show)
+
+
+def _main(args: argparse.Namespace, fetch: Any, show: Any) -> int:
+    settings = config.load(args.config) if args.config else _default_settings()
+    try:
+        doc = asyncio.run(fetch(args, settings))
+    except Unreachable as exc:
+        print(f"roomcast: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        show(doc)
+    return 0
+
+
+def _default_settings() -> config.Settings:
+    from pathlib import Path
+
+    return config.load("cluster.toml" if Path("cluster.toml").exists() else None)
+
+
+def add_commands(sub: Any) -> None:
+    """Register the inspection subcommands."""
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--node", help="base URL of the node to ask (default: from config)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("status", help="the cluster at a glance")
+    common(p)
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("nodes", help="nodes and their health")
+    common(p)
+    p.set_defaults(func=cmd_nodes)
+    p = sub.add_parser("rooms", help="rooms across the cluster")
+    common(p)
+    p.add_argument("--namespace")
+    p.add_argument("--top", type=int)
+    p.set_defaults(func=cmd_rooms)
+    p = sub.add_parser("room", help="one room")
+    common(p)
+    p.add_argument("name")
+    p.add_argument("--namespace")
+    p.add_argument("--members", action="store_true", help="list the member sockets")
+    p.set_defaults(func=cmd_room)
+    p = sub.add_parser("emit", help="send an event to a room")
+    common(p)
+    p.add_argument("room")
+    p.add_argument("event")
+    p.add_argument("data", nargs="?", help="JSON (or plain text) sent as the one argument")
+    p.add_argument("--namespace")
+    p.add_argument("--timeout", type=float, default=3.0)
+    p.set_defaults(func=cmd_emit)

@@ -1,0 +1,361 @@
+"""The bus wire format: prefix-safe topics and versioned msgpack envelopes.
+
+Every bus message is two ZeroMQ frames, ``[topic, envelope]``. Topics are fixed-length per kind,
+so ZeroMQ's prefix matching can never deliver room ``ab``'s traffic to a subscriber of room ``a``:
+
+=========  ============================================================  ======
+topic      meaning                                                       length
+=========  ============================================================  ======
+``G``      gossip: membership deltas, heartbeats, departures             1
+``R`` + h  room ``(namespace, room)``, h = BLAKE2b-120 of both names     16
+``A`` + h  every socket of a namespace, h = BLAKE2b-120 of the name      16
+``N`` + t  one node's direct topic, t = its 6-byte tag (also in its sids) 7
+=========  ============================================================  ======
+
+The envelope is a msgpack array ``[version, kind, origin, incarnation, seq, *body]``; the full
+room and namespace names travel inside it, the topic only routes. ``seq`` counts per
+(origin, topic) so receivers can count what ZeroMQ dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Final, NewType
+
+import msgpack
+
+WIRE_VERSION: Final = 1
+
+Topic = NewType("Topic", bytes)
+NodeId = NewType("NodeId", str)
+
+GOSSIP_TOPIC: Final = Topic(b"G")
+TAG_BYTES: Final = 6
+TAG_CHARS: Final = 8  # base64url of 6 bytes, the prefix of every sid a node issues
+
+
+class WireError(Exception):
+    """A bus message that cannot be decoded (counted and dropped by the receiver)."""
+
+
+class Kind(enum.IntEnum):
+    """Envelope kinds."""
+
+    ROOM = 1  #: a Socket.IO packet for rooms (or a namespace, or sids)
+    REQUEST = 2  #: a node-to-node request, on the target's direct topic
+    REPLY = 3  #: the answer to a REQUEST, on the requester's direct topic
+    DELTA = 4  #: membership changes of the origin
+    HEARTBEAT = 5  #: the origin is alive; carries its facts sequence number
+    SNAPSHOT_REQUEST = 6  #: "send me all your facts", on the owner's direct topic
+    SNAPSHOT = 7  #: all facts of the origin, on the requester's direct topic
+    LEAVE = 8  #: the origin is shutting down
+    PROBE = 9  #: comes back through the router to prove a subscription is live
+
+
+def room_topic(namespace: str, room: str) -> Topic:
+    """The topic of one room of one namespace."""
+    digest = hashlib.blake2b(f"{namespace}\x00{room}".encode(), digest_size=15).digest()
+    return Topic(b"R" + digest)
+
+
+def namespace_topic(namespace: str) -> Topic:
+    """The topic of namespace-wide broadcasts."""
+    return Topic(b"A" + hashlib.blake2b(namespace.encode(), digest_size=15).digest())
+
+
+def node_topic(tag: bytes) -> Topic:
+    """The direct topic of the node with ``tag``."""
+    return Topic(b"N" + tag)
+
+
+def tag_of_sid(sid: str) -> bytes | None:
+    """The tag of the node that issued ``sid``, or None when ``sid`` is not one of ours."""
+    if len(sid) <= TAG_CHARS:
+        return None
+    try:
+        return base64.urlsafe_b64decode(sid[:TAG_CHARS])
+    except (ValueError, TypeError):
+        return None
+
+
+def tag_text(tag: bytes) -> str:
+    """A tag as the sid prefix."""
+    return base64.urlsafe_b64encode(tag).decode("ascii")
+
+
+# --- envelopes --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """Who sent an envelope, and its place in the (origin, topic) sequence."""
+
+    kind: Kind
+    origin: NodeId
+    incarnation: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoomMessage:
+    """A Socket.IO packet, encoded once at the origin, for the members of some rooms."""
+
+    msg_id: int
+    namespace: str
+    rooms: tuple[str, ...]  #: empty: every socket of the namespace
+    except_rooms: tuple[str, ...]
+    except_sids: tuple[str, ...]
+    volatile: bool
+    text: str
+    attachments: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A node-to-node request; answered by a :class:`Reply` on ``reply_to``."""
+
+    request_id: int
+    reply_to: bytes  #: the requester's tag
+    op: str
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to a :class:`Request`."""
+
+    request_id: int
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """Membership changes: ``(namespace, room, local count)``, count 0 meaning gone."""
+
+    facts_seq: int
+    changes: tuple[tuple[str, str, int], ...]
+    connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The origin is alive; ``facts_seq`` lets receivers notice missed deltas."""
+
+    facts_seq: int
+    tag: bytes
+    address: str
+    connections: int
+    started: float
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRequest:
+    """Ask the owner for all its facts, sent to ``reply_to``."""
+
+    reply_to: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """All facts of the origin as of ``facts_seq``."""
+
+    facts_seq: int
+    tag: bytes
+    address: str
+    connections: int
+    started: float
+    rooms: tuple[tuple[str, str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """The origin leaves the cluster now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A nonce the origin waits to see come back through the router."""
+
+    nonce: int
+
+
+Body = (
+    RoomMessage | Request | Reply | Delta | Heartbeat | SnapshotRequest | Snapshot | Leave | Probe
+)
+
+_KIND_OF: Final[dict[type, Kind]] = {
+    RoomMessage: Kind.ROOM,
+    Request: Kind.REQUEST,
+    Reply: Kind.REPLY,
+    Delta: Kind.DELTA,
+    Heartbeat: Kind.HEARTBEAT,
+    SnapshotRequest: Kind.SNAPSHOT_REQUEST,
+    Snapshot: Kind.SNAPSHOT,
+    Leave: Kind.LEAVE,
+    Probe: Kind.PROBE,
+}
+
+
+def _fields(body: Body) -> list[Any]:
+    if isinstance(body, RoomMessage):
+        return [
+            body.msg_id,
+            body.namespace,
+            list(body.rooms),
+            list(body.except_rooms),
+            list(body.except_sids),
+            body.volatile,
+            body.text,
+            list(body.attachments),
+        ]
+    if isinstance(body, Request):
+        return [body.request_id, body.reply_to, body.op, body.payload]
+    if isinstance(body, Reply):
+        return [body.request_id, body.payload]
+    if isinstance(body, Delta):
+        return [body.facts_seq, [list(c) for c in body.changes], body.connections]
+    if isinstance(body, Heartbeat):
+        return [body.facts_seq, body.tag, body.address, body.connections, body.started]
+    if isinstance(body, SnapshotRequest):
+        return [body.reply_to]
+    if isinstance(body, Snapshot):
+        return [
+            body.facts_seq,
+            body.tag,
+            body.address,
+            body.connections,
+            body.started,
+            [list(r) for r in body.rooms],
+        ]
+    if isinstance(body, Probe):
+        return [body.nonce]
+    return []  # Leave
+
+
+def encode(origin: str, incarnation: int, seq: int, body: Body) -> bytes:
+    """One envelope, ready to follow its topic frame."""
+    data: bytes = msgpack.packb(
+        [WIRE_VERSION, _KIND_OF[type(body)], origin, incarnation, seq, *_fields(body)],
+        use_bin_type=True,
+        default=str,  # app data that msgpack cannot carry travels as its str()
+    )
+    return data
+
+
+def _str_tuple(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise WireError("expected a list of strings")
+    return tuple(value)
+
+
+def _triples(value: Any) -> tuple[tuple[str, str, int], ...]:
+    if not isinstance(value, list):
+        raise WireError("expected a list of changes")
+    out = []
+    for item in value:
+        if (
+            not isinstance(item, list)
+            or len(item) != 3
+            or not isinstance(item[0], str)
+            or not isinstance(item[1], str)
+            or not isinstance(item[2], int)
+        ):
+            raise WireError("bad membership change")
+        out.append((item[0], item[1], item[2]))
+    return tuple(out)
+
+
+def decode(data: bytes) -> tuple[Header, Body]:
+    """Decode an envelope; anything malformed or of another wire version is a WireError."""
+    try:
+        items = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise WireError("not msgpack") from exc
+    if not isinstance(items, list) or len(items) < 5:
+        raise WireError("not an envelope")
+    version, kind_value, origin, incarnation, seq, *f = items
+    if version != WIRE_VERSION:
+        raise WireError(f"wire version {version!r}")
+    try:
+        kind = Kind(kind_value)
+    except ValueError as exc:
+        raise WireError(f"unknown kind {kind_value!r}") from exc
+    if not isinstance(origin, str) or not isinstance(incarnation, int) or not isinstance(seq, int):
+        raise WireError("bad header")
+    header = Header(kind, NodeId(origin), incarnation, seq)
+    try:
+        return header, _body(kind, f)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise WireError(f"bad {kind.name} body") from exc
+
+
+def _body(kind: Kind, f: list[Any]) -> Body:
+    if kind is Kind.ROOM:
+        msg_id, ns, rooms, except_rooms, except_sids, volatile, text, attachments = f
+        if not isinstance(ns, str) or not isinstance(text, str) or not isinstance(msg_id, int):
+            raise WireError("bad ROOM body")
+        if not isinstance(attachments, list) or not all(isinstance(a, bytes) for a in attachments):
+            raise WireError("bad attachments")
+        return RoomMessage(
+            msg_id,
+            ns,
+            _str_tuple(rooms),
+            _str_tuple(except_rooms),
+            _str_tuple(except_sids),
+            bool(volatile),
+            text,
+            tuple(attachments),
+        )
+    if kind is Kind.REQUEST:
+        request_id, reply_to, op, payload = f
+        if not isinstance(request_id, int) or not isinstance(reply_to, bytes):
+            raise WireError("bad REQUEST body")
+        if not isinstance(op, str):
+            raise WireError("bad REQUEST op")
+        return Request(request_id, reply_to, op, payload)
+    if kind is Kind.REPLY:
+        request_id, payload = f
+        if not isinstance(request_id, int):
+            raise WireError("bad REPLY body")
+        return Reply(request_id, payload)
+    if kind is Kind.DELTA:
+        facts_seq, changes, connections = f
+        if not isinstance(facts_seq, int) or not isinstance(connections, int):
+            raise WireError("bad DELTA body")
+        return Delta(facts_seq, _triples(changes), connections)
+    if kind is Kind.HEARTBEAT:
+        facts_seq, tag, address, connections, started = f
+        if not (
+            isinstance(facts_seq, int)
+            and isinstance(tag, bytes)
+            and isinstance(address, str)
+            and isinstance(connections, int)
+            and isinstance(started, int | float)
+        ):
+            raise WireError("bad HEARTBEAT body")
+        return Heartbeat(facts_seq, tag, address, connections, float(started))
+    if kind is Kind.SNAPSHOT_REQUEST:
+        (reply_to,) = f
+        if not isinstance(reply_to, bytes):
+            raise WireError("bad SNAPSHOT_REQUEST body")
+        return SnapshotRequest(reply_to)
+    if kind is Kind.SNAPSHOT:
+        facts_seq, tag, address, connections, started, rooms = f
+        if not (
+            isinstance(facts_seq, int)
+            and isinstance(tag, bytes)
+            and isinstance(address, str)
+            and isinstance(connections, int)
+            and isinstance(started, int | float)
+        ):
+            raise WireError("bad SNAPSHOT body")
+        return Snapshot(facts_seq, tag, address, connections, float(started), _triples(rooms))
+    if kind is Kind.LEAVE:
+        return Leave()
+    (nonce,) = f
+    if not isinstance(nonce, int):
+        raise WireError("bad PROBE body")
+    return Probe(nonce)

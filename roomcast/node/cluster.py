@@ -1,0 +1,457 @@
+"""The node's side of the cluster: room-interest routing, gossip, and node-to-node requests.
+
+:class:`ClusterLink` joins a :class:`~roomcast.node.server.Server` to the bus. It knows
+Socket.IO (namespaces, sockets, encoded packets) and the bus's small API (publish, subscribe
+with proof, unsubscribe), never ZeroMQ itself.
+
+* A room's topic is subscribed when its first local member joins (the join returns once the
+  subscription is live at the router) and unsubscribed when the last one leaves; a namespace's
+  topic likewise follows its first and last local socket.
+* A broadcast is delivered locally by the origin and published once per target topic; a
+  receiver delivers each message once (copies from several topics are dropped by message id),
+  using the frames encoded at the origin.
+* Membership facts are gossiped (deltas batched every ``gossip_interval_ms``, heartbeats) into
+  every node's :class:`~roomcast.cluster.membership.Replica`; requests go only to the nodes the
+  replica names, with an explicit responder set and a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from roomcast.cluster import wire
+from roomcast.cluster.bus import Bus
+from roomcast.cluster.membership import (
+    LocalFacts,
+    NodeDown,
+    NodeUp,
+    Replica,
+    RequestSnapshot,
+    node_tag,
+)
+from roomcast.cluster.wire import NodeId, Topic
+from roomcast.errors import RoomcastError
+from roomcast.protocol import socketio as sio
+from roomcast.protocol.frames import Frames
+
+from .sockets import BroadcastOperator, Handshake, Namespace, SocketInfo, start_broadcast_with_ack
+
+if TYPE_CHECKING:
+    from roomcast.node.server import Server
+
+log = logging.getLogger("roomcast.cluster")
+
+
+class ClusterTimeoutError(RoomcastError):
+    """Some nodes did not answer a cluster request in time; ``missing`` names them."""
+
+    def __init__(self, op: str, missing: set[str], partial: dict[NodeId, Any]) -> None:
+        super().__init__(f"{op}: no answer from {', '.join(sorted(missing))}")
+        self.missing = missing
+        self.partial = partial
+
+
+@dataclass
+class _Pending:
+    op: str
+    waiting: set[NodeId]
+    future: asyncio.Future[None]
+    replies: dict[NodeId, Any] = field(default_factory=dict)
+
+    def settle(self) -> None:
+        if not self.waiting and not self.future.done():
+            self.future.set_result(None)
+
+
+def _target(op: BroadcastOperator) -> dict[str, Any]:
+    return {
+        "ns": op.namespace.name,
+        "rooms": sorted(op.rooms),
+        "except_rooms": sorted(op.except_rooms),
+        "except_sids": sorted(op.except_sids),
+    }
+
+
+def _info_to_wire(info: SocketInfo) -> dict[str, Any]:
+    h = info.handshake
+    return {
+        "id": info.id,
+        "ns": info.namespace,
+        "rooms": sorted(info.rooms),
+        "data": info.data,
+        "node": info.node,
+        "handshake": None
+        if h is None
+        else {
+            "headers": h.headers,
+            "query": h.query,
+            "auth": h.auth,
+            "address": h.address,
+            "time": h.time,
+            "url": h.url,
+            "secure": h.secure,
+        },
+    }
+
+
+def _info_from_wire(d: dict[str, Any]) -> SocketInfo:
+    h = d.get("handshake")
+    return SocketInfo(
+        d["id"],
+        d["ns"],
+        frozenset(d["rooms"]),
+        d.get("data"),
+        None if h is None else Handshake(**h),
+        d["node"],
+    )
+
+
+class ClusterLink:
+    """One node's membership in the cluster (started and stopped by its Server)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        settings = server.settings
+        self.cs = settings.cluster
+        self.node_id = NodeId(server.node_id)
+        self.incarnation = server.incarnation
+        self.tag = node_tag(server.node_id, self.incarnation)
+        self.topic = wire.node_topic(self.tag)
+        self.facts = LocalFacts(server.node_id, self.incarnation, "", time.time())
+        self.replica = Replica(
+            server.node_id, self.cs.suspect_after_ms / 1000, self.cs.down_after_ms / 1000
+        )
+        routers = [(r.xsub, r.xpub) for r in settings.discovery.routers]
+        self.bus = Bus(
+            server.node_id,
+            self.incarnation,
+            routers,
+            self._on_message,
+            hwm=self.cs.hwm,
+            probe_retry=self.cs.probe_retry_ms / 1000,
+            linger_ms=500,  # the LEAVE announcement must get out
+        )
+        self._msg_ids = itertools.count(1)
+        self._req_ids = itertools.count(1)
+        self._seen: collections.OrderedDict[tuple[str, int, int], None] = collections.OrderedDict()
+        self._pending: dict[int, _Pending] = {}
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._housekeeper: asyncio.Task[None] | None = None
+        self.received_rooms = 0  #: ROOM envelopes delivered here (for inspection and tests)
+
+    @property
+    def join_timeout(self) -> float:
+        """How long a subscription may take to become live."""
+        return self.cs.join_timeout_ms / 1000
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self, address: str) -> None:
+        """Connect to the routers, prove the gossip and direct subscriptions, announce."""
+        self.facts.address = address
+        await self.bus.__aenter__()
+        try:
+            await self.bus.subscribe(wire.GOSSIP_TOPIC, self.join_timeout)
+            await self.bus.subscribe(self.topic, self.join_timeout)
+        except TimeoutError:
+            log.warning("no router answered yet; the node keeps trying in the background")
+        self.bus.publish(wire.GOSSIP_TOPIC, self.facts.heartbeat())
+        self._housekeeper = asyncio.get_running_loop().create_task(self._housekeeping())
+
+    async def stop(self) -> None:
+        """Announce departure and disconnect from the bus."""
+        self.flush()
+        self.bus.publish(wire.GOSSIP_TOPIC, wire.Leave())
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+            await asyncio.gather(self._housekeeper, return_exceptions=True)
+        for pending in self._pending.values():
+            pending.future.cancel()
+        await self.bus.__aexit__(None, None, None)
+
+    async def _housekeeping(self) -> None:
+        interval = self.cs.heartbeat_interval_ms / 1000
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + interval
+        while True:
+            await asyncio.sleep(min(interval, 0.1))
+            now = loop.time()
+            self._act(self.replica.tick(now))
+            if now >= next_beat:
+                next_beat = now + interval
+                self.flush()
+                self.facts.connections = len(self.server.connections)
+                self.bus.publish(wire.GOSSIP_TOPIC, self.facts.heartbeat())
+
+    # -- membership ---------------------------------------------------------------------------
+
+    def room_counts(self, ns: str, counts: dict[str, int]) -> None:
+        """Record local member counts; they are gossiped after ``gossip_interval_ms``."""
+        for room, count in counts.items():
+            self.facts.set_count(ns, room, count)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(
+                self.cs.gossip_interval_ms / 1000, self.flush
+            )
+
+    def flush(self) -> None:
+        """Send the pending membership delta now."""
+        self._flush_handle = None
+        self.facts.connections = len(self.server.connections)
+        delta = self.facts.take_delta()
+        if delta is not None:
+            self.bus.publish(wire.GOSSIP_TOPIC, delta)
+
+    # -- broadcasting -------------------------------------------------------------------------
+
+    def _topics(self, ns: Namespace, rooms: frozenset[str]) -> list[Topic]:
+        if not rooms:
+            return [wire.namespace_topic(ns.name)]
+        topics: list[Topic] = []
+        seen_tags: set[bytes] = set()
+        for room in rooms:
+            if room in ns.sockets:
+                continue  # a local sid: delivered locally
+            tag = wire.tag_of_sid(room)
+            if tag is not None and self.replica.node_of_tag(tag) is not None:
+                if tag not in seen_tags:
+                    seen_tags.add(tag)
+                    topics.append(wire.node_topic(tag))
+                continue
+            topics.append(wire.room_topic(ns.name, room))
+        return topics
+
+    def publish(self, op: BroadcastOperator, frames: Frames) -> None:
+        """Publish a broadcast the origin already delivered locally, once per target topic."""
+        ns = op.namespace
+        enc = frames.encoded
+        body = wire.RoomMessage(
+            next(self._msg_ids),
+            ns.name,
+            tuple(op.rooms),
+            tuple(op.except_rooms),
+            tuple(op.except_sids),
+            op.volatile_,
+            enc.text,
+            enc.attachments,
+        )
+        for topic in self._topics(ns, op.rooms):
+            self.bus.publish(topic, body)
+
+    def _on_room(self, header: wire.Header, msg: wire.RoomMessage) -> None:
+        if len(msg.rooms) > 1:
+            key = (header.origin, header.incarnation, msg.msg_id)
+            seen = self._seen
+            if key in seen:
+                return
+            seen[key] = None
+            if len(seen) > self.cs.dedup_window:
+                seen.popitem(last=False)
+        ns = self.server.namespace(msg.namespace)
+        if ns is None:
+            return
+        self.received_rooms += 1
+        recipients = ns.registry.recipients(msg.rooms, msg.except_rooms, msg.except_sids)
+        if not recipients:
+            return
+        frames = Frames(sio.Encoded(msg.text, msg.attachments))
+        volatile = msg.volatile
+        n = 0
+        for socket in recipients:
+            if socket.conn.write(frames, volatile):
+                n += 1
+        self.server.stats.messages_out += n
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def involved(self, op: BroadcastOperator) -> set[NodeId]:
+        """The remote nodes that may hold sockets targeted by ``op``."""
+        if not op.rooms:
+            return set(self.replica.alive())
+        nodes = self.replica.nodes_with_rooms(op.namespace.name, op.rooms)
+        for room in op.rooms:
+            tag = wire.tag_of_sid(room)
+            if tag is not None:
+                node = self.replica.node_of_tag(tag)
+                if node is not None:
+                    nodes.add(node)
+        nodes.discard(self.node_id)
+        return nodes
+
+    async def request(
+        self, nodes: set[NodeId], op: str, payload: Any, timeout: float | None = None
+    ) -> dict[NodeId, Any]:
+        """Send a request to ``nodes`` and collect every reply (ClusterTimeoutError if not)."""
+        if not nodes:
+            return {}
+        request_id = next(self._req_ids)
+        pending = _Pending(op, set(nodes), asyncio.get_running_loop().create_future())
+        self._pending[request_id] = pending
+        try:
+            for node in nodes:
+                tag = self.replica.tag(node)
+                if tag is None:
+                    pending.waiting.discard(node)
+                    continue
+                self.bus.publish(
+                    wire.node_topic(tag), wire.Request(request_id, self.tag, op, payload)
+                )
+            pending.settle()
+            wait = timeout if timeout is not None else self.cs.request_timeout_ms / 1000
+            try:
+                await asyncio.wait_for(asyncio.shield(pending.future), wait)
+            except TimeoutError:
+                raise ClusterTimeoutError(
+                    op, {str(n) for n in pending.waiting}, dict(pending.replies)
+                ) from None
+            return pending.replies
+        finally:
+            self._pending.pop(request_id, None)
+
+    def _reply(self, request: wire.Request, payload: Any) -> None:
+        self.bus.publish(wire.node_topic(request.reply_to), wire.Reply(request.request_id, payload))
+
+    def _on_reply(self, header: wire.Header, reply: wire.Reply) -> None:
+        pending = self._pending.get(reply.request_id)
+        if pending is None or header.origin not in pending.waiting:
+            return
+        pending.replies[header.origin] = reply.payload
+        pending.waiting.discard(header.origin)
+        pending.settle()
+
+    def _on_request(self, header: wire.Header, request: wire.Request) -> None:
+        self.server.spawn(self._serve(request))
+
+    async def _serve(self, request: wire.Request) -> None:
+        server = self.server
+        p = request.payload
+        op = request.op
+        if op == "server_event":
+            self._reply(request, await server.run_server_event(p["event"], p["args"]))
+            return
+        ns = server.namespace(p["ns"])
+        if ns is None:
+            self._reply(request, {"count": 0, "sockets": [], "responses": [], "expected": 0})
+            return
+        target = BroadcastOperator(
+            ns,
+            frozenset(p["rooms"]),
+            frozenset(p["except_rooms"]),
+            frozenset(p["except_sids"]),
+            local_=True,
+        )
+        if op == "fetch":
+            infos = [_info_to_wire(s.info()) for s in target.local_recipients()]
+            self._reply(request, {"sockets": infos})
+        elif op == "join":
+            sockets = list(target.local_recipients())
+            for socket in sockets:
+                await ns.add_to_rooms(socket, p["args"])
+            self._reply(request, {"count": len(sockets)})
+        elif op == "leave":
+            sockets = list(target.local_recipients())
+            for socket in sockets:
+                await ns.remove_from_rooms(socket, p["args"])
+            self._reply(request, {"count": len(sockets)})
+        elif op == "disconnect":
+            sockets = list(target.local_recipients())
+            for socket in sockets:
+                socket.disconnect(bool(p["close"]))
+            self._reply(request, {"count": len(sockets)})
+        elif op == "ack_broadcast":
+            if p["volatile"]:
+                target = target.volatile
+            future, collector = start_broadcast_with_ack(target, p["event"], p["args"])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(future), p["timeout"])
+            self._reply(
+                request,
+                {"responses": list(collector.responses), "expected": collector.expected},
+            )
+        else:
+            log.warning("unknown cluster request %r from %s", op, request.reply_to.hex())
+
+    # -- bus input ----------------------------------------------------------------------------
+
+    def _on_message(self, topic: Topic, header: wire.Header, body: wire.Body) -> None:
+        if isinstance(body, wire.RoomMessage):
+            self._on_room(header, body)
+        elif isinstance(body, wire.Reply):
+            self._on_reply(header, body)
+        elif isinstance(body, wire.Request):
+            self._on_request(header, body)
+        elif isinstance(body, wire.SnapshotRequest):
+            self.flush()
+            self.bus.publish(wire.node_topic(body.reply_to), self.facts.snapshot())
+        else:
+            now = asyncio.get_running_loop().time()
+            self._act(self.replica.receive(header, body, now))
+
+    def _act(self, actions: list[Any]) -> None:
+        for action in actions:
+            if isinstance(action, RequestSnapshot):
+                self.bus.publish(wire.node_topic(action.tag), wire.SnapshotRequest(self.tag))
+            elif isinstance(action, NodeDown):
+                log.info("node %s is down (%s)", action.node, action.reason)
+                for pending in self._pending.values():
+                    pending.waiting.discard(action.node)
+                    pending.settle()
+            elif isinstance(action, NodeUp):
+                log.info("node %s is up", action.node)
+
+    # -- inspection ---------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """The replica as JSON: nodes, their status and freshness, and bus counters."""
+        now = asyncio.get_running_loop().time()
+        nodes = [
+            {
+                "node": str(i.node),
+                "status": i.status.value,
+                "address": i.address,
+                "connections": i.connections,
+                "rooms": i.rooms,
+                "synced": i.synced,
+                "age": round(i.age, 3),
+                "incarnation": i.incarnation,
+            }
+            for i in self.replica.info(now)
+        ]
+        return {
+            "node": str(self.node_id),
+            "incarnation": self.incarnation,
+            "address": self.facts.address,
+            "nodes": nodes,
+            "bus": self.bus.stats_dict(),
+            "received_rooms": self.received_rooms,
+        }
+
+    def remote_rooms(self, ns: str | None) -> dict[tuple[str, str], dict[str, int]]:
+        """Rooms held by live remote nodes: (namespace, room) -> {node: count}."""
+        return {
+            key: {str(n): c for n, c in holders.items()}
+            for key, holders in self.replica.room_sizes(ns).items()
+        }
+
+    def freshness(self) -> float:
+        """Age in seconds of the stalest live remote view (0 with no remote node)."""
+        now = asyncio.get_running_loop().time()
+        ages = [i.age for i in self.replica.info(now) if i.status.value != "down"]
+        return max(ages, default=0.0)
+
+
+def infos_from_replies(replies: dict[NodeId, Any]) -> list[SocketInfo]:
+    """Decode the sockets of ``fetch`` replies."""
+    out: list[SocketInfo] = []
+    for reply in replies.values():
+        out.extend(_info_from_wire(d) for d in reply.get("sockets", []))
+    return out

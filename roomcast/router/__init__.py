@@ -1,0 +1,1 @@
+"""The ZeroMQ router: our own XSUB -> XPUB forwarding loop, stats and health."""

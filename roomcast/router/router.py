@@ -1,0 +1,272 @@
+"""The router: our own XSUB -> XPUB forwarding loop, with stats and a health endpoint.
+
+Nodes' PUB sockets connect to the XSUB side, their SUB sockets to the XPUB side. The XSUB side
+subscribes to everything, so each node publishes each message to the router once; the XPUB side
+forwards a topic only to the nodes subscribed to it. Subscriptions are *not* forwarded upstream
+(DESIGN.md: that would let a publisher filter out a new subscriber's first messages).
+
+The router holds no state a node cannot rebuild: when it restarts, nodes reconnect and ZeroMQ
+resends their subscriptions. It looks at nothing but the topic frame. Because roomcast's topics
+are fixed-length per kind, subscriptions match topics exactly, which lets the router count, per
+message, how many subscribers it went to (and how many messages had none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import zmq
+from aiohttp import web
+
+log = logging.getLogger("roomcast.router")
+
+_DRAIN = 4096
+
+
+@dataclass
+class RouterStats:
+    """Counters of the forwarding loop (written by its thread, read by the HTTP handlers)."""
+
+    messages_in: int = 0
+    messages_out: int = 0  #: deliveries: a message to 3 subscribers counts 3
+    bytes_in: int = 0
+    unrouted: int = 0  #: messages no subscriber wanted (dropped here by design)
+    malformed: int = 0  #: not a [topic, envelope] pair: dropped
+    subscribe_events: int = 0
+    unsubscribe_events: int = 0
+
+
+class Router:
+    """A running router: ``async with Router(...) as router: await router.serve_forever()``."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        xsub_port: int = 5555,
+        xpub_port: int = 5556,
+        http_port: int = 5557,
+        *,
+        hwm: int = 100_000,
+        router_id: str = "router",
+    ) -> None:
+        self.host = host
+        self.router_id = router_id
+        self.xsub_port = xsub_port
+        self.xpub_port = xpub_port
+        self.http_port = http_port
+        self.hwm = hwm
+        self.stats = RouterStats()
+        self.started = time.time()
+        self._subscribers: dict[bytes, int] = {}
+        self._lock = threading.Lock()  # guards _subscribers' changes against stats readers
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop_endpoint = f"inproc://router-stop-{id(self)}"
+        self._runner: web.AppRunner | None = None
+        self._stopped: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def xsub_endpoint(self) -> str:
+        """Where nodes publish."""
+        return f"tcp://{self.host}:{self.xsub_port}"
+
+    @property
+    def xpub_endpoint(self) -> str:
+        """Where nodes subscribe."""
+        return f"tcp://{self.host}:{self.xpub_port}"
+
+    @property
+    def http_url(self) -> str:
+        """The stats and health endpoint."""
+        return f"http://{self.host}:{self.http_port}"
+
+    async def __aenter__(self) -> Router:
+        self._stopped = asyncio.Event()
+        self._ctx = zmq.Context()
+        xsub = self._ctx.socket(zmq.XSUB)
+        xpub = self._ctx.socket(zmq.XPUB)
+        for sock in (xsub, xpub):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, self.hwm)
+            sock.setsockopt(zmq.RCVHWM, self.hwm)
+        xpub.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription, for exact counts
+        try:
+            self.xsub_port = _bind(xsub, self.host, self.xsub_port)
+            self.xpub_port = _bind(xpub, self.host, self.xpub_port)
+        except zmq.ZMQError:
+            xsub.close(0)
+            xpub.close(0)
+            self._ctx.term()
+            raise
+        xsub.send(b"\x01")  # subscribe to everything, from every publisher
+        stop = self._ctx.socket(zmq.PAIR)
+        stop.bind(self._stop_endpoint)
+        self._stop_sender = stop
+        self._thread = threading.Thread(
+            target=self._forward, args=(xsub, xpub), name="roomcast-router", daemon=True
+        )
+        self._thread.start()
+        await asyncio.get_running_loop().run_in_executor(None, self._ready.wait, 5.0)
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/stats", self._stats)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.http_port, reuse_address=True)
+        await site.start()
+        server = site._server
+        if server is not None and server.sockets:  # type: ignore[attr-defined]
+            self.http_port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        log.info(
+            "router %s: publish to %s, subscribe at %s, stats at %s",
+            self.router_id,
+            self.xsub_endpoint,
+            self.xpub_endpoint,
+            self.http_url,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._thread is not None:
+            self._stop_sender.send(b"stop")
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
+            self._thread = None
+            self._stop_sender.close(0)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        """Run until :meth:`stop` or cancellation."""
+        assert self._stopped is not None, "use 'async with Router(...)' first"
+        await self._stopped.wait()
+
+    def stop(self) -> None:
+        """Make :meth:`serve_forever` return."""
+        if self._stopped is not None:
+            self._stopped.set()
+
+    # -- the forwarding loop (its own thread; zmq sockets never cross threads) ----------------
+
+    def _forward(self, xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes]) -> None:
+        assert self._ctx is not None
+        stop = self._ctx.socket(zmq.PAIR)
+        stop.connect(self._stop_endpoint)
+        poller = zmq.Poller()
+        poller.register(xsub, zmq.POLLIN)
+        poller.register(xpub, zmq.POLLIN)
+        poller.register(stop, zmq.POLLIN)
+        stats = self.stats
+        subscribers = self._subscribers
+        self._ready.set()
+        try:
+            while True:
+                ready = dict(poller.poll())
+                if stop in ready:
+                    return
+                if xpub in ready:
+                    for _ in range(_DRAIN):
+                        try:
+                            event = xpub.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        if not event:
+                            continue
+                        topic = bytes(event[1:])
+                        with self._lock:
+                            if event[0] == 1:
+                                stats.subscribe_events += 1
+                                subscribers[topic] = subscribers.get(topic, 0) + 1
+                            elif event[0] == 0:
+                                stats.unsubscribe_events += 1
+                                left = subscribers.get(topic, 0) - 1
+                                if left > 0:
+                                    subscribers[topic] = left
+                                else:
+                                    subscribers.pop(topic, None)
+                if xsub in ready:
+                    for _ in range(_DRAIN):
+                        try:
+                            frames = xsub.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        stats.messages_in += 1
+                        if len(frames) != 2:
+                            stats.malformed += 1
+                            continue
+                        topic = frames[0]
+                        stats.bytes_in += len(topic) + len(frames[1])
+                        count = subscribers.get(topic, 0)
+                        if count == 0:
+                            stats.unrouted += 1
+                            continue
+                        stats.messages_out += count
+                        xpub.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.ETERM:
+                self._error = exc
+                log.exception("router loop failed")
+        finally:
+            stop.close(0)
+            xsub.close(0)
+            xpub.close(0)
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def stats_dict(self) -> dict[str, Any]:
+        """The counters, the topics with subscribers, and liveness."""
+        s = self.stats
+        with self._lock:
+            topics = len(self._subscribers)
+            subscriptions = sum(self._subscribers.values())
+        return {
+            "router": self.router_id,
+            "status": "ok" if self._thread is not None and self._error is None else "failed",
+            "xsub": self.xsub_endpoint,
+            "xpub": self.xpub_endpoint,
+            "uptime": round(time.time() - self.started, 3),
+            "messages_in": s.messages_in,
+            "messages_out": s.messages_out,
+            "bytes_in": s.bytes_in,
+            "unrouted": s.unrouted,
+            "malformed": s.malformed,
+            "topics": topics,
+            "subscriptions": subscriptions,
+            "subscribe_events": s.subscribe_events,
+            "unsubscribe_events": s.unsubscribe_events,
+        }
+
+    async def _health(self, request: web.Request) -> web.Response:
+        ok = self._thread is not None and self._thread.is_alive() and self._error is None
+        return web.json_response(
+            {"status": "ok" if ok else "failed", "router": self.router_id},
+            status=200 if ok else 503,
+        )
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats_dict())
+
+
+def _bind(sock: zmq.Socket[bytes], host: str, port: int) -> int:
+    if port == 0:
+        return sock.bind_to_random_port(f"tcp://{host}")
+    sock.bind(f"tcp://{host}:{port}")
+    return port
