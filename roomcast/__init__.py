@@ -1,22 +1,39 @@
-"""roomcast: a horizontally scalable real-time server in the Socket.IO model."""
+"""roomcast: a horizontally scalable real-time server in the Socket.IO model.
+
+The public names are imported lazily, so that ``import roomcast.protocol`` stays free of
+asyncio, aiohttp and zmq.
+"""
 
 from __future__ import annotations
 
-from roomcast.config import Settings, load
-from roomcast.errors import AckTimeoutError, ConnectRefusedError, DisconnectedError
-from roomcast.node.server import Server
-from roomcast.node.sockets import BroadcastOperator, Namespace, Socket, SocketInfo
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "AckTimeoutError",
-    "BroadcastOperator",
-    "ConnectRefusedError",
-    "DisconnectedError",
-    "Namespace",
-    "Server",
-    "Settings",
-    "Socket",
-    "SocketInfo",
-    "load",
-]
+if TYPE_CHECKING:
+    from roomcast.config import Settings, load
+    from roomcast.errors import AckTimeoutError, ConnectRefusedError, DisconnectedError
+    from roomcast.node.server import Server
+    from roomcast.node.sockets import BroadcastOperator, Namespace, Socket, SocketInfo
+
+_EXPORTS = {
+    "AckTimeoutError": "roomcast.errors",
+    "BroadcastOperator": "roomcast.node.sockets",
+    "ConnectRefusedError": "roomcast.errors",
+    "DisconnectedError": "roomcast.errors",
+    "Namespace": "roomcast.node.sockets",
+    "Server": "roomcast.node.server",
+    "Settings": "roomcast.config",
+    "Socket": "roomcast.node.sockets",
+    "SocketInfo": "roomcast.node.sockets",
+    "load": "roomcast.config",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'roomcast' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

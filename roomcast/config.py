@@ -231,11 +231,21 @@ def _set_dotted(data: dict[str, Any], keys: list[str], value: Any) -> None:
     data[keys[-1]] = value
 
 
+class _EnvValue(str):
+    """A raw environment value: parsed as a TOML value unless the key is a string."""
+
+    __slots__ = ()
+
+
 def _parse_env_value(raw: str) -> Any:
+    return _EnvValue(raw)
+
+
+def _from_env(value: _EnvValue) -> Any:
     try:
-        return tomllib.loads(f"v = {raw}")["v"]
+        return tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
-        return raw
+        return str(value)
 
 
 def _build(cls: type[Any], table: Mapping[str, Any], path: str, skip: set[str] = set()) -> Any:  # noqa: B006
@@ -255,6 +265,8 @@ def _build(cls: type[Any], table: Mapping[str, Any], path: str, skip: set[str] =
 
 
 def _coerce(hint: Any, value: Any, path: str) -> Any:
+    if isinstance(value, _EnvValue):
+        value = str(value) if hint is str else _from_env(value)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, path)
     origin = typing.get_origin(hint)

@@ -90,6 +90,7 @@ class Bus:
         self._subscribed: dict[bytes, int] = {}
         self._nonces = itertools.count(1)
         self._probes: dict[int, asyncio.Future[None]] = {}
+        self._live: dict[bytes, asyncio.Future[None]] = {}  # first probes still under way
 
     async def __aenter__(self) -> Bus:
         ctx = self._ctx = zmq.asyncio.Context()
@@ -123,6 +124,8 @@ class Bus:
             self._reader = None
         for future in self._probes.values():
             future.cancel()
+        for task in self._live.values():
+            task.cancel()
         if self._sub is not None:
             self._sub.close(linger=0)
         if self._pub_owner is not None:
@@ -153,7 +156,11 @@ class Bus:
     # -- subscriptions ------------------------------------------------------------------------
 
     async def subscribe(self, topic: Topic, timeout: float) -> None:
-        """Subscribe to ``topic`` and return once the router delivers it here."""
+        """Add one interest in ``topic``; returns once the router delivers it here.
+
+        Interests are counted: the first subscribes and probes, later ones wait for that probe
+        (or return at once when it already came back), the last :meth:`unsubscribe` ends it.
+        """
         count = self._subscribed.get(topic, 0)
         self._subscribed[topic] = count + 1
         if count == 0:
@@ -161,7 +168,15 @@ class Bus:
             self._sub.setsockopt(zmq.SUBSCRIBE, topic)
             self._last_seen.pop(topic, None)
             self.stats.subscriptions += 1
-        await self.probe(topic, timeout)
+            self._live[topic] = asyncio.ensure_future(self.probe(topic, timeout))
+        task = self._live.get(topic)
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        finally:
+            if task.done() and self._live.get(topic) is task:
+                del self._live[topic]
 
     def unsubscribe(self, topic: Topic) -> None:
         """Drop one interest in ``topic``; the subscription goes when the last one does."""
@@ -192,13 +207,14 @@ class Bus:
         """Publish probes on ``topic`` until one comes back (TimeoutError after ``timeout``)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        retry = self._probe_retry
         while True:
             nonce = next(self._nonces)
             future: asyncio.Future[None] = loop.create_future()
             self._probes[nonce] = future
             self.publish(topic, wire.Probe(nonce))
             self.stats.probes_sent += 1
-            wait = min(self._probe_retry, max(deadline - loop.time(), 0.0))
+            wait = min(retry, max(deadline - loop.time(), 0.0))
             try:
                 await asyncio.wait_for(future, wait)
                 return
@@ -207,7 +223,7 @@ class Bus:
                     raise TimeoutError(f"probe on {topic!r} did not come back") from None
                 # The probe overtook the subscription (or was dropped): send another, with
                 # a growing interval so an absent router costs little.
-                self._probe_retry = min(self._probe_retry * 1.5, 1.0)
+                retry = min(retry * 1.5, 1.0)
             finally:
                 self._probes.pop(nonce, None)
 

@@ -75,10 +75,14 @@ def tag_of_sid(sid: str) -> bytes | None:
     """The tag of the node that issued ``sid``, or None when ``sid`` is not one of ours."""
     if len(sid) <= TAG_CHARS:
         return None
+    prefix = sid[:TAG_CHARS]
     try:
-        return base64.urlsafe_b64decode(sid[:TAG_CHARS])
+        tag = base64.urlsafe_b64decode(prefix)
     except (ValueError, TypeError):
         return None
+    # The decoder skips characters outside the alphabet and accepts '+', '/' and padding:
+    # only a prefix that is exactly the text of a 6-byte tag is ours.
+    return tag if len(tag) == TAG_BYTES and tag_text(tag) == prefix else None
 
 
 def tag_text(tag: bytes) -> str:

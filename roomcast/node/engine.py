@@ -59,6 +59,7 @@ class Connection:
         "_ws",
         "_ws_transport",
         "connect_timer",
+        "connecting",
         "decoder",
         "request",
         "server",
@@ -72,6 +73,8 @@ class Connection:
         self.request = request
         self.decoder = sio.Decoder(server.decoder_limits)
         self.sockets: dict[str, Socket] = {}
+        #: Namespaces whose connect (middleware) is under way.
+        self.connecting: set[str] = set()
         self._ws: web.WebSocketResponse | None = None
         self._ws_transport: asyncio.Transport | None = None
         self._poll_waiter: asyncio.Future[eio.Packet | None] | None = None
@@ -174,7 +177,7 @@ class Connection:
         # A polling body that ends with CLOSE ("41" then "1") comes in already closed: its
         # messages are still handled and its SessionClosed must still run. Otherwise, stop
         # as soon as something we did closed the session.
-        closed_by_peer = self.session.closed
+        closed_by_peer = False  # MUTANT
         for event in events:
             if isinstance(event, eio.MessageReceived):
                 self.on_message(event.data)
@@ -224,20 +227,7 @@ class Connection:
         self._wake_poll(event.notify_poll)
         ws = self._ws
         if ws is not None and not ws.closed:
-            code = (
-                WSCloseCode.OK
-                if event.reason
-                in (
-                    reasons.TRANSPORT_CLOSE,
-                    reasons.SERVER_SHUTTING_DOWN,
-                    reasons.FORCED_SERVER_CLOSE,
-                    reasons.PING_TIMEOUT,
-                )
-                else WSCloseCode.POLICY_VIOLATION
-            )
-            if event.reason == reasons.PAYLOAD_TOO_LARGE:
-                code = WSCloseCode.MESSAGE_TOO_BIG
-            server.spawn(ws.close(code=code, message=event.reason.encode()))
+            server.spawn(ws.close(code=_close_code(event.reason), message=event.reason.encode()))
         self._ws_transport = None
         for socket in list(self.sockets.values()):
             socket._on_close(event.reason)
@@ -367,6 +357,25 @@ class Connection:
                     break
         finally:
             self.close(reason)
+        # When this loop closed the session, the close frame with its reason must go out
+        # before the handler returns: aiohttp would otherwise close first (1000, no reason).
+        closed_with = self.session.close_reason
+        if not ws.closed and closed_with is not None:
+            await ws.close(code=_close_code(closed_with), message=closed_with.encode())
+
+
+def _close_code(reason: str) -> int:
+    """The WebSocket close code (RFC 6455 §7.4.1) of a session that ended with ``reason``."""
+    if reason == reasons.PAYLOAD_TOO_LARGE:
+        return WSCloseCode.MESSAGE_TOO_BIG
+    if reason in (
+        reasons.TRANSPORT_CLOSE,
+        reasons.SERVER_SHUTTING_DOWN,
+        reasons.FORCED_SERVER_CLOSE,
+        reasons.PING_TIMEOUT,
+    ):
+        return WSCloseCode.OK
+    return WSCloseCode.POLICY_VIOLATION
 
 
 def _poll_text_to_ws(text: str) -> bytes:

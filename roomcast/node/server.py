@@ -200,9 +200,11 @@ class Server:
 
     def _connect(self, conn: Connection, packet: sio.Packet) -> None:
         name = packet.namespace
-        if name in conn.sockets:
+        if name in conn.sockets or name in conn.connecting:
             return
-        if len(conn.sockets) >= self.settings.limits.max_namespaces_per_connection:
+        # Connects still under way count: a burst of CONNECTs must not get past the limit.
+        limit = self.settings.limits.max_namespaces_per_connection
+        if len(conn.sockets) + len(conn.connecting) >= limit:
             conn.close(reasons.TOO_MANY_NAMESPACES)
             return
         ns = self._resolve(name)
@@ -211,7 +213,14 @@ class Server:
                 sio.Packet(sio.PacketType.CONNECT_ERROR, name, {"message": "Invalid namespace"})
             )
             return
-        self.spawn(ns.connect(conn, packet.data or {}))
+        conn.connecting.add(name)
+        self.spawn(self._connect_socket(conn, ns, packet.data or {}))
+
+    async def _connect_socket(self, conn: Connection, ns: Namespace, auth: Any) -> None:
+        try:
+            await ns.connect(conn, auth)
+        finally:
+            conn.connecting.discard(ns.name)
 
     def handshake(self, conn: Connection, auth: dict[str, Any]) -> Handshake:
         """The handshake record of a socket connecting over ``conn``."""
@@ -348,14 +357,25 @@ class Server:
         for room in left:
             bus.unsubscribe(room_topic(ns.name, room))
         if joined:
-            await asyncio.gather(
-                *(bus.subscribe(room_topic(ns.name, r), cluster.join_timeout) for r in joined)
-            )
+            try:
+                await asyncio.gather(
+                    *(bus.subscribe(room_topic(ns.name, r), cluster.join_timeout) for r in joined)
+                )
+            except TimeoutError:
+                # No router answered: the socket is in its rooms here and the subscription is
+                # set (ZeroMQ sends it when a router comes back); other nodes' messages wait
+                # for that. Serving local clients beats failing their joins.
+                log.warning("rooms %s of %s joined without a live router", joined, ns.name)
 
     async def namespace_entered(self, ns: Namespace) -> None:
         """A socket is about to connect to ``ns``: make namespace-wide emits reach it."""
         if self.cluster is not None:
-            await self.cluster.bus.subscribe(namespace_topic(ns.name), self.cluster.join_timeout)
+            try:
+                await self.cluster.bus.subscribe(
+                    namespace_topic(ns.name), self.cluster.join_timeout
+                )
+            except TimeoutError:
+                log.warning("socket connected to %s without a live router", ns.name)
 
     def namespace_exited(self, ns: Namespace) -> None:
         """A socket of ``ns`` is gone."""

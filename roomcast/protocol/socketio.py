@@ -231,6 +231,10 @@ class Decoder:
                 raise RemoteProtocolError(reasons.PARSE_ERROR, "text while awaiting attachments")
             packet, expected = self._decode_text(message)
             if expected == 0:
+                if packet.type in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
+                    # socket.io-parser accepts "50-[...]"; any placeholder in it is dangling.
+                    data = _reconstruct(packet.data, [])
+                    return Packet(packet.type, packet.namespace, data, packet.id)
                 return packet
             self._partial = _Partial(packet, expected)
             return None
@@ -259,8 +263,6 @@ class Decoder:
             if len(digits) > 6 or int(digits) > self._limits.max_attachments:
                 raise RemoteProtocolError(reasons.TOO_MANY_ATTACHMENTS, digits[:12])
             attachments = int(digits)
-            if attachments == 0:  # socket.io-parser: "Illegal attachments"
-                raise RemoteProtocolError(reasons.PARSE_ERROR, "bad attachment count")
             i = dash + 1
         namespace = ROOT_NAMESPACE
         if i < n and text[i] == "/":
