@@ -28,7 +28,18 @@ _EXPORTS = {
     "load": "roomcast.config",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AckTimeoutError",
+    "BroadcastOperator",
+    "ConnectRefusedError",
+    "DisconnectedError",
+    "Namespace",
+    "Server",
+    "Settings",
+    "Socket",
+    "SocketInfo",
+    "load",
+]
 __version__ = "0.1.0"
 
 

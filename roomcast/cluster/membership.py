@@ -14,7 +14,9 @@ for a snapshot. The rules (one home, STYLE.md #2):
 * Any message refreshes ``last_seen``. Without one for ``suspect_after`` the node is SUSPECT,
   for ``down_after`` it is DOWN and its facts are dropped. A LEAVE (graceful shutdown) or an
   external verdict (Consul's check going critical) makes it DOWN at once. A DOWN node that
-  speaks again with the same incarnation is revived and resynced.
+  speaks again with the same incarnation is revived and resynced, unless it left: a LEAVE ends
+  its incarnation, and messages of it that arrive later (a snapshot on another topic) are
+  ignored.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class _View:
     started: float = 0.0
     buffered: dict[int, wire.Delta] = field(default_factory=dict)
     snapshot_asked: float | None = None
+    left: bool = False  #: this incarnation ended with a LEAVE
 
 
 class Replica:
@@ -124,11 +127,16 @@ class Replica:
             return []
         actions: list[Action] = []
         view = self._view_for(header, now, actions)
-        if view is None:
-            return actions
+        if view is None or view.left:
+            return actions  # from before a restart, or late (or repeated) after a LEAVE
         view.last_seen = now
+        if isinstance(body, wire.Leave):
+            view.left = True
+            if view.status is not NodeStatus.DOWN:
+                self._down(view, "left", actions)
+            return actions
         if view.status is not NodeStatus.ALIVE:
-            if view.status is NodeStatus.DOWN and not isinstance(body, wire.Leave):
+            if view.status is NodeStatus.DOWN:
                 view.synced = False  # revived: its facts were dropped
                 actions.append(NodeUp(view.node))
             view.status = NodeStatus.ALIVE
@@ -145,8 +153,6 @@ class Replica:
                 self._ask_snapshot(view, now, actions)
         elif isinstance(body, wire.Snapshot):
             self._on_snapshot(view, body)
-        elif isinstance(body, wire.Leave):
-            self._down(view, "left", actions)
         return actions
 
     def _view_for(self, header: wire.Header, now: float, actions: list[Action]) -> _View | None:
@@ -189,9 +195,11 @@ class Replica:
         view.facts_seq = delta.facts_seq
 
     def _on_snapshot(self, view: _View, snap: wire.Snapshot) -> None:
+        if snap.facts_seq < view.facts_seq:
+            return  # a late answer to an earlier request: never roll the facts back
         view.address, view.connections, view.started = snap.address, snap.connections, snap.started
-        if view.synced and snap.facts_seq <= view.facts_seq:
-            return  # we are already at least that fresh
+        if view.synced and snap.facts_seq == view.facts_seq:
+            return  # we are already that fresh
         self._set_rooms(view, {(ns, room): count for ns, room, count in snap.rooms if count > 0})
         view.facts_seq = snap.facts_seq
         view.synced = True

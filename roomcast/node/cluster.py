@@ -356,11 +356,15 @@ class ClusterLink:
             sockets = list(target.local_recipients())
             for socket in sockets:
                 await ns.add_to_rooms(socket, p["args"])
+            # The delta goes out before the reply, through the same router, so the requester's
+            # replica shows the new members when its request returns (read your writes).
+            self.flush()
             self._reply(request, {"count": len(sockets)})
         elif op == "leave":
             sockets = list(target.local_recipients())
             for socket in sockets:
                 await ns.remove_from_rooms(socket, p["args"])
+            self.flush()
             self._reply(request, {"count": len(sockets)})
         elif op == "disconnect":
             sockets = list(target.local_recipients())

@@ -177,7 +177,7 @@ class Connection:
         # A polling body that ends with CLOSE ("41" then "1") comes in already closed: its
         # messages are still handled and its SessionClosed must still run. Otherwise, stop
         # as soon as something we did closed the session.
-        closed_by_peer = False  # MUTANT
+        closed_by_peer = self.session.closed
         for event in events:
             if isinstance(event, eio.MessageReceived):
                 self.on_message(event.data)

@@ -118,7 +118,10 @@ class Socket:
         #: The rooms this socket is in, its own sid room included.
         self.rooms: set[str] = {self.sid}
         self.connected = False
-        self._acks: dict[int, Callable[[list[Any]], None] | _Collector] = {}
+        #: Pending acks: a callback, a broadcast's collector, or an emit_with_ack's future.
+        self._acks: dict[
+            int, Callable[[list[Any]], None] | _Collector | asyncio.Future[list[Any]]
+        ] = {}
 
     def __repr__(self) -> str:
         return f"<Socket {self.namespace.name}#{self.sid}>"
@@ -157,12 +160,7 @@ class Socket:
             raise DisconnectedError(self.sid)
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         ack_id = self.namespace.next_ack_id()
-
-        def resolve(args: list[Any]) -> None:
-            if not future.done():
-                future.set_result(args)
-
-        self._acks[ack_id] = resolve
+        self._acks[ack_id] = future  # resolved by _on_ack, failed by _on_close
         self.conn.write(Frames(sio.encode_event(self.namespace.name, event, args, ack_id)))
         try:
             result = await asyncio.wait_for(future, timeout)
@@ -268,6 +266,10 @@ class Socket:
         if isinstance(pending, _Collector):
             pending.ack(args)
             return
+        if isinstance(pending, asyncio.Future):
+            if not pending.done():
+                pending.set_result(args)
+            return
         try:
             pending(args)
         except Exception:
@@ -281,6 +283,8 @@ class Socket:
         for pending in self._acks.values():
             if isinstance(pending, _Collector):
                 pending.forget()
+            elif isinstance(pending, asyncio.Future) and not pending.done():
+                pending.set_exception(DisconnectedError(self.sid))
         self._acks.clear()
         self.conn.sockets.pop(ns.name, None)
         ns.server.spawn(ns.remove_socket(self, reason))
