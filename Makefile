@@ -42,7 +42,9 @@ typecheck: install-test
 	$(VENV)/bin/mypy
 
 bench: install-test
-	$(PY) -m bench
+	@test bench/js/node_modules/.package-lock.json -nt bench/js/package-lock.json || \
+		{ cd bench/js && npm ci --no-audit --no-fund --loglevel=error; }
+	$(PY) -m bench $(BENCH_ARGS)
 
 compliance-server: install
 	PYTHONPATH=. $(PY) examples/compliance.py

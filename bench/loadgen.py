@@ -1,0 +1,478 @@
+"""The load generator: raw WebSocket clients speaking Engine.IO v4 / Socket.IO v5 directly.
+
+Each worker process owns whole rooms (their publisher and every member), so a room's feedback
+loop never crosses processes. The clients are :class:`asyncio.Protocol` objects on one event
+loop: no per-message task, future or queue. A chunk read from a socket is split into WebSocket
+frames in place; the send timestamp of a delivered ``42["m",{"t":<µs>,...}]`` is read without
+a JSON parse (both servers write the compact JSON ``JSON.stringify`` writes).
+
+Client frames are masked with the all-zero key (RFC 6455 §5.3 only asks the key to be
+unpredictable, which matters for proxies, not here), so sending costs no XOR in Python while the
+server still does its usual unmasking work.
+
+The worker talks to the parent over a :mod:`multiprocessing` pipe: it answers ``ready`` once all
+its clients have connected and joined, then runs each :class:`Phase` it is sent and answers with
+a :class:`PhaseResult`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import gc
+import hashlib
+import json
+import os
+import struct
+import time
+from array import array
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, cast
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+ZERO_MASK = b"\x00\x00\x00\x00"
+OP_CONT, OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x8, 0x9, 0xA
+
+MESSAGE_PREFIX = b'42["m",{"t":'  # what a delivered relay message starts with
+_PREFIX_LEN = len(MESSAGE_PREFIX)
+
+
+def client_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
+    """One final, masked (zero key) client-to-server WebSocket frame."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    return head + ZERO_MASK + payload
+
+
+PONG_FRAME = client_frame(b"3")  # Engine.IO PONG
+CONNECT_FRAME = client_frame(b"40")  # Socket.IO CONNECT to "/"
+
+
+def now_us() -> int:
+    """Microseconds on the system-wide monotonic clock (comparable across processes)."""
+    return time.monotonic_ns() // 1000
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What one worker process runs: its rooms (by index) and where to connect."""
+
+    host: str
+    port: int
+    rooms: list[int]
+    members: int  #: clients per room, the publisher included
+    payload: int  #: filler characters in each message's data
+    connect_concurrency: int = 50
+    connect_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One measured run. Times are :func:`now_us` values shared by every process."""
+
+    mode: str  #: "max" (closed loop, ``window`` in flight per room) or "rate"
+    rate: float  #: messages per second per room, for "rate"
+    window: int  #: messages in flight per room, for "max"
+    start: int  #: publishing starts (warmup)
+    t0: int  #: measurement starts
+    t1: int  #: measurement and publishing end
+    drain: float  #: seconds to wait after t1 for messages still in flight
+
+
+@dataclass
+class PhaseResult:
+    """What one worker saw during a phase."""
+
+    published: int = 0  #: publishes sent in [t0, t1)
+    expected: int = 0  #: deliveries those publishes should cause
+    received_in_window: int = 0  #: deliveries received in [t0, t1), whenever sent
+    latencies: array[int] = field(default_factory=lambda: array("q"))  #: µs, sent in [t0, t1)
+    cpu_seconds: float = 0.0  #: this worker's CPU time in [t0, t1)
+    closed_clients: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Recorder:
+    """The measurement state shared by every client of a worker (one per phase)."""
+
+    __slots__ = ("latencies", "received_in_window", "t0", "t1")
+
+    def __init__(self, t0: int = 0, t1: int = 0) -> None:
+        self.t0 = t0
+        self.t1 = t1
+        self.received_in_window = 0
+        self.latencies: array[int] = array("q")
+
+
+class ProtocolFailure(Exception):
+    """The server did something a client did not expect (handshake, join, close)."""
+
+
+class Room:
+    """One room of the scenario: a publisher, its members and the publishing state."""
+
+    __slots__ = (
+        "active",
+        "clients",
+        "index",
+        "name",
+        "prefix",
+        "published_in_window",
+        "recorder",
+        "suffix",
+    )
+
+    def __init__(self, index: int, payload: int) -> None:
+        self.index = index
+        self.name = f"room-{index}"
+        self.clients: list[Client] = []
+        body = json.dumps({"room": self.name, "event": "m"}, separators=(",", ":"))
+        self.prefix = f'42["publish",{body[:-1]},"data":{{"t":'.encode()
+        self.suffix = f',"p":"{"x" * payload}"}}}}]'.encode()
+        self.active = False
+        self.published_in_window = 0
+        self.recorder = Recorder()
+
+    def publish(self, t: int) -> None:
+        """Send one ``publish`` (no ack asked) stamped ``t``."""
+        transport = self.clients[0].transport
+        if transport is None or transport.is_closing():
+            return
+        rec = self.recorder
+        if rec.t0 <= t < rec.t1:
+            self.published_in_window += 1
+        transport.write(client_frame(self.prefix + str(t).encode() + self.suffix))
+
+    def delivered(self) -> None:
+        """The room's feedback client got a message: in closed loop, send the next one."""
+        if self.active:
+            t = now_us()
+            if t < self.recorder.t1:
+                self.publish(t)
+            else:
+                self.active = False
+
+
+class Client(asyncio.Protocol):
+    """One WebSocket client: Engine.IO session, Socket.IO socket on "/", member of one room."""
+
+    def __init__(self, host: str, port: int, room: Room) -> None:
+        self.host = host
+        self.port = port
+        self.room = room
+        self.feedback: Room | None = None  #: set on the room's closed-loop feedback client
+        self.transport: asyncio.Transport | None = None
+        self._key = base64.b64encode(os.urandom(16))
+        self._upgraded = False
+        self._buf = b""
+        self._fragments: list[bytes] = []
+        self._acks: dict[int, asyncio.Future[Any]] = {}
+        self._next_ack = 1
+        loop = asyncio.get_running_loop()
+        self.connected: asyncio.Future[str] = loop.create_future()
+        self.closed = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
+        transport.write(
+            b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+            + f"Host: {self.host}:{self.port}\r\n".encode()
+            + b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            + b"Sec-WebSocket-Key: "
+            + self._key
+            + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(ProtocolFailure(f"connection lost: {exc}"))
+
+    def data_received(self, data: bytes) -> None:
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        if not self._upgraded:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                self._buf = data
+                return
+            self._check_upgrade(data[:end])
+            data = data[end + 4 :]
+        # Split the chunk into frames; one clock reading per chunk.
+        now = now_us()
+        pos = 0
+        size = len(data)
+        while size - pos >= 2:
+            b0 = data[pos]
+            n = data[pos + 1]
+            if n & 0x80:
+                self._protocol_error("masked server frame")
+                return
+            head = 2
+            if n == 126:
+                if size - pos < 4:
+                    break
+                n = (data[pos + 2] << 8) | data[pos + 3]
+                head = 4
+            elif n == 127:
+                if size - pos < 10:
+                    break
+                n = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                head = 10
+            end = pos + head + n
+            if end > size:
+                break
+            payload = data[pos + head : end]
+            pos = end
+            if b0 == 0x81 and payload.startswith(MESSAGE_PREFIX):
+                self._deliver(payload, now)  # the hot path: a relayed message, one frame
+            else:
+                self._on_frame(b0, payload, now)
+        if pos < size:
+            self._buf = data[pos:]
+
+    def _deliver(self, payload: bytes, now: int) -> None:
+        t = int(payload[_PREFIX_LEN : payload.index(b",", _PREFIX_LEN)])
+        rec = self.room.recorder
+        if rec.t0 <= t < rec.t1:
+            rec.latencies.append(now - t)
+        if rec.t0 <= now < rec.t1:
+            rec.received_in_window += 1
+        if self.feedback is not None:
+            self.feedback.delivered()
+
+    # -- the rest of the protocol (cold) ------------------------------------------------------
+
+    def _check_upgrade(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        if not lines[0].startswith(b"HTTP/1.1 101"):
+            self._protocol_error(f"upgrade refused: {lines[0]!r}")
+            return
+        expected = base64.b64encode(hashlib.sha1(self._key + WS_GUID).digest())
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines[1:])
+        }
+        if headers.get(b"sec-websocket-accept") != expected:
+            self._protocol_error("bad Sec-WebSocket-Accept")
+            return
+        self._upgraded = True
+
+    def _on_frame(self, b0: int, payload: bytes, now: int) -> None:
+        opcode = b0 & 0x0F
+        if opcode in (OP_TEXT, OP_CONT):
+            if not b0 & 0x80:
+                self._fragments.append(payload)
+                return
+            if self._fragments:
+                payload = b"".join([*self._fragments, payload])
+                self._fragments.clear()
+            self._on_text(payload, now)
+        elif opcode == OP_PING:
+            self._write(client_frame(payload, OP_PONG))
+        elif opcode == OP_CLOSE:
+            self._write(client_frame(payload[:2], OP_CLOSE))
+            self._fail(ProtocolFailure(f"server closed the WebSocket: {payload[2:]!r}"))
+            if self.transport is not None:
+                self.transport.close()
+        # binary frames and pongs are not part of this scenario
+
+    def _on_text(self, payload: bytes, now: int) -> None:
+        if payload.startswith(MESSAGE_PREFIX):  # reassembled from fragments
+            self._deliver(payload, now)
+        elif payload == b"2":  # Engine.IO PING
+            self._write(PONG_FRAME)
+        elif payload.startswith(b"43"):  # Socket.IO ACK on "/"
+            bracket = payload.index(b"[")
+            future = self._acks.pop(int(payload[2:bracket]), None)
+            if future is not None and not future.done():
+                args = json.loads(payload[bracket:])
+                future.set_result(args[0] if args else None)
+        elif payload.startswith(b"40"):  # Socket.IO CONNECT
+            if not self.connected.done():
+                self.connected.set_result(json.loads(payload[2:])["sid"])
+        elif payload.startswith(b"0"):  # Engine.IO OPEN
+            self._write(CONNECT_FRAME)
+        elif payload.startswith((b"44", b"41", b"1")):  # CONNECT_ERROR, DISCONNECT, CLOSE
+            self._fail(ProtocolFailure(f"server said {payload[:200]!r}"))
+
+    def _write(self, frame: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame)
+
+    def _protocol_error(self, message: str) -> None:
+        self._fail(ProtocolFailure(message))
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.connected.done():
+            self.connected.set_exception(exc)
+        for future in self._acks.values():
+            if not future.done():
+                future.set_exception(exc)
+        self._acks.clear()
+
+    async def emit_with_ack(self, event: str, *args: Any) -> Any:
+        """``42<id>[event, ...args]``; returns the first argument of the ack."""
+        ack_id = self._next_ack
+        self._next_ack += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._acks[ack_id] = future
+        body = json.dumps([event, *args], separators=(",", ":"))
+        self._write(client_frame(f"42{ack_id}{body}".encode()))
+        return await future
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(client_frame(struct.pack("!H", 1000), OP_CLOSE))
+            self.transport.close()
+
+
+async def connect_and_join(client: Client, timeout: float) -> None:
+    """Open the WebSocket, connect to "/", join the client's room and check the ack."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        await loop.create_connection(lambda: client, client.host, client.port)
+        await client.connected
+        ack = await client.emit_with_ack("join", client.room.name)
+    if not isinstance(ack, dict) or ack.get("ok") is not True:
+        raise ProtocolFailure(f"join {client.room.name} refused: {ack!r}")
+
+
+class Worker:
+    """The clients of one worker process and the phases it runs."""
+
+    def __init__(self, cfg: WorkerConfig) -> None:
+        self.cfg = cfg
+        self.rooms = [Room(i, cfg.payload) for i in cfg.rooms]
+        self.clients: list[Client] = []
+
+    async def connect(self) -> None:
+        cfg = self.cfg
+        for room in self.rooms:
+            room.clients = [Client(cfg.host, cfg.port, room) for _ in range(cfg.members)]
+            self.clients.extend(room.clients)
+        gate = asyncio.Semaphore(cfg.connect_concurrency)
+
+        async def one(client: Client) -> None:
+            async with gate:
+                await connect_and_join(client, cfg.connect_timeout)
+
+        async with asyncio.TaskGroup() as group:
+            for client in self.clients:
+                group.create_task(one(client))
+
+    async def run_phase(self, phase: Phase) -> PhaseResult:
+        recorder = Recorder(phase.t0, phase.t1)
+        # In closed loop, member 1 of each room (the publisher never receives its own messages)
+        # lets the publisher send the next message on every delivery: ``window`` stay in flight.
+        for room in self.rooms:
+            room.recorder = recorder
+            room.published_in_window = 0
+            room.active = False
+            for i, client in enumerate(room.clients):
+                client.feedback = room if phase.mode == "max" and i == 1 else None
+        result = PhaseResult()
+        await sleep_until(phase.start)
+        if phase.mode == "max":
+            for room in self.rooms:
+                room.active = True
+                for _ in range(phase.window):
+                    room.publish(now_us())
+            await sleep_until(phase.t0)
+            cpu0 = time.process_time()
+            await sleep_until(phase.t1)
+            result.cpu_seconds = time.process_time() - cpu0
+            for room in self.rooms:
+                room.active = False
+        else:
+            result.cpu_seconds = await self._publish_at_rate(phase)
+        members = self.cfg.members - 1
+        result.published = sum(room.published_in_window for room in self.rooms)
+        result.expected = result.published * members
+        deadline = phase.t1 + int(phase.drain * 1e6)
+        while len(recorder.latencies) < result.expected and now_us() < deadline:
+            await asyncio.sleep(0.02)
+        result.latencies = recorder.latencies
+        result.received_in_window = recorder.received_in_window
+        result.closed_clients = sum(1 for client in self.clients if client.closed)
+        return result
+
+    async def _publish_at_rate(self, phase: Phase) -> float:
+        """Open loop: each room publishes ``rate`` messages per second, phases spread out.
+        Returns the worker's CPU seconds in [t0, t1)."""
+        period = 1e6 / phase.rate
+        n = len(self.rooms)
+        due = [phase.start + period * k / n for k in range(n)]
+        cpu0: float | None = None
+        cpu = 0.0
+        while True:
+            now = now_us()
+            if cpu0 is None and now >= phase.t0:
+                cpu0 = time.process_time()
+            if now >= phase.t1:
+                break
+            for k, room in enumerate(self.rooms):
+                while due[k] <= now:
+                    room.publish(now)
+                    due[k] += period
+            await asyncio.sleep(0.001)
+        if cpu0 is not None:
+            cpu = time.process_time() - cpu0
+        return cpu
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
+async def sleep_until(t: int) -> None:
+    delay = (t - now_us()) / 1e6
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def serve(conn: Connection, cfg: WorkerConfig) -> None:
+    """Connect, say ``ready``, then run phases until told to ``quit``."""
+    loop = asyncio.get_running_loop()
+    worker = Worker(cfg)
+    try:
+        await worker.connect()
+    except Exception as exc:
+        errors = exc.exceptions if isinstance(exc, ExceptionGroup) else [exc]
+        conn.send(("error", f"{len(errors)} clients failed to join: {errors[0]!r}"))
+        worker.close()
+        return
+    gc.freeze()  # the clients live as long as the worker: keep them out of collections
+    conn.send(("ready", len(worker.clients)))
+    try:
+        while True:
+            command, arg = await loop.run_in_executor(None, conn.recv)
+            if command == "quit":
+                break
+            if command == "phase":
+                conn.send(("result", await worker.run_phase(arg)))
+    finally:
+        worker.close()
+        await asyncio.sleep(0.05)  # let close frames go out
+
+
+def worker_main(conn: Connection, cfg: WorkerConfig) -> None:
+    """The entry point of a worker process."""
+    try:
+        import uvloop
+    except ImportError:
+        run = asyncio.run
+    else:
+        run = uvloop.run
+    with contextlib.suppress(KeyboardInterrupt, EOFError, BrokenPipeError):
+        run(serve(conn, cfg))
