@@ -118,12 +118,30 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True)
+class ConsulSettings:
+    """``[discovery.consul]``: the Consul backend, used when ``discovery.backend = "consul"``."""
+
+    address: str = "http://127.0.0.1:8500"  #: the local Consul agent's HTTP API
+    token: str = ""  #: ACL token sent as ``X-Consul-Token``; empty: none
+    node_service: str = "roomcast-node"  #: the Consul service name nodes register under
+    router_service: str = "roomcast-router"  #: ... and routers
+    check_ttl_ms: int = 10_000  #: a registration not passed for this long turns critical
+    check_interval_ms: int = 3_000  #: how often the TTL check is passed (below check_ttl_ms)
+    deregister_critical_after_ms: int = 60_000  #: Consul drops a service critical this long
+    watch_wait_ms: int = 30_000  #: the ``wait`` of each blocking query on the catalogue
+    request_timeout_ms: int = 5_000  #: every other request to Consul
+    retry_min_ms: int = 100  #: first retry delay after a Consul error; doubles up to retry_max_ms
+    retry_max_ms: int = 10_000
+
+
+@dataclass(frozen=True)
 class DiscoverySettings:
     """``[discovery]``: how nodes find routers (and the CLI finds nodes)."""
 
     backend: Literal["static", "consul"] = "static"
     routers: tuple[RouterAddress, ...] = (RouterAddress(),)
     nodes: tuple[str, ...] = ()  #: node HTTP URLs the CLI may ask; empty: from ``[up]``
+    consul: ConsulSettings = field(default_factory=ConsulSettings)
 
 
 @dataclass(frozen=True)
@@ -345,6 +363,7 @@ def _check(s: Settings) -> None:
         raise ConfigError("up.nodes: must be at least 1")
     if s.cluster.enabled and not s.discovery.routers and s.discovery.backend == "static":
         raise ConfigError("discovery.routers: static discovery needs at least one router")
+    _check_consul(s.discovery.consul)
     if not s.engineio.transports:
         raise ConfigError("engineio.transports: at least one transport")
     for p in s.namespaces:
@@ -355,3 +374,19 @@ def _check(s: Settings) -> None:
                 re.compile(p.room_pattern)
             except re.error as exc:
                 raise ConfigError(f"namespaces.{p.name}.room_pattern: {exc}") from exc
+
+
+def _check_consul(c: ConsulSettings) -> None:
+    section = "discovery.consul"
+    _positive(c, section, *(f.name for f in dataclasses.fields(c) if f.name.endswith("_ms")))
+    if c.check_interval_ms >= c.check_ttl_ms:
+        raise ConfigError(f"{section}.check_interval_ms: must be less than check_ttl_ms")
+    if c.retry_min_ms > c.retry_max_ms:
+        raise ConfigError(f"{section}.retry_max_ms: must not be less than retry_min_ms")
+    if c.watch_wait_ms > 300_000:  # py-consul's HTTP session gives up on a request after 5m
+        raise ConfigError(f"{section}.watch_wait_ms: at most 300000 (5 minutes)")
+    if not re.fullmatch(r"https?://[^/\s]+/?", c.address):
+        raise ConfigError(f"{section}.address: expected http://host:port or https://host:port")
+    for name in ("node_service", "router_service"):
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", getattr(c, name)):
+            raise ConfigError(f"{section}.{name}: letters, digits, '-' and '_' only")

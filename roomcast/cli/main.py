@@ -241,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_up)
 
     inspect_cmds.add_commands(sub)
+    # ``--config`` is also accepted after the command (``roomcast up --config cluster.toml``, as
+    # ``make run`` and ``up``'s own children use it); given there, it wins.
+    for command in sub.choices.values():
+        command.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 

@@ -256,7 +256,7 @@ class Bus:
         try:
             header, body = wire.decode(data)
         except wire.WireError as exc:
-            self._count_error(str(exc).split(" ")[0] if str(exc) else "undecodable")
+            self._count_error(exc.reason)
             return
         if header.origin == self.origin and header.incarnation == self.incarnation:
             if isinstance(body, wire.Probe):

@@ -38,7 +38,15 @@ TAG_CHARS: Final = 8  # base64url of 6 bytes, the prefix of every sid a node iss
 
 
 class WireError(Exception):
-    """A bus message that cannot be decoded (counted and dropped by the receiver)."""
+    """A bus message that cannot be decoded (counted and dropped by the receiver).
+
+    ``reason`` is one of a few fixed names, safe to count by; ``detail`` may quote the peer.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
 
 
 class Kind(enum.IntEnum):
@@ -282,11 +290,11 @@ def decode(data: bytes) -> tuple[Header, Body]:
         raise WireError("not an envelope")
     version, kind_value, origin, incarnation, seq, *f = items
     if version != WIRE_VERSION:
-        raise WireError(f"wire version {version!r}")
+        raise WireError("wire version", repr(version))
     try:
         kind = Kind(kind_value)
     except ValueError as exc:
-        raise WireError(f"unknown kind {kind_value!r}") from exc
+        raise WireError("unknown kind", repr(kind_value)) from exc
     if not isinstance(origin, str) or not isinstance(incarnation, int) or not isinstance(seq, int):
         raise WireError("bad header")
     header = Header(kind, NodeId(origin), incarnation, seq)

@@ -53,6 +53,7 @@ class Connection:
     """One client connection: an Engine.IO session and the Socket.IO sockets multiplexed on it."""
 
     __slots__ = (
+        "_out",
         "_poll_waiter",
         "_posting",
         "_timer",
@@ -77,6 +78,7 @@ class Connection:
         self.connecting: set[str] = set()
         self._ws: web.WebSocketResponse | None = None
         self._ws_transport: asyncio.Transport | None = None
+        self._out: list[bytes] = []  # WebSocket frames written at the end of this loop pass
         self._poll_waiter: asyncio.Future[eio.Packet | None] | None = None
         self._posting = False
         self._timer: asyncio.TimerHandle | None = None
@@ -100,20 +102,22 @@ class Connection:
     # -- writing ------------------------------------------------------------------------------
 
     def write(self, frames: Frames, volatile: bool = False) -> bool:
-        """Send one pre-built packet; returns whether it was written or queued."""
+        """Send one pre-built packet; returns whether it was queued.
+
+        WebSocket frames queued during one event-loop pass are written together at its end
+        (one ``transport.write`` per connection per pass instead of one per message). A
+        volatile packet is dropped when the transport is not draining (its kernel-side buffer
+        is backed up into our write buffer).
+        """
         transport = self._ws_transport
         if transport is not None:
-            if transport.is_closing():
+            out = self._out
+            if volatile and transport.get_write_buffer_size():
+                self.server.stats.volatile_dropped += 1
                 return False
-            size = transport.get_write_buffer_size()
-            if size:
-                if volatile:
-                    self.server.stats.volatile_dropped += 1
-                    return False
-                if size > self.server.settings.limits.send_buffer_bytes:
-                    self.close(reasons.SEND_BUFFER_FULL)
-                    return False
-            transport.write(frames.ws)
+            if not out:
+                self.server.schedule_flush(self)
+            out.append(frames.ws)
             return True
         if self.session.closed:
             return False
@@ -135,13 +139,13 @@ class Connection:
 
     def send_engine(self, packet: eio.Packet) -> None:
         """Send one Engine.IO packet (a PING, or a raw MESSAGE) on the current transport."""
-        transport = self._ws_transport
-        if transport is not None:
-            if not transport.is_closing():
-                if isinstance(packet.data, bytes):
-                    transport.write(ws_frame(packet.data, 0x2))
-                else:
-                    transport.write(ws_text(eio.encode_text(packet)))
+        if self._ws_transport is not None:
+            if not self._out:
+                self.server.schedule_flush(self)
+            if isinstance(packet.data, bytes):
+                self._out.append(ws_frame(packet.data, 0x2))
+            else:
+                self._out.append(ws_text(eio.encode_text(packet)))
             return
         if self.session.closed:
             return
@@ -151,6 +155,21 @@ class Connection:
             self.close(exc.reason)
             return
         self._wake_poll(None)
+
+    def flush(self) -> None:
+        """Write the WebSocket frames queued in this loop pass, enforcing the send buffer."""
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        transport = self._ws_transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > self.server.settings.limits.send_buffer_bytes:
+            self.close(reasons.SEND_BUFFER_FULL)  # the client stopped reading
+            return
+        transport.write(data)
 
     def _wake_poll(self, result: eio.Packet | None) -> None:
         waiter = self._poll_waiter
@@ -225,6 +244,10 @@ class Connection:
                 handle.cancel()
         self._timer = self.connect_timer = None
         self._wake_poll(event.notify_poll)
+        if event.reason == reasons.SEND_BUFFER_FULL:
+            self._out.clear()
+        else:
+            self.flush()  # what was sent before the close goes out before the close frame
         ws = self._ws
         if ws is not None and not ws.closed:
             server.spawn(ws.close(code=_close_code(event.reason), message=event.reason.encode()))
@@ -333,11 +356,21 @@ class Connection:
 
     async def _read_websocket(self, ws: web.WebSocketResponse) -> None:
         reason = reasons.TRANSPORT_CLOSE
+        session = self.session
+        server = self.server
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
+                    text = msg.data
+                    if text[:1] == "4" and session.state is eio.EngineState.OPEN:
+                        # The hot path: a MESSAGE on an open session changes no Engine.IO
+                        # state, so it goes straight to Socket.IO.
+                        server.on_engine_message(self, text[1:])
+                        if session.closed:
+                            break
+                        continue
                     try:
-                        packet = eio.decode_text(msg.data)
+                        packet = eio.decode_text(text)
                     except RemoteProtocolError as exc:
                         self.close(exc.reason, exc.detail)
                         break

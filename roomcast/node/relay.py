@@ -181,9 +181,13 @@ class Relay:
             for name in names:
                 if name not in socket.rooms:
                     return _nack(f"not a member of {name}")
-        op = socket.namespace.to(names)
-        if not policy.echo:
-            op = op.except_sids_(socket.sid)
+        from roomcast.node.sockets import BroadcastOperator
+
+        op = BroadcastOperator(
+            socket.namespace,
+            frozenset(names),
+            except_sids=frozenset() if policy.echo else frozenset((socket.sid,)),
+        )
         op.emit(event, message.get("data"))
         return {"ok": True}
 

@@ -81,6 +81,8 @@ class Server:
         self._dynamic: list[tuple[Callable[[str], bool], Namespace]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server_handlers: dict[str, Callable[..., Any]] = {}
+        self._dirty: list[Connection] = []  # connections with WebSocket frames to write
+        self._flush_handle: asyncio.Handle | None = None
         #: This run of the node: a restarted node is a new incarnation.
         self.incarnation = time.time_ns() // 1000
         self.tag = node_tag(self.node_id, self.incarnation)
@@ -419,6 +421,18 @@ class Server:
             nodes, "server_event", {"event": event, "args": list(args)}, timeout
         )
         return list(replies.values())
+
+    def schedule_flush(self, conn: Connection) -> None:
+        """Have ``conn``'s queued frames written at the end of this loop pass."""
+        self._dirty.append(conn)
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush_all)
+
+    def _flush_all(self) -> None:
+        self._flush_handle = None
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
 
     # -- tasks --------------------------------------------------------------------------------
 

@@ -62,7 +62,29 @@ class Encoded:
     attachments: tuple[bytes, ...] = ()
 
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+def _make_encode() -> Any:
+    # json's C encoder, built once: JSONEncoder.encode re-dispatches through iterencode on
+    # every call, which costs more than the encoding itself for small payloads.
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # pragma: no cover - CPython always has it
+        return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+    def _unsupported(value: Any) -> Any:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    make = c_make_encoder(
+        None, _unsupported, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+
+    def encode(value: Any) -> str:
+        if type(value) is str:
+            return json.encoder.encode_basestring(value)
+        return "".join(make(value, 0))
+
+    return encode
+
+
+_encode = _make_encode()
 # A str can hold a lone surrogate (a peer may send "\ud800" in JSON); written raw it is not
 # UTF-8. JSON.stringify escapes them (well-formed JSON.stringify, ES2019), and so do we.
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -73,7 +95,7 @@ def _escape_surrogate(match: re.Match[str]) -> str:
 
 
 def _dumps(value: Any) -> str:
-    text = _encode(value)
+    text: str = _encode(value)
     if text.isascii() or _SURROGATE.search(text) is None:
         return text
     return _SURROGATE.sub(_escape_surrogate, text)
@@ -98,14 +120,28 @@ def dumps(value: Any) -> str:
     return _dumps(value)
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_BINARY = (bytes, bytearray, memoryview)
+
+
 def has_binary(value: Any) -> bool:
     """Whether ``value`` contains ``bytes`` anywhere (then it travels as attachments)."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return True
-    if isinstance(value, list | tuple):
-        return any(has_binary(v) for v in value)
-    if isinstance(value, dict):
-        return any(has_binary(v) for v in value.values())
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t in _SCALARS:
+            continue
+        if t is dict:
+            stack.extend(v.values())
+        elif t is list or t is tuple:
+            stack.extend(v)
+        elif isinstance(v, _BINARY):
+            return True
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
     return False
 
 
