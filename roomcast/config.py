@@ -36,6 +36,8 @@ class NodeSettings:
     cors_origins: tuple[str, ...] = ()  #: ``["*"]`` allows any origin
     app: str = ""  #: ``module:attr`` of an app setup function; empty: the built-in relay only
     shutdown_grace_ms: int = 2_000
+    admin_token: str = ""  #: bearer token for /admin/*; empty: loopback clients only
+    drain_window_ms: int = 10_000  #: `roomcast drain` spreads reconnects over this long
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,12 @@ class RouterAddress:
     xsub: str = "tcp://127.0.0.1:5555"  #: nodes publish here
     xpub: str = "tcp://127.0.0.1:5556"  #: nodes subscribe here
     http: str = "http://127.0.0.1:5557"  #: stats and health
+    id: str = ""  #: empty: the xsub endpoint names the router
+
+    @property
+    def key(self) -> str:
+        """The router's id as the bus and gossip name it."""
+        return self.id or self.xsub
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,8 @@ class ClusterSettings:
     request_timeout_ms: int = 2_000  #: node-to-node requests (fetch sockets, acks, ...)
     join_timeout_ms: int = 5_000  #: how long a join may wait for its subscription to be live
     probe_retry_ms: int = 50
+    self_check_interval_ms: int = 1_000  #: how often a node probes itself through each router
+    self_check_timeout_ms: int = 500  #: a probe not back by then marks that router unusable
     hwm: int = 100_000  #: ZeroMQ high-water marks of the node's PUB and SUB sockets
     dedup_window: int = 65_536  #: message ids remembered to drop copies from several topics
 

@@ -43,7 +43,7 @@ class Emitter:
         self.bus = Bus(
             self.origin,
             time.time_ns() // 1000,
-            [(r.xsub, r.xpub) for r in routers],
+            [(r.key, r.xsub, r.xpub) for r in routers],
             lambda *_: None,
             linger_ms=2_000,
         )

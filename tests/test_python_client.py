@@ -731,4 +731,10 @@ async def test_health_endpoint(start_node: NodeFactory, connect: Connect) -> Non
     async with aiohttp.ClientSession() as http, http.get(f"{server.url}/health") as response:
         assert response.status == 200
         body = await response.json()
-    assert body == {"status": "ok", "node": server.node_id, "connections": 2, "sockets": 3}
+    assert body == {
+        "status": "ok",
+        "problems": {},
+        "node": server.node_id,
+        "connections": 2,
+        "sockets": 3,
+    }

@@ -31,8 +31,13 @@ def _node_urls(args: argparse.Namespace, settings: config.Settings) -> list[str]
     return [f"http://{up.host}:{up.base_port + i}" for i in range(up.nodes)]
 
 
+#: Headers of every admin request (the bearer token of ``node.admin_token``); set by ``_main``,
+#: once per CLI process.
+_HEADERS: dict[str, str] = {}
+
+
 async def _get(session: aiohttp.ClientSession, url: str) -> Any:
-    async with session.get(url, timeout=aiohttp.ClientTimeout(total=3)) as resp:
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=3), headers=_HEADERS) as resp:
         resp.raise_for_status()
         return await resp.json()
 
@@ -67,16 +72,45 @@ def _table(rows: list[list[Any]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _consul_state(doc: dict[str, Any], node: str) -> str:
+    disc = doc.get("cluster", {}).get("discovery", {})
+    if disc.get("backend") != "consul":
+        return "-"
+    for n in disc.get("nodes", []):
+        if n["id"] == node:
+            return "passing" if n["healthy"] else "critical"
+    return "absent"
+
+
 def _nodes_rows(doc: dict[str, Any]) -> list[list[Any]]:
     me = doc["self"]
     rows = [
-        [me["node"], "alive (answering)", me["address"], me["connections"], me["rooms"], "0.000"]
+        [
+            me["node"],
+            "alive (asked)",
+            _consul_state(doc, me["node"]),
+            me["address"],
+            me["connections"],
+            me["rooms"],
+            "0.000",
+        ]
     ]
     for n in doc.get("cluster", {}).get("nodes", []):
         rows.append(
-            [n["node"], n["status"], n["address"], n["connections"], n["rooms"], f"{n['age']:.3f}"]
+            [
+                n["node"],
+                n["status"],
+                _consul_state(doc, n["node"]),
+                n["address"],
+                n["connections"],
+                n["rooms"],
+                f"{n['age']:.3f}",
+            ]
         )
     return rows
+
+
+_NODE_HEADERS = ["node", "gossip", "consul", "address", "conns", "rooms", "age s"]
 
 
 async def _status(args: argparse.Namespace, settings: config.Settings) -> dict[str, Any]:
@@ -93,7 +127,7 @@ async def _status(args: argparse.Namespace, settings: config.Settings) -> dict[s
 def _print_status(doc: dict[str, Any]) -> None:
     print(f"asked {doc['asked']} (node {doc['self']['node']})")
     print()
-    print(_table(_nodes_rows(doc), ["node", "status", "address", "conns", "rooms", "age s"]))
+    print(_table(_nodes_rows(doc), _NODE_HEADERS))
     s = doc["stats"]
     print()
     print(
@@ -137,7 +171,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         return doc  # type: ignore[no-any-return]
 
     def show(doc: dict[str, Any]) -> None:
-        print(_table(_nodes_rows(doc), ["node", "status", "address", "conns", "rooms", "age s"]))
+        print(_table(_nodes_rows(doc), _NODE_HEADERS))
 
     return _main(args, fetch, show)
 
@@ -213,8 +247,51 @@ def cmd_emit(args: argparse.Namespace) -> int:
     return _main(args, send, show)
 
 
+def cmd_drain(args: argparse.Namespace) -> int:
+    """Drain a node: no new clients, failing health, its clients moved over a window, then
+    it leaves the cluster."""
+
+    async def drain(args: argparse.Namespace, settings: config.Settings) -> dict[str, Any]:
+        target = args.target
+        if target.startswith(("http://", "https://")):
+            url = target.rstrip("/")
+        else:
+            _, doc = await _ask_any(_node_urls(args, settings), "/admin/cluster")
+            addresses = {doc["self"]["node"]: doc["self"]["address"]}
+            for n in doc.get("cluster", {}).get("nodes", []):
+                if n["status"] != "down":
+                    addresses[n["node"]] = n["address"]
+            if target not in addresses:
+                raise Unreachable(
+                    f"no live node {target!r} in the cluster ({', '.join(sorted(addresses))})"
+                )
+            url = addresses[target]
+        window = args.window if args.window is not None else settings.node.drain_window_ms / 1000
+        async with aiohttp.ClientSession() as session:
+            try:
+                async with session.post(
+                    f"{url}/admin/drain?window_ms={int(window * 1000)}",
+                    headers=_HEADERS,
+                    timeout=aiohttp.ClientTimeout(total=5),
+                ) as resp:
+                    resp.raise_for_status()
+                    return await resp.json()  # type: ignore[no-any-return]
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise Unreachable(f"{url}: {type(exc).__name__} {exc}") from None
+
+    def show(doc: dict[str, Any]) -> None:
+        print(
+            f"node {doc['node']} is draining: its clients move over {doc['window']:.1f} s, "
+            "then it leaves the cluster"
+        )
+
+    return _main(args, drain, show)
+
+
 def _main(args: argparse.Namespace, fetch: Any, show: Any) -> int:
     settings = config.load(args.config) if args.config else _default_settings()
+    if settings.node.admin_token:
+        _HEADERS["Authorization"] = f"Bearer {settings.node.admin_token}"
     try:
         doc = asyncio.run(fetch(args, settings))
     except Unreachable as exc:
@@ -265,3 +342,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--namespace")
     p.add_argument("--timeout", type=float, default=3.0)
     p.set_defaults(func=cmd_emit)
+    p = sub.add_parser("drain", help="move a node's clients away and take it out")
+    common(p)
+    p.add_argument("target", metavar="NODE", help="node id, or its base URL")
+    p.add_argument("--window", type=float, help="seconds to spread reconnects over")
+    p.set_defaults(func=cmd_drain)

@@ -97,14 +97,32 @@ def cmd_router(args: argparse.Namespace) -> int:
     r = settings.router
 
     async def main() -> int:
-        async with Router(
-            r.host, r.xsub_port, r.xpub_port, r.http_port, hwm=r.hwm, router_id=r.id
-        ) as router:
+        from roomcast.discovery import ServiceInstance, make_discovery
+
+        async with (
+            Router(
+                r.host, r.xsub_port, r.xpub_port, r.http_port, hwm=r.hwm, router_id=r.id
+            ) as router,
+            make_discovery(settings) as discovery,
+        ):
+            # Consul: announced with its endpoints, deregistered on the way out (static: no-op).
+            await discovery.register(
+                ServiceInstance.router(
+                    r.id, router.xsub_endpoint, router.xpub_endpoint, router.http_url
+                )
+            )
             print(
                 f"router {r.id} ready: xsub {router.xsub_endpoint} xpub {router.xpub_endpoint}",
                 flush=True,
             )
-            await router.serve_forever()
+            healthy = True
+            while True:  # the forwarding loop's health is the router's Consul check
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(router.serve_forever(), 1.0)
+                    break
+                if router.healthy != healthy:
+                    healthy = router.healthy
+                    await discovery.set_healthy(healthy, "" if healthy else "forwarding stopped")
         return 0
 
     return _run(main())

@@ -1,4 +1,4 @@
-"""The pyzmq transport of the bus: one PUB to the router's XSUB, one SUB from its XPUB.
+"""The pyzmq transport of the bus: a PUB per router, one SUB connected to every router.
 
 The router's XSUB side subscribes to everything, so every envelope a node publishes reaches the
 router once, and the router's XPUB side forwards each topic only to its subscribers. That makes
@@ -7,6 +7,15 @@ topic and returns only when the probe comes back through the router (DESIGN.md, 
 mechanics that make joins exact"); from then on every message the router receives on that
 topic is delivered here.
 
+**Several routers.** The one SUB socket is connected to every router, so each subscription is
+held by all of them; each envelope is published through exactly *one* router, the topic's
+owner by rendezvous hashing over the *usable* routers (see :meth:`Bus.set_usable`). So topics,
+and the load, are spread over the routers, no message travels twice (no duplicate delivery),
+and a router's loss costs only what was queued in it: its topics move to the others as soon
+as the publisher stops using it, and subscribers need not move at all. Receivers still drop an
+envelope whose (origin, topic) sequence number they have already passed, in case one arrives
+by two routers while a topic changes owner.
+
 Reads are batched (one await, then everything already queued); undecodable envelopes are counted
 and dropped; per (origin, topic) sequence numbers count what ZeroMQ dropped on the way.
 """
@@ -14,6 +23,8 @@ and dropped; per (origin, topic) sequence numbers count what ZeroMQ dropped on t
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import itertools
 import logging
 from collections.abc import Callable
@@ -46,6 +57,8 @@ class BusStats:
     gaps: int = 0  #: messages known lost (sequence jumps)
     probes_sent: int = 0
     send_dropped: int = 0  #: not sent: the outgoing queue was at its high-water mark
+    no_router: int = 0  #: not sent: no router known at all
+    duplicates: int = 0  #: dropped: an (origin, topic) sequence number seen before
     subscriptions: int = 0
     last_received: float = 0.0
     errors_by_reason: dict[str, int] = field(default_factory=dict)
@@ -62,7 +75,7 @@ class Bus:
         self,
         origin: str,
         incarnation: int,
-        routers: list[tuple[str, str]],
+        routers: list[tuple[str, str]] | list[tuple[str, str, str]],
         on_message: Handler,
         *,
         hwm: int = 100_000,
@@ -71,7 +84,6 @@ class Bus:
     ) -> None:
         self.origin = origin
         self.incarnation = incarnation
-        self.routers = routers  # (xsub endpoint to publish to, xpub endpoint to read from)
         self.on_message = on_message
         self.stats = BusStats()
         self._hwm = hwm
@@ -79,9 +91,11 @@ class Bus:
         # emitter (or a node's LEAVE) wants a short bound instead, so its last words go out.
         self._linger_ms = linger_ms
         self._probe_retry = probe_retry
+        self._wanted = [_router_triple(r) for r in routers]
+        self._links: dict[str, _Link] = {}
+        self._usable: list[str] = []  # ids the owner of a topic is chosen among
+        self._owner_cache: dict[bytes, _Link] = {}
         self._ctx: zmq.asyncio.Context | None = None
-        self._pub: zmq.Socket[bytes] | None = None
-        self._pub_owner: zmq.asyncio.Socket | None = None
         self._sub: zmq.asyncio.Socket | None = None
         self._sub_sync: zmq.Socket[bytes] | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -94,21 +108,12 @@ class Bus:
 
     async def __aenter__(self) -> Bus:
         ctx = self._ctx = zmq.asyncio.Context()
-        self._pub_owner = ctx.socket(zmq.PUB)  # keeps the socket alive; sends go through
-        pub: zmq.Socket[bytes] = zmq.Socket.shadow(
-            self._pub_owner.underlying
-        )  # a plain (non-asyncio) shadow
-        pub.setsockopt(zmq.LINGER, 0)
-        pub.setsockopt(zmq.SNDHWM, self._hwm)
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, self._hwm)
-        for xsub, xpub in self.routers:
-            pub.connect(xsub)
-            sub.connect(xpub)
-        self._pub = pub
         self._sub = sub
         self._sub_sync = zmq.Socket.shadow(sub.underlying)
+        self.set_routers(self._wanted)
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
         return self
 
@@ -128,20 +133,84 @@ class Bus:
             task.cancel()
         if self._sub is not None:
             self._sub.close(linger=0)
-        if self._pub_owner is not None:
-            self._pub_owner.close(linger=self._linger_ms)
+        for link in self._links.values():
+            link.close(self._linger_ms)
+        self._links.clear()
         if self._ctx is not None:
             self._ctx.term()
-        self._sub = self._pub = self._pub_owner = self._ctx = None
+        self._sub = self._ctx = None
+
+    # -- routers ------------------------------------------------------------------------------
+
+    def set_routers(self, routers: list[tuple[str, str, str]]) -> None:
+        """Connect to exactly these routers ``(id, xsub, xpub)``; new ones start unused until
+        :meth:`set_usable` names them (or until no usable one is left)."""
+        self._wanted = list(routers)
+        if self._ctx is None or self._sub is None:
+            return
+        wanted = {r[0]: r for r in routers}
+        for rid in list(self._links):
+            if rid not in wanted:
+                link = self._links.pop(rid)
+                with contextlib.suppress(zmq.ZMQError):  # never connected: nothing to undo
+                    self._sub.disconnect(link.xpub)
+                link.close(0)
+                log.info("router %s removed", rid)
+        for rid, (_, xsub, xpub) in wanted.items():
+            if rid in self._links:
+                continue
+            owner = self._ctx.socket(zmq.PUB)
+            pub: zmq.Socket[bytes] = zmq.Socket.shadow(owner.underlying)  # never awaited
+            pub.setsockopt(zmq.LINGER, 0)
+            pub.setsockopt(zmq.SNDHWM, self._hwm)
+            pub.connect(xsub)
+            self._sub.connect(xpub)
+            self._links[rid] = _Link(rid, xsub, xpub, owner, pub)
+        self._usable = [r for r in self._usable if r in self._links]
+        self._owner_cache.clear()
+
+    def set_usable(self, ids: list[str]) -> None:
+        """Choose topic owners among these routers only (the ones every node hears)."""
+        usable = sorted(i for i in ids if i in self._links)
+        if usable != self._usable:
+            self._usable = usable
+            self._owner_cache.clear()
+
+    @property
+    def router_ids(self) -> list[str]:
+        """Every router this bus is connected to."""
+        return sorted(self._links)
+
+    def owner(self, topic: bytes) -> _Link | None:
+        """The router that carries ``topic`` (rendezvous hashing over the usable routers)."""
+        link = self._owner_cache.get(topic)
+        if link is not None:
+            return link
+        ids = self._usable or sorted(self._links)
+        if not ids:
+            return None
+        if len(ids) == 1:
+            link = self._links[ids[0]]
+        else:
+            best = max(
+                ids, key=lambda rid: hashlib.blake2b(topic + rid.encode(), digest_size=8).digest()
+            )
+            link = self._links[best]
+        if len(self._owner_cache) > 65_536:
+            self._owner_cache.clear()
+        self._owner_cache[topic] = link
+        return link
 
     # -- publishing ---------------------------------------------------------------------------
 
-    def publish(self, topic: Topic, body: wire.Body) -> None:
-        """Send ``body`` on ``topic``; never blocks (ZeroMQ drops at the high-water mark, and
-        receivers count the gap)."""
-        pub = self._pub
-        if pub is None:
+    def publish(self, topic: Topic, body: wire.Body, via: str | None = None) -> None:
+        """Send ``body`` on ``topic`` through its owner (or the router ``via``); never blocks
+        (ZeroMQ drops at the high-water mark, and receivers count the gap)."""
+        link = self._links.get(via) if via is not None else self.owner(topic)
+        if link is None:
+            self.stats.no_router += 1
             return
+        pub = link.pub
         seq = self._seqs.get(topic, 0) + 1
         self._seqs[topic] = seq
         data = wire.encode(self.origin, self.incarnation, seq, body)
@@ -168,6 +237,8 @@ class Bus:
             self._sub.setsockopt(zmq.SUBSCRIBE, topic)
             self._last_seen.pop(topic, None)
             self.stats.subscriptions += 1
+            if not self._links:
+                return  # no router known yet: ZeroMQ sends the subscription when one connects
             self._live[topic] = asyncio.ensure_future(self.probe(topic, timeout))
         task = self._live.get(topic)
         if task is None:
@@ -203,8 +274,9 @@ class Bus:
             self._sub.setsockopt(zmq.UNSUBSCRIBE, topic)
             self._sub.setsockopt(zmq.SUBSCRIBE, topic)
 
-    async def probe(self, topic: Topic, timeout: float) -> None:
-        """Publish probes on ``topic`` until one comes back (TimeoutError after ``timeout``)."""
+    async def probe(self, topic: Topic, timeout: float, via: str | None = None) -> None:
+        """Publish probes on ``topic`` (through its owner, or ``via``) until one comes back;
+        TimeoutError after ``timeout``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         retry = self._probe_retry
@@ -212,7 +284,7 @@ class Bus:
             nonce = next(self._nonces)
             future: asyncio.Future[None] = loop.create_future()
             self._probes[nonce] = future
-            self.publish(topic, wire.Probe(nonce))
+            self.publish(topic, wire.Probe(nonce), via)
             self.stats.probes_sent += 1
             wait = min(retry, max(deadline - loop.time(), 0.0))
             try:
@@ -226,6 +298,29 @@ class Bus:
                 retry = min(retry * 1.5, 1.0)
             finally:
                 self._probes.pop(nonce, None)
+
+    async def check_routers(self, topic: Topic, timeout: float) -> dict[str, bool]:
+        """Probe ``topic`` (one this endpoint subscribes to) through every router at once;
+        returns which routers delivered the probe back within ``timeout``."""
+        ids = sorted(self._links)
+
+        async def one(rid: str) -> bool:
+            try:
+                await self.probe(topic, timeout, via=rid)
+            except TimeoutError:
+                return False
+            return True
+
+        results = await asyncio.gather(*(one(r) for r in ids))
+        for rid, ok in zip(ids, results, strict=True):
+            link = self._links.get(rid)
+            if link is not None:
+                link.live = ok
+        return dict(zip(ids, results, strict=True))
+
+    def live_routers(self) -> list[str]:
+        """Routers whose last check delivered our probe back."""
+        return sorted(rid for rid, link in self._links.items() if link.live)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -269,10 +364,13 @@ class Bus:
             seen = self._last_seen[topic] = {}
         key = (header.origin, header.incarnation)
         last = seen.get(key)
-        if last is not None and header.seq > last + 1:
-            stats.gaps += header.seq - last - 1
-        if last is None or header.seq > last:
-            seen[key] = header.seq
+        if last is not None:
+            if header.seq <= last:
+                stats.duplicates += 1  # came by a second router while the topic moved
+                return
+            if header.seq > last + 1:
+                stats.gaps += header.seq - last - 1
+        seen[key] = header.seq
         if isinstance(body, wire.Probe):
             return
         try:
@@ -297,6 +395,40 @@ class Bus:
             "gaps": s.gaps,
             "probes_sent": s.probes_sent,
             "send_dropped": s.send_dropped,
+            "no_router": s.no_router,
+            "duplicates": s.duplicates,
+            "routers": self.router_ids,
+            "live_routers": self.live_routers(),
             "subscriptions": s.subscriptions,
             "errors": dict(s.errors_by_reason),
         }
+
+
+def _router_triple(r: tuple[str, str] | tuple[str, str, str]) -> tuple[str, str, str]:
+    if len(r) == 2:
+        return (r[0], r[0], r[1])  # no id given: the xsub endpoint names the router
+    return (r[0], r[1], r[2])
+
+
+class _Link:
+    """One router as this endpoint uses it: the PUB socket towards its XSUB side."""
+
+    __slots__ = ("id", "live", "owner", "pub", "xpub", "xsub")
+
+    def __init__(
+        self,
+        rid: str,
+        xsub: str,
+        xpub: str,
+        owner: zmq.asyncio.Socket,
+        pub: zmq.Socket[bytes],
+    ) -> None:
+        self.id = rid
+        self.xsub = xsub
+        self.xpub = xpub
+        self.owner = owner  # keeps the socket alive; sends go through the plain shadow
+        self.pub = pub
+        self.live = True  # until a check says otherwise
+
+    def close(self, linger_ms: int) -> None:
+        self.owner.close(linger=linger_ms)

@@ -102,6 +102,7 @@ class _View:
     address: str = ""
     connections: int = 0
     started: float = 0.0
+    routers: tuple[str, ...] = ()  #: routers that deliver its probes (from its heartbeats)
     buffered: dict[int, wire.Delta] = field(default_factory=dict)
     snapshot_asked: float | None = None
     left: bool = False  #: this incarnation ended with a LEAVE
@@ -148,6 +149,7 @@ class Replica:
                 body.connections,
                 body.started,
             )
+            view.routers = body.routers
             if not view.synced or body.facts_seq > view.facts_seq:
                 view.synced = False
                 self._ask_snapshot(view, now, actions)
@@ -293,6 +295,19 @@ class Replica:
         """Nodes not known to be down."""
         return [v.node for v in self._views.values() if v.status is not NodeStatus.DOWN]
 
+    def routers_heard_by_all(self, candidates: list[str]) -> list[str]:
+        """The ``candidates`` that every live node reports hearing its own probes through
+        (a node that reported no routers yet is not counted against any)."""
+        out = []
+        for rid in candidates:
+            if all(
+                rid in v.routers
+                for v in self._views.values()
+                if v.status is not NodeStatus.DOWN and v.routers
+            ):
+                out.append(rid)
+        return out
+
     def tag(self, node: str) -> bytes | None:
         """The direct-topic tag of ``node``'s current incarnation."""
         view = self._views.get(NodeId(node))
@@ -375,10 +390,11 @@ class LocalFacts:
         self._pending.clear()
         return wire.Delta(self.facts_seq, changes, self.connections)
 
-    def heartbeat(self) -> wire.Heartbeat:
-        """The heartbeat body (pending changes must be flushed first)."""
+    def heartbeat(self, routers: tuple[str, ...] = ()) -> wire.Heartbeat:
+        """The heartbeat body (pending changes must be flushed first); ``routers`` are the
+        routers that deliver this node's own probes."""
         return wire.Heartbeat(
-            self.facts_seq, self.tag, self.address, self.connections, self.started
+            self.facts_seq, self.tag, self.address, self.connections, self.started, routers
         )
 
     def snapshot(self) -> wire.Snapshot:

@@ -161,6 +161,7 @@ class Heartbeat:
     address: str
     connections: int
     started: float
+    routers: tuple[str, ...] = ()  #: the routers that deliver the origin's own probes
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +231,14 @@ def _fields(body: Body) -> list[Any]:
     if isinstance(body, Delta):
         return [body.facts_seq, [list(c) for c in body.changes], body.connections]
     if isinstance(body, Heartbeat):
-        return [body.facts_seq, body.tag, body.address, body.connections, body.started]
+        return [
+            body.facts_seq,
+            body.tag,
+            body.address,
+            body.connections,
+            body.started,
+            list(body.routers),
+        ]
     if isinstance(body, SnapshotRequest):
         return [body.reply_to]
     if isinstance(body, Snapshot):
@@ -339,7 +347,7 @@ def _body(kind: Kind, f: list[Any]) -> Body:
             raise WireError("bad DELTA body")
         return Delta(facts_seq, _triples(changes), connections)
     if kind is Kind.HEARTBEAT:
-        facts_seq, tag, address, connections, started = f
+        facts_seq, tag, address, connections, started, routers = f
         if not (
             isinstance(facts_seq, int)
             and isinstance(tag, bytes)
@@ -348,7 +356,7 @@ def _body(kind: Kind, f: list[Any]) -> Body:
             and isinstance(started, int | float)
         ):
             raise WireError("bad HEARTBEAT body")
-        return Heartbeat(facts_seq, tag, address, connections, float(started))
+        return Heartbeat(facts_seq, tag, address, connections, float(started), _str_tuple(routers))
     if kind is Kind.SNAPSHOT_REQUEST:
         (reply_to,) = f
         if not isinstance(reply_to, bytes):

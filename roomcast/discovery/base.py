@@ -142,11 +142,13 @@ class Discovery(Protocol):
       outside ``async with`` raise :class:`DiscoveryUsageError`; a Discovery is entered once.
     * **Registration.** :meth:`register` announces one instance, healthy unless
       :meth:`set_healthy` said otherwise, and keeps it announced (a TTL check passed every
-      check interval, re-registering when the backend forgot it) until :meth:`deregister` or
-      exit. One Discovery holds at most one registration: registering again replaces it.
-      :meth:`set_healthy` reports the instance's own health now and keeps reporting it; other
-      processes see ``healthy`` follow it. These calls make one bounded attempt, leave the
-      retries to a background task, and never raise on a backend error.
+      check interval, re-registering when the backend forgot it while it reports passing)
+      until :meth:`deregister` or exit. One Discovery holds at most one registration:
+      registering again replaces it. :meth:`set_healthy` (also allowed before
+      :meth:`register`) reports the instance's own health now and keeps reporting it; the
+      views' ``healthy`` follows it. The latest call wins, so a synchronous health callback
+      may fire it off as a task. These calls make one bounded attempt, leave the retries to a
+      background task, and never raise on a backend error.
     * **Views.** :meth:`view`, :meth:`routers` and :meth:`nodes` are local, non-blocking reads
       of the last known view; they never raise. An instance whose check fails or expired is
       listed with ``healthy`` False; one that vanished (deregistered, reaped) is dropped.

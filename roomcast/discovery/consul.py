@@ -165,9 +165,9 @@ class ConsulDiscovery:
             self._instance = instance
             self._registered = False
             self._dormant = False
-            await self._sync()
+            ok = await self._sync()
         if self._keeper is None or self._keeper.done():
-            self._keeper = asyncio.create_task(self._keep(), name="consul-keeper")
+            self._keeper = asyncio.create_task(self._keep(ok), name="consul-keeper")
 
     async def set_healthy(self, passing: bool, note: str = "") -> None:
         """Pass or fail the TTL check now (with ``note`` as its output), and keep doing so."""
@@ -187,19 +187,20 @@ class ConsulDiscovery:
             if instance is not None:
                 await self._withdraw(instance)
 
-    async def _keep(self) -> None:
-        """Pass (or fail) the check every interval; retry with backoff when Consul fails."""
+    async def _keep(self, ok: bool) -> None:
+        """Pass (or fail) the check every interval; retry with backoff when Consul fails.
+        ``ok`` is the outcome of the attempt :meth:`register` just made."""
         backoff = Backoff(self._cfg.retry_min_ms / 1000, self._cfg.retry_max_ms / 1000)
         while True:
-            async with self._lock:
-                if self._instance is None:
-                    return
-                ok = await self._sync()
             if ok:
                 backoff.reset()
                 await asyncio.sleep(self._cfg.check_interval_ms / 1000)
             else:
                 await asyncio.sleep(backoff.next())
+            async with self._lock:
+                if self._instance is None:
+                    return
+                ok = await self._sync()
 
     async def _stop_keeper(self) -> None:
         keeper, self._keeper = self._keeper, None

@@ -4,9 +4,9 @@ This is the embedded default (DESIGN.md, Discovery): no external service, nodes 
 other by gossip. What it promises, beyond the :class:`~roomcast.discovery.base.Discovery`
 contract:
 
-* The configured routers are always listed, always healthy, with their ``xsub`` endpoint as id
-  (the config names no router id). The configured node URLs are listed as healthy nodes whose
-  id is the URL (the config names no node id).
+* The configured routers are always listed, always healthy, with their configured ``id`` (by
+  default their ``xsub`` endpoint: :attr:`~roomcast.config.RouterAddress.key`). The configured
+  node URLs are listed as healthy nodes whose id is the URL (the config names no node id).
 * A registration is local to this Discovery: its own view lists the registered instance (with
   the health :meth:`~StaticDiscovery.set_healthy` gave it), in place of a configured entry with
   the same address (a router's ``xsub``, a node's ``http``), else added. Other processes, and
@@ -41,7 +41,7 @@ class StaticDiscovery:
 
     def __init__(self, settings: DiscoverySettings) -> None:
         self._config_routers = tuple(
-            RouterEndpoint(id=r.xsub, xsub=r.xsub, xpub=r.xpub, http=r.http, healthy=True)
+            RouterEndpoint(id=r.key, xsub=r.xsub, xpub=r.xpub, http=r.http, healthy=True)
             for r in settings.routers
         )
         self._config_nodes = tuple(

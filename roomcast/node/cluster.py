@@ -37,6 +37,7 @@ from roomcast.cluster.membership import (
     node_tag,
 )
 from roomcast.cluster.wire import NodeId, Topic
+from roomcast.discovery import Discovery, DiscoveryView, ServiceInstance, make_discovery
 from roomcast.errors import RoomcastError
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
@@ -128,7 +129,7 @@ class ClusterLink:
         self.replica = Replica(
             server.node_id, self.cs.suspect_after_ms / 1000, self.cs.down_after_ms / 1000
         )
-        routers = [(r.xsub, r.xpub) for r in settings.discovery.routers]
+        routers = [(r.key, r.xsub, r.xpub) for r in settings.discovery.routers]
         self.bus = Bus(
             server.node_id,
             self.incarnation,
@@ -144,6 +145,11 @@ class ClusterLink:
         self._pending: dict[int, _Pending] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
         self._housekeeper: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.discovery: Discovery = make_discovery(settings)
+        self.consul = settings.discovery.backend == "consul"
+        self._health_tasks: set[asyncio.Task[None]] = set()
         self.received_rooms = 0  #: ROOM envelopes delivered here (for inspection and tests)
 
     @property
@@ -154,26 +160,40 @@ class ClusterLink:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self, address: str) -> None:
-        """Connect to the routers, prove the gossip and direct subscriptions, announce."""
+        """Register with discovery, connect to the routers, prove the gossip and direct
+        subscriptions, announce."""
         self.facts.address = address
+        await self.discovery.__aenter__()
+        await self.discovery.register(
+            ServiceInstance.node(self.node_id, address, {"incarnation": str(self.incarnation)})
+        )
+        self.server.health_watchers.append(self._health_changed)
+        if self.consul:
+            self.bus.set_routers(self._healthy_routers(self.discovery.view()))
         await self.bus.__aenter__()
         try:
             await self.bus.subscribe(wire.GOSSIP_TOPIC, self.join_timeout)
             await self.bus.subscribe(self.topic, self.join_timeout)
         except TimeoutError:
             log.warning("no router answered yet; the node keeps trying in the background")
-        self.bus.publish(wire.GOSSIP_TOPIC, self.facts.heartbeat())
-        self._housekeeper = asyncio.get_running_loop().create_task(self._housekeeping())
+        self.bus.publish(wire.GOSSIP_TOPIC, self.facts.heartbeat(tuple(self.bus.router_ids)))
+        loop = asyncio.get_running_loop()
+        self._housekeeper = loop.create_task(self._housekeeping())
+        self._checker = loop.create_task(self._self_check())
+        self._watcher = loop.create_task(self._watch_discovery())
 
     async def stop(self) -> None:
         """Announce departure and disconnect from the bus."""
         self.flush()
-        self.bus.publish(wire.GOSSIP_TOPIC, wire.Leave())
+        for rid in self.bus.router_ids:  # through every router: one of them may be gone
+            self.bus.publish(wire.GOSSIP_TOPIC, wire.Leave(), via=rid)
         if self._flush_handle is not None:
             self._flush_handle.cancel()
-        if self._housekeeper is not None:
-            self._housekeeper.cancel()
-            await asyncio.gather(self._housekeeper, return_exceptions=True)
+        for task in (self._housekeeper, self._checker, self._watcher):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        await self.discovery.__aexit__(None, None, None)  # deregisters
         for pending in self._pending.values():
             pending.future.cancel()
         await self.bus.__aexit__(None, None, None)
@@ -190,7 +210,84 @@ class ClusterLink:
                 next_beat = now + interval
                 self.flush()
                 self.facts.connections = len(self.server.connections)
-                self.bus.publish(wire.GOSSIP_TOPIC, self.facts.heartbeat())
+                heartbeat = self.facts.heartbeat(tuple(self.bus.live_routers()))
+                self.bus.publish(wire.GOSSIP_TOPIC, heartbeat)
+
+    async def _self_check(self) -> None:
+        """The deaf-node self-check: probe our own direct topic through every router.
+
+        A router that stops delivering our probes is not used to publish (its topics move to
+        the others); with none left the node is *deaf*: it fails ``/health`` (and its Consul
+        check) so load balancers stop sending it clients, resubscribes everything, and
+        recovers when probes flow again. Publishers use only the routers that every live
+        node reports hearing, so no node misses a topic's traffic because of its router.
+        """
+        interval = self.cs.self_check_interval_ms / 1000
+        timeout = self.cs.self_check_timeout_ms / 1000
+        deaf_checks = 0
+        while True:
+            await self.bus.check_routers(self.topic, timeout)
+            live = self.bus.live_routers()
+            self.bus.set_usable(self.replica.routers_heard_by_all(live) or live)
+            if live:
+                if deaf_checks:
+                    log.warning("node %s hears the bus again through %s", self.node_id, live)
+                    self.server.set_unhealthy("deaf", None)
+                deaf_checks = 0
+            else:
+                if deaf_checks == 0:
+                    log.error("node %s is deaf: no router delivers its probes", self.node_id)
+                    self.server.set_unhealthy("deaf", "no router delivers this node's probes")
+                if deaf_checks % 5 == 0:
+                    self.bus.resubscribe_all()
+                deaf_checks += 1
+            await asyncio.sleep(interval)
+
+    # -- discovery ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _healthy_routers(view: DiscoveryView) -> list[tuple[str, str, str]]:
+        return [(r.id, r.xsub, r.xpub) for r in view.healthy_routers]
+
+    def _health_changed(self, healthy: bool, note: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.discovery.set_healthy(healthy, note))
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
+
+    async def _watch_discovery(self) -> None:
+        """Follow the catalogue: routers as they appear and go; nodes Consul calls critical
+        or that vanished are down in the replica at once, before gossip would notice."""
+        seen: set[str] = set()
+        async for view in self.discovery.watch():
+            if not self.consul:
+                continue  # static: the routers are fixed and nodes learn of each other by gossip
+            if view.source_ok:
+                routers = self._healthy_routers(view)
+                if routers or not self.bus.router_ids:
+                    # Consul listing no healthy router at all is more likely a glitch than
+                    # the truth: keep the last routers rather than go deaf on purpose.
+                    self.bus.set_routers(routers)
+                current = {str(n.id) for n in view.nodes}
+                for node in view.nodes:
+                    if not node.healthy and str(node.id) != self.node_id:
+                        self._act(self.replica.mark_down(str(node.id), "consul: critical"))
+                for gone in seen - current:
+                    if gone != self.node_id:
+                        self._act(self.replica.mark_down(gone, "consul: deregistered"))
+                seen = current
+
+    def discovery_view(self) -> dict[str, Any]:
+        """What the discovery backend says, for inspection beside the gossip view."""
+        view = self.discovery.view()
+        return {
+            "backend": "consul" if self.consul else "static",
+            "source_ok": view.source_ok,
+            "routers": [
+                {"id": r.id, "xsub": r.xsub, "xpub": r.xpub, "http": r.http, "healthy": r.healthy}
+                for r in view.routers
+            ],
+            "nodes": [{"id": str(n.id), "http": n.http, "healthy": n.healthy} for n in view.nodes],
+        }
 
     # -- membership ---------------------------------------------------------------------------
 
@@ -437,6 +534,7 @@ class ClusterLink:
             "nodes": nodes,
             "bus": self.bus.stats_dict(),
             "received_rooms": self.received_rooms,
+            "discovery": self.discovery_view(),
         }
 
     def remote_rooms(self, ns: str | None) -> dict[tuple[str, str], dict[str, int]]:

@@ -40,6 +40,7 @@ _ERR_UNKNOWN_SID = (1, "Session ID unknown")
 _ERR_BAD_HANDSHAKE_METHOD = (2, "Bad handshake method")
 _ERR_BAD_REQUEST = (3, "Bad request")
 _ERR_UNSUPPORTED_VERSION = (5, "Unsupported protocol version")
+_ERR_DRAINING = (4, "Forbidden: node draining")
 
 _TEXT_PLAIN = "text/plain; charset=UTF-8"
 
@@ -467,6 +468,9 @@ class EngineEndpoint:
         if transport not in self.transports:
             return _error(_ERR_TRANSPORT_UNKNOWN)
         sid = query.get("sid")
+        if sid is None and self.server.draining:
+            # A draining node takes no new sessions; the load balancer sends them elsewhere.
+            return _error(_ERR_DRAINING, status=503)
         if transport == "websocket":
             return await self._websocket(request, sid)
         if sid is None:

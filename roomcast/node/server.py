@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hmac
 import inspect
+import ipaddress
 import logging
+import random
 import re
 import secrets
 import time
@@ -81,6 +84,11 @@ class Server:
         self._dynamic: list[tuple[Callable[[str], bool], Namespace]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server_handlers: dict[str, Callable[..., Any]] = {}
+        #: True once :meth:`drain` started: new sessions are refused.
+        self.draining = False
+        self._problems: dict[str, str] = {}  # "deaf", "draining": why /health fails
+        #: Callables told ``(healthy, note)`` whenever health changes.
+        self.health_watchers: list[Callable[[bool, str], None]] = []
         self._dirty: list[Connection] = []  # connections with WebSocket frames to write
         self._flush_handle: asyncio.Handle | None = None
         #: This run of the node: a restarted node is a new incarnation.
@@ -458,7 +466,7 @@ class Server:
     # -- HTTP ---------------------------------------------------------------------------------
 
     def _build_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._cors_middleware])
+        app = web.Application(middlewares=[self._cors_middleware, self._admin_guard])
         endpoint = EngineEndpoint(self)
         path = self.settings.node.path
         app.router.add_route("*", path, endpoint.handle)
@@ -468,6 +476,7 @@ class Server:
         app.router.add_get("/admin/rooms", self._admin_rooms)
         app.router.add_get("/admin/room", self._admin_room)
         app.router.add_get("/admin/cluster", self._admin_cluster)
+        app.router.add_post("/admin/drain", self._admin_drain)
         return app
 
     @web.middleware
@@ -487,17 +496,93 @@ class Server:
                 )
         return response
 
+    @web.middleware
+    async def _admin_guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """``/admin/*`` needs ``node.admin_token`` as a bearer token; without a token set, it
+        answers loopback clients only."""
+        if request.path.startswith("/admin/"):
+            token = self.settings.node.admin_token
+            if token:
+                given = request.headers.get("Authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                    return web.json_response({"error": "unauthorized"}, status=401)
+            elif not _is_loopback(request.remote):
+                return web.json_response({"error": "admin API is loopback-only"}, status=403)
+        return await handler(request)
+
+    async def _admin_drain(self, request: web.Request) -> web.Response:
+        window_ms = request.query.get("window_ms", "")
+        window = (
+            int(window_ms) / 1000
+            if window_ms.isdigit()
+            else self.settings.node.drain_window_ms / 1000
+        )
+        if not self.draining:
+            self.spawn(self.drain(window))
+        return web.json_response({"node": self.node_id, "draining": True, "window": window})
+
+    async def drain(self, window: float) -> None:
+        """Leave the cluster gracefully, for a rolling deploy.
+
+        The node takes no new sessions and fails ``/health`` (and its Consul check) at once,
+        then closes its connections spread evenly over ``window`` seconds, so that their
+        clients reconnect elsewhere without a reconnect storm; then it stops (announcing its
+        departure and deregistering).
+        """
+        self.draining = True
+        self.set_unhealthy("draining", "node is draining")
+        conns = list(self.connections.values())
+        random.shuffle(conns)
+        log.info("draining %d connections over %.1f s", len(conns), window)
+        loop = self.loop
+        start = loop.time()
+        for i, conn in enumerate(conns):
+            delay = start + window * (i + 1) / len(conns) - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            conn.close(reasons.SERVER_SHUTTING_DOWN)
+        for conn in list(self.connections.values()):  # any that slipped in meanwhile
+            conn.close(reasons.SERVER_SHUTTING_DOWN)
+        self.stop()
+
+    def set_unhealthy(self, problem: str, detail: str | None) -> None:
+        """Record (``detail`` given) or clear (None) a reason the node must not get clients;
+        health watchers (the discovery backend) are told at once."""
+        before = self.healthy
+        if detail is None:
+            self._problems.pop(problem, None)
+        else:
+            self._problems[problem] = detail
+        if self.healthy != before:
+            for watcher in self.health_watchers:
+                try:
+                    watcher(self.healthy, self.health_note())
+                except Exception:
+                    log.exception("health watcher failed")
+
+    @property
+    def healthy(self) -> bool:
+        """Whether load balancers should send this node clients."""
+        return not self._problems
+
+    def health_note(self) -> str:
+        """Why the node is unhealthy (empty when it is not)."""
+        return "; ".join(f"{k}: {v}" for k, v in sorted(self._problems.items()))
+
     def health(self) -> dict[str, Any]:
         """The node's health document."""
         return {
-            "status": "ok",
+            "status": "ok" if self.healthy else next(iter(sorted(self._problems))),
+            "problems": dict(self._problems),
             "node": self.node_id,
             "connections": len(self.connections),
             "sockets": self.stats.sockets,
         }
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response(self.health())
+        return web.json_response(self.health(), status=200 if self.healthy else 503)
 
     async def _admin_stats(self, request: web.Request) -> web.Response:
         s = self.stats
@@ -647,3 +732,12 @@ class Server:
         """Make :meth:`serve_forever` return."""
         if self._stopped is not None:
             self._stopped.set()
+
+
+def _is_loopback(address: str | None) -> bool:
+    if not address:
+        return False
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

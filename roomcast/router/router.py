@@ -154,6 +154,11 @@ class Router:
         if self._stopped is not None:
             self._stopped.set()
 
+    @property
+    def healthy(self) -> bool:
+        """Whether the forwarding loop is running."""
+        return self._thread is not None and self._thread.is_alive() and self._error is None
+
     async def serve_forever(self) -> None:
         """Run until :meth:`stop` or cancellation."""
         assert self._stopped is not None, "use 'async with Router(...)' first"
@@ -255,7 +260,7 @@ class Router:
         }
 
     async def _health(self, request: web.Request) -> web.Response:
-        ok = self._thread is not None and self._thread.is_alive() and self._error is None
+        ok = self.healthy
         return web.json_response(
             {"status": "ok" if ok else "failed", "router": self.router_id},
             status=200 if ok else 503,

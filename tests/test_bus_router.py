@@ -1,0 +1,490 @@
+"""The pyzmq bus against a real router on 127.0.0.1: exact joins, filtering, stats, garbage.
+
+Every wait is for an event (a message arriving, a probe coming back), with a timeout; a barrier
+message published after the one under test proves a negative, because one publisher's messages
+on one router reach a subscriber in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import msgpack
+import pytest
+import zmq
+
+from roomcast.cluster import wire
+from roomcast.cluster.bus import Bus
+from roomcast.cluster.membership import node_tag
+from roomcast.cluster.wire import Topic
+from roomcast.router.router import Router
+
+TIMEOUT = 5.0
+
+Message = tuple[Topic, wire.Header, wire.Body]
+
+
+class Inbox:
+    """A bus handler that records what arrives and lets a test wait for a message."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self._arrived = asyncio.Event()
+
+    def __call__(self, topic: Topic, header: wire.Header, body: wire.Body) -> None:
+        self.messages.append((topic, header, body))
+        self._arrived.set()
+
+    async def wait_for(self, match: Callable[[Message], bool], timeout: float = TIMEOUT) -> Message:
+        """The first recorded message that matches, waiting for it if need be."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for message in self.messages:
+                    if match(message):
+                        return message
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    def bodies(self, topic: Topic) -> list[wire.Body]:
+        """Everything received on ``topic``, in order."""
+        return [body for t, _, body in self.messages if t == topic]
+
+
+def room(i: int, text: str = "") -> wire.RoomMessage:
+    """A room message identified by ``i``."""
+    return wire.RoomMessage(i, "/", ("r",), (), (), False, text or f"2[{i}]", ())
+
+
+def is_msg(topic: Topic, msg_id: int) -> Callable[[Message], bool]:
+    """Matches the room message ``msg_id`` on ``topic``."""
+    return lambda m: m[0] == topic and isinstance(m[2], wire.RoomMessage) and m[2].msg_id == msg_id
+
+
+def fresh_topic(label: str = "t") -> Topic:
+    """A room topic nobody has used."""
+    return wire.room_topic("/", f"{label}-{secrets.token_hex(6)}")
+
+
+@pytest.fixture
+async def router() -> AsyncIterator[Router]:
+    """A router on three ephemeral ports."""
+    async with Router("127.0.0.1", 0, 0, 0, router_id="test-router") as r:
+        yield r
+
+
+BusFactory = Callable[..., Awaitable[tuple[Bus, Inbox]]]
+
+
+@pytest.fixture
+async def make_bus(router: Router) -> AsyncIterator[BusFactory]:
+    """Start a bus connected to ``router`` whose publishing is proven live (its own probe came
+    back), so nothing it publishes afterwards is lost to ZeroMQ's connection setup."""
+    buses: list[Bus] = []
+    counter = itertools.count(1)
+
+    async def factory(
+        routers: list[tuple[str, str, str]] | None = None,
+        origin: str | None = None,
+        usable: list[str] | None = None,
+    ) -> tuple[Bus, Inbox]:
+        n = next(counter)
+        inbox = Inbox()
+        name = origin or f"bus{n}"
+        bus = Bus(
+            name,
+            n,
+            routers or [(router.xsub_endpoint, router.xpub_endpoint)],
+            inbox,
+        )
+        await bus.__aenter__()
+        buses.append(bus)
+        if usable is not None:
+            bus.set_usable(usable)
+        await bus.subscribe(wire.node_topic(node_tag(name, n)), TIMEOUT)
+        return bus, inbox
+
+    try:
+        yield factory
+    finally:
+        for bus in reversed(buses):
+            await bus.__aexit__(None, None, None)
+
+
+@pytest.fixture
+def zmq_context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    """A context for raw sockets; every socket is closed with linger 0 at the end."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        yield ctx
+    finally:
+        ctx.destroy(linger=0)
+
+
+async def warm_up(
+    raw: zmq.Socket[bytes], topic: Topic, inbox: Inbox, origin: str = "warm-up"
+) -> None:
+    """Send numbered messages from ``raw`` until one arrives: then ``raw`` is connected and
+    its peer knows the subscription (a PUB drops everything before that)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    for seq in itertools.count(1):
+        raw.send_multipart([topic, wire.encode(origin, 1, seq, room(seq))])
+        try:
+            await inbox.wait_for(lambda m: m[1].origin == origin, timeout=0.05)
+            return
+        except TimeoutError:
+            if loop.time() > deadline:
+                raise
+
+
+async def get_json(url: str) -> tuple[int, Any]:
+    """GET ``url``; its status and JSON body."""
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.json()
+
+
+# --- joins ------------------------------------------------------------------------------------
+
+
+async def test_router_binds_three_ephemeral_ports(router: Router) -> None:
+    """Port 0 gives the router three distinct real ports, reported in its endpoints."""
+    ports = {router.xsub_port, router.xpub_port, router.http_port}
+    assert len(ports) == 3 and 0 not in ports
+    assert router.xsub_endpoint == f"tcp://127.0.0.1:{router.xsub_port}"
+    assert router.xpub_endpoint == f"tcp://127.0.0.1:{router.xpub_port}"
+
+
+async def test_message_right_after_subscribe_arrives(make_bus: BusFactory) -> None:
+    """Once subscribe returns, the very next message on that topic arrives (50 fresh topics)."""
+    a, _ = await make_bus()
+    b, inbox = await make_bus()
+    for i in range(50):
+        topic = fresh_topic()
+        await b.subscribe(topic, TIMEOUT)
+        assert b.subscribed(topic)
+        a.publish(topic, room(i))
+        await inbox.wait_for(is_msg(topic, i))
+    assert b.stats.gaps == 0
+    assert b.stats.undecodable == 0
+
+
+async def test_subscribe_returns_only_after_probe_round_trip(
+    make_bus: BusFactory, router: Router
+) -> None:
+    """subscribe publishes at least one probe and returns only after one came back, when the
+    router already counts the subscription; probes never reach the handler."""
+    b, inbox = await make_bus()
+    sent, published = b.stats.probes_sent, b.stats.published
+    topics = router.stats_dict()["topics"]
+    topic = fresh_topic()
+    await b.subscribe(topic, TIMEOUT)
+    assert router.stats_dict()["topics"] == topics + 1
+    assert b.stats.probes_sent > sent
+    assert b.stats.published > published
+    assert not any(isinstance(body, wire.Probe) for _, _, body in inbox.messages)
+
+
+async def test_subscribe_times_out_without_a_router() -> None:
+    """With no router at the endpoints, subscribe raises TimeoutError after its timeout."""
+    with zmq.Context() as ctx:
+        # Reserve two ports nobody listens on.
+        socks = [ctx.socket(zmq.PULL) for _ in range(2)]
+        ports = [s.bind_to_random_port("tcp://127.0.0.1") for s in socks]
+        for s in socks:
+            s.close(0)
+    bus = Bus(
+        "lonely", 1, [(f"tcp://127.0.0.1:{ports[0]}", f"tcp://127.0.0.1:{ports[1]}")], Inbox()
+    )
+    async with bus:
+        with pytest.raises(TimeoutError):
+            await bus.subscribe(fresh_topic(), 0.2)
+
+
+async def test_concurrent_subscribers_of_one_topic_share_the_probe(make_bus: BusFactory) -> None:
+    """Several interests in one topic subscribe once; each waits for the live subscription and
+    the topic stays subscribed until the last interest goes."""
+    a, _ = await make_bus()
+    b, inbox = await make_bus()
+    topic = fresh_topic()
+    subscriptions = b.stats.subscriptions
+    await asyncio.gather(*(b.subscribe(topic, TIMEOUT) for _ in range(3)))
+    assert b.stats.subscriptions == subscriptions + 1
+    a.publish(topic, room(1))
+    await inbox.wait_for(is_msg(topic, 1))
+    b.unsubscribe(topic)
+    b.unsubscribe(topic)
+    assert b.subscribed(topic)
+    b.unsubscribe(topic)
+    assert not b.subscribed(topic)
+    assert b.stats.subscriptions == subscriptions
+
+
+async def test_unsubscribe_stops_delivery(make_bus: BusFactory, router: Router) -> None:
+    """After unsubscribe, messages on the topic no longer arrive (a barrier proves it)."""
+    a, _ = await make_bus()
+    b, inbox = await make_bus()
+    topic = fresh_topic("gone")
+    await b.subscribe(topic, TIMEOUT)
+    a.publish(topic, room(1))
+    await inbox.wait_for(is_msg(topic, 1))
+    b.unsubscribe(topic)
+    assert not b.subscribed(topic)
+    # A subscription made after the unsubscription travels behind it to the router: once its
+    # probe is back, the router has applied the unsubscription too.
+    barrier = fresh_topic("barrier")
+    await b.subscribe(barrier, TIMEOUT)
+    unrouted = router.stats.unrouted
+    a.publish(topic, room(2))
+    a.publish(barrier, room(3))  # same publisher, same router: arrives after room(2) would
+    await inbox.wait_for(is_msg(barrier, 3))
+    assert inbox.bodies(topic) == [room(1)]
+    assert router.stats.unrouted == unrouted + 1  # nobody wanted room(2)
+
+
+async def test_room_a_never_receives_room_ab(make_bus: BusFactory) -> None:
+    """A subscriber to room ``a`` gets none of the traffic of ``ab``, ``a\\x00`` or ``aa``."""
+    a, _ = await make_bus()
+    b, inbox = await make_bus()
+    room_a = wire.room_topic("/", "a")
+    await b.subscribe(room_a, TIMEOUT)
+    others = [wire.room_topic("/", name) for name in ("ab", "a\x00", "aa", "", "A", "b")] + [
+        wire.room_topic("/other", "a"),
+        wire.namespace_topic("/"),
+        wire.namespace_topic("a"),
+    ]
+    for i, topic in enumerate(others):
+        a.publish(topic, room(100 + i))
+    a.publish(room_a, room(1))  # the barrier
+    await inbox.wait_for(is_msg(room_a, 1))
+    assert [(t, body) for t, _, body in inbox.messages] == [(room_a, room(1))]
+
+
+async def test_two_subscribers_each_get_one_copy(make_bus: BusFactory, router: Router) -> None:
+    """A message to a topic with two subscribers reaches each once; the publisher's own copy
+    never reaches its handler."""
+    a, inbox_a = await make_bus()
+    b, inbox_b = await make_bus()
+    c, inbox_c = await make_bus()
+    topic = fresh_topic()
+    await b.subscribe(topic, TIMEOUT)
+    await c.subscribe(topic, TIMEOUT)
+    await a.subscribe(topic, TIMEOUT)
+    b.publish(topic, room(7))
+    await inbox_a.wait_for(is_msg(topic, 7))
+    await inbox_c.wait_for(is_msg(topic, 7))
+    b.publish(topic, room(8))  # barrier for b's own copy of 7
+    await inbox_a.wait_for(is_msg(topic, 8))
+    await inbox_c.wait_for(is_msg(topic, 8))
+    await b.subscribe(fresh_topic(), TIMEOUT)  # b's copies of 7 and 8 came back before this
+    assert inbox_b.bodies(topic) == []
+    assert len(inbox_a.bodies(topic)) == len(inbox_c.bodies(topic)) == 2
+
+
+# --- router stats and HTTP --------------------------------------------------------------------
+
+
+async def test_router_counts_messages_in_out_and_unrouted(
+    make_bus: BusFactory, router: Router
+) -> None:
+    """messages_in counts what reached the router, messages_out each delivery, unrouted the
+    messages nobody subscribed to; the HTTP /stats view shows the same numbers."""
+    a, _ = await make_bus()
+    b, inbox_b = await make_bus()
+    c, inbox_c = await make_bus()
+    topic, nobody = fresh_topic(), fresh_topic("nobody")
+    await b.subscribe(topic, TIMEOUT)
+    await c.subscribe(topic, TIMEOUT)
+    before = router.stats_dict()
+    for i in range(10):
+        a.publish(topic, room(i))
+    a.publish(nobody, room(99))
+    a.publish(topic, room(10))  # barrier: the router handled everything before it
+    await inbox_b.wait_for(is_msg(topic, 10))
+    await inbox_c.wait_for(is_msg(topic, 10))
+    after = router.stats_dict()
+    assert after["messages_in"] - before["messages_in"] == 12
+    assert after["messages_out"] - before["messages_out"] == 11 * 2
+    assert after["unrouted"] - before["unrouted"] == 1
+    assert after["malformed"] == before["malformed"]
+    assert after["bytes_in"] > before["bytes_in"]
+    status, body = await get_json(router.http_url + "/stats")
+    assert status == 200
+    for key in ("messages_in", "messages_out", "unrouted", "malformed"):
+        assert body[key] == after[key]
+    assert body["router"] == "test-router"
+    assert body["status"] == "ok"
+    assert body["xsub"] == router.xsub_endpoint and body["xpub"] == router.xpub_endpoint
+    # three node topics (one per bus), and `topic` twice
+    assert (body["topics"], body["subscriptions"], body["subscribe_events"]) == (4, 5, 5)
+
+
+async def test_health_endpoint_answers(router: Router) -> None:
+    """/health answers 200 with the router's id while the forwarding loop runs."""
+    status, body = await get_json(router.http_url + "/health")
+    assert status == 200
+    assert body == {"status": "ok", "router": "test-router"}
+
+
+async def test_router_stats_follow_subscriptions(make_bus: BusFactory, router: Router) -> None:
+    """The router counts a bus's subscription once it is live and forgets it on unsubscribe."""
+    b, _ = await make_bus()
+    topic = fresh_topic()
+    await b.subscribe(topic, TIMEOUT)
+    assert router.stats_dict()["topics"] == 2  # b's node topic and `topic`
+    b.unsubscribe(topic)
+    await b.subscribe(fresh_topic(), TIMEOUT)  # travels behind the unsubscription
+    stats = router.stats_dict()
+    assert stats["topics"] == 2
+    assert stats["unsubscribe_events"] == 1
+
+
+# --- garbage and gaps -------------------------------------------------------------------------
+
+
+def _packb(*items: Any) -> bytes:
+    data: bytes = msgpack.packb(list(items), use_bin_type=True)
+    return data
+
+
+async def test_garbage_through_the_router_is_counted_and_dropped(
+    make_bus: BusFactory, router: Router, zmq_context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """Frames that are not [topic, envelope] stop at the router (malformed); undecodable
+    envelopes are counted by the receiving bus by reason; valid messages still flow."""
+    b, inbox = await make_bus()
+    topic = fresh_topic()
+    await b.subscribe(topic, TIMEOUT)
+    raw = zmq_context.socket(zmq.PUB)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(router.xsub_endpoint)
+    await warm_up(raw, topic, inbox)
+    malformed = router.stats.malformed
+    raw.send(topic)  # 1 frame
+    raw.send_multipart([topic, b"x", b"y"])  # 3 frames
+    raw.send_multipart([topic, b"\xc1not msgpack"])
+    raw.send_multipart([topic, _packb(wire.WIRE_VERSION + 1, wire.Kind.LEAVE, "raw", 1, 1)])
+    raw.send_multipart([topic, _packb(wire.WIRE_VERSION, 99, "raw", 1, 1)])
+    raw.send_multipart([topic, _packb(wire.WIRE_VERSION, wire.Kind.DELTA, "raw", 1, 1, "x")])
+    raw.send_multipart([topic, _packb("not", "an", "envelope")])
+    raw.send_multipart([topic, wire.encode("raw", 1, 1, room(42))])  # valid, after the garbage
+    _, header, _ = await inbox.wait_for(is_msg(topic, 42))
+    assert header.origin == "raw"
+    assert router.stats.malformed == malformed + 2
+    assert b.stats.undecodable == 5
+    assert b.stats.errors_by_reason == {
+        "not msgpack": 1,
+        "wire version": 1,
+        "unknown kind": 1,
+        "bad DELTA body": 1,
+        "not an envelope": 1,
+    }
+    stats = b.stats_dict()
+    assert stats["undecodable"] == 5 and stats["errors"] == b.stats.errors_by_reason
+    # The bus keeps delivering.
+    a, _ = await make_bus()
+    a.publish(topic, room(43))
+    await inbox.wait_for(is_msg(topic, 43))
+
+
+async def test_garbage_frames_reaching_a_bus_directly_are_counted(
+    make_bus: BusFactory, router: Router, zmq_context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """A second "router" that sends 1- or 3-frame messages (or garbage envelopes) to a bus is
+    counted by the bus (frame count, by reason) and does not stop it."""
+    fake_xpub = zmq_context.socket(zmq.PUB)
+    fake_xpub.setsockopt(zmq.LINGER, 0)
+    fake_port = fake_xpub.bind_to_random_port("tcp://127.0.0.1")
+    sink = zmq_context.socket(zmq.SUB)  # where the bus's PUB connects; never subscribes
+    sink.setsockopt(zmq.LINGER, 0)
+    sink_port = sink.bind_to_random_port("tcp://127.0.0.1")
+    b, inbox = await make_bus(
+        routers=[
+            ("real", router.xsub_endpoint, router.xpub_endpoint),
+            ("fake", f"tcp://127.0.0.1:{sink_port}", f"tcp://127.0.0.1:{fake_port}"),
+        ],
+        usable=["real"],  # publish (and probe) through the real router only
+    )
+    topic = fresh_topic()
+    await b.subscribe(topic, TIMEOUT)  # proven through the real router, held by both
+    await warm_up(fake_xpub, topic, inbox)
+    fake_xpub.send(topic)
+    fake_xpub.send_multipart([topic, b"a", b"b"])
+    fake_xpub.send_multipart([topic, b"", b"", b"", b""])
+    fake_xpub.send_multipart([topic, b"\x92\x01\x02"])  # a msgpack list, too short
+    fake_xpub.send_multipart([topic, _packb(0, wire.Kind.LEAVE, "x", 1, 1)])
+    fake_xpub.send_multipart([topic, wire.encode("fake", 1, 1, room(5))])
+    await inbox.wait_for(is_msg(topic, 5))
+    assert b.stats.errors_by_reason == {
+        "frame count": 3,
+        "not an envelope": 1,
+        "wire version": 1,
+    }
+    assert b.stats.undecodable == 5
+    a, _ = await make_bus()
+    a.publish(topic, room(6))
+    await inbox.wait_for(is_msg(topic, 6))
+
+
+async def test_sequence_gaps_are_counted(
+    make_bus: BusFactory, router: Router, zmq_context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """Skipped sequence numbers count as gaps per (origin, incarnation, topic); an older
+    number is a dropped duplicate, and a new incarnation's restart at 1 is neither."""
+    b, inbox = await make_bus()
+    t1, t2 = fresh_topic("one"), fresh_topic("two")
+    await b.subscribe(t1, TIMEOUT)
+    await b.subscribe(t2, TIMEOUT)
+    raw = zmq_context.socket(zmq.PUB)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(router.xsub_endpoint)
+    await warm_up(raw, t1, inbox)
+    assert b.stats.gaps == 0
+
+    def send(topic: Topic, origin: str, incarnation: int, seq: int) -> None:
+        raw.send_multipart([topic, wire.encode(origin, incarnation, seq, room(seq))])
+
+    for seq in (1, 2, 5, 6, 10):  # 3, 4, 7, 8, 9 lost: 5
+        send(t1, "x", 1, seq)
+    send(t1, "x", 1, 6)  # older: a duplicate, dropped
+    send(t1, "x", 1, 11)
+    send(t2, "x", 1, 1)  # another topic counts on its own
+    send(t2, "x", 1, 3)  # 2 lost: 1
+    send(t1, "x", 2, 1)  # a new incarnation starts over
+    send(t1, "x", 2, 2)
+    send(t1, "y", 1, 7)  # another origin's first message is no gap
+    send(t1, "y", 1, 9)  # 8 lost: 1
+    await inbox.wait_for(
+        lambda m: m[0] == t1 and m[1].origin == "y" and m[1].seq == 9  # the last one
+    )
+    assert b.stats.gaps == 7
+    assert b.stats.duplicates == 1
+    # Messages after a gap are still delivered.
+    xs = [(h.incarnation, h.seq) for t, h, _ in inbox.messages if t == t1 and h.origin == "x"]
+    assert xs == [(1, 1), (1, 2), (1, 5), (1, 6), (1, 10), (1, 11), (2, 1), (2, 2)]
+
+
+async def test_handler_errors_do_not_stop_the_bus(make_bus: BusFactory) -> None:
+    """A handler that raises is logged; the next messages are still delivered."""
+    a, _ = await make_bus()
+    b, inbox = await make_bus()
+    topic = fresh_topic()
+    await b.subscribe(topic, TIMEOUT)
+    calls = 0
+
+    def explode(t: Topic, h: wire.Header, body: wire.Body) -> None:
+        nonlocal calls
+        calls += 1
+        inbox(t, h, body)
+        if calls == 1:
+            raise RuntimeError("handler bug")
+
+    b.on_message = explode
+    a.publish(topic, room(1))
+    a.publish(topic, room(2))
+    await inbox.wait_for(is_msg(topic, 2))
+    assert calls == 2
