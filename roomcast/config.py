@@ -57,7 +57,7 @@ class EngineIOSettings:
 class LimitSettings:
     """``[limits]``: every network input's bound; past one the session closes with a reason."""
 
-    max_packets_per_body: int = 256
+    max_packets_per_body: int = 10_000
     max_attachments: int = 10
     max_ack_id: int = 2**53 - 1
     max_rooms_per_socket: int = 256

@@ -52,7 +52,7 @@ def test_defaults_load_without_a_file() -> None:
     assert settings.engineio.transports == ("polling", "websocket")
     assert settings.limits.max_attachments == 10
     assert settings.limits.max_ack_id == 2**53 - 1
-    assert settings.limits.max_packets_per_body == 256
+    assert settings.limits.max_packets_per_body == 10_000
     assert settings.namespaces == (NamespacePolicy(name="/"),)
 
 

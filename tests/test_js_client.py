@@ -881,14 +881,7 @@ async def test_broadcast_ack_timeout(start_node: Any, js: Driver) -> None:
     "mode",
     [
         "websocket",
-        pytest.param(
-            "polling",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="limits.max_packets_per_body (256) is below what socket.io-client "
-                "batches into one POST (it bounds bodies by maxPayload bytes only)",
-            ),
-        ),
+        "polling",
         "upgrade",
     ],
 )
@@ -972,11 +965,6 @@ async def test_server_disconnect(start_node: Any, js: Driver, transport: str) ->
     assert server.of("/").sockets == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="disconnect(close=True) closes the transport without the DISCONNECT packets "
-    "socket.io sends first (socket.io Client._disconnect), so the client sees 'transport close'",
-)
 async def test_server_disconnect_close(start_node: Any, js: Driver, transport: str) -> None:
     """``socket.disconnect(close=True)`` disconnects every namespace of the connection as
     socket.io does: the clients see "io server disconnect", the handlers "server namespace

@@ -546,7 +546,8 @@ async def test_sockets_join_and_leave(start_node: NodeFactory, connect: Connect)
 
 @pytest.mark.parametrize(
     ("close", "reason"),
-    [(False, reasons.SERVER_NAMESPACE_DISCONNECT), (True, reasons.FORCED_SERVER_CLOSE)],
+    # socket.io's Client._disconnect: close=True tells each namespace first, with that reason.
+    [(False, reasons.SERVER_NAMESPACE_DISCONNECT), (True, reasons.SERVER_NAMESPACE_DISCONNECT)],
 )
 async def test_disconnect_sockets(
     start_node: NodeFactory, connect: Connect, close: bool, reason: str
@@ -591,9 +592,10 @@ async def test_socket_disconnect(start_node: NodeFactory, connect: Connect, clos
 
     await client.emit("kick", close, namespace="/x")
     if close:
-        assert await seen.of(x_sid) == reasons.FORCED_SERVER_CLOSE
-        assert await seen.of(root_sid) == reasons.FORCED_SERVER_CLOSE
+        assert await seen.of(x_sid) == reasons.SERVER_NAMESPACE_DISCONNECT
+        assert await seen.of(root_sid) == reasons.SERVER_NAMESPACE_DISCONNECT
         assert server.connections == {}
+        assert server.stats.closed_by_reason[reasons.FORCED_SERVER_CLOSE] == 1
     else:
         assert await seen.of(x_sid) == reasons.SERVER_NAMESPACE_DISCONNECT
         await asyncio.wait_for(x_gone.wait(), TIMEOUT)

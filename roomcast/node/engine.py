@@ -226,15 +226,24 @@ class Connection:
 
     # -- closing ------------------------------------------------------------------------------
 
-    def close(self, reason: str, detail: str = "") -> None:
-        """Close the whole connection from the server side with a named reason."""
+    def close(self, reason: str, detail: str = "", *, flush: bool = False) -> None:
+        """Close the whole connection from the server side with a named reason.
+
+        ``flush=True`` is a deliberate close: what was already queued still reaches the client
+        before the close (a polling client collects it, then CLOSE, with its next GET).
+        """
         if self.session.closed:
             return
         if detail:
             log.info("closing session %s: %s (%s)", self.sid, reason, detail)
         else:
             log.debug("closing session %s: %s", self.sid, reason)
-        self._finish_close(self.session.close(reason))
+        event = self.session.close(reason, flush=flush)
+        if flush and self._ws_transport is None and self._poll_waiter is None:
+            # No GET is waiting: keep the last words for the next one (engine.io does the
+            # same), for at most one ping timeout.
+            self.server.linger(self, self.session.settings.ping_timeout_ms / 1000)
+        self._finish_close(event)
 
     def _finish_close(self, event: eio.SessionClosed) -> None:
         server = self.server
@@ -279,9 +288,20 @@ class Connection:
                 raise
             finally:
                 self._poll_waiter = None
-            if notify is not None and not session.has_outbox():
-                return _payload(eio.encode_text(notify))
+            if notify is not None:
+                out = session.take_outbox()
+                if notify.type is eio.PacketType.CLOSE:
+                    out.append(eio.encode_text(notify))  # last words, then CLOSE
+                elif not out:
+                    out.append(eio.encode_text(notify))
+                return _payload(eio.encode_payload(out))
         return _payload(eio.encode_payload(session.take_outbox()))
+
+    def last_words(self) -> web.Response:
+        """The answer to the first GET after a deliberate close found no GET waiting."""
+        out = self.session.take_outbox()
+        out.append(eio.encode_text(eio.CLOSE))
+        return _payload(eio.encode_payload(out))
 
     async def post(self, request: web.Request) -> web.Response:
         """Serve one polling POST: decode the payload and feed every packet."""
@@ -480,6 +500,9 @@ class EngineEndpoint:
             return _payload(opened.session.open_packet())
         conn = self.server.connections.get(sid)
         if conn is None:
+            closed = self.server.lingering.pop(sid, None)
+            if closed is not None and request.method == "GET":
+                return closed.last_words()
             return _error(_ERR_UNKNOWN_SID)
         if conn.session.transport is not eio.TransportKind.POLLING:
             return _error(_ERR_BAD_REQUEST)

@@ -77,6 +77,8 @@ class Server:
         self.settings = settings or Settings()
         self.node_id = node_id or self.settings.node.id or f"node-{secrets.token_hex(3)}"
         self.connections: dict[str, Connection] = {}
+        #: Polling connections closed on purpose whose last packets await one more GET.
+        self.lingering: dict[str, Connection] = {}
         self.stats = NodeStats()
         limits = self.settings.limits
         self.decoder_limits = sio.DecoderLimits(limits.max_attachments, limits.max_ack_id)
@@ -430,6 +432,11 @@ class Server:
         )
         return list(replies.values())
 
+    def linger(self, conn: Connection, seconds: float) -> None:
+        """Keep a deliberately closed polling connection's last packets for its next GET."""
+        self.lingering[conn.sid] = conn
+        self.loop.call_later(seconds, self.lingering.pop, conn.sid, None)
+
     def schedule_flush(self, conn: Connection) -> None:
         """Have ``conn``'s queued frames written at the end of this loop pass."""
         self._dirty.append(conn)
@@ -542,9 +549,9 @@ class Server:
             delay = start + window * (i + 1) / len(conns) - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            conn.close(reasons.SERVER_SHUTTING_DOWN)
+            conn.close(reasons.SERVER_SHUTTING_DOWN, flush=True)
         for conn in list(self.connections.values()):  # any that slipped in meanwhile
-            conn.close(reasons.SERVER_SHUTTING_DOWN)
+            conn.close(reasons.SERVER_SHUTTING_DOWN, flush=True)
         self.stop()
 
     def set_unhealthy(self, problem: str, detail: str | None) -> None:
@@ -700,7 +707,7 @@ class Server:
         tb: TracebackType | None,
     ) -> None:
         for conn in list(self.connections.values()):
-            conn.close(reasons.SERVER_SHUTTING_DOWN)
+            conn.close(reasons.SERVER_SHUTTING_DOWN, flush=True)
         # Let close frames and disconnect handlers run before the listener goes.
         if self._tasks:
             await asyncio.wait(

@@ -203,7 +203,11 @@ class Socket:
     def disconnect(self, close: bool = False) -> None:
         """Disconnect from this namespace (``close=True`` closes the whole connection)."""
         if close:
-            self.conn.close(reasons.FORCED_SERVER_CLOSE)
+            # As socket.io's Client._disconnect: every namespace of the connection is told
+            # (DISCONNECT, "server namespace disconnect"), then the transport closes.
+            for socket in list(self.conn.sockets.values()):
+                socket.disconnect()
+            self.conn.close(reasons.FORCED_SERVER_CLOSE, flush=True)
             return
         if self.connected:
             self.conn.send_packet(sio.Packet(sio.PacketType.DISCONNECT, self.namespace.name))

@@ -118,7 +118,7 @@ class EngineSettings:
     ping_interval_ms: int = 25_000
     ping_timeout_ms: int = 20_000
     max_payload: int = 1_000_000
-    max_packets_per_body: int = 256
+    max_packets_per_body: int = 10_000
     max_buffered_packets: int = 1_000
     upgrade_timeout_ms: int = 10_000
     allow_upgrades: bool = True
@@ -331,21 +331,26 @@ class EngineSession:
 
     # -- close --------------------------------------------------------------------------------
 
-    def close(self, reason: str) -> SessionClosed:
-        """Close the session from the server side (idempotent: a second call changes nothing)."""
+    def close(self, reason: str, *, flush: bool = False) -> SessionClosed:
+        """Close the session from the server side (idempotent: a second call changes nothing).
+
+        ``flush=True`` (a deliberate close, not an error) keeps the outbox: a polling client
+        still receives what was queued, then CLOSE, on its next GET.
+        """
         if self.state is EngineState.CLOSED:
             return SessionClosed(self.close_reason or reason)
-        return self._close(reason, CLOSE)
+        return self._close(reason, CLOSE, keep_outbox=flush)
 
     @property
     def closed(self) -> bool:
         """Whether the session has ended."""
         return self.state is EngineState.CLOSED
 
-    def _close(self, reason: str, notify: Packet) -> SessionClosed:
+    def _close(self, reason: str, notify: Packet, keep_outbox: bool = False) -> SessionClosed:
         self.state = EngineState.CLOSED
         self.close_reason = reason
-        self._outbox.clear()
+        if not keep_outbox:
+            self._outbox.clear()
         return SessionClosed(reason, notify)
 
     def _require_live(self) -> None:
