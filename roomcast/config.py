@@ -36,6 +36,7 @@ class NodeSettings:
     cors_origins: tuple[str, ...] = ()  #: ``["*"]`` allows any origin
     app: str = ""  #: ``module:attr`` of an app setup function; empty: the built-in relay only
     shutdown_grace_ms: int = 2_000
+    advertise: str = ""  #: the URL others reach this node at; empty: http://host:port
     admin_token: str = ""  #: bearer token for /admin/*; empty: loopback clients only
     drain_window_ms: int = 10_000  #: `roomcast drain` spreads reconnects over this long
 
@@ -103,6 +104,7 @@ class RouterSettings:
 
     id: str = "router"
     host: str = "127.0.0.1"
+    advertise_host: str = ""  #: the address nodes reach it at (registered in Consul); empty: host
     xsub_port: int = 5555
     xpub_port: int = 5556
     http_port: int = 5557

@@ -101,7 +101,13 @@ def cmd_router(args: argparse.Namespace) -> int:
 
         async with (
             Router(
-                r.host, r.xsub_port, r.xpub_port, r.http_port, hwm=r.hwm, router_id=r.id
+                r.host,
+                r.xsub_port,
+                r.xpub_port,
+                r.http_port,
+                hwm=r.hwm,
+                router_id=r.id,
+                advertise_host=r.advertise_host,
             ) as router,
             make_discovery(settings) as discovery,
         ):

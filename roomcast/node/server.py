@@ -609,7 +609,7 @@ class Server:
     def _local_facts(self) -> dict[str, Any]:
         return {
             "node": self.node_id,
-            "address": self.url,
+            "address": self.public_url,
             "status": "alive",
             "connections": len(self.connections),
             "sockets": self.stats.sockets,
@@ -697,7 +697,7 @@ class Server:
             "node %s listening on http://%s:%d%s", self.node_id, node.host, self.port, node.path
         )
         if self.cluster is not None:
-            await self.cluster.start(self.url)
+            await self.cluster.start(self.public_url)
         return self
 
     async def __aexit__(
@@ -724,6 +724,12 @@ class Server:
             self._runner = None
         if self._stopped is not None:
             self._stopped.set()
+
+    @property
+    def public_url(self) -> str:
+        """The URL other nodes, the CLI and Consul know this node by (``node.advertise``, or
+        the listening URL)."""
+        return self.settings.node.advertise.rstrip("/") or self.url
 
     @property
     def url(self) -> str:

@@ -54,8 +54,10 @@ class Router:
         *,
         hwm: int = 100_000,
         router_id: str = "router",
+        advertise_host: str = "",
     ) -> None:
         self.host = host
+        self.advertise_host = advertise_host or host
         self.router_id = router_id
         self.xsub_port = xsub_port
         self.xpub_port = xpub_port
@@ -76,17 +78,17 @@ class Router:
     @property
     def xsub_endpoint(self) -> str:
         """Where nodes publish."""
-        return f"tcp://{self.host}:{self.xsub_port}"
+        return f"tcp://{self.advertise_host}:{self.xsub_port}"
 
     @property
     def xpub_endpoint(self) -> str:
         """Where nodes subscribe."""
-        return f"tcp://{self.host}:{self.xpub_port}"
+        return f"tcp://{self.advertise_host}:{self.xpub_port}"
 
     @property
     def http_url(self) -> str:
         """The stats and health endpoint."""
-        return f"http://{self.host}:{self.http_port}"
+        return f"http://{self.advertise_host}:{self.http_port}"
 
     async def __aenter__(self) -> Router:
         self._stopped = asyncio.Event()
