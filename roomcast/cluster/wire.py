@@ -348,14 +348,7 @@ def _body(kind: Kind, f: list[Any]) -> Body:
         return Delta(facts_seq, _triples(changes), connections)
     if kind is Kind.HEARTBEAT:
         facts_seq, tag, address, connections, started, routers = f
-        if not (
-            isinstance(facts_seq, int)
-            and isinstance(tag, bytes)
-            and isinstance(address, str)
-            and isinstance(connections, int)
-            and isinstance(started, int | float)
-        ):
-            raise WireError("bad HEARTBEAT body")
+        _check_node_fields(kind, facts_seq, tag, address, connections, started)
         return Heartbeat(facts_seq, tag, address, connections, float(started), _str_tuple(routers))
     if kind is Kind.SNAPSHOT_REQUEST:
         (reply_to,) = f
@@ -364,14 +357,7 @@ def _body(kind: Kind, f: list[Any]) -> Body:
         return SnapshotRequest(reply_to)
     if kind is Kind.SNAPSHOT:
         facts_seq, tag, address, connections, started, rooms = f
-        if not (
-            isinstance(facts_seq, int)
-            and isinstance(tag, bytes)
-            and isinstance(address, str)
-            and isinstance(connections, int)
-            and isinstance(started, int | float)
-        ):
-            raise WireError("bad SNAPSHOT body")
+        _check_node_fields(kind, facts_seq, tag, address, connections, started)
         return Snapshot(facts_seq, tag, address, connections, float(started), _triples(rooms))
     if kind is Kind.LEAVE:
         return Leave()
@@ -379,3 +365,17 @@ def _body(kind: Kind, f: list[Any]) -> Body:
     if not isinstance(nonce, int):
         raise WireError("bad PROBE body")
     return Probe(nonce)
+
+
+def _check_node_fields(
+    kind: Kind, facts_seq: Any, tag: Any, address: Any, connections: Any, started: Any
+) -> None:
+    """The fields HEARTBEAT and SNAPSHOT share."""
+    if not (
+        isinstance(facts_seq, int)
+        and isinstance(tag, bytes)
+        and isinstance(address, str)
+        and isinstance(connections, int)
+        and isinstance(started, int | float)
+    ):
+        raise WireError(f"bad {kind.name} body")

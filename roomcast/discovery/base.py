@@ -349,3 +349,27 @@ class FailureLog:
             self._log.info("%s recovered after %d failed attempts", self.what, self.failures)
         self.failures = 0
         self._last = ""
+
+
+class HubReads:
+    """The reads every backend serves the same way from its :class:`ViewHub`."""
+
+    _hub: ViewHub
+    _state: Lifecycle
+
+    def view(self) -> DiscoveryView:
+        """The last known view."""
+        return self._hub.current
+
+    def routers(self) -> list[RouterEndpoint]:
+        """The last known routers, healthy or not."""
+        return list(self._hub.current.routers)
+
+    def nodes(self) -> list[NodeEndpoint]:
+        """The last known nodes, healthy or not."""
+        return list(self._hub.current.nodes)
+
+    def watch(self) -> AsyncGenerator[DiscoveryView, None]:
+        """The current view, then one per change, until exit."""
+        require_running(self._state, "watch")
+        return self._hub.watch()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import warnings
-from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -35,8 +34,8 @@ from roomcast.cluster.wire import NodeId
 from roomcast.config import DiscoverySettings
 from roomcast.discovery.base import (
     Backoff,
-    DiscoveryView,
     FailureLog,
+    HubReads,
     Kind,
     Lifecycle,
     NodeEndpoint,
@@ -55,7 +54,7 @@ _ANY_ADDRESS = {"", "0.0.0.0", "::"}  # Consul refuses these as a service addres
 _MAX_MALFORMED_REMEMBERED = 1024
 
 
-class ConsulDiscovery:
+class ConsulDiscovery(HubReads):
     """The :class:`~roomcast.discovery.base.Discovery` backed by a Consul agent."""
 
     def __init__(self, settings: DiscoverySettings) -> None:
@@ -304,23 +303,6 @@ class ConsulDiscovery:
         return f"{self._service_names[instance.kind]}-{instance.id}"
 
     # --- the view ---------------------------------------------------------------------------
-
-    def view(self) -> DiscoveryView:
-        """The last known view."""
-        return self._hub.current
-
-    def routers(self) -> list[RouterEndpoint]:
-        """The last known routers, healthy or not."""
-        return list(self._hub.current.routers)
-
-    def nodes(self) -> list[NodeEndpoint]:
-        """The last known nodes, healthy or not."""
-        return list(self._hub.current.nodes)
-
-    def watch(self) -> AsyncGenerator[DiscoveryView, None]:
-        """The current view, then one per change of the catalogue or of ``source_ok``."""
-        require_running(self._state, "watch")
-        return self._hub.watch()
 
     async def _watch(self, kind: Kind) -> None:
         """Follow one service with blocking queries, for as long as the Discovery runs."""

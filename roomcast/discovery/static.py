@@ -17,14 +17,13 @@ contract:
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Self
 
 from roomcast.cluster.wire import NodeId
 from roomcast.config import DiscoverySettings
 from roomcast.discovery.base import (
-    DiscoveryView,
+    HubReads,
     Lifecycle,
     NodeEndpoint,
     RouterEndpoint,
@@ -36,7 +35,7 @@ from roomcast.discovery.base import (
 )
 
 
-class StaticDiscovery:
+class StaticDiscovery(HubReads):
     """The :class:`~roomcast.discovery.base.Discovery` of a fixed configuration."""
 
     def __init__(self, settings: DiscoverySettings) -> None:
@@ -94,23 +93,6 @@ class StaticDiscovery:
         require_running(self._state, "deregister")
         self._instance = None
         self._publish()
-
-    def view(self) -> DiscoveryView:
-        """The configuration, plus this Discovery's own registration."""
-        return self._hub.current
-
-    def routers(self) -> list[RouterEndpoint]:
-        """The configured routers (and this process, if it registered as a router)."""
-        return list(self._hub.current.routers)
-
-    def nodes(self) -> list[NodeEndpoint]:
-        """The configured node URLs (and this process, if it registered as a node)."""
-        return list(self._hub.current.nodes)
-
-    def watch(self) -> AsyncGenerator[DiscoveryView, None]:
-        """The current view, then one per local change, until exit."""
-        require_running(self._state, "watch")
-        return self._hub.watch()
 
     def _publish(self) -> None:
         routers, nodes = self._config_routers, self._config_nodes
