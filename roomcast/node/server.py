@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hmac
 import inspect
-import ipaddress
 import logging
 import random
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -44,7 +42,8 @@ from roomcast.protocol.frames import Frames
 
 from . import relay
 from .cluster import ClusterLink, ClusterTimeoutError, _target, infos_from_replies
-from .engine import Connection, EngineEndpoint
+from .engine import Connection
+from .http import build_app
 from .sockets import (
     BroadcastOperator,
     Handshake,
@@ -105,7 +104,7 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
         self.port: int = self.settings.node.port
-        self.app = self._build_app()
+        self.app = build_app(self)
         for policy in self.settings.namespaces:
             relay.install(self.of(policy.name), policy, limits)
 
@@ -470,65 +469,7 @@ class Server:
         if not task.cancelled() and task.exception() is not None:
             log.error("task failed", exc_info=task.exception())
 
-    # -- HTTP ---------------------------------------------------------------------------------
-
-    def _build_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._cors_middleware, self._admin_guard])
-        endpoint = EngineEndpoint(self)
-        path = self.settings.node.path
-        app.router.add_route("*", path, endpoint.handle)
-        app.router.add_route("*", path.rstrip("/"), endpoint.handle)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/admin/stats", self._admin_stats)
-        app.router.add_get("/admin/rooms", self._admin_rooms)
-        app.router.add_get("/admin/room", self._admin_room)
-        app.router.add_get("/admin/cluster", self._admin_cluster)
-        app.router.add_post("/admin/drain", self._admin_drain)
-        return app
-
-    @web.middleware
-    async def _cors_middleware(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        response = await handler(request)
-        origins = self.settings.node.cors_origins
-        origin = request.headers.get("Origin")
-        if origin and origins and ("*" in origins or origin in origins) and not response.prepared:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Credentials"] = "true"
-            if request.method == "OPTIONS":
-                response.headers["Access-Control-Allow-Methods"] = "GET, POST"
-                response.headers["Access-Control-Allow-Headers"] = request.headers.get(
-                    "Access-Control-Request-Headers", "content-type"
-                )
-        return response
-
-    @web.middleware
-    async def _admin_guard(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        """``/admin/*`` needs ``node.admin_token`` as a bearer token; without a token set, it
-        answers loopback clients only."""
-        if request.path.startswith("/admin/"):
-            token = self.settings.node.admin_token
-            if token:
-                given = request.headers.get("Authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                    return web.json_response({"error": "unauthorized"}, status=401)
-            elif not _is_loopback(request.remote):
-                return web.json_response({"error": "admin API is loopback-only"}, status=403)
-        return await handler(request)
-
-    async def _admin_drain(self, request: web.Request) -> web.Response:
-        window_ms = request.query.get("window_ms", "")
-        window = (
-            int(window_ms) / 1000
-            if window_ms.isdigit()
-            else self.settings.node.drain_window_ms / 1000
-        )
-        if not self.draining:
-            self.spawn(self.drain(window))
-        return web.json_response({"node": self.node_id, "draining": True, "window": window})
+    # -- health and drain ---------------------------------------------------------------------
 
     async def drain(self, window: float) -> None:
         """Leave the cluster gracefully, for a rolling deploy.
@@ -588,46 +529,6 @@ class Server:
             "sockets": self.stats.sockets,
         }
 
-    async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response(self.health(), status=200 if self.healthy else 503)
-
-    async def _admin_stats(self, request: web.Request) -> web.Response:
-        s = self.stats
-        return web.json_response(
-            {
-                "node": self.node_id,
-                "connections": len(self.connections),
-                "connections_opened": s.connections_opened,
-                "sockets": s.sockets,
-                "messages_in": s.messages_in,
-                "messages_out": s.messages_out,
-                "volatile_dropped": s.volatile_dropped,
-                "closed_by_reason": dict(s.closed_by_reason),
-            }
-        )
-
-    def _local_facts(self) -> dict[str, Any]:
-        return {
-            "node": self.node_id,
-            "address": self.public_url,
-            "status": "alive",
-            "connections": len(self.connections),
-            "sockets": self.stats.sockets,
-            "rooms": sum(len(ns.registry.rooms()) for ns in self._namespaces.values()),
-            "messages_in": self.stats.messages_in,
-            "messages_out": self.stats.messages_out,
-        }
-
-    async def _admin_cluster(self, request: web.Request) -> web.Response:
-        body: dict[str, Any] = {"self": self._local_facts(), "standalone": self.cluster is None}
-        if self.cluster is not None:
-            body["cluster"] = self.cluster.describe()
-            body["routers"] = [
-                {"xsub": r.xsub, "xpub": r.xpub, "http": r.http}
-                for r in self.settings.discovery.routers
-            ]
-        return web.json_response(body)
-
     def room_table(self, namespace: str | None = None) -> dict[tuple[str, str], dict[str, int]]:
         """Every room in the cluster (or this namespace): (ns, room) -> {node: members}.
 
@@ -642,41 +543,6 @@ class Server:
             for room, count in ns.registry.rooms().items():
                 table.setdefault((ns.name, room), {})[self.node_id] = count
         return table
-
-    def _freshness(self) -> float:
-        return round(self.cluster.freshness(), 3) if self.cluster is not None else 0.0
-
-    async def _admin_rooms(self, request: web.Request) -> web.Response:
-        namespace = request.query.get("namespace") or None
-        rows: list[dict[str, Any]] = [
-            {"namespace": ns, "room": room, "members": sum(nodes.values()), "nodes": nodes}
-            for (ns, room), nodes in self.room_table(namespace).items()
-        ]
-        rows.sort(key=lambda r: (-r["members"], r["namespace"], r["room"]))
-        top = request.query.get("top")
-        if top is not None and top.isdigit():
-            rows = rows[: int(top)]
-        return web.json_response({"freshness": self._freshness(), "rooms": rows})
-
-    async def _admin_room(self, request: web.Request) -> web.Response:
-        namespace = request.query.get("namespace", "/")
-        name = request.query.get("name", "")
-        nodes = self.room_table(namespace).get((namespace, name), {})
-        body: dict[str, Any] = {
-            "namespace": namespace,
-            "room": name,
-            "members": sum(nodes.values()),
-            "nodes": nodes,
-            "freshness": self._freshness(),
-        }
-        if request.query.get("members") and nodes:
-            ns = self.namespace(namespace)
-            op = BroadcastOperator(ns if ns is not None else Namespace(self, namespace))
-            infos = await op.to(name).fetch_sockets()
-            body["sockets"] = [
-                {"id": i.id, "node": i.node, "rooms": sorted(i.rooms)} for i in infos
-            ]
-        return web.json_response(body)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -745,12 +611,3 @@ class Server:
         """Make :meth:`serve_forever` return."""
         if self._stopped is not None:
             self._stopped.set()
-
-
-def _is_loopback(address: str | None) -> bool:
-    if not address:
-        return False
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False

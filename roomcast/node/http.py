@@ -1,0 +1,176 @@
+"""The node's HTTP surface besides Engine.IO: ``/health`` and the admin API.
+
+``/admin/*`` answers loopback clients only, unless ``node.admin_token`` is set, in which case it
+needs that token as a bearer token (the CLI sends it). Everything here is a read of the node's
+state (its registry and its replica of the cluster) except ``POST /admin/drain``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .engine import EngineEndpoint
+from .sockets import BroadcastOperator, Namespace
+
+if TYPE_CHECKING:
+    from .server import Server
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def build_app(server: Server) -> web.Application:
+    """The aiohttp application of ``server``: Engine.IO path, health, admin API."""
+    return NodeHTTP(server).build()
+
+
+class NodeHTTP:
+    """Request handlers bound to one server."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def build(self) -> web.Application:
+        app = web.Application(middlewares=[self._cors_middleware, self._admin_guard])
+        endpoint = EngineEndpoint(self.server)
+        path = self.server.settings.node.path
+        app.router.add_route("*", path, endpoint.handle)
+        app.router.add_route("*", path.rstrip("/"), endpoint.handle)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/admin/stats", self._admin_stats)
+        app.router.add_get("/admin/rooms", self._admin_rooms)
+        app.router.add_get("/admin/room", self._admin_room)
+        app.router.add_get("/admin/cluster", self._admin_cluster)
+        app.router.add_post("/admin/drain", self._admin_drain)
+        return app
+
+    @web.middleware
+    async def _cors_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        origins = self.server.settings.node.cors_origins
+        origin = request.headers.get("Origin")
+        if origin and origins and ("*" in origins or origin in origins) and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            if request.method == "OPTIONS":
+                response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+                response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+                    "Access-Control-Request-Headers", "content-type"
+                )
+        return response
+
+    @web.middleware
+    async def _admin_guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """``/admin/*`` needs ``node.admin_token`` as a bearer token; without a token set, it
+        answers loopback clients only."""
+        if request.path.startswith("/admin/"):
+            token = self.server.settings.node.admin_token
+            if token:
+                given = request.headers.get("Authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                    return web.json_response({"error": "unauthorized"}, status=401)
+            elif not _is_loopback(request.remote):
+                return web.json_response({"error": "admin API is loopback-only"}, status=403)
+        return await handler(request)
+
+    async def _admin_drain(self, request: web.Request) -> web.Response:
+        window_ms = request.query.get("window_ms", "")
+        window = (
+            int(window_ms) / 1000
+            if window_ms.isdigit()
+            else self.server.settings.node.drain_window_ms / 1000
+        )
+        if not self.server.draining:
+            self.server.spawn(self.server.drain(window))
+        return web.json_response({"node": self.server.node_id, "draining": True, "window": window})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response(self.server.health(), status=200 if self.server.healthy else 503)
+
+    async def _admin_stats(self, request: web.Request) -> web.Response:
+        s = self.server.stats
+        return web.json_response(
+            {
+                "node": self.server.node_id,
+                "connections": len(self.server.connections),
+                "connections_opened": s.connections_opened,
+                "sockets": s.sockets,
+                "messages_in": s.messages_in,
+                "messages_out": s.messages_out,
+                "volatile_dropped": s.volatile_dropped,
+                "closed_by_reason": dict(s.closed_by_reason),
+            }
+        )
+
+    def _local_facts(self) -> dict[str, Any]:
+        return {
+            "node": self.server.node_id,
+            "address": self.server.public_url,
+            "status": "alive",
+            "connections": len(self.server.connections),
+            "sockets": self.server.stats.sockets,
+            "rooms": sum(len(ns.registry.rooms()) for ns in self.server._namespaces.values()),
+            "messages_in": self.server.stats.messages_in,
+            "messages_out": self.server.stats.messages_out,
+        }
+
+    async def _admin_cluster(self, request: web.Request) -> web.Response:
+        body: dict[str, Any] = {
+            "self": self._local_facts(),
+            "standalone": self.server.cluster is None,
+        }
+        if self.server.cluster is not None:
+            body["cluster"] = self.server.cluster.describe()
+            body["routers"] = [
+                {"xsub": r.xsub, "xpub": r.xpub, "http": r.http}
+                for r in self.server.settings.discovery.routers
+            ]
+        return web.json_response(body)
+
+    def _freshness(self) -> float:
+        return round(self.server.cluster.freshness(), 3) if self.server.cluster is not None else 0.0
+
+    async def _admin_rooms(self, request: web.Request) -> web.Response:
+        namespace = request.query.get("namespace") or None
+        rows: list[dict[str, Any]] = [
+            {"namespace": ns, "room": room, "members": sum(nodes.values()), "nodes": nodes}
+            for (ns, room), nodes in self.server.room_table(namespace).items()
+        ]
+        rows.sort(key=lambda r: (-r["members"], r["namespace"], r["room"]))
+        top = request.query.get("top")
+        if top is not None and top.isdigit():
+            rows = rows[: int(top)]
+        return web.json_response({"freshness": self._freshness(), "rooms": rows})
+
+    async def _admin_room(self, request: web.Request) -> web.Response:
+        namespace = request.query.get("namespace", "/")
+        name = request.query.get("name", "")
+        nodes = self.server.room_table(namespace).get((namespace, name), {})
+        body: dict[str, Any] = {
+            "namespace": namespace,
+            "room": name,
+            "members": sum(nodes.values()),
+            "nodes": nodes,
+            "freshness": self._freshness(),
+        }
+        if request.query.get("members") and nodes:
+            ns = self.server.namespace(namespace)
+            op = BroadcastOperator(ns if ns is not None else Namespace(self.server, namespace))
+            infos = await op.to(name).fetch_sockets()
+            body["sockets"] = [
+                {"id": i.id, "node": i.node, "rooms": sorted(i.rooms)} for i in infos
+            ]
+        return web.json_response(body)
+
+
+def _is_loopback(address: str | None) -> bool:
+    if not address:
+        return False
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
