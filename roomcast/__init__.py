@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from roomcast.config import Settings, load
     from roomcast.errors import AckTimeoutError, ConnectRefusedError, DisconnectedError
+    from roomcast.node.broadcast import BroadcastOperator
     from roomcast.node.server import Server
-    from roomcast.node.sockets import BroadcastOperator, Namespace, Socket, SocketInfo
+    from roomcast.node.sockets import Namespace, Socket, SocketInfo
 
 _EXPORTS = {
     "AckTimeoutError": "roomcast.errors",
-    "BroadcastOperator": "roomcast.node.sockets",
+    "BroadcastOperator": "roomcast.node.broadcast",
     "ConnectRefusedError": "roomcast.errors",
     "DisconnectedError": "roomcast.errors",
     "Namespace": "roomcast.node.sockets",

@@ -53,14 +53,21 @@ async def _ask_any(urls: list[str], path: str) -> tuple[str, Any]:
     raise Unreachable("no node answered:\n  " + "\n  ".join(errors))
 
 
-async def _routers(settings: config.Settings) -> list[dict[str, Any]]:
+async def _routers(settings: config.Settings, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stats of the routers the discovery backend lists: Consul's (as the node ``doc``
+    describes them) when it is configured, else those of ``cluster.toml``."""
+    disc = doc.get("cluster", {}).get("discovery", {})
+    if disc.get("backend") == "consul":
+        urls = [r["http"] for r in disc.get("routers", [])]
+    else:
+        urls = [r.http for r in settings.discovery.routers]
     out = []
     async with aiohttp.ClientSession() as session:
-        for r in settings.discovery.routers:
+        for url in urls:
             try:
-                out.append(await _get(session, r.http.rstrip("/") + "/stats"))
+                out.append(await _get(session, url.rstrip("/") + "/stats"))
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                out.append({"router": r.http, "status": "unreachable", "error": str(exc)})
+                out.append({"router": url, "status": "unreachable", "error": str(exc)})
     return out
 
 
@@ -120,7 +127,7 @@ async def _status(args: argparse.Namespace, settings: config.Settings) -> dict[s
     doc["stats"] = stats
     doc["asked"] = base
     if not doc.get("standalone"):
-        doc["router_stats"] = await _routers(settings)
+        doc["router_stats"] = await _routers(settings, doc)
     return doc
 
 

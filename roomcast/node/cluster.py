@@ -42,7 +42,8 @@ from roomcast.errors import RoomcastError
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
 
-from .sockets import BroadcastOperator, Handshake, Namespace, SocketInfo, start_broadcast_with_ack
+from .broadcast import BroadcastOperator, start_broadcast_with_ack
+from .sockets import Handshake, Namespace, SocketInfo
 
 if TYPE_CHECKING:
     from roomcast.node.server import Server

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .broadcast import BroadcastOperator
 from .engine import EngineEndpoint
-from .sockets import BroadcastOperator, Namespace
+from .sockets import Namespace
 
 if TYPE_CHECKING:
     from .server import Server

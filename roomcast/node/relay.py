@@ -181,7 +181,7 @@ class Relay:
             for name in names:
                 if name not in socket.rooms:
                     return _nack(f"not a member of {name}")
-        from roomcast.node.sockets import BroadcastOperator
+        from roomcast.node.broadcast import BroadcastOperator
 
         op = BroadcastOperator(
             socket.namespace,

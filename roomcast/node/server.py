@@ -41,18 +41,11 @@ from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
 
 from . import relay
+from .broadcast import BroadcastOperator, start_broadcast_with_ack, wait_acks
 from .cluster import ClusterLink, ClusterTimeoutError, _target, infos_from_replies
 from .engine import Connection
 from .http import build_app
-from .sockets import (
-    BroadcastOperator,
-    Handshake,
-    Namespace,
-    NamespaceMatcher,
-    SocketInfo,
-    start_broadcast_with_ack,
-    wait_acks,
-)
+from .sockets import Handshake, Namespace, NamespaceMatcher, SocketInfo
 
 log = logging.getLogger("roomcast.node")
 

@@ -14,7 +14,7 @@ import itertools
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NewType
 
 from roomcast.errors import AckTimeoutError, ConnectRefusedError, DisconnectedError
@@ -22,6 +22,7 @@ from roomcast.protocol import reasons
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
 
+from .broadcast import BroadcastOperator, Collector, flatten
 from .rooms import Room, RoomRegistry
 
 if TYPE_CHECKING:
@@ -61,30 +62,6 @@ class SocketInfo:
     node: str
 
 
-class _Collector:
-    """Collects the acks of one broadcast with acks until every recipient answered."""
-
-    __slots__ = ("expected", "future", "responses")
-
-    def __init__(self, future: asyncio.Future[list[Any]]) -> None:
-        self.future = future
-        self.expected = 0
-        self.responses: list[Any] = []
-
-    def ack(self, args: list[Any]) -> None:
-        self.responses.append(args[0] if args else None)
-        self._check()
-
-    def forget(self) -> None:
-        """A recipient disconnected: it will never answer."""
-        self.expected -= 1
-        self._check()
-
-    def _check(self) -> None:
-        if len(self.responses) >= self.expected and not self.future.done():
-            self.future.set_result(self.responses)
-
-
 def _ack_args(result: Any) -> list[Any]:
     if result is None:
         return []
@@ -120,7 +97,7 @@ class Socket:
         self.connected = False
         #: Pending acks: a callback, a broadcast's collector, or an emit_with_ack's future.
         self._acks: dict[
-            int, Callable[[list[Any]], None] | _Collector | asyncio.Future[list[Any]]
+            int, Callable[[list[Any]], None] | Collector | asyncio.Future[list[Any]]
         ] = {}
 
     def __repr__(self) -> str:
@@ -177,11 +154,11 @@ class Socket:
 
     async def join(self, *rooms: str | Iterable[str]) -> None:
         """Join one or more rooms; returns once messages to them will reach this socket."""
-        await self.namespace.add_to_rooms(self, _flatten(rooms))
+        await self.namespace.add_to_rooms(self, flatten(rooms))
 
     async def leave(self, *rooms: str | Iterable[str]) -> None:
         """Leave one or more rooms (leaving the sid room is refused silently, as in socket.io)."""
-        await self.namespace.remove_from_rooms(self, _flatten(rooms))
+        await self.namespace.remove_from_rooms(self, flatten(rooms))
 
     def to(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
         """Broadcast to ``rooms``, excluding this socket (socket.io's ``socket.to``)."""
@@ -267,7 +244,7 @@ class Socket:
         pending = self._acks.pop(ack_id, None)
         if pending is None:
             return
-        if isinstance(pending, _Collector):
+        if isinstance(pending, Collector):
             pending.ack(args)
             return
         if isinstance(pending, asyncio.Future):
@@ -285,108 +262,13 @@ class Socket:
         self.connected = False
         ns = self.namespace
         for pending in self._acks.values():
-            if isinstance(pending, _Collector):
+            if isinstance(pending, Collector):
                 pending.forget()
             elif isinstance(pending, asyncio.Future) and not pending.done():
                 pending.set_exception(DisconnectedError(self.sid))
         self._acks.clear()
         self.conn.sockets.pop(ns.name, None)
         ns.server.spawn(ns.remove_socket(self, reason))
-
-
-def _flatten(rooms: Iterable[str | Iterable[str]]) -> list[str]:
-    out: list[str] = []
-    for r in rooms:
-        if isinstance(r, str):
-            out.append(r)
-        else:
-            out.extend(r)
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class BroadcastOperator:
-    """An immutable description of a broadcast: rooms, exceptions, flags.
-
-    ``to``/``in_``/``except_`` return new operators, so chains can be kept and reused.
-    """
-
-    namespace: Namespace
-    rooms: frozenset[str] = frozenset()
-    except_rooms: frozenset[str] = frozenset()
-    except_sids: frozenset[str] = frozenset()
-    volatile_: bool = False
-    local_: bool = False
-    timeout_: float | None = None
-
-    def to(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
-        """Also target ``rooms`` (a socket in several targeted rooms gets one copy)."""
-        return replace(self, rooms=self.rooms | frozenset(_flatten(rooms)))
-
-    in_ = to
-
-    def except_(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
-        """Exclude members of ``rooms``, cluster-wide."""
-        return replace(self, except_rooms=self.except_rooms | frozenset(_flatten(rooms)))
-
-    def except_sids_(self, *sids: str) -> BroadcastOperator:
-        """Exclude these socket ids."""
-        return replace(self, except_sids=self.except_sids | frozenset(sids))
-
-    @property
-    def volatile(self) -> BroadcastOperator:
-        """Drop the message for any recipient that cannot take it right now."""
-        return replace(self, volatile_=True)
-
-    @property
-    def local(self) -> BroadcastOperator:
-        """Only sockets on this node."""
-        return replace(self, local_=True)
-
-    def timeout(self, seconds: float) -> BroadcastOperator:
-        """The deadline of :meth:`emit_with_ack`."""
-        return replace(self, timeout_=seconds)
-
-    def emit(self, event: str, *args: Any) -> None:
-        """Send ``event`` to every targeted socket, once each. Encoded once."""
-        enc = sio.encode_event(self.namespace.name, event, args)
-        self.namespace.server.broadcast(self, Frames(enc))
-
-    def send(self, *args: Any) -> None:
-        """Emit a ``message`` event."""
-        self.emit("message", *args)
-
-    async def emit_with_ack(
-        self, event: str, *args: Any, timeout: float | None = None
-    ) -> list[Any]:
-        """Send ``event`` and collect every recipient's ack (its first argument each).
-
-        Raises :class:`AckTimeoutError` (with the answers so far in ``.responses``) when some
-        recipients did not answer within ``timeout`` seconds.
-        """
-        return await self.namespace.server.broadcast_with_ack(
-            self, event, args, timeout if timeout is not None else self.timeout_
-        )
-
-    async def fetch_sockets(self) -> list[SocketInfo]:
-        """Every targeted socket, as :class:`SocketInfo`."""
-        return await self.namespace.server.fetch_sockets(self)
-
-    async def sockets_join(self, *rooms: str | Iterable[str]) -> None:
-        """Make every targeted socket join ``rooms``."""
-        await self.namespace.server.sockets_join(self, _flatten(rooms))
-
-    async def sockets_leave(self, *rooms: str | Iterable[str]) -> None:
-        """Make every targeted socket leave ``rooms``."""
-        await self.namespace.server.sockets_leave(self, _flatten(rooms))
-
-    async def disconnect_sockets(self, close: bool = False) -> None:
-        """Disconnect every targeted socket (``close=True`` closes their connections)."""
-        await self.namespace.server.disconnect_sockets(self, close)
-
-    def local_recipients(self) -> Iterable[Socket]:
-        """The targeted sockets on this node."""
-        return self.namespace.registry.recipients(self.rooms, self.except_rooms, self.except_sids)
 
 
 class Namespace:
@@ -590,35 +472,3 @@ class Namespace:
         if exc.data is not None:
             body["data"] = exc.data
         conn.send_packet(sio.Packet(sio.PacketType.CONNECT_ERROR, self.name, body))
-
-
-def start_broadcast_with_ack(
-    op: BroadcastOperator, event: str, args: tuple[Any, ...] | list[Any]
-) -> tuple[asyncio.Future[list[Any]], _Collector]:
-    """Write a broadcast with acks to the local recipients; returns the collector of answers."""
-    ns = op.namespace
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[list[Any]] = loop.create_future()
-    collector = _Collector(future)
-    ack_id = ns.next_ack_id()
-    frames = Frames(sio.encode_event(ns.name, event, args, ack_id))
-    for socket in op.local_recipients():
-        if socket.conn.write(frames, op.volatile_):
-            socket._acks[ack_id] = collector
-            collector.expected += 1
-    collector._check()
-    return future, collector
-
-
-async def wait_acks(
-    future: asyncio.Future[list[Any]], collector: _Collector, timeout: float | None
-) -> list[Any]:
-    """Wait for a collector to fill; on timeout raise with the answers received so far."""
-    try:
-        return await asyncio.wait_for(asyncio.shield(future), timeout)
-    except TimeoutError:
-        raise AckTimeoutError(
-            f"{collector.expected - len(collector.responses)} of {collector.expected} "
-            "recipients did not acknowledge in time",
-            list(collector.responses),
-        ) from None
