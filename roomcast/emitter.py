@@ -97,8 +97,10 @@ class Emitter:
         for room in op.rooms:
             topics.append(wire.room_topic(op.namespace, room))
             tag = wire.tag_of_sid(room)
-            if tag is not None and len(tag) == wire.TAG_BYTES and len(room) > wire.TAG_CHARS + 8:
-                topics.append(wire.node_topic(tag))  # in case it is a sid
+            if tag is not None:
+                # Perhaps a sid: its node's direct topic (no node has members in a room named
+                # like a live node's sid, since nodes refuse to join such names).
+                topics.append(wire.node_topic(tag))
         for topic in topics:
             self.bus.publish(topic, body)
         return len(topics)

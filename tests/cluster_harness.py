@@ -7,6 +7,12 @@ stops every process it started, SIGKILL as the last resort. Nothing here sleeps 
 :func:`wait_until` polls an observable state (an admin endpoint, a client's inbox) until it
 holds, with a timeout that is only reached when something is broken.
 
+With ``consul=`` (a Consul agent's address: the stand-in of ``tests/consul_standin.py`` as a
+process, or a real ``consul agent -dev``, see :func:`consul_process`) the cluster uses the consul
+discovery backend, and the routers ``cluster.toml`` lists are a decoy nobody runs: nodes can find
+routers only through Consul. More routers, with their own ids and ports, start with
+:meth:`Cluster.start_extra_router`.
+
 Test modules wrap :func:`running_cluster` (and :func:`cluster_clients.clients`) in fixtures and
 run their tests
 and fixtures on one event loop per module (``pytest.mark.asyncio(loop_scope="module")``), so
@@ -20,9 +26,11 @@ import contextlib
 import inspect
 import os
 import re
+import shutil
 import signal
 import socket as socket_module
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -40,6 +48,19 @@ TIMEOUT = 10.0
 HEARTBEAT_MS = 100
 SUSPECT_MS = 300
 DOWN_MS = 600
+
+#: ``[discovery.consul]`` timings of consul clusters: a killed process turns critical within
+#: check_ttl_ms, a critical one is dropped after deregister_critical_after_ms (the stand-in
+#: honours short values; a real agent raises them to its 1m minimum, which no test relies on).
+CONSUL_TIMINGS = {
+    "check_ttl_ms": 1500,
+    "check_interval_ms": 250,
+    "deregister_critical_after_ms": 3000,
+    "watch_wait_ms": 5000,
+    "request_timeout_ms": 1000,
+    "retry_min_ms": 50,
+    "retry_max_ms": 500,
+}
 
 ROUTER_READY = re.compile(r"router \S+ ready: xsub (\S+) xpub (\S+)")
 NODE_READY = re.compile(r"node (\S+) ready: (\S+)")
@@ -255,6 +276,22 @@ class NodeProc:
     proc: Proc
 
 
+@dataclass
+class RouterProc:
+    """A router started by :meth:`Cluster.start_extra_router`: its id, ports and process."""
+
+    id: str
+    xsub_port: int
+    xpub_port: int
+    http_port: int
+    proc: Proc
+
+    @property
+    def http(self) -> str:
+        """Its stats and health endpoint."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+
 class Cluster:
     """A router and nodes as processes, configured by one ``cluster.toml`` in ``directory``."""
 
@@ -265,7 +302,22 @@ class Cluster:
         app_source: str | None = None,
         up_nodes: int = 2,
         up_base_port: int | None = None,
+        consul: str | None = None,
+        router_id: str = "router",
+        cluster_settings: dict[str, int] | None = None,
+        consul_settings: dict[str, int] | None = None,
     ) -> None:
+        self.consul = consul  #: the Consul agent's address; None: static discovery
+        self.router_id = router_id  #: the id ``[router]`` gives the first router
+        self.cluster_settings = {
+            "heartbeat_interval_ms": HEARTBEAT_MS,
+            "suspect_after_ms": SUSPECT_MS,
+            "down_after_ms": DOWN_MS,
+            **(cluster_settings or {}),
+        }
+        self.consul_settings = {**CONSUL_TIMINGS, **(consul_settings or {})}
+        self.decoy_port = free_port()  # consul clusters list a router here that nobody runs
+        self.extra_routers: dict[str, RouterProc] = {}
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = self.dir / "cluster.toml"
@@ -304,12 +356,25 @@ class Cluster:
     def write_config(self) -> None:
         """(Re)write ``cluster.toml``: router ports, short timings, the live nodes' URLs."""
         (r,) = self.routers
+        if self.consul is not None:
+            # A decoy: with consul discovery the nodes must find the routers through Consul.
+            decoy = self.decoy_port
+            r = RouterAddress(
+                f"tcp://127.0.0.1:{decoy}", f"tcp://127.0.0.1:{decoy}", f"http://127.0.0.1:{decoy}"
+            )
         nodes = ", ".join(f'"{self.nodes[name].url}"' for name in sorted(self.nodes))
+        timings = "\n".join(f"{k} = {v}" for k, v in self.cluster_settings.items())
+        discovery = 'backend = "static"'
+        if self.consul is not None:
+            consul = "\n".join(f"{k} = {v}" for k, v in self.consul_settings.items())
+            discovery = f'backend = "consul"\n\n[discovery.consul]\naddress = "{self.consul}"\n'
+            discovery += consul
         # Atomically: processes that are starting may be reading the file right now.
         staging = self.config.with_suffix(".tmp")
         staging.write_text(
             f"""\
 [router]
+id = "{self.router_id}"
 host = "127.0.0.1"
 xsub_port = {self.xsub_port}
 xpub_port = {self.xpub_port}
@@ -317,12 +382,11 @@ http_port = {self.http_port}
 
 [cluster]
 enabled = true
-heartbeat_interval_ms = {HEARTBEAT_MS}
-suspect_after_ms = {SUSPECT_MS}
-down_after_ms = {DOWN_MS}
+{timings}
 
 [discovery]
 nodes = [{nodes}]
+{discovery}
 
 [[discovery.routers]]
 xsub = "{r.xsub}"
@@ -384,8 +448,25 @@ publish = "any"
             return proc
         raise AssertionError("unreachable")
 
-    async def start_node(self, name: str, *extra: str) -> NodeProc:
-        """Start node ``name`` on a free port (it announces its URL) and wait for /health."""
+    async def start_extra_router(self, rid: str, ports: tuple[int, int, int] | None = None) -> Proc:
+        """Start one more router ``rid`` (on fresh ports, or ``ports`` = (xsub, xpub, http) to
+        restart it where it was) and wait until it serves /health. With Consul it registers
+        itself there; static nodes never learn of it (``cluster.toml`` lists one router)."""
+        xsub, xpub, http = ports or (free_port(), free_port(), free_port())
+        proc = self.spawn(
+            f"{rid}-{len(self.procs)}",
+            *("router", "--id", rid, "--xsub-port", str(xsub), "--xpub-port", str(xpub)),
+            *("--http-port", str(http)),
+        )
+        await proc.start()
+        await proc.wait_line(ROUTER_READY)
+        router = self.extra_routers[rid] = RouterProc(rid, xsub, xpub, http, proc)
+        await wait_until(lambda: self._ok(router.http + "/health"), what=f"{rid} health")
+        return proc
+
+    async def start_node(self, name: str, *extra: str, wait_healthy: bool = True) -> NodeProc:
+        """Start node ``name`` on a free port (it announces its URL) and wait for /health
+        (unless ``wait_healthy`` is False: a node that reaches no router fails it)."""
         args = ["node", "--id", name, "--host", "127.0.0.1", "--port", "0", *extra]
         if self.app is not None:
             args += ["--app", self.app]
@@ -394,7 +475,8 @@ publish = "any"
         match = await proc.wait_line(NODE_READY)
         assert match.group(1) == name
         node = self.nodes[name] = NodeProc(name, match.group(2), proc)
-        await wait_until(lambda: self._ok(node.url + "/health"), what=f"{name} health")
+        if wait_healthy:
+            await wait_until(lambda: self._ok(node.url + "/health"), what=f"{name} health")
         self.write_config()  # the CLI asks the nodes listed there
         return node
 
@@ -433,10 +515,37 @@ publish = "any"
         """GET ``path`` (``/admin/...``) from ``node``."""
         return await self.get(self.nodes[node].url + path)
 
-    async def router_stats(self) -> dict[str, Any]:
-        """The router's /stats."""
-        stats: dict[str, Any] = await self.get(self.router_http + "/stats")
+    async def router_stats(self, rid: str | None = None) -> dict[str, Any]:
+        """The /stats of the first router (or of the extra router ``rid``)."""
+        http = self.router_http if rid is None else self.extra_routers[rid].http
+        stats: dict[str, Any] = await self.get(http + "/stats")
         return stats
+
+    async def health(self, node: str) -> tuple[int, dict[str, Any]]:
+        """``node``'s /health: (HTTP status, document)."""
+        url = self.nodes[node].url + "/health"
+        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as resp:
+            doc: dict[str, Any] = await resp.json()
+            return resp.status, doc
+
+    async def consul_health(self, service: str) -> dict[str, str] | None:
+        """``{roomcast id: check status}`` of a Consul service (``roomcast-node`` or
+        ``roomcast-router``) as the agent reports it; None while it does not answer."""
+        assert self.consul is not None
+        url = f"{self.consul}/v1/health/service/{service}"
+        try:
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                if resp.status != 200:
+                    return None
+                entries = await resp.json()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        out: dict[str, str] = {}
+        for entry in entries:
+            statuses = {c["Status"] for c in entry["Checks"]}
+            worst = next((s for s in ("critical", "warning") if s in statuses), "passing")
+            out[entry["Service"]["Meta"]["id"]] = worst
+        return out
 
     def alive_nodes(self) -> list[str]:
         """The nodes whose processes run."""
@@ -521,12 +630,96 @@ async def run_cli(
 
 @contextlib.asynccontextmanager
 async def running_cluster(
-    directory: Path, *nodes: str, app_source: str | None = None
+    directory: Path, *nodes: str, app_source: str | None = None, **options: Any
 ) -> AsyncIterator[Cluster]:
-    """A started cluster that is always torn down, whatever happens inside."""
-    cluster = Cluster(directory, app_source=app_source)
+    """A started cluster that is always torn down, whatever happens inside; ``options`` go to
+    :class:`Cluster` (``consul=``, ``router_id=``, ``cluster_settings=``, ...)."""
+    cluster = Cluster(directory, app_source=app_source, **options)
     try:
         await cluster.start(*nodes)
         yield cluster
     finally:
         await cluster.close()
+
+
+# --- Consul -----------------------------------------------------------------------------------
+
+
+class ConsulAgentProcess:
+    """A real ``consul agent -dev`` on a fixed HTTP port, which a test can kill (SIGKILL) and
+    start again on the same port with empty state (a dev agent keeps none): the same interface
+    as :class:`consul_standin.StandinProcess`."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port or free_port()
+        self._process: asyncio.subprocess.Process | None = None
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the agent
+
+    @property
+    def address(self) -> str:
+        """The HTTP API's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start the agent and wait until it has elected itself leader."""
+        self._process = process = await asyncio.create_subprocess_exec(
+            *("consul", "agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1"),
+            f"-http-port={self.port}",
+            f"-serf-lan-port={free_port()}",
+            f"-serf-wan-port={free_port()}",
+            f"-server-port={free_port()}",
+            *("-dns-port=-1", "-grpc-port=-1", "-hcl", "ports { grpc_tls = -1 }"),
+            stdout=self._log,
+            stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=_PREEXEC,
+        )
+        url = f"{self.address}/v1/status/leader"
+        async with asyncio.timeout(timeout), aiohttp.ClientSession() as http:
+            while True:  # the agent offers no readiness event: poll its leader endpoint
+                if process.returncode is not None:
+                    self._log.seek(0)
+                    tail = self._log.read()[-2000:].decode(errors="replace")
+                    raise RuntimeError(f"consul agent -dev exited:\n{tail}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(url) as response:
+                        if response.status == 200 and await response.json():
+                            return
+                await asyncio.sleep(0.1)
+
+    async def kill(self) -> None:
+        """SIGKILL the agent (a crash: nothing is deregistered, its state is gone)."""
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    async def close(self) -> None:
+        """Kill the agent and drop its log."""
+        await self.kill()
+        self._log.close()
+
+
+#: The Consul agents multi-node tests can run against: the stand-in always, a real
+#: ``consul agent -dev`` when the binary is on PATH.
+CONSUL_KINDS = ("standin", "agent")
+HAVE_CONSUL = shutil.which("consul") is not None
+
+
+@contextlib.asynccontextmanager
+async def consul_process(kind: str, port: int = 0, *, start: bool = True) -> AsyncIterator[Any]:
+    """A Consul agent as a process (``kind`` is ``"standin"`` or ``"agent"``) on ``port`` (0:
+    a free one), started unless ``start`` is False, always killed at the end. It has
+    ``address``, ``port``, ``start()`` and ``kill()``."""
+    from consul_standin import StandinProcess
+
+    port = port or free_port()  # known before the start: a test may start it later
+    agent: Any = ConsulAgentProcess(port) if kind == "agent" else StandinProcess(port)
+    try:
+        if start:
+            await agent.start()
+        yield agent
+    finally:
+        if kind == "agent":
+            await agent.close()
+        else:
+            await agent.kill()

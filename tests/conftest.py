@@ -1,4 +1,8 @@
-"""Shared fixtures: real nodes on 127.0.0.1 port 0, always stopped at the end of the test."""
+"""Shared fixtures: real nodes on 127.0.0.1 port 0, always stopped at the end of the test.
+
+Also registered here, for the whole run: ``js_process``, the Node driver process of the JS
+client tests (defined in ``js_harness.py``; one process serves every JS client test module).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from js_harness import js_process_fixture  # noqa: F401 (a fixture, taken as ``js_process``)
 
 from roomcast.config import Settings
 from roomcast.node.server import Server

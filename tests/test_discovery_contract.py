@@ -1,26 +1,35 @@
-"""One contract suite for every discovery backend (STYLE.md #4), then the consul-only promises.
+"""One contract suite for every discovery backend (STYLE.md #4).
 
 The suite runs against ``static``, ``consul`` on the stand-in of Consul's HTTP API
 (``tests/consul_standin.py``), and ``consul`` on a real ``consul agent -dev`` when the binary is
 on PATH. Where static documents a different promise (its registrations are local, it has no
-backend to lose), the test asserts that documented behaviour instead.
+backend to lose), the test asserts that documented behaviour instead. The sources and fixtures
+are in ``discovery_sources.py``; the consul-only promises in ``test_discovery_consul.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import socket
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
-from consul_standin import ConsulStandin, StandinProcess, make_client
+from discovery_sources import (
+    NODE,
+    OTHER_NODE,
+    ROUTER,
+    TIMEOUT,
+    Opener,
+    Predicate,
+    Source,
+    healthy_node,
+    no_node,
+    open_discovery_fixture,  # noqa: F401 (a fixture, taken as ``open_discovery``)
+    source_fixture,  # noqa: F401 (a fixture, taken as ``source``)
+    unhealthy_node,
+    until,
+)
 
-from roomcast.config import Settings
 from roomcast.discovery import (
     Discovery,
     DiscoveryUsageError,
@@ -30,237 +39,6 @@ from roomcast.discovery import (
 )
 from roomcast.discovery.consul import ConsulDiscovery
 from roomcast.discovery.static import StaticDiscovery
-
-ROUTER = ServiceInstance.router(
-    "r1", "tcp://127.0.0.1:6555", "tcp://127.0.0.1:6556", "http://127.0.0.1:6557"
-)
-NODE = ServiceInstance.node("n1", "http://127.0.0.1:3101")
-OTHER_NODE = ServiceInstance.node("n2", "http://127.0.0.1:3102")
-TIMEOUT = 10.0
-
-# Fast enough for tests, valid for a real agent too (whose reaping minimum is 1m).
-FAST = {
-    "discovery.consul.check_ttl_ms": 3_000,
-    "discovery.consul.check_interval_ms": 100,
-    "discovery.consul.watch_wait_ms": 2_000,
-    "discovery.consul.request_timeout_ms": 1_000,
-    "discovery.consul.retry_min_ms": 20,
-    "discovery.consul.retry_max_ms": 200,
-}
-
-NO_CONSUL = (
-    "the consul binary is not on PATH (it cannot be installed on these machines); "
-    "the same tests run against tests/consul_standin.py"
-)
-
-
-def free_port() -> int:
-    """A port nothing listens on (closed again at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Source(Protocol):
-    """Where a backend's state lives, as the tests drive it."""
-
-    name: str
-    shared: bool  #: other Discovery objects see a registration (static: no, it is local)
-    restartable: bool  #: stop()/start() make the backend unreachable and back (static: no)
-
-    def settings(self, **overrides: Any) -> Settings: ...
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-
-
-class StaticSource:
-    """cluster.toml's routers and nodes: nothing to start."""
-
-    name, shared, restartable = "static", False, False
-
-    def settings(self, **overrides: Any) -> Settings:
-        return Settings().replace(
-            **{
-                "discovery.backend": "static",
-                "discovery.routers": [
-                    {"xsub": "tcp://127.0.0.1:5555", "xpub": "tcp://127.0.0.1:5556"}
-                ],
-                "discovery.nodes": ["http://127.0.0.1:3999"],
-                **overrides,
-            }
-        )
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-
-class ConsulSource:
-    """Settings pointing the consul backend at ``self.port``."""
-
-    name, shared, restartable = "consul", True, True
-    port = 0
-
-    def settings(self, **overrides: Any) -> Settings:
-        return Settings().replace(
-            **{
-                "discovery.backend": "consul",
-                "discovery.consul.address": f"http://127.0.0.1:{self.port}",
-                **FAST,
-                **overrides,
-            }
-        )
-
-
-class StandinSource(ConsulSource):
-    """The in-process Consul stand-in; a restart loses its state, as a dev agent's does."""
-
-    name = "consul-standin"
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.agent: ConsulStandin | None = None
-
-    async def start(self) -> None:
-        self.agent = await ConsulStandin(port=self.port).__aenter__()
-
-    async def stop(self) -> None:
-        agent, self.agent = self.agent, None
-        if agent is not None:
-            await agent.close()
-
-
-class AgentSource(ConsulSource):
-    """A real ``consul agent -dev`` on free ports."""
-
-    name = "consul-agent"
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: asyncio.subprocess.Process | None = None
-        # The agent's log, shown if it fails to start; it lives as long as the process.
-        self.output = tempfile.TemporaryFile()  # noqa: SIM115
-
-    async def start(self) -> None:
-        self.output.close()
-        self.output = tempfile.TemporaryFile()  # noqa: SIM115
-        self.process = process = await asyncio.create_subprocess_exec(
-            *("consul", "agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1"),
-            f"-http-port={self.port}",
-            f"-serf-lan-port={free_port()}",
-            f"-serf-wan-port={free_port()}",
-            f"-server-port={free_port()}",
-            *("-dns-port=-1", "-grpc-port=-1", "-hcl", "ports { grpc_tls = -1 }"),
-            stdout=self.output,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        # Ready once it has elected itself leader (polling: the agent offers no event).
-        async with asyncio.timeout(30), aiohttp.ClientSession() as http:
-            while True:
-                if process.returncode is not None:
-                    self.output.seek(0)
-                    tail = self.output.read()[-2000:].decode(errors="replace")
-                    raise RuntimeError(f"consul agent -dev exited:\n{tail}")
-                with contextlib.suppress(aiohttp.ClientError):
-                    url = f"http://127.0.0.1:{self.port}/v1/status/leader"
-                    async with http.get(url) as response:
-                        if response.status == 200 and (await response.json()):
-                            return
-                await asyncio.sleep(0.1)
-
-    async def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.returncode is None:
-            process.kill()
-            await process.wait()
-        self.output.close()
-
-
-SOURCES = [
-    "static",
-    "consul-standin",
-    pytest.param(
-        "consul-agent", marks=pytest.mark.skipif(not shutil.which("consul"), reason=NO_CONSUL)
-    ),
-]
-
-
-def _make_source(name: str) -> Source:
-    if name == "static":
-        return StaticSource()
-    return StandinSource() if name == "consul-standin" else AgentSource()
-
-
-@pytest.fixture(params=SOURCES)
-async def source(request: pytest.FixtureRequest) -> AsyncIterator[Source]:
-    """Each backend's state, started for the test and stopped after it."""
-    src = _make_source(request.param)
-    await src.start()
-    try:
-        yield src
-    finally:
-        await src.stop()
-
-
-@pytest.fixture(params=SOURCES[1:])
-async def consul_source(request: pytest.FixtureRequest) -> AsyncIterator[ConsulSource]:
-    """A Consul (stand-in or real agent) for the consul-only promises."""
-    src = StandinSource() if request.param == "consul-standin" else AgentSource()
-    await src.start()
-    try:
-        yield src
-    finally:
-        await src.stop()
-
-
-Opener = Callable[..., Awaitable[Discovery]]
-
-
-@pytest.fixture
-async def open_discovery(request: pytest.FixtureRequest) -> AsyncIterator[Opener]:
-    """``await open_discovery(**overrides)``: a running Discovery of the test's source, exited
-    (before the source stops) at the end of the test."""
-    src: Source = request.getfixturevalue(
-        "source" if "source" in request.fixturenames else "consul_source"
-    )
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def opener(**overrides: Any) -> Discovery:
-            return await stack.enter_async_context(make_discovery(src.settings(**overrides)))
-
-        yield opener
-
-
-async def until(
-    discovery: Discovery, predicate: Predicate, timeout: float = TIMEOUT
-) -> DiscoveryView:
-    """Follow ``discovery.watch()`` until a view satisfies ``predicate``."""
-    async with asyncio.timeout(timeout), contextlib.aclosing(discovery.watch()) as views:
-        async for view in views:
-            if predicate(view):
-                return view
-    raise AssertionError("the watch ended before the condition held")
-
-
-Predicate = Callable[[DiscoveryView], bool]
-
-
-def healthy_node(node_id: str) -> Predicate:
-    """The view lists ``node_id`` as healthy."""
-    return lambda v: (n := v.node(node_id)) is not None and n.healthy
-
-
-def unhealthy_node(node_id: str) -> Predicate:
-    """The view lists ``node_id`` as unhealthy."""
-    return lambda v: (n := v.node(node_id)) is not None and not n.healthy
-
-
-def no_node(node_id: str) -> Predicate:
-    """The view does not list ``node_id``."""
-    return lambda v: v.node(node_id) is None
 
 
 async def observer(source: Source, mine: Discovery, open_discovery: Opener) -> Discovery:
@@ -531,107 +309,3 @@ async def test_exit_never_raises_when_the_backend_is_gone(source: Source) -> Non
         await mine.register(NODE)
         await until(mine, healthy_node("n1"))
         await source.stop()
-
-
-# --- consul only ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def raw(consul_source: ConsulSource) -> AsyncIterator[Any]:
-    """A py-consul client of the test's Consul, playing other (or broken) processes."""
-    client = make_client(consul_source.port)
-    yield client
-    await client.close()
-
-
-async def test_a_process_that_stops_passing_turns_unhealthy_then_vanishes(
-    raw: Any, open_discovery: Opener
-) -> None:
-    """An expired TTL lists the node unhealthy (not dropped); a vanished one is dropped."""
-    watcher = await open_discovery()
-    ok = await raw.agent.service.register(
-        "roomcast-node",
-        service_id="roomcast-node-crashed",
-        meta={"id": "crashed", "http": "http://127.0.0.1:3199"},
-        check={"TTL": "1s", "Status": "passing"},
-    )
-    assert ok
-    await until(watcher, healthy_node("crashed"))
-    await until(watcher, unhealthy_node("crashed"))  # nobody passes the check any more
-    assert await raw.agent.service.deregister("roomcast-node-crashed")
-    await until(watcher, no_node("crashed"))
-
-
-async def test_malformed_services_are_skipped(raw: Any, open_discovery: Opener) -> None:
-    """Services under our names without the meta roomcast needs are skipped, not fatal."""
-    assert await raw.agent.service.register("roomcast-node", service_id="junk-1")
-    assert await raw.agent.service.register(
-        "roomcast-router", service_id="junk-2", meta={"id": "x", "http": "http://x"}
-    )
-    watcher = await open_discovery()  # its first read, done on entering, met both
-    assert isinstance(watcher, ConsulDiscovery) and watcher.malformed >= 2
-    assert watcher.source_ok
-    mine = await open_discovery()
-    await mine.register(NODE)
-    view = await until(watcher, healthy_node("n1"))
-    assert [n.id for n in view.nodes] == ["n1"] and view.routers == ()
-
-
-async def test_a_registration_the_agent_forgot_is_made_again(
-    raw: Any, open_discovery: Opener
-) -> None:
-    """A registration removed behind the process's back (reaped, agent restarted) returns."""
-    watcher, mine = await open_discovery(), await open_discovery()
-    await mine.register(NODE)
-    await until(watcher, healthy_node("n1"))
-    assert await raw.agent.service.deregister("roomcast-node-n1")
-    index, entries = await raw.health.service("roomcast-node")
-    async with asyncio.timeout(TIMEOUT):
-        while not any(e["Service"]["ID"] == "roomcast-node-n1" for e in entries):
-            index, entries = await raw.health.service("roomcast-node", index=index, wait="5s")
-    await until(watcher, healthy_node("n1"))
-
-
-async def test_an_instance_reaped_while_failing_stays_out_until_passing() -> None:
-    """Reaped while failing, an instance is not put back critical; passing again brings it
-    (stand-in only: a real agent reaps after a minute at the earliest)."""
-    async with ConsulStandin() as agent, contextlib.AsyncExitStack() as stack:
-        base = {**FAST, "discovery.backend": "consul", "discovery.consul.address": agent.address}
-        reaped_fast = {**base, "discovery.consul.deregister_critical_after_ms": 300}
-        watcher = await stack.enter_async_context(make_discovery(Settings().replace(**base)))
-        mine = await stack.enter_async_context(make_discovery(Settings().replace(**reaped_fast)))
-        await mine.set_healthy(False, "deaf")
-        await mine.register(NODE)
-        await until(watcher, unhealthy_node("n1"))
-        await until(watcher, no_node("n1"))
-        await mine.set_healthy(False, "still deaf")
-        assert isinstance(mine, ConsulDiscovery) and not mine.registered
-        assert "roomcast-node-n1" not in agent.services
-        await mine.set_healthy(True, "hearing again")
-        await until(watcher, healthy_node("n1"))
-
-
-async def test_the_configured_acl_token_is_sent() -> None:
-    """The token in discovery.consul.token reaches Consul (and only that one)."""
-    async with ConsulStandin(acl_token="s3cret") as agent:
-        base = {**FAST, "discovery.backend": "consul", "discovery.consul.address": agent.address}
-        good = make_discovery(Settings().replace(**base, **{"discovery.consul.token": "s3cret"}))
-        bad = make_discovery(Settings().replace(**base))
-        async with good, bad:
-            await good.register(NODE)
-            await until(good, healthy_node("n1"))
-            assert not bad.source_ok and bad.nodes() == []
-
-
-async def test_a_killed_consul_is_survived() -> None:
-    """Consul killed mid-query (SIGKILL) leaves the last view; a restart brings it back."""
-    async with StandinProcess() as agent:
-        base = {**FAST, "discovery.backend": "consul", "discovery.consul.address": agent.address}
-        async with make_discovery(Settings().replace(**base)) as mine:
-            await mine.register(ROUTER)
-            await until(mine, lambda v: v.source_ok and v.router("r1") is not None)
-            await agent.kill()
-            lost = await until(mine, lambda v: not v.source_ok)
-            assert lost.router("r1") is not None
-            await agent.start()
-            await until(mine, lambda v: v.source_ok and v.router("r1") is not None)

@@ -196,13 +196,22 @@ def test_tag_of_sid_round_trip(tag: bytes) -> None:
     """A sid that starts with ``tag_text(tag)`` yields ``tag`` back."""
     text = wire.tag_text(tag)
     assert len(text) == wire.TAG_CHARS
-    assert wire.tag_of_sid(text + "rest-of-sid") == tag
+    assert wire.tag_of_sid(text + "random-sid-part_") == tag
 
 
-@given(st.binary(min_size=6, max_size=6), st.text(min_size=1, max_size=20))
+_URLSAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@given(st.binary(min_size=6, max_size=6), st.text(_URLSAFE, min_size=16, max_size=16))
 def test_tag_of_sid_round_trip_property(tag: bytes, rest: str) -> None:
-    """Any tag, with any sid suffix, comes back from its sid."""
+    """Any tag, with any 16-character random part, comes back from its sid."""
     assert wire.tag_of_sid(wire.tag_text(tag) + rest) == tag
+
+
+@pytest.mark.parametrize("rest", ["", "short", "x" * 15, "x" * 17, "sixteen chars!!!"])
+def test_tag_of_sid_needs_a_sids_shape(rest: str) -> None:
+    """Only a 24-character base64url name is a sid: 8 of tag, 16 random."""
+    assert wire.tag_of_sid(wire.tag_text(b"abcdef") + rest) is None
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,7 @@ log = logging.getLogger("roomcast.cluster")
 Handler = Callable[[Topic, wire.Header, wire.Body], None]
 
 _READ_BATCH = 2048
+_MAX_SEQ_TOPICS = 65_536  # per-topic sequence counters kept by a publisher
 
 
 @dataclass
@@ -58,7 +59,7 @@ class BusStats:
     probes_sent: int = 0
     send_dropped: int = 0  #: not sent: the outgoing queue was at its high-water mark
     no_router: int = 0  #: not sent: no router known at all
-    duplicates: int = 0  #: dropped: an (origin, topic) sequence number seen before
+    late: int = 0  #: delivered after a newer one of the same (origin, topic)
     subscriptions: int = 0
     last_received: float = 0.0
     errors_by_reason: dict[str, int] = field(default_factory=dict)
@@ -211,8 +212,13 @@ class Bus:
             self.stats.no_router += 1
             return
         pub = link.pub
-        seq = self._seqs.get(topic, 0) + 1
-        self._seqs[topic] = seq
+        seqs = self._seqs
+        seq = seqs.pop(topic, 0) + 1
+        seqs[topic] = seq  # most recently used last
+        if len(seqs) > _MAX_SEQ_TOPICS:
+            # Forget the idlest topic: should it be used again, its numbering restarts at 1,
+            # which receivers take as a fresh sequence (not a gap, not a late message).
+            del seqs[next(iter(seqs))]
         data = wire.encode(self.origin, self.incarnation, seq, body)
         try:
             pub.send_multipart([topic, data], flags=zmq.NOBLOCK, copy=False)
@@ -239,7 +245,7 @@ class Bus:
             self.stats.subscriptions += 1
             if not self._links:
                 return  # no router known yet: ZeroMQ sends the subscription when one connects
-            self._live[topic] = asyncio.ensure_future(self.probe(topic, timeout))
+            self._live[topic] = asyncio.ensure_future(self._prove(topic, timeout))
         task = self._live.get(topic)
         if task is None:
             return
@@ -298,6 +304,15 @@ class Bus:
                 retry = min(retry * 1.5, 1.0)
             finally:
                 self._probes.pop(nonce, None)
+
+    async def _prove(self, topic: Topic, timeout: float) -> None:
+        """Prove a new subscription through every live router (any of them may become the
+        topic's owner for some publisher), or through the owner when none is known live."""
+        live = self.live_routers()
+        if len(live) <= 1:
+            await self.probe(topic, timeout, via=live[0] if live else None)
+            return
+        await asyncio.gather(*(self.probe(topic, timeout, via=rid) for rid in live))
 
     async def check_routers(self, topic: Topic, timeout: float) -> dict[str, bool]:
         """Probe ``topic`` (one this endpoint subscribes to) through every router at once;
@@ -364,13 +379,19 @@ class Bus:
             seen = self._last_seen[topic] = {}
         key = (header.origin, header.incarnation)
         last = seen.get(key)
-        if last is not None:
-            if header.seq <= last:
-                stats.duplicates += 1  # came by a second router while the topic moved
-                return
-            if header.seq > last + 1:
-                stats.gaps += header.seq - last - 1
-        seen[key] = header.seq
+        seq = header.seq
+        if last is not None and seq != 1:
+            if seq <= last:
+                # Late: it came by another router while the topic changed owner, after a
+                # newer one. Each envelope travels once, so it is delivered, and the gap
+                # counted for it is taken back.
+                stats.late += 1
+                if stats.gaps:
+                    stats.gaps -= 1
+                seq = last
+            elif seq > last + 1:
+                stats.gaps += seq - last - 1
+        seen[key] = seq
         if isinstance(body, wire.Probe):
             return
         try:
@@ -396,7 +417,7 @@ class Bus:
             "probes_sent": s.probes_sent,
             "send_dropped": s.send_dropped,
             "no_router": s.no_router,
-            "duplicates": s.duplicates,
+            "late": s.late,
             "routers": self.router_ids,
             "live_routers": self.live_routers(),
             "subscriptions": s.subscriptions,
@@ -428,7 +449,7 @@ class _Link:
         self.xpub = xpub
         self.owner = owner  # keeps the socket alive; sends go through the plain shadow
         self.pub = pub
-        self.live = True  # until a check says otherwise
+        self.live = False  # until a check sees our probe come back through it
 
     def close(self, linger_ms: int) -> None:
         self.owner.close(linger=linger_ms)

@@ -32,6 +32,7 @@ from roomcast.cluster.wire import NodeId
 RoomKey = tuple[str, str]  # (namespace, room)
 
 MAX_BUFFERED_DELTAS = 1024
+FORGET_AFTER_DOWNS = 10  # a node down this many down_after periods is forgotten
 SNAPSHOT_RETRY = 1.0  # seconds before an unanswered snapshot request is repeated
 
 
@@ -226,8 +227,15 @@ class Replica:
     def tick(self, now: float) -> list[Action]:
         """Advance suspicion timers; returns NodeDown events and snapshot retries."""
         actions: list[Action] = []
-        for view in self._views.values():
+        forget_after = self.down_after * FORGET_AFTER_DOWNS
+        for view in list(self._views.values()):
             if view.status is NodeStatus.DOWN:
+                if now - view.last_seen >= forget_after:
+                    # Long gone (node ids change across restarts): forget it, so the views
+                    # do not grow for ever. Its stale messages are long gone too.
+                    del self._views[view.node]
+                    if self._by_tag.get(view.tag) == view.node:
+                        del self._by_tag[view.tag]
                 continue
             age = now - view.last_seen
             if age >= self.down_after:
@@ -313,9 +321,17 @@ class Replica:
         view = self._views.get(NodeId(node))
         return view.tag if view is not None else None
 
+    def knows_tag(self, tag: bytes) -> bool:
+        """Whether ``tag`` is the tag of a node this replica knows, down or not."""
+        return tag in self._by_tag
+
     def node_of_tag(self, tag: bytes) -> NodeId | None:
-        """The node whose current incarnation has ``tag``."""
-        return self._by_tag.get(tag)
+        """The live node whose current incarnation has ``tag`` (None once it is down: there
+        is nobody to ask)."""
+        node = self._by_tag.get(tag)
+        if node is None or self._views[node].status is NodeStatus.DOWN:
+            return None
+        return node
 
     def room_sizes(self, namespace: str | None = None) -> dict[RoomKey, dict[NodeId, int]]:
         """Rooms held by live remote nodes, with each node's member count."""

@@ -79,9 +79,18 @@ def node_topic(tag: bytes) -> Topic:
     return Topic(b"N" + tag)
 
 
+SID_CHARS: Final = 24  # a sid: the 8-character tag, then 16 random base64url characters
+_SID_ALPHABET: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def is_sid_shaped(name: str) -> bool:
+    """Whether ``name`` has the shape of a socket id (rooms may not: they would shadow one)."""
+    return len(name) == SID_CHARS and all(c in _SID_ALPHABET for c in name)
+
+
 def tag_of_sid(sid: str) -> bytes | None:
     """The tag of the node that issued ``sid``, or None when ``sid`` is not one of ours."""
-    if len(sid) <= TAG_CHARS:
+    if not is_sid_shaped(sid):
         return None
     prefix = sid[:TAG_CHARS]
     try:

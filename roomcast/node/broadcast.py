@@ -23,12 +23,21 @@ if TYPE_CHECKING:
 class Collector:
     """Collects the acks of one broadcast with acks until every recipient answered."""
 
-    __slots__ = ("expected", "future", "responses")
+    __slots__ = ("ack_id", "expected", "future", "recipients", "responses")
 
-    def __init__(self, future: asyncio.Future[list[Any]]) -> None:
+    def __init__(self, future: asyncio.Future[list[Any]], ack_id: int = -1) -> None:
         self.future = future
+        self.ack_id = ack_id
         self.expected = 0
         self.responses: list[Any] = []
+        self.recipients: list[Socket] = []
+
+    def release(self) -> None:
+        """Forget the ack ids of recipients that never answered (the wait is over)."""
+        for socket in self.recipients:
+            if socket._acks.get(self.ack_id) is self:
+                del socket._acks[self.ack_id]
+        self.recipients.clear()
 
     def ack(self, args: list[Any]) -> None:
         self.responses.append(args[0] if args else None)
@@ -146,12 +155,13 @@ def start_broadcast_with_ack(
     ns = op.namespace
     loop = asyncio.get_running_loop()
     future: asyncio.Future[list[Any]] = loop.create_future()
-    collector = Collector(future)
     ack_id = ns.next_ack_id()
+    collector = Collector(future, ack_id)
     frames = Frames(sio.encode_event(ns.name, event, args, ack_id))
     for socket in op.local_recipients():
         if socket.conn.write(frames, op.volatile_):
             socket._acks[ack_id] = collector
+            collector.recipients.append(socket)
             collector.expected += 1
     collector._check()
     return future, collector
@@ -169,3 +179,5 @@ async def wait_acks(
             "recipients did not acknowledge in time",
             list(collector.responses),
         ) from None
+    finally:
+        collector.release()

@@ -172,11 +172,16 @@ class ClusterLink:
         if self.consul:
             self.bus.set_routers(self._healthy_routers(self.discovery.view()))
         await self.bus.__aenter__()
-        try:
-            await self.bus.subscribe(wire.GOSSIP_TOPIC, self.join_timeout)
-            await self.bus.subscribe(self.topic, self.join_timeout)
-        except TimeoutError:
+        # Both subscriptions are set whatever happens; only the proof may time out (no router
+        # up yet): ZeroMQ delivers the subscriptions when one comes, and the self-check tells.
+        results = await asyncio.gather(
+            self.bus.subscribe(wire.GOSSIP_TOPIC, self.join_timeout),
+            self.bus.subscribe(self.topic, self.join_timeout),
+            return_exceptions=True,
+        )
+        if any(isinstance(r, BaseException) for r in results):
             log.warning("no router answered yet; the node keeps trying in the background")
+        await self.bus.check_routers(self.topic, self.cs.self_check_timeout_ms / 1000)
         self.bus.publish(wire.GOSSIP_TOPIC, self.facts.heartbeat(tuple(self.bus.router_ids)))
         loop = asyncio.get_running_loop()
         self._housekeeper = loop.create_task(self._housekeeping())
@@ -257,12 +262,24 @@ class ClusterLink:
 
     async def _watch_discovery(self) -> None:
         """Follow the catalogue: routers as they appear and go; nodes Consul calls critical
-        or that vanished are down in the replica at once, before gossip would notice."""
+        or that vanished are down in the replica at once, before gossip would notice.
+
+        After Consul was unreachable its catalogue may have been lost (a restarted dev agent)
+        and is refilled as each process registers again, within its retry backoff and check
+        interval: until then a node missing from it is not taken for gone (a node that really
+        left said so by gossip; one that died turns critical once it registered, or times out).
+        """
+        cfg = self.server.settings.discovery.consul
+        settle = (cfg.retry_max_ms + cfg.check_ttl_ms) / 1000
+        loop = asyncio.get_running_loop()
+        settled_at = 0.0  # until then, vanished nodes are not marked down
         seen: set[str] = set()
         async for view in self.discovery.watch():
             if not self.consul:
                 continue  # static: the routers are fixed and nodes learn of each other by gossip
-            if view.source_ok:
+            if not view.source_ok:
+                settled_at = loop.time() + settle
+            else:
                 routers = self._healthy_routers(view)
                 if routers or not self.bus.router_ids:
                     # Consul listing no healthy router at all is more likely a glitch than
@@ -272,6 +289,9 @@ class ClusterLink:
                 for node in view.nodes:
                     if not node.healthy and str(node.id) != self.node_id:
                         self._act(self.replica.mark_down(str(node.id), "consul: critical"))
+                if loop.time() < settled_at:
+                    seen |= current  # the catalogue is being refilled
+                    continue
                 for gone in seen - current:
                     if gone != self.node_id:
                         self._act(self.replica.mark_down(gone, "consul: deregistered"))
@@ -430,16 +450,24 @@ class ClusterLink:
         self.server.spawn(self._serve(request))
 
     async def _serve(self, request: wire.Request) -> None:
+        """Answer one request; every request gets exactly one reply, an error one included
+        (the requester must never wait out its timeout because this node failed)."""
+        try:
+            reply = await self._answer(request)
+        except Exception as exc:
+            log.exception("cluster request %r failed", request.op)
+            reply = {"error": type(exc).__name__}
+        self._reply(request, reply)
+
+    async def _answer(self, request: wire.Request) -> Any:
         server = self.server
         p = request.payload
         op = request.op
         if op == "server_event":
-            self._reply(request, await server.run_server_event(p["event"], p["args"]))
-            return
+            return await server.run_server_event(p["event"], p["args"])
         ns = server.namespace(p["ns"])
         if ns is None:
-            self._reply(request, {"count": 0, "sockets": [], "responses": [], "expected": 0})
-            return
+            return {"count": 0, "sockets": [], "responses": [], "expected": 0}
         target = BroadcastOperator(
             ns,
             frozenset(p["rooms"]),
@@ -448,39 +476,36 @@ class ClusterLink:
             local_=True,
         )
         if op == "fetch":
-            infos = [_info_to_wire(s.info()) for s in target.local_recipients()]
-            self._reply(request, {"sockets": infos})
-        elif op == "join":
+            return {"sockets": [_info_to_wire(s.info()) for s in target.local_recipients()]}
+        if op in ("join", "leave", "disconnect"):
             sockets = list(target.local_recipients())
+            failed = 0
             for socket in sockets:
-                await ns.add_to_rooms(socket, p["args"])
+                try:
+                    if op == "join":
+                        await ns.add_to_rooms(socket, p["args"])
+                    elif op == "leave":
+                        await ns.remove_from_rooms(socket, p["args"])
+                    else:
+                        socket.disconnect(bool(p["close"]))
+                except (RoomcastError, ValueError):
+                    failed += 1  # that socket only (a limit, a refused name)
             # The delta goes out before the reply, through the same router, so the requester's
             # replica shows the new members when its request returns (read your writes).
             self.flush()
-            self._reply(request, {"count": len(sockets)})
-        elif op == "leave":
-            sockets = list(target.local_recipients())
-            for socket in sockets:
-                await ns.remove_from_rooms(socket, p["args"])
-            self.flush()
-            self._reply(request, {"count": len(sockets)})
-        elif op == "disconnect":
-            sockets = list(target.local_recipients())
-            for socket in sockets:
-                socket.disconnect(bool(p["close"]))
-            self._reply(request, {"count": len(sockets)})
-        elif op == "ack_broadcast":
+            return {"count": len(sockets) - failed, "failed": failed}
+        if op == "ack_broadcast":
             if p["volatile"]:
                 target = target.volatile
             future, collector = start_broadcast_with_ack(target, p["event"], p["args"])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(future), p["timeout"])
-            self._reply(
-                request,
-                {"responses": list(collector.responses), "expected": collector.expected},
-            )
-        else:
-            log.warning("unknown cluster request %r from %s", op, request.reply_to.hex())
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(future), p["timeout"])
+            finally:
+                collector.release()
+            return {"responses": list(collector.responses), "expected": collector.expected}
+        log.warning("unknown cluster request %r from %s", op, request.reply_to.hex())
+        return {"error": "unknown request"}
 
     # -- bus input ----------------------------------------------------------------------------
 

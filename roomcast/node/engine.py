@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from roomcast.errors import RemoteProtocolError
+from roomcast.errors import ProtocolError, RemoteProtocolError
 from roomcast.protocol import engineio as eio
 from roomcast.protocol import reasons
 from roomcast.protocol import socketio as sio
@@ -54,10 +54,12 @@ class Connection:
     """One client connection: an Engine.IO session and the Socket.IO sockets multiplexed on it."""
 
     __slots__ = (
+        "_close_notify",
         "_out",
         "_poll_waiter",
         "_posting",
         "_timer",
+        "_upgrader",
         "_ws",
         "_ws_transport",
         "connect_timer",
@@ -80,6 +82,8 @@ class Connection:
         self._ws: web.WebSocketResponse | None = None
         self._ws_transport: asyncio.Transport | None = None
         self._out: list[bytes] = []  # WebSocket frames written at the end of this loop pass
+        self._close_notify: eio.Packet | None = None  # what a GET answers once closed
+        self._upgrader: web.WebSocketResponse | None = None  # the one WebSocket upgrading us
         self._poll_waiter: asyncio.Future[eio.Packet | None] | None = None
         self._posting = False
         self._timer: asyncio.TimerHandle | None = None
@@ -253,14 +257,20 @@ class Connection:
             if handle is not None:
                 handle.cancel()
         self._timer = self.connect_timer = None
+        self._close_notify = event.notify_poll
         self._wake_poll(event.notify_poll)
+        ws = self._ws
+        transport = self._ws_transport
         if event.reason == reasons.SEND_BUFFER_FULL:
+            # The peer is not reading: a close frame would never get out, and aiohttp's
+            # close() would wait on it for ever. Drop the connection at once.
             self._out.clear()
+            if transport is not None:
+                transport.abort()
         else:
             self.flush()  # what was sent before the close goes out before the close frame
-        ws = self._ws
-        if ws is not None and not ws.closed:
-            server.spawn(ws.close(code=_close_code(event.reason), message=event.reason.encode()))
+            if ws is not None and not ws.closed and transport is not None:
+                server.spawn(_close_ws(ws, transport, event.reason))
         self._ws_transport = None
         for socket in list(self.sockets.values()):
             socket._on_close(event.reason)
@@ -288,20 +298,25 @@ class Connection:
                 raise
             finally:
                 self._poll_waiter = None
+            if session.closed:
+                # Woken by a write, then closed in the same pass: the close still counts.
+                notify = self._close_notify
             if notify is not None:
-                out = session.take_outbox()
                 if notify.type is eio.PacketType.CLOSE:
-                    out.append(eio.encode_text(notify))  # last words, then CLOSE
-                elif not out:
-                    out.append(eio.encode_text(notify))
-                return _payload(eio.encode_payload(out))
+                    return self.last_words()
+                out = session.take_outbox()
+                return _payload(eio.encode_payload(out or [eio.encode_text(notify)]))
         return _payload(eio.encode_payload(session.take_outbox()))
 
     def last_words(self) -> web.Response:
-        """The answer to the first GET after a deliberate close found no GET waiting."""
+        """Answer a GET of a closed session: what a deliberate close left queued, and CLOSE in
+        the GET after it, as engine.io does (socket.io-client handles packets a tick late,
+        so a CLOSE in the same payload would overtake the DISCONNECTs before it)."""
         out = self.session.take_outbox()
-        out.append(eio.encode_text(eio.CLOSE))
-        return _payload(eio.encode_payload(out))
+        if out:
+            self.server.linger(self, self.session.settings.ping_timeout_ms / 1000)
+            return _payload(eio.encode_payload(out))
+        return _payload(eio.encode_text(eio.CLOSE))
 
     async def post(self, request: web.Request) -> web.Response:
         """Serve one polling POST: decode the payload and feed every packet."""
@@ -343,6 +358,7 @@ class Connection:
         """Run the upgrade handshake (§Upgrade) on ``ws``, then pump it."""
         session = self.session
         timeout = session.settings.upgrade_timeout_ms / 1000
+        self._upgrader = ws
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -355,15 +371,19 @@ class Connection:
                     # "2probe" answered with "3probe"; the pending GET gets a NOOP.
                     transport.write(ws_text("3probe"))
                     self._wake_poll(eio.NOOP)
-        except (RemoteProtocolError, TimeoutError) as exc:
-            session.abort_upgrade()
-            reason = exc.reason if isinstance(exc, RemoteProtocolError) else "upgrade timeout"
+        except (ProtocolError, TimeoutError) as exc:
+            if not session.closed:
+                session.abort_upgrade()
+            reason = exc.reason if isinstance(exc, ProtocolError) else "upgrade timeout"
             log.debug("upgrade of %s failed: %s", self.sid, reason)
-            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"upgrade failed")
+            await _close_ws(ws, transport, reasons.UPGRADE_FAILED)
             return
         except asyncio.CancelledError:
-            session.abort_upgrade()
+            if not session.closed:
+                session.abort_upgrade()
             raise
+        finally:
+            self._upgrader = None
         if session.closed:
             await ws.close()
             return
@@ -414,8 +434,30 @@ class Connection:
         # When this loop closed the session, the close frame with its reason must go out
         # before the handler returns: aiohttp would otherwise close first (1000, no reason).
         closed_with = self.session.close_reason
-        if not ws.closed and closed_with is not None:
-            await ws.close(code=_close_code(closed_with), message=closed_with.encode())
+        transport = ws_transport_of(ws)
+        if not ws.closed and closed_with is not None and transport is not None:
+            await _close_ws(ws, transport, closed_with)
+
+
+_CLOSE_TIMEOUT = 2.0  # seconds a WebSocket close handshake may take before the TCP is dropped
+
+
+def ws_transport_of(ws: web.WebSocketResponse) -> asyncio.Transport | None:
+    """The TCP transport under a prepared WebSocket response."""
+    writer = getattr(ws, "_writer", None)
+    transport = getattr(writer, "transport", None)
+    return transport if isinstance(transport, asyncio.Transport) else None
+
+
+async def _close_ws(ws: web.WebSocketResponse, transport: asyncio.Transport, reason: str) -> None:
+    """Send the close frame with ``reason``; a peer that does not take it within
+    ``_CLOSE_TIMEOUT`` loses the connection (a close must never hang on a slow reader)."""
+    try:
+        await asyncio.wait_for(
+            ws.close(code=_close_code(reason), message=reason.encode()), _CLOSE_TIMEOUT
+        )
+    except (TimeoutError, ConnectionError):
+        transport.abort()
 
 
 def _close_code(reason: str) -> int:
@@ -473,6 +515,7 @@ class EngineEndpoint:
             max_payload=s.max_payload,
             max_packets_per_body=server.settings.limits.max_packets_per_body,
             max_buffered_packets=server.settings.limits.max_buffered_packets,
+            max_buffered_bytes=server.settings.limits.send_buffer_bytes,
             upgrade_timeout_ms=s.upgrade_timeout_ms,
             allow_upgrades=s.allow_upgrades and "websocket" in self.transports,
         )
@@ -535,7 +578,9 @@ class EngineEndpoint:
         if not ws.can_prepare(request).ok:
             return _error(_ERR_BAD_REQUEST)
         await ws.prepare(request)
-        if sid is not None and (conn is None or not conn.session.can_upgrade()):
+        if sid is not None and (
+            conn is None or not conn.session.can_upgrade() or conn._upgrader is not None
+        ):
             # Unknown sid, or a second WebSocket for a session (§Transports, WebSocket): the
             # session is left alone and this socket is closed.
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"bad session")

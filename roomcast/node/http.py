@@ -66,15 +66,19 @@ class NodeHTTP:
 
     @web.middleware
     async def _admin_guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """``/admin/*`` needs ``node.admin_token`` as a bearer token; without a token set, it
-        answers loopback clients only."""
+        """``/admin/*`` needs ``node.admin_token`` as a bearer token. Without a token set, it
+        answers loopback clients only, and not requests a browser or a proxy relays (they
+        carry ``Origin`` or forwarding headers): a web page open on the node's host must not
+        be able to drain it."""
         if request.path.startswith("/admin/"):
             token = self.server.settings.node.admin_token
             if token:
                 given = request.headers.get("Authorization", "")
                 if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                     return web.json_response({"error": "unauthorized"}, status=401)
-            elif not _is_loopback(request.remote):
+            elif not _is_loopback(request.remote) or any(
+                h in request.headers for h in ("Origin", "X-Forwarded-For", "Forwarded")
+            ):
                 return web.json_response({"error": "admin API is loopback-only"}, status=403)
         return await handler(request)
 

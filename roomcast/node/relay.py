@@ -143,8 +143,8 @@ class Relay:
         if isinstance(names, str):
             return _nack(names)
         for name in names:
-            # A sid names a socket's private room: joining it would eavesdrop on that socket.
-            if name in socket.namespace.sockets and name != socket.sid:
+            # A sid names a socket's private room (on any node): joining it would eavesdrop.
+            if name != socket.sid and socket.namespace.server.names_a_socket(name):
                 return _nack(f"room not allowed: {name}")
         try:
             await socket.join(names)

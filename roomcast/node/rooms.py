@@ -46,12 +46,11 @@ class RoomRegistry:
         return False
 
     def members(self, room: str) -> Collection[Socket]:
-        """The local members of ``room`` (a sid names its own socket)."""
-        members = self._rooms.get(Room(room))
-        if members is not None:
-            return members
+        """The local members of ``room`` (a sid names its own socket, and only that)."""
         socket = self._sockets.get(room)
-        return (socket,) if socket is not None else ()
+        if socket is not None:
+            return (socket,)
+        return self._rooms.get(Room(room), ())
 
     def size(self, room: str) -> int:
         """How many local sockets are in ``room``."""

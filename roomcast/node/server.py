@@ -33,7 +33,7 @@ from typing import Any
 from aiohttp import web
 
 from roomcast.cluster.membership import node_tag
-from roomcast.cluster.wire import NodeId, namespace_topic, room_topic, tag_text
+from roomcast.cluster.wire import NodeId, namespace_topic, room_topic, tag_of_sid, tag_text
 from roomcast.config import Settings
 from roomcast.errors import AckTimeoutError, RemoteProtocolError
 from roomcast.protocol import reasons
@@ -76,6 +76,7 @@ class Server:
         self.decoder_limits = sio.DecoderLimits(limits.max_attachments, limits.max_ack_id)
         self._namespaces: dict[str, Namespace] = {}
         self._dynamic: list[tuple[Callable[[str], bool], Namespace]] = []
+        self._dynamic_children = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server_handlers: dict[str, Callable[..., Any]] = {}
         #: True once :meth:`drain` started: new sessions are refused.
@@ -145,9 +146,25 @@ class Server:
                 log.exception("namespace matcher failed for %r", name)
                 continue
             if matched:
+                if self._dynamic_children >= self.settings.limits.max_dynamic_namespaces:
+                    log.warning("dynamic namespace %r refused: limit reached", name)
+                    return None
+                self._dynamic_children += 1
                 ns = self._namespaces[name] = Namespace(self, name, parent)
                 return ns
         return None
+
+    def namespace_maybe_empty(self, ns: Namespace) -> None:
+        """A dynamic namespace child with no socket left (and none connecting) is removed, as
+        socket.io's ``cleanupEmptyChildNamespaces`` does: names are client input."""
+        if (
+            ns.parent is not None
+            and not ns.sockets
+            and not ns.connecting
+            and self._namespaces.get(ns.name) is ns
+        ):
+            del self._namespaces[ns.name]
+            self._dynamic_children -= 1
 
     # Shortcuts to the root namespace, as on socket.io's ``io``.
 
@@ -176,11 +193,15 @@ class Server:
         self.stats.messages_in += 1
         try:
             packet = conn.decoder.feed(data)
+            if packet is not None:
+                self.dispatch(conn, packet)
         except RemoteProtocolError as exc:
             conn.close(exc.reason, exc.detail)
-            return
-        if packet is not None:
-            self.dispatch(conn, packet)
+        except Exception:
+            # A peer's garbage must never kill the read loop: whatever it provoked, only its
+            # own session ends.
+            log.exception("packet from %s could not be handled", conn.sid)
+            conn.close(reasons.PARSE_ERROR, "unhandled packet")
 
     def dispatch(self, conn: Connection, packet: sio.Packet) -> None:
         """Route one decoded Socket.IO packet from ``conn``."""
@@ -244,6 +265,16 @@ class Server:
         any node can route a message for it without a lookup."""
         return self._sid_prefix + secrets.token_urlsafe(12)
 
+    def names_a_socket(self, name: str) -> bool:
+        """Whether ``name`` is (or could be) a socket id issued by this node or a node the
+        replica knows: such a name is a socket's private room, never a room to join."""
+        tag = tag_of_sid(name)
+        if tag is None:
+            return False
+        if tag == self.tag:
+            return True
+        return self.cluster is not None and self.cluster.replica.knows_tag(tag)
+
     def namespace(self, name: str) -> Namespace | None:
         """The existing namespace ``name`` (None when nobody created or connected to it)."""
         return self._namespaces.get(name)
@@ -306,8 +337,9 @@ class Server:
             replies = exc.partial
             complete = False
         for reply in replies.values():
-            responses.extend(reply["responses"])
-            if len(reply["responses"]) < reply["expected"]:
+            got = reply.get("responses", []) if isinstance(reply, dict) else []
+            responses.extend(got)
+            if not isinstance(reply, dict) or "error" in reply or len(got) < reply["expected"]:
                 complete = False
         if not complete:
             raise AckTimeoutError("some recipients did not acknowledge in time", responses)

@@ -123,9 +123,9 @@ class Socket:
         ack_id = None
         if callback is not None:
             ack_id = self.namespace.next_ack_id()
-            self._acks[ack_id] = lambda a: callback(*a)
         enc = sio.encode_event(self.namespace.name, event, args, ack_id)
-        self.conn.write(Frames(enc), volatile)
+        if self.conn.write(Frames(enc), volatile) and ack_id is not None and callback is not None:
+            self._acks[ack_id] = lambda a: callback(*a)
 
     async def emit_with_ack(self, event: str, *args: Any, timeout: float | None = None) -> Any:
         """Send ``event`` and wait for the client's ack; returns its first argument.
@@ -283,6 +283,7 @@ class Namespace:
         self._handlers: dict[str, Handler] = {}
         self._middlewares: list[Middleware] = []
         self._ack_ids = itertools.count(0)
+        self.connecting = 0  # connects under way (a dynamic child is not removed meanwhile)
 
     def __repr__(self) -> str:
         return f"<Namespace {self.name}>"
@@ -387,7 +388,11 @@ class Namespace:
         """Add ``socket`` to ``rooms``; the rooms this creates are announced to the cluster."""
         if not socket.connected:
             return
-        new = [r for r in rooms if r not in socket.rooms]
+        for room in rooms:
+            if room != socket.sid and self.server.names_a_socket(room):
+                # It would shadow a socket's own room (and eavesdrop on that socket).
+                raise ValueError(f"room {room!r} is a socket id")
+        new = list(dict.fromkeys(r for r in rooms if r not in socket.rooms))
         limit = self.server.settings.limits.max_rooms_per_socket
         if len(socket.rooms) - 1 + len(new) > limit:
             socket.conn.close(reasons.TOO_MANY_ROOMS, f"limit {limit}")
@@ -416,6 +421,7 @@ class Namespace:
         self.server.stats.sockets -= 1
         self.server.namespace_exited(self)
         await self.remove_from_rooms(socket, [r for r in socket.rooms if r != socket.sid])
+        self.server.namespace_maybe_empty(self)
         handler = self.handler("disconnect")
         if handler is not None:
             try:
@@ -427,6 +433,14 @@ class Namespace:
 
     async def connect(self, conn: Connection, auth: dict[str, Any]) -> None:
         """Run middleware, then connect a new socket for ``conn`` (§Connection to a namespace)."""
+        self.connecting += 1
+        try:
+            await self._connect(conn, auth)
+        finally:
+            self.connecting -= 1
+            self.server.namespace_maybe_empty(self)
+
+    async def _connect(self, conn: Connection, auth: dict[str, Any]) -> None:
         socket = Socket(self, conn, self.server.handshake(conn, auth))
         try:
             for mw in self.middlewares:

@@ -120,6 +120,7 @@ class EngineSettings:
     max_payload: int = 1_000_000
     max_packets_per_body: int = 10_000
     max_buffered_packets: int = 1_000
+    max_buffered_bytes: int = 4 * 1024 * 1024
     upgrade_timeout_ms: int = 10_000
     allow_upgrades: bool = True
 
@@ -190,6 +191,7 @@ class EngineSession:
         "_awaiting_pong",
         "_next_deadline",
         "_outbox",
+        "_outbox_size",
         "close_reason",
         "settings",
         "sid",
@@ -206,6 +208,7 @@ class EngineSession:
         self.state = EngineState.OPEN
         self.close_reason: str | None = None
         self._outbox: list[str] = []  # polling-encoded packets waiting for a GET
+        self._outbox_size = 0
         self._awaiting_pong = False
         self._next_deadline = now + settings.ping_interval_ms / 1000
 
@@ -296,11 +299,16 @@ class EngineSession:
     def buffer(self, text: str) -> None:
         """Queue an encoded packet for the next polling GET.
 
-        Past ``max_buffered_packets`` the client is not reading: that is a limit breach.
+        Past ``max_buffered_packets`` packets or ``max_buffered_bytes`` characters the client
+        is not reading: that is a limit breach.
         """
         self._require_live()
         if len(self._outbox) >= self.settings.max_buffered_packets:
             raise RemoteProtocolError(reasons.SEND_BUFFER_FULL, "polling outbox full")
+        size = self._outbox_size + len(text)
+        if size > self.settings.max_buffered_bytes:
+            raise RemoteProtocolError(reasons.SEND_BUFFER_FULL, "polling outbox too large")
+        self._outbox_size = size
         self._outbox.append(text)
 
     def has_outbox(self) -> bool:
@@ -310,6 +318,7 @@ class EngineSession:
     def take_outbox(self) -> list[str]:
         """Hand over every queued packet (for one GET, or for the WebSocket after upgrade)."""
         out, self._outbox = self._outbox, []
+        self._outbox_size = 0
         return out
 
     # -- time ---------------------------------------------------------------------------------
@@ -351,6 +360,7 @@ class EngineSession:
         self.close_reason = reason
         if not keep_outbox:
             self._outbox.clear()
+            self._outbox_size = 0
         return SessionClosed(reason, notify)
 
     def _require_live(self) -> None:

@@ -169,6 +169,13 @@ def _reconstruct(value: Any, attachments: list[bytes]) -> Any:
     return value
 
 
+def _reconstructed(value: Any, attachments: list[bytes]) -> Any:
+    try:
+        return _reconstruct(value, attachments)
+    except RecursionError as exc:
+        raise RemoteProtocolError(reasons.PARSE_ERROR, "nesting too deep") from exc
+
+
 def encode(packet: Packet) -> Encoded:
     """Encode a packet (§Packet encoding); EVENT/ACK with bytes become BINARY_*."""
     kind = packet.type
@@ -269,7 +276,7 @@ class Decoder:
             if expected == 0:
                 if packet.type in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
                     # socket.io-parser accepts "50-[...]"; any placeholder in it is dangling.
-                    data = _reconstruct(packet.data, [])
+                    data = _reconstructed(packet.data, [])
                     return Packet(packet.type, packet.namespace, data, packet.id)
                 return packet
             self._partial = _Partial(packet, expected)
@@ -282,7 +289,7 @@ class Decoder:
             return None
         self._partial = None
         p = partial.packet
-        return Packet(p.type, p.namespace, _reconstruct(p.data, partial.received), p.id)
+        return Packet(p.type, p.namespace, _reconstructed(p.data, partial.received), p.id)
 
     def _decode_text(self, text: str) -> tuple[Packet, int]:
         if not text or not "0" <= text[0] <= "6":
@@ -319,7 +326,7 @@ class Decoder:
         if i < n:
             try:
                 payload = _loads(text[i:])
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # nesting deep enough to recurse out
                 raise RemoteProtocolError(reasons.PARSE_ERROR, "invalid JSON payload") from exc
             if payload is None:  # an explicit null is valid for no type (isPayloadValid)
                 raise RemoteProtocolError(reasons.PARSE_ERROR, f"invalid {kind.name} payload")
