@@ -41,6 +41,9 @@ lint: install-test
 typecheck: install-test
 	$(VENV)/bin/mypy
 
+# Single-node and 2-node cluster fan-out, roomcast vs Node socket.io@4 (+ the Redis adapter);
+# the cluster scenario installs Debian's redis-server when it is missing. See bench/__main__.py,
+# e.g. BENCH_ARGS="--scenario cluster --repeat 3".
 bench: install-test
 	@test bench/js/node_modules/.package-lock.json -nt bench/js/package-lock.json || \
 		{ cd bench/js && npm ci --no-audit --no-fund --loglevel=error; }

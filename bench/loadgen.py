@@ -10,9 +10,17 @@ Client frames are masked with the all-zero key (RFC 6455 §5.3 only asks the key
 unpredictable, which matters for proxies, not here), so sending costs no XOR in Python while the
 server still does its usual unmasking work.
 
+Clients may be spread over several servers (``WorkerConfig.ports``, the nodes of a cluster):
+member ``i`` of room ``r`` connects to ``ports[(r + i) % len(ports)]``, so with two nodes every
+room has members on both, the publishers of even rooms are on the first node and those of odd
+rooms on the second, and each room's closed-loop feedback client (member 1) is on the node its
+publisher is not. Deliveries to clients of another node than their publisher's are *remote*:
+their latencies are also kept apart.
+
 The worker talks to the parent over a :mod:`multiprocessing` pipe: it answers ``ready`` once all
-its clients have connected and joined, then runs each :class:`Phase` it is sent and answers with
-a :class:`PhaseResult`.
+its clients have connected and joined and one probe message per room has reached every member
+(so a cluster's membership has converged), then runs each :class:`Phase` it is sent and answers
+with a :class:`PhaseResult`.
 """
 
 from __future__ import annotations
@@ -65,12 +73,17 @@ class WorkerConfig:
     """What one worker process runs: its rooms (by index) and where to connect."""
 
     host: str
-    port: int
+    ports: tuple[int, ...]  #: the servers; room members are spread over them in turn
     rooms: list[int]
     members: int  #: clients per room, the publisher included
     payload: int  #: filler characters in each message's data
     connect_concurrency: int = 50
     connect_timeout: float = 30.0
+    probe_timeout: float = 30.0
+
+    def port_of(self, room: int, member: int) -> int:
+        """Where member ``member`` of room ``room`` connects (member 0 publishes)."""
+        return self.ports[(room + member) % len(self.ports)]
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,7 @@ class PhaseResult:
     expected: int = 0  #: deliveries those publishes should cause
     received_in_window: int = 0  #: deliveries received in [t0, t1), whenever sent
     latencies: array[int] = field(default_factory=lambda: array("q"))  #: µs, sent in [t0, t1)
+    remote_latencies: array[int] = field(default_factory=lambda: array("q"))  #: also in latencies
     cpu_seconds: float = 0.0  #: this worker's CPU time in [t0, t1)
     closed_clients: int = 0
     errors: list[str] = field(default_factory=list)
@@ -102,13 +116,19 @@ class PhaseResult:
 class Recorder:
     """The measurement state shared by every client of a worker (one per phase)."""
 
-    __slots__ = ("latencies", "received_in_window", "t0", "t1")
+    __slots__ = ("latencies", "received_in_window", "remote_latencies", "t0", "t1")
 
     def __init__(self, t0: int = 0, t1: int = 0) -> None:
         self.t0 = t0
         self.t1 = t1
         self.received_in_window = 0
-        self.latencies: array[int] = array("q")
+        self.latencies: array[int] = array("q")  #: deliveries on the publisher's server
+        self.remote_latencies: array[int] = array("q")  #: deliveries on another server
+
+    @property
+    def count(self) -> int:
+        """Latencies recorded, local and remote."""
+        return len(self.latencies) + len(self.remote_latencies)
 
 
 class ProtocolFailure(Exception):
@@ -163,10 +183,11 @@ class Room:
 class Client(asyncio.Protocol):
     """One WebSocket client: Engine.IO session, Socket.IO socket on "/", member of one room."""
 
-    def __init__(self, host: str, port: int, room: Room) -> None:
+    def __init__(self, host: str, port: int, room: Room, remote: bool = False) -> None:
         self.host = host
         self.port = port
         self.room = room
+        self.remote = remote  #: on another server than the room's publisher
         self.feedback: Room | None = None  #: set on the room's closed-loop feedback client
         self.transport: asyncio.Transport | None = None
         self._key = base64.b64encode(os.urandom(16))
@@ -244,7 +265,7 @@ class Client(asyncio.Protocol):
         t = int(payload[_PREFIX_LEN : payload.index(b",", _PREFIX_LEN)])
         rec = self.room.recorder
         if rec.t0 <= t < rec.t1:
-            rec.latencies.append(now - t)
+            (rec.remote_latencies if self.remote else rec.latencies).append(now - t)
         if rec.t0 <= now < rec.t1:
             rec.received_in_window += 1
         if self.feedback is not None:
@@ -359,7 +380,10 @@ class Worker:
     async def connect(self) -> None:
         cfg = self.cfg
         for room in self.rooms:
-            room.clients = [Client(cfg.host, cfg.port, room) for _ in range(cfg.members)]
+            home = cfg.port_of(room.index, 0)
+            for i in range(cfg.members):
+                port = cfg.port_of(room.index, i)
+                room.clients.append(Client(cfg.host, port, room, remote=port != home))
             self.clients.extend(room.clients)
         gate = asyncio.Semaphore(cfg.connect_concurrency)
 
@@ -370,6 +394,36 @@ class Worker:
         async with asyncio.TaskGroup() as group:
             for client in self.clients:
                 group.create_task(one(client))
+
+    async def probe(self) -> None:
+        """Every publisher sends one message; wait until every other member of its room, local
+        and remote, got it (a cluster's membership has converged), else raise."""
+        stamp = 1  # below any phase's t0: never counted in a phase
+        for room in self.rooms:
+            room.recorder = Recorder(stamp, stamp + 1)
+            room.publish(stamp)
+        deadline = time.monotonic() + self.cfg.probe_timeout
+        pending = list(self.rooms)
+        while True:
+            pending = [room for room in pending if room.recorder.count < self.cfg.members - 1]
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                room = pending[0]
+                raise ProtocolFailure(
+                    f"{len(pending)} rooms did not get their probe message to every member in "
+                    f"{self.cfg.probe_timeout:g}s ({room.name}: {room.recorder.count} of "
+                    f"{self.cfg.members - 1})"
+                )
+            await asyncio.sleep(0.01)
+        for room in self.rooms:
+            remote = sum(1 for client in room.clients if client.remote)
+            if len(room.recorder.remote_latencies) != remote:
+                raise ProtocolFailure(
+                    f"{room.name}: the probe reached {len(room.recorder.remote_latencies)} "
+                    f"remote members of {remote}"
+                )
+            room.recorder = Recorder()
 
     async def run_phase(self, phase: Phase) -> PhaseResult:
         recorder = Recorder(phase.t0, phase.t1)
@@ -400,9 +454,10 @@ class Worker:
         result.published = sum(room.published_in_window for room in self.rooms)
         result.expected = result.published * members
         deadline = phase.t1 + int(phase.drain * 1e6)
-        while len(recorder.latencies) < result.expected and now_us() < deadline:
+        while recorder.count < result.expected and now_us() < deadline:
             await asyncio.sleep(0.02)
-        result.latencies = recorder.latencies
+        result.latencies = recorder.latencies + recorder.remote_latencies
+        result.remote_latencies = recorder.remote_latencies
         result.received_in_window = recorder.received_in_window
         result.closed_clients = sum(1 for client in self.clients if client.closed)
         return result
@@ -442,7 +497,7 @@ async def sleep_until(t: int) -> None:
 
 
 async def serve(conn: Connection, cfg: WorkerConfig) -> None:
-    """Connect, say ``ready``, then run phases until told to ``quit``."""
+    """Connect, join, probe, say ``ready``, then run phases until told to ``quit``."""
     loop = asyncio.get_running_loop()
     worker = Worker(cfg)
     try:
@@ -452,8 +507,15 @@ async def serve(conn: Connection, cfg: WorkerConfig) -> None:
         conn.send(("error", f"{len(errors)} clients failed to join: {errors[0]!r}"))
         worker.close()
         return
+    joined = time.monotonic()
+    try:
+        await worker.probe()
+    except ProtocolFailure as exc:
+        conn.send(("error", str(exc)))
+        worker.close()
+        return
     gc.freeze()  # the clients live as long as the worker: keep them out of collections
-    conn.send(("ready", len(worker.clients)))
+    conn.send(("ready", (len(worker.clients), time.monotonic() - joined)))
     try:
         while True:
             command, arg = await loop.run_in_executor(None, conn.recv)
