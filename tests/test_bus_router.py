@@ -347,8 +347,10 @@ async def test_router_stats_follow_subscriptions(make_bus: BusFactory, router: R
 
 
 def _packb(*items: Any) -> bytes:
+    """Raw envelope parts, framed as :func:`wire.encode` frames them (sender key, kind byte)."""
+    kind = items[1] if len(items) > 1 and isinstance(items[1], int) and 0 <= items[1] < 256 else 0
     data: bytes = msgpack.packb(list(items), use_bin_type=True)
-    return data
+    return wire.sender_key("ghost", 1) + bytes((kind,)) + data
 
 
 async def test_garbage_through_the_router_is_counted_and_dropped(

@@ -40,6 +40,8 @@ from roomcast.emitter import Emitter
 
 pytestmark = [pytest.mark.multinode, pytest.mark.asyncio(loop_scope="module")]
 
+GHOST = wire.sender_key("ghost", 1)  # the sender key that opens a forged envelope
+
 #: The app every node of the shared cluster runs (``--app cluster_app:setup``): server-side
 #: operations a client can trigger, on top of the built-in relay (join, leave, publish).
 APP = """
@@ -401,10 +403,12 @@ async def test_bad_bus_input_is_counted_and_dropped(cluster: Cluster, connect: C
         # To every node (the gossip topic): one of each kind of undecodable envelope.
         for data in (
             b"\xc1 not msgpack",
-            msgpack.packb({"not": "an envelope"}),
-            msgpack.packb([99, 5, "ghost", 1, 1, 0, b"t", "", 0, 0.0]),  # wire version 99
-            msgpack.packb([wire.WIRE_VERSION, 42, "ghost", 1, 1]),  # unknown kind
-            msgpack.packb([wire.WIRE_VERSION, int(wire.Kind.HEARTBEAT), "ghost", 1, 1, "x"]),
+            GHOST + b"\x00" + msgpack.packb({"not": "an envelope"}),
+            GHOST + b"\x05" + msgpack.packb([99, 5, "ghost", 1, 1, 0, b"t", "", 0, 0.0]),  # v99
+            GHOST + b"\x2a" + msgpack.packb([wire.WIRE_VERSION, 42, "ghost", 1, 1]),  # kind 42
+            GHOST
+            + b"\x05"
+            + msgpack.packb([wire.WIRE_VERSION, int(wire.Kind.HEARTBEAT), "ghost", 1, 1, "x"]),
         ):
             await raw.send_multipart([gossip, data])
         # Only to n2 (its direct topic): one more.

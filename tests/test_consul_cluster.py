@@ -398,24 +398,31 @@ async def test_consul_restart_everything_registers_again(
     tmp_path: Path, consul: Any, connect: Connect
 ) -> None:
     """When the Consul agent is killed and restarted empty on the same port, every node and
-    router registers again, and the cluster keeps serving throughout: clients exchange
-    messages while Consul is away, /health stays 200, and no replica drops a live node."""
-    async with consul_cluster(tmp_path, consul.address, "n1", "n2") as cluster:
-        await wait_catalogue(cluster, "roomcast-node", {"n1": "passing", "n2": "passing"})
-        await wait_catalogue(cluster, "roomcast-router", {"r1": "passing"})
-        room = unique("r")
+    router registers again, and the cluster keeps serving throughout: publishes spread over two
+    routers are all delivered while Consul is away and while the catalogue refills, /health
+    stays 200, no replica drops a live node and no node drops a live router."""
+    async with consul_cluster(
+        tmp_path, consul.address, "n1", "n2", extra_routers=["r2"]
+    ) as cluster:
+        everyone = {"n1": "passing", "n2": "passing"}
+        routers = {"r1": "passing", "r2": "passing"}
+        await wait_catalogue(cluster, "roomcast-node", everyone)
+        await wait_catalogue(cluster, "roomcast-router", routers)
+        await wait_bus_routers(cluster, ["n1", "n2"], ["r1", "r2"])
+        by_owner = spread_rooms(["r1", "r2"], per_router=4)
+        rooms = by_owner["r1"] + by_owner["r2"]
         a = await connect(cluster, "n1", name="a")
         b = await connect(cluster, "n2", name="b")
-        await a.join(room)
-        await b.join(room)
+        await a.join(*rooms)
+        await b.join(*rooms)
         sent: list[str] = []
+        await wait_spread(cluster, a, b, by_owner, sent)
 
         async def exchange() -> None:
             for sender, receiver in ((a, b), (b, a)):
-                tokens = await send_round(sender, [room], sent)
+                tokens = await send_round(sender, rooms, sent)
                 assert await arrived(receiver, tokens.values(), TIMEOUT)
 
-        await exchange()
         await consul.kill()
         for node in ("n1", "n2"):
 
@@ -428,29 +435,37 @@ async def test_consul_restart_everything_registers_again(
         for node in ("n1", "n2"):
             assert (await cluster.health(node))[0] == 200
             unreachable = (
-                r"WARNING .*consul: unreachable; keeping the last known 1 routers, 2 nodes"
+                r"WARNING .*consul: unreachable; keeping the last known 2 routers, 2 nodes"
             )
             await wait_log(cluster, node, unreachable)
 
         await consul.start()
-        await wait_catalogue(cluster, "roomcast-node", {"n1": "passing", "n2": "passing"})
-        await wait_catalogue(cluster, "roomcast-router", {"r1": "passing"})
+
+        async def refilled() -> bool:
+            await exchange()  # every round delivered while processes register again
+            nodes = await cluster.consul_health("roomcast-node")
+            return nodes == everyone and await cluster.consul_health("roomcast-router") == routers
+
+        await wait_until(refilled, what="everything registered again")
         for node in ("n1", "n2"):
 
             async def back(node: str = node) -> bool:
+                await exchange()
                 disc = (await cluster.admin(node, "/admin/cluster"))["cluster"]["discovery"]
                 return disc["source_ok"] is True and [
                     (n["id"], n["healthy"]) for n in disc["nodes"]
                 ] == [("n1", True), ("n2", True)]
 
             await wait_until(back, what=f"{node} to read the new catalogue")
-        await exchange()
+        await wait_bus_routers(cluster, ["n1", "n2"], ["r1", "r2"])
+        await wait_spread(cluster, a, b, by_owner, sent)
         for node in ("n1", "n2"):
             assert (await cluster.health(node))[0] == 200
             await wait_log(
                 cluster, node, f"roomcast-node-{node} vanished from the agent; registering"
             )
             assert not log_lines(cluster, node, r"node n\d is down"), node
+            assert not log_lines(cluster, node, r"router r\d removed"), node
             assert not log_lines(cluster, node, "Traceback"), node
         assert_exactly_once(a, sent)
         assert_exactly_once(b, sent)

@@ -80,7 +80,7 @@ def test_header_kind_matches_body() -> None:
 
 def test_heartbeat_integer_start_time_decodes_as_float() -> None:
     """A start time sent as an integer decodes as a float (msgpack may shrink 5.0 to 5)."""
-    data = msgpack.packb([wire.WIRE_VERSION, Kind.HEARTBEAT, "n", 1, 1, 0, TAG, "", 0, 5, []])
+    data = _envelope(wire.WIRE_VERSION, Kind.HEARTBEAT, "n", 1, 1, 0, TAG, "", 0, 5, [])
     _, body = wire.decode(data)
     assert isinstance(body, wire.Heartbeat)
     assert body.started == 5.0 and isinstance(body.started, float)
@@ -227,19 +227,22 @@ def test_tag_of_sid_rejects_foreign_sids(sid: str) -> None:
 
 
 def _envelope(*items: Any) -> bytes:
+    """Raw envelope parts, framed as :func:`wire.encode` frames them (sender key, kind byte)."""
+    kind = items[1] if len(items) > 1 and isinstance(items[1], int) and 0 <= items[1] < 256 else 0
     data: bytes = msgpack.packb(list(items), use_bin_type=True)
-    return data
+    return wire.sender_key("ghost", 1) + bytes((kind,)) + data
 
 
 V = wire.WIRE_VERSION
 
 GARBAGE: dict[str, bytes] = {
     "empty": b"",
-    "reserved byte": b"\xc1\xc1\xc1",
+    "reserved byte": wire.sender_key("n", 1) + b"\x08\xc1\xc1\xc1",
     "truncated": wire.encode("n", 1, 1, BODIES[0])[:-3],
     "trailing bytes": wire.encode("n", 1, 1, wire.Leave()) + b"\x00",
-    "not a list": msgpack.packb({"v": 1}),
-    "a string": msgpack.packb("hello"),
+    "not a list": wire.sender_key("n", 1) + b"\x00" + msgpack.packb({"v": 1}),
+    "a string": wire.sender_key("n", 1) + b"\x00" + msgpack.packb("hello"),
+    "kind byte differs": wire.sender_key("n", 1) + b"\x05" + msgpack.packb([V, 8, "n", 1, 1]),
     "short list": _envelope(V, Kind.LEAVE, "n", 1),
     "wrong version": _envelope(V + 1, Kind.LEAVE, "n", 1, 1),
     "version zero": _envelope(0, Kind.LEAVE, "n", 1, 1),

@@ -43,6 +43,7 @@ log = logging.getLogger("roomcast.cluster")
 Handler = Callable[[Topic, wire.Header, wire.Body], None]
 
 _READ_BATCH = 2048
+_PROBE = bytes((wire.Kind.PROBE,))
 _MAX_SEQ_TOPICS = 65_536  # per-topic sequence counters kept by a publisher
 
 
@@ -60,6 +61,7 @@ class BusStats:
     send_dropped: int = 0  #: not sent: the outgoing queue was at its high-water mark
     no_router: int = 0  #: not sent: no router known at all
     late: int = 0  #: delivered after a newer one of the same (origin, topic)
+    own: int = 0  #: our own envelopes back from the router, dropped undecoded
     subscriptions: int = 0
     last_received: float = 0.0
     errors_by_reason: dict[str, int] = field(default_factory=dict)
@@ -85,6 +87,7 @@ class Bus:
     ) -> None:
         self.origin = origin
         self.incarnation = incarnation
+        self._sender = wire.sender_key(origin, incarnation)
         self.on_message = on_message
         self.stats = BusStats()
         self._hwm = hwm
@@ -219,7 +222,7 @@ class Bus:
             # Forget the idlest topic: should it be used again, its numbering restarts at 1,
             # which receivers take as a fresh sequence (not a gap, not a late message).
             del seqs[next(iter(seqs))]
-        data = wire.encode(self.origin, self.incarnation, seq, body)
+        data = wire.encode(self.origin, self.incarnation, seq, body, self._sender)
         try:
             pub.send_multipart([topic, data], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -363,6 +366,12 @@ class Bus:
             return
         topic, data = frames
         stats.bytes_in += len(topic) + len(data)
+        if (
+            data[: wire.SENDER_BYTES] == self._sender
+            and data[wire.SENDER_BYTES : wire.SENDER_BYTES + 1] != _PROBE
+        ):
+            stats.own += 1  # our own envelope back from the router: already delivered here
+            return
         try:
             header, body = wire.decode(data)
         except wire.WireError as exc:

@@ -12,7 +12,9 @@ topic      meaning                                                       length
 ``N`` + t  one node's direct topic, t = its 6-byte tag (also in its sids) 7
 =========  ============================================================  ======
 
-The envelope is a msgpack array ``[version, kind, origin, incarnation, seq, *body]``; the full
+The envelope is ``sender key (8 bytes) + kind (1 byte) + msgpack array [version, kind, origin,
+incarnation, seq, *body]``; the prefix lets an endpoint drop its own envelopes without decoding
+them (the router sends a room's traffic back to its publisher when it has members too); the full
 room and namespace names travel inside it, the topic only routes. ``seq`` counts per
 (origin, topic) so receivers can count what ZeroMQ dropped.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any, Final, NewType
@@ -34,6 +37,8 @@ NodeId = NewType("NodeId", str)
 
 GOSSIP_TOPIC: Final = Topic(b"G")
 TAG_BYTES: Final = 6
+SENDER_BYTES: Final = 8  # an envelope opens with its sender's key, then one byte of kind
+_PREFIX: Final = SENDER_BYTES + 1
 TAG_CHARS: Final = 8  # base64url of 6 bytes, the prefix of every sid a node issues
 
 
@@ -63,6 +68,7 @@ class Kind(enum.IntEnum):
     PROBE = 9  #: comes back through the router to prove a subscription is live
 
 
+@functools.lru_cache(maxsize=65_536)  # a hash per publish is measurable on the hot path
 def room_topic(namespace: str, room: str) -> Topic:
     """The topic of one room of one namespace."""
     digest = hashlib.blake2b(f"{namespace}\x00{room}".encode(), digest_size=15).digest()
@@ -264,14 +270,26 @@ def _fields(body: Body) -> list[Any]:
     return []  # Leave
 
 
-def encode(origin: str, incarnation: int, seq: int, body: Body) -> bytes:
-    """One envelope, ready to follow its topic frame."""
+def sender_key(origin: str, incarnation: int) -> bytes:
+    """The 8 bytes that open every envelope of one incarnation of an endpoint."""
+    return hashlib.blake2b(f"{origin}:{incarnation}".encode(), digest_size=SENDER_BYTES).digest()
+
+
+def encode(
+    origin: str, incarnation: int, seq: int, body: Body, sender: bytes | None = None
+) -> bytes:
+    """One envelope, ready to follow its topic frame.
+
+    It opens with the sender's key and the kind, outside the msgpack part, so a node can drop
+    its own envelopes coming back through the router without decoding them.
+    """
+    kind = _KIND_OF[type(body)]
     data: bytes = msgpack.packb(
-        [WIRE_VERSION, _KIND_OF[type(body)], origin, incarnation, seq, *_fields(body)],
+        [WIRE_VERSION, kind, origin, incarnation, seq, *_fields(body)],
         use_bin_type=True,
         default=str,  # app data that msgpack cannot carry travels as its str()
     )
-    return data
+    return (sender or sender_key(origin, incarnation)) + bytes((kind,)) + data
 
 
 def _str_tuple(value: Any) -> tuple[str, ...]:
@@ -299,8 +317,10 @@ def _triples(value: Any) -> tuple[tuple[str, str, int], ...]:
 
 def decode(data: bytes) -> tuple[Header, Body]:
     """Decode an envelope; anything malformed or of another wire version is a WireError."""
+    if len(data) <= _PREFIX:
+        raise WireError("not an envelope")
     try:
-        items = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        items = msgpack.unpackb(data[_PREFIX:], raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise WireError("not msgpack") from exc
     if not isinstance(items, list) or len(items) < 5:
@@ -312,6 +332,8 @@ def decode(data: bytes) -> tuple[Header, Body]:
         kind = Kind(kind_value)
     except ValueError as exc:
         raise WireError("unknown kind", repr(kind_value)) from exc
+    if data[SENDER_BYTES] != kind:
+        raise WireError("bad header", "kind byte")
     if not isinstance(origin, str) or not isinstance(incarnation, int) or not isinstance(seq, int):
         raise WireError("bad header")
     header = Header(kind, NodeId(origin), incarnation, seq)

@@ -267,29 +267,37 @@ class ClusterLink:
         After Consul was unreachable its catalogue may have been lost (a restarted dev agent)
         and is refilled as each process registers again, within its retry backoff and check
         interval: until then a node missing from it is not taken for gone (a node that really
-        left said so by gossip; one that died turns critical once it registered, or times out).
+        left said so by gossip; one that died turns critical once it registered, or times out),
+        and a router missing from it is kept (dropping it here while other nodes still publish
+        through it would lose their messages; a dead one is unused once the self-check says so).
         """
         cfg = self.server.settings.discovery.consul
         settle = (cfg.retry_max_ms + cfg.check_ttl_ms) / 1000
         loop = asyncio.get_running_loop()
-        settled_at = 0.0  # until then, vanished nodes are not marked down
+        settled_at = 0.0  # until then, vanished nodes and routers are not taken for gone
         seen: set[str] = set()
+        connected: list[tuple[str, str, str]] = []
         async for view in self.discovery.watch():
             if not self.consul:
                 continue  # static: the routers are fixed and nodes learn of each other by gossip
             if not view.source_ok:
                 settled_at = loop.time() + settle
             else:
+                settling = loop.time() < settled_at
                 routers = self._healthy_routers(view)
+                if settling:
+                    listed = {r.id for r in view.routers}
+                    routers += [r for r in connected if r[0] not in listed]
                 if routers or not self.bus.router_ids:
                     # Consul listing no healthy router at all is more likely a glitch than
                     # the truth: keep the last routers rather than go deaf on purpose.
                     self.bus.set_routers(routers)
+                    connected = routers
                 current = {str(n.id) for n in view.nodes}
                 for node in view.nodes:
                     if not node.healthy and str(node.id) != self.node_id:
                         self._act(self.replica.mark_down(str(node.id), "consul: critical"))
-                if loop.time() < settled_at:
+                if settling:
                     seen |= current  # the catalogue is being refilled
                     continue
                 for gone in seen - current:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from roomcast.config import LimitSettings, NamespacePolicy
 from roomcast.errors import ConnectRefusedError, DisconnectedError
+from roomcast.node.broadcast import BroadcastOperator
 from roomcast.protocol.socketio import RESERVED_EVENTS
 
 if TYPE_CHECKING:
@@ -181,8 +182,6 @@ class Relay:
             for name in names:
                 if name not in socket.rooms:
                     return _nack(f"not a member of {name}")
-        from roomcast.node.broadcast import BroadcastOperator
-
         op = BroadcastOperator(
             socket.namespace,
             frozenset(names),
