@@ -9,6 +9,7 @@ on each transport) in ``python_client_harness.py``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from typing import Any
@@ -403,3 +404,39 @@ async def test_health_endpoint(start_node: NodeFactory, connect: Connect) -> Non
         "connections": 2,
         "sockets": 3,
     }
+
+
+async def test_polling_close_orders(start_node: NodeFactory) -> None:
+    """A polling GET racing a POSTed CLOSE gets NOOP whichever arrives first, and only then
+    is the session unknown; a deliberate server close hands over the DISCONNECT packets in one
+    GET and CLOSE in the next (socket.io-client handles packets a tick after its transport)."""
+    server: Server = await start_node(**{"namespaces": {"/": {}}})
+    server.of("/").on("bye", lambda socket: socket.disconnect(True))
+    base = f"{server.url}/socket.io/?EIO=4&transport=polling"
+    async with aiohttp.ClientSession() as http:
+
+        async def open_session() -> str:
+            async with http.get(base) as resp:
+                sid: str = json.loads((await resp.text())[1:])["sid"]
+            return f"{base}&sid={sid}"
+
+        async def get(url: str) -> tuple[int, str]:
+            async with http.get(url) as resp:
+                return resp.status, await resp.text()
+
+        url = await open_session()
+        async with http.post(url, data="1") as resp:  # the CLOSE gets there before the GET
+            assert resp.status == 200
+        assert await get(url) == (200, "6")
+        assert (await get(url))[0] == 400
+
+        url = await open_session()
+        async with http.post(url, data="40") as resp:
+            assert resp.status == 200
+        status, body = await get(url)
+        assert status == 200 and body.startswith("40{")
+        async with http.post(url, data='42["bye"]') as resp:
+            assert resp.status == 200
+        assert await get(url) == (200, "41")
+        assert await get(url) == (200, "1")
+        assert (await get(url))[0] == 400

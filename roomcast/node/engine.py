@@ -191,6 +191,15 @@ class Connection:
             loop = self.server.loop
             self._timer = loop.call_at(self.session.next_deadline, self._on_timer)
 
+    def catch_up(self) -> None:
+        """Run the heartbeat now if its deadline has passed (the loop may be late with the
+        timer; a request must not find alive a session whose ping timed out)."""
+        if not self.session.closed and self.server.loop.time() >= self.session.next_deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._on_timer()
+
     def _on_timer(self) -> None:
         self._timer = None
         self.handle(self.session.on_timer(self.server.loop.time()))
@@ -258,6 +267,15 @@ class Connection:
                 handle.cancel()
         self._timer = self.connect_timer = None
         self._close_notify = event.notify_poll
+        if (
+            event.notify_poll is eio.NOOP
+            and self._ws_transport is None
+            and self._poll_waiter is None
+            and self._upgrader is None
+        ):
+            # The client closed (a POSTed CLOSE) while no GET was pending: a GET it had
+            # already sent may still arrive; it gets NOOP, as it would have if first.
+            server.linger(self, self.session.settings.ping_timeout_ms / 1000)
         self._wake_poll(event.notify_poll)
         ws = self._ws
         transport = self._ws_transport
@@ -316,7 +334,7 @@ class Connection:
         if out:
             self.server.linger(self, self.session.settings.ping_timeout_ms / 1000)
             return _payload(eio.encode_payload(out))
-        return _payload(eio.encode_text(eio.CLOSE))
+        return _payload(eio.encode_text(self._close_notify or eio.CLOSE))
 
     async def post(self, request: web.Request) -> web.Response:
         """Serve one polling POST: decode the payload and feed every packet."""
@@ -542,6 +560,10 @@ class EngineEndpoint:
             opened = self._open(request, eio.TransportKind.POLLING)
             return _payload(opened.session.open_packet())
         conn = self.server.connections.get(sid)
+        if conn is not None:
+            conn.catch_up()  # a heartbeat deadline that passed counts, late timer or not
+            if conn.closed:
+                conn = None
         if conn is None:
             closed = self.server.lingering.pop(sid, None)
             if closed is not None and request.method == "GET":
