@@ -65,9 +65,14 @@ async def test_status_and_nodes(cluster: Cluster) -> None:
     assert any(line.split()[:2] == ["n2", "alive"] for line in out.splitlines()), out
     assert "router" in out and " ok " in out
 
-    code, out, err = await cluster.cli("status", "--json")
+    assert "rates:" in out and "in/s" in out
+
+    code, out, err = await cluster.cli("status", "--json", "--interval", "0.2")
     assert code == 0, err
     doc = json.loads(out)
+    assert set(doc["stats"]["rates"]) == {"messages_in", "messages_out"}
+    assert all(rate >= 0 for rate in doc["stats"]["rates"].values())
+    assert set(doc["router_stats"][0]["rates"]) == {"messages_in", "messages_out"}
     assert doc["self"]["node"] == "n1"
     assert doc["asked"] == cluster.nodes["n1"].url
     assert [(n["node"], n["status"]) for n in doc["cluster"]["nodes"]] == [("n2", "alive")]

@@ -124,11 +124,30 @@ async def _status(args: argparse.Namespace, settings: config.Settings) -> dict[s
     base, doc = await _ask_any(_node_urls(args, settings), "/admin/cluster")
     assert isinstance(doc, dict)
     _, stats = await _ask_any([base], "/admin/stats")
+    routers = [] if doc.get("standalone") else await _routers(settings, doc)
+    interval = args.interval
+    if interval > 0:
+        # Rates: a second sample, ``interval`` seconds later.
+        await asyncio.sleep(interval)
+        _, later = await _ask_any([base], "/admin/stats")
+        stats["rates"] = _rates(stats, later, interval, ("messages_in", "messages_out"))
+        routers_later = [] if doc.get("standalone") else await _routers(settings, doc)
+        for before, after in zip(routers, routers_later, strict=False):
+            if before.get("status") == "ok" and after.get("status") == "ok":
+                before["rates"] = _rates(before, after, interval, ("messages_in", "messages_out"))
+        stats.update({k: later[k] for k in later if k != "rates"})
     doc["stats"] = stats
     doc["asked"] = base
     if not doc.get("standalone"):
-        doc["router_stats"] = await _routers(settings, doc)
+        doc["router_stats"] = routers
     return doc
+
+
+def _rates(
+    before: dict[str, Any], after: dict[str, Any], interval: float, keys: tuple[str, ...]
+) -> dict[str, float]:
+    """Per-second rates of counters sampled ``interval`` seconds apart."""
+    return {k: round(max(after[k] - before[k], 0) / interval, 1) for k in keys}
 
 
 def _print_status(doc: dict[str, Any]) -> None:
@@ -142,6 +161,9 @@ def _print_status(doc: dict[str, Any]) -> None:
         f"{s['messages_in']} messages in, {s['messages_out']} out, "
         f"{s['volatile_dropped']} volatile dropped"
     )
+    if "rates" in s:
+        r = s["rates"]
+        print(f"rates: {r['messages_in']} messages/s in, {r['messages_out']} deliveries/s out")
     bus = doc.get("cluster", {}).get("bus")
     if bus:
         print(
@@ -159,10 +181,11 @@ def _print_status(doc: dict[str, Any]) -> None:
                 r.get("messages_out", "-"),
                 r.get("unrouted", "-"),
                 r.get("topics", "-"),
+                r["rates"]["messages_in"] if "rates" in r else "-",
             ]
             for r in routers
         ]
-        print(_table(rows, ["router", "status", "in", "out", "unrouted", "topics"]))
+        print(_table(rows, ["router", "status", "in", "out", "unrouted", "topics", "in/s"]))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -326,6 +349,9 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("status", help="the cluster at a glance")
     common(p)
+    p.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between the two samples of rates"
+    )
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("nodes", help="nodes and their health")
     common(p)
