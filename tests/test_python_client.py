@@ -123,6 +123,37 @@ async def test_dynamic_namespace_from_regex(start_node: NodeFactory, connect: Co
     assert errors == [{"message": "Invalid namespace"}]
 
 
+async def test_dynamic_namespace_children_come_and_go(
+    start_node: NodeFactory, connect: Connect
+) -> None:
+    """An empty dynamic child is removed, and the app naming it again gets a child of the
+    same parent: its middleware still guards it."""
+    refused: list[str] = []
+
+    def guard(socket: Any, auth: Any) -> None:
+        if auth.get("token") != "ok":
+            refused.append(socket.namespace.name)
+            raise ConnectRefusedError("unauthorized")
+
+    def setup(server: Server) -> None:
+        server.of(re.compile(r"/game-\d+")).use(guard)
+
+    server: Server = await start_node(setup=setup)
+    client = await connect(server, namespaces=["/game-1"], auth={"token": "ok"})
+    assert server.namespace("/game-1") is not None
+    gone = asyncio.Event()
+    server.of("/game-1").on("disconnect", lambda *_: gone.set())
+    await client.disconnect()
+    await asyncio.wait_for(gone.wait(), TIMEOUT)
+    assert server.namespace("/game-1") is None  # the empty child was removed
+
+    again = server.of("/game-1")  # the app names it (say, to emit to it)
+    assert again.parent is not None
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await connect(server, namespaces=["/game-1"])
+    assert refused == ["/game-1"]
+
+
 async def test_middleware_refusal_carries_message_and_data(
     start_node: NodeFactory, connect: Connect
 ) -> None:

@@ -283,7 +283,9 @@ class Bus:
             self._sub.setsockopt(zmq.UNSUBSCRIBE, topic)
             self._sub.setsockopt(zmq.SUBSCRIBE, topic)
 
-    async def probe(self, topic: Topic, timeout: float, via: str | None = None) -> None:
+    async def probe(
+        self, topic: Topic, timeout: float, via: str | None = None, abandon_dead: bool = False
+    ) -> None:
         """Publish probes on ``topic`` (through its owner, or ``via``) until one comes back;
         TimeoutError after ``timeout``."""
         loop = asyncio.get_running_loop()
@@ -300,6 +302,11 @@ class Bus:
                 await asyncio.wait_for(future, wait)
                 return
             except TimeoutError:
+                if abandon_dead and via is not None:
+                    link = self._links.get(via)
+                    if link is None or not link.live:
+                        # The router died (or went) meanwhile: nobody publishes through it.
+                        raise TimeoutError(f"router {via} is gone") from None
                 if loop.time() >= deadline:
                     raise TimeoutError(f"probe on {topic!r} did not come back") from None
                 # The probe overtook the subscription (or was dropped): send another, with
@@ -315,7 +322,19 @@ class Bus:
         if len(live) <= 1:
             await self.probe(topic, timeout, via=live[0] if live else None)
             return
-        await asyncio.gather(*(self.probe(topic, timeout, via=rid) for rid in live))
+        results = await asyncio.gather(
+            *(self.probe(topic, timeout, via=rid, abandon_dead=True) for rid in live),
+            return_exceptions=True,
+        )
+        now_live = set(self.live_routers())
+        proven = [r for r, res in zip(live, results, strict=True) if res is None]
+        # A router that died (or was removed) meanwhile does not fail the proof; one that the
+        # latest check still calls live does.
+        failed = [
+            r for r, res in zip(live, results, strict=True) if res is not None and r in now_live
+        ]
+        if not proven or failed:
+            raise TimeoutError(f"subscription to {topic!r} not proven through {failed or live}")
 
     async def check_routers(self, topic: Topic, timeout: float) -> dict[str, bool]:
         """Probe ``topic`` (one this endpoint subscribes to) through every router at once;

@@ -277,6 +277,11 @@ class Connection:
             # already sent may still arrive; it gets NOOP, as it would have if first.
             server.linger(self, self.session.settings.ping_timeout_ms / 1000)
         self._wake_poll(event.notify_poll)
+        upgrader = self._upgrader
+        if upgrader is not None and not upgrader.closed:
+            upgrading_transport = ws_transport_of(upgrader)
+            if upgrading_transport is not None:
+                server.spawn(_close_ws(upgrader, upgrading_transport, event.reason))
         ws = self._ws
         transport = self._ws_transport
         if event.reason == reasons.SEND_BUFFER_FULL:

@@ -71,6 +71,7 @@ class Server:
         self.connections: dict[str, Connection] = {}
         #: Polling connections closed on purpose whose last packets await one more GET.
         self.lingering: dict[str, Connection] = {}
+        self._linger_timers: dict[str, asyncio.TimerHandle] = {}
         self.stats = NodeStats()
         limits = self.settings.limits
         self.decoder_limits = sio.DecoderLimits(limits.max_attachments, limits.max_ack_id)
@@ -115,7 +116,12 @@ class Server:
                 name = "/" + name
             ns = self._namespaces.get(name)
             if ns is None:
-                ns = self._namespaces[name] = Namespace(self, name)
+                # A name a dynamic namespace matches is its child (its middleware applies),
+                # whether a client or the app names it first.
+                parent = self._dynamic_parent(name)
+                if parent is not None:
+                    self._dynamic_children += 1
+                ns = self._namespaces[name] = Namespace(self, name, parent)
             return ns
         parent = Namespace(self, getattr(name, "pattern", repr(name)))
         matcher: Callable[[str], bool]
@@ -139,19 +145,23 @@ class Server:
         ns = self._namespaces.get(name)
         if ns is not None:
             return ns
+        parent = self._dynamic_parent(name)
+        if parent is None:
+            return None
+        if self._dynamic_children >= self.settings.limits.max_dynamic_namespaces:
+            log.warning("dynamic namespace %r refused: limit reached", name)
+            return None
+        self._dynamic_children += 1
+        ns = self._namespaces[name] = Namespace(self, name, parent)
+        return ns
+
+    def _dynamic_parent(self, name: str) -> Namespace | None:
         for matcher, parent in self._dynamic:
             try:
-                matched = matcher(name)
+                if matcher(name):
+                    return parent
             except Exception:
                 log.exception("namespace matcher failed for %r", name)
-                continue
-            if matched:
-                if self._dynamic_children >= self.settings.limits.max_dynamic_namespaces:
-                    log.warning("dynamic namespace %r refused: limit reached", name)
-                    return None
-                self._dynamic_children += 1
-                ns = self._namespaces[name] = Namespace(self, name, parent)
-                return ns
         return None
 
     def namespace_maybe_empty(self, ns: Namespace) -> None:
@@ -239,6 +249,7 @@ class Server:
             )
             return
         conn.connecting.add(name)
+        ns.connecting += 1  # now, so that the namespace cannot be removed before it starts
         self.spawn(self._connect_socket(conn, ns, packet.data or {}))
 
     async def _connect_socket(self, conn: Connection, ns: Namespace, auth: Any) -> None:
@@ -246,6 +257,8 @@ class Server:
             await ns.connect(conn, auth)
         finally:
             conn.connecting.discard(ns.name)
+            ns.connecting -= 1
+            self.namespace_maybe_empty(ns)
 
     def handshake(self, conn: Connection, auth: dict[str, Any]) -> Handshake:
         """The handshake record of a socket connecting over ``conn``."""
@@ -458,8 +471,16 @@ class Server:
 
     def linger(self, conn: Connection, seconds: float) -> None:
         """Keep a deliberately closed polling connection's last packets for its next GET."""
-        self.lingering[conn.sid] = conn
-        self.loop.call_later(seconds, self.lingering.pop, conn.sid, None)
+        sid = conn.sid
+        old = self._linger_timers.pop(sid, None)
+        if old is not None:
+            old.cancel()
+        self.lingering[sid] = conn
+        self._linger_timers[sid] = self.loop.call_later(seconds, self._forget_lingering, sid)
+
+    def _forget_lingering(self, sid: str) -> None:
+        self.lingering.pop(sid, None)
+        self._linger_timers.pop(sid, None)
 
     def schedule_flush(self, conn: Connection) -> None:
         """Have ``conn``'s queued frames written at the end of this loop pass."""

@@ -432,15 +432,10 @@ class Namespace:
                 log.exception("disconnect handler of %s failed", self.name)
 
     async def connect(self, conn: Connection, auth: dict[str, Any]) -> None:
-        """Run middleware, then connect a new socket for ``conn`` (§Connection to a namespace)."""
-        self.connecting += 1
-        try:
-            await self._connect(conn, auth)
-        finally:
-            self.connecting -= 1
-            self.server.namespace_maybe_empty(self)
+        """Run middleware, then connect a new socket for ``conn`` (§Connection to a namespace).
 
-    async def _connect(self, conn: Connection, auth: dict[str, Any]) -> None:
+        The caller counts the connect in ``connecting`` from the moment it resolved the name.
+        """
         socket = Socket(self, conn, self.server.handshake(conn, auth))
         try:
             for mw in self.middlewares:

@@ -306,7 +306,7 @@ class EngineSession:
         if len(self._outbox) >= self.settings.max_buffered_packets:
             raise RemoteProtocolError(reasons.SEND_BUFFER_FULL, "polling outbox full")
         size = self._outbox_size + len(text)
-        if size > self.settings.max_buffered_bytes:
+        if self._outbox and size > self.settings.max_buffered_bytes:  # one big packet may go
             raise RemoteProtocolError(reasons.SEND_BUFFER_FULL, "polling outbox too large")
         self._outbox_size = size
         self._outbox.append(text)
