@@ -239,7 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``roomcast`` command line."""
     from roomcast.cli import inspect as inspect_cmds
 
-    parser = argparse.ArgumentParser(prog="roomcast", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="roomcast",
+        description="Start routers and nodes, run a local cluster, inspect and poke the live "
+        "one. Every command reads cluster.toml (--config; default ./cluster.toml when present).",
+    )
     parser.add_argument("--config", help="path of cluster.toml (default: ./cluster.toml)")
     parser.add_argument("--log-level", default="info")
     sub = parser.add_subparsers(dest="command", required=True)
