@@ -16,7 +16,8 @@ import asyncio
 from typing import Any
 
 import roomcast
-from roomcast.node.engine import Connection, EngineEndpoint
+from roomcast.node.endpoint import EngineEndpoint
+from roomcast.node.engine import Connection
 from roomcast.node.server import Server
 from roomcast.protocol import engineio as eio
 

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -35,12 +35,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("roomcast.node")
 
 # Engine.IO's HTTP error codes (engine.io's Server.errors).
-_ERR_TRANSPORT_UNKNOWN = (0, "Transport unknown")
-_ERR_UNKNOWN_SID = (1, "Session ID unknown")
-_ERR_BAD_HANDSHAKE_METHOD = (2, "Bad handshake method")
-_ERR_BAD_REQUEST = (3, "Bad request")
-_ERR_UNSUPPORTED_VERSION = (5, "Unsupported protocol version")
-_ERR_DRAINING = (4, "Forbidden: node draining")
+ERR_TRANSPORT_UNKNOWN = (0, "Transport unknown")
+ERR_UNKNOWN_SID = (1, "Session ID unknown")
+ERR_BAD_HANDSHAKE_METHOD = (2, "Bad handshake method")
+ERR_BAD_REQUEST = (3, "Bad request")
+ERR_UNSUPPORTED_VERSION = (5, "Unsupported protocol version")
+ERR_DRAINING = (4, "Forbidden: node draining")
 
 _TEXT_PLAIN = "text/plain; charset=UTF-8"
 
@@ -306,10 +306,10 @@ class Connection:
         session = self.session
         if self._poll_waiter is not None:
             self.close(reasons.DUPLICATE_POLL)
-            return _error(_ERR_BAD_REQUEST)
+            return http_error(ERR_BAD_REQUEST)
         if not session.has_outbox():
             if session.upgrading:
-                return _payload(eio.encode_text(eio.NOOP))
+                return payload_response(eio.encode_text(eio.NOOP))
             waiter: asyncio.Future[eio.Packet | None] = self.server.loop.create_future()
             self._poll_waiter = waiter
             try:
@@ -328,8 +328,8 @@ class Connection:
                 if notify.type is eio.PacketType.CLOSE:
                     return self.last_words()
                 out = session.take_outbox()
-                return _payload(eio.encode_payload(out or [eio.encode_text(notify)]))
-        return _payload(eio.encode_payload(session.take_outbox()))
+                return payload_response(eio.encode_payload(out or [eio.encode_text(notify)]))
+        return payload_response(eio.encode_payload(session.take_outbox()))
 
     def last_words(self) -> web.Response:
         """Answer a GET of a closed session: what a deliberate close left queued, and CLOSE in
@@ -338,14 +338,14 @@ class Connection:
         out = self.session.take_outbox()
         if out:
             self.server.linger(self, self.session.settings.ping_timeout_ms / 1000)
-            return _payload(eio.encode_payload(out))
-        return _payload(eio.encode_text(self._close_notify or eio.CLOSE))
+            return payload_response(eio.encode_payload(out))
+        return payload_response(eio.encode_text(self._close_notify or eio.CLOSE))
 
     async def post(self, request: web.Request) -> web.Response:
         """Serve one polling POST: decode the payload and feed every packet."""
         if self._posting:
             self.close(reasons.DUPLICATE_POLL, "concurrent POST")
-            return _error(_ERR_BAD_REQUEST)
+            return http_error(ERR_BAD_REQUEST)
         limit = self.session.settings.max_payload
         if request.content_length is not None and request.content_length > limit:
             self.close(reasons.PAYLOAD_TOO_LARGE)
@@ -359,14 +359,14 @@ class Connection:
             self.close(reasons.PAYLOAD_TOO_LARGE)
             return web.Response(status=413, text="payload too large")
         if self.session.closed:
-            return _error(_ERR_UNKNOWN_SID)
+            return http_error(ERR_UNKNOWN_SID)
         try:
             text = body.decode("utf-8")
             events = self.session.receive_payload(text, self.server.loop.time())
         except (RemoteProtocolError, UnicodeDecodeError) as exc:
             reason = exc.reason if isinstance(exc, RemoteProtocolError) else reasons.PARSE_ERROR
             self.close(reason, getattr(exc, "detail", "invalid UTF-8"))
-            return _error(_ERR_BAD_REQUEST)
+            return http_error(ERR_BAD_REQUEST)
         self.start_timer()
         self.handle(events)
         return web.Response(text="ok", content_type="text/html")
@@ -516,125 +516,12 @@ async def _read_limited(request: web.Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _payload(text: str) -> web.Response:
+def payload_response(text: str) -> web.Response:
+    """A polling answer: Engine.IO packets as UTF-8 text."""
     return web.Response(text=text, content_type="text/plain", charset="UTF-8")
 
 
-def _error(err: tuple[int, str], status: int = 400) -> web.Response:
+def http_error(err: tuple[int, str], status: int = 400) -> web.Response:
+    """An Engine.IO error answer: ``{"code": ..., "message": ...}`` (engine.io's Server.errors)."""
     code, message = err
     return web.json_response({"code": code, "message": message}, status=status)
-
-
-class EngineEndpoint:
-    """The aiohttp handler of the Engine.IO path: handshakes, polling and WebSocket."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        s = server.settings.engineio
-        self.transports = frozenset(s.transports)
-        self.engine_settings = eio.EngineSettings(
-            ping_interval_ms=s.ping_interval_ms,
-            ping_timeout_ms=s.ping_timeout_ms,
-            max_payload=s.max_payload,
-            max_packets_per_body=server.settings.limits.max_packets_per_body,
-            max_buffered_packets=server.settings.limits.max_buffered_packets,
-            max_buffered_bytes=server.settings.limits.send_buffer_bytes,
-            upgrade_timeout_ms=s.upgrade_timeout_ms,
-            allow_upgrades=s.allow_upgrades and "websocket" in self.transports,
-        )
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Route one request by its ``EIO``, ``transport`` and ``sid`` query parameters."""
-        if request.method == "OPTIONS":
-            return web.Response(status=204)
-        query = request.query
-        if query.get("EIO") != eio.PROTOCOL_VERSION:
-            return _error(_ERR_UNSUPPORTED_VERSION)
-        transport = query.get("transport")
-        if transport not in self.transports:
-            return _error(_ERR_TRANSPORT_UNKNOWN)
-        sid = query.get("sid")
-        if sid is None and self.server.draining:
-            # A draining node takes no new sessions; the load balancer sends them elsewhere.
-            return _error(_ERR_DRAINING, status=503)
-        if transport == "websocket":
-            return await self._websocket(request, sid)
-        if sid is None:
-            if request.method != "GET":
-                return _error(_ERR_BAD_HANDSHAKE_METHOD)
-            opened = self._open(request, eio.TransportKind.POLLING)
-            return _payload(opened.session.open_packet())
-        conn = self.server.connections.get(sid)
-        if conn is not None:
-            conn.catch_up()  # a heartbeat deadline that passed counts, late timer or not
-            if conn.closed:
-                conn = None
-        if conn is None:
-            closed = self.server.lingering.pop(sid, None)
-            if closed is not None and request.method == "GET":
-                return closed.last_words()
-            return _error(_ERR_UNKNOWN_SID)
-        if conn.session.transport is not eio.TransportKind.POLLING:
-            return _error(_ERR_BAD_REQUEST)
-        if request.method == "GET":
-            return await conn.poll()
-        if request.method == "POST":
-            return await conn.post(request)
-        return _error(_ERR_BAD_REQUEST)
-
-    def _open(self, request: web.Request, kind: eio.TransportKind) -> Connection:
-        server = self.server
-        now = server.loop.time()
-        session = eio.EngineSession(new_id(), kind, self.engine_settings, now)
-        conn = Connection(server, session, request)
-        server.connections[session.sid] = conn
-        server.stats.connections_opened += 1
-        conn.start_timer()
-        conn.connect_timer = server.loop.call_at(
-            now + server.settings.engineio.connect_timeout_ms / 1000, _connect_timeout, conn
-        )
-        return conn
-
-    async def _websocket(self, request: web.Request, sid: str | None) -> web.StreamResponse:
-        conn: Connection | None = None
-        if sid is not None:
-            conn = self.server.connections.get(sid)
-        ws = web.WebSocketResponse(
-            max_msg_size=self.engine_settings.max_payload, compress=False, autoping=True
-        )
-        if not ws.can_prepare(request).ok:
-            return _error(_ERR_BAD_REQUEST)
-        await ws.prepare(request)
-        if sid is not None and (
-            conn is None or not conn.session.can_upgrade() or conn._upgrader is not None
-        ):
-            # Unknown sid, or a second WebSocket for a session (§Transports, WebSocket): the
-            # session is left alone and this socket is closed.
-            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"bad session")
-            return ws
-        transport = request.transport
-        if transport is None:
-            return ws
-        if conn is not None:
-            await conn.upgrade(ws, transport)
-            return ws
-        conn = self._open(request, eio.TransportKind.WEBSOCKET)
-        transport.write(ws_text(conn.session.open_packet()))
-        await conn.run_websocket(ws, transport)
-        return ws
-
-
-def _connect_timeout(conn: Connection) -> None:
-    conn.connect_timer = None
-    if not conn.sockets and not conn.closed:
-        conn.close(reasons.CONNECT_TIMEOUT)
-
-
-def describe(conn: Connection) -> dict[str, Any]:
-    """A JSON-able summary of one connection (for the admin API)."""
-    return {
-        "sid": conn.sid,
-        "transport": conn.transport_name,
-        "namespaces": sorted(conn.sockets),
-        "remote": conn.request.remote,
-    }

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .broadcast import BroadcastOperator
-from .engine import EngineEndpoint
+from .endpoint import EngineEndpoint
 from .sockets import Namespace
 
 if TYPE_CHECKING:
