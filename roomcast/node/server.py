@@ -33,19 +33,19 @@ from typing import Any
 from aiohttp import web
 
 from roomcast.cluster.membership import node_tag
-from roomcast.cluster.wire import NodeId, namespace_topic, room_topic, tag_of_sid, tag_text
+from roomcast.cluster.wire import namespace_topic, room_topic, tag_of_sid, tag_text
 from roomcast.config import Settings
-from roomcast.errors import AckTimeoutError, RemoteProtocolError
+from roomcast.errors import RemoteProtocolError
 from roomcast.protocol import reasons
 from roomcast.protocol import socketio as sio
-from roomcast.protocol.frames import Frames
 
 from . import relay
-from .broadcast import BroadcastOperator, start_broadcast_with_ack, wait_acks
-from .cluster import ClusterLink, ClusterTimeoutError, _target, infos_from_replies
+from .broadcast import BroadcastOperator
+from .cluster import ClusterLink
+from .delivery import Delivery
 from .engine import Connection
 from .http import build_app
-from .sockets import Handshake, Namespace, NamespaceMatcher, SocketInfo
+from .sockets import Handshake, Namespace, NamespaceMatcher
 
 log = logging.getLogger("roomcast.node")
 
@@ -62,7 +62,7 @@ class NodeStats:
     closed_by_reason: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
-class Server:
+class Server(Delivery):
     """One edge node: namespaces, connections and their rooms, served over HTTP."""
 
     def __init__(self, settings: Settings | None = None, *, node_id: str | None = None) -> None:
@@ -291,105 +291,6 @@ class Server:
     def namespace(self, name: str) -> Namespace | None:
         """The existing namespace ``name`` (None when nobody created or connected to it)."""
         return self._namespaces.get(name)
-
-    # -- broadcasting: this node's sockets, then the cluster's ---------------------------------
-
-    def broadcast(self, op: BroadcastOperator, frames: Frames) -> None:
-        """Deliver a pre-encoded packet to every targeted socket in the cluster, once each.
-
-        Local sockets get it now; other nodes get one envelope per target topic.
-        """
-        volatile = op.volatile_
-        n = 0
-        for socket in op.local_recipients():
-            if socket.conn.write(frames, volatile):
-                n += 1
-        self.stats.messages_out += n
-        if self.cluster is not None and not op.local_:
-            self.cluster.publish(op, frames)
-
-    def _remote(self, op: BroadcastOperator) -> set[NodeId]:
-        if self.cluster is None or op.local_:
-            return set()
-        return self.cluster.involved(op)
-
-    async def broadcast_with_ack(
-        self, op: BroadcastOperator, event: str, args: tuple[Any, ...], timeout: float | None
-    ) -> list[Any]:
-        """Broadcast with acks; returns every recipient's answer, cluster-wide.
-
-        Only the nodes that the replica says hold recipients are asked; each answers with its
-        recipients' acks (or none), so the wait ends as soon as all have answered.
-        """
-        future, collector = start_broadcast_with_ack(op, event, args)
-        nodes = self._remote(op)
-        if not nodes:
-            return await wait_acks(future, collector, timeout)
-        assert self.cluster is not None
-        wait = timeout if timeout is not None else self.settings.cluster.request_timeout_ms / 1000
-        payload = {
-            **_target(op),
-            "event": event,
-            "args": list(args),
-            "volatile": op.volatile_,
-            "timeout": wait,
-        }
-        remote_task = asyncio.ensure_future(
-            self.cluster.request(nodes, "ack_broadcast", payload, wait + 0.5)
-        )
-        responses: list[Any] = []
-        complete = True
-        try:
-            responses.extend(await wait_acks(future, collector, wait))
-        except AckTimeoutError as exc:
-            responses.extend(exc.responses)
-            complete = False
-        try:
-            replies = await remote_task
-        except ClusterTimeoutError as exc:
-            replies = exc.partial
-            complete = False
-        for reply in replies.values():
-            got = reply.get("responses", []) if isinstance(reply, dict) else []
-            responses.extend(got)
-            if not isinstance(reply, dict) or "error" in reply or len(got) < reply["expected"]:
-                complete = False
-        if not complete:
-            raise AckTimeoutError("some recipients did not acknowledge in time", responses)
-        return responses
-
-    async def fetch_sockets(self, op: BroadcastOperator) -> list[SocketInfo]:
-        """The targeted sockets, cluster-wide."""
-        out = [s.info() for s in op.local_recipients()]
-        nodes = self._remote(op)
-        if nodes:
-            assert self.cluster is not None
-            out.extend(infos_from_replies(await self.cluster.request(nodes, "fetch", _target(op))))
-        return out
-
-    async def _apply_remote(self, op: BroadcastOperator, name: str, **extra: Any) -> None:
-        nodes = self._remote(op)
-        if nodes:
-            assert self.cluster is not None
-            await self.cluster.request(nodes, name, {**_target(op), **extra})
-
-    async def sockets_join(self, op: BroadcastOperator, rooms: list[str]) -> None:
-        """Make the targeted sockets join ``rooms``, cluster-wide."""
-        for socket in list(op.local_recipients()):
-            await socket.namespace.add_to_rooms(socket, rooms)
-        await self._apply_remote(op, "join", args=rooms)
-
-    async def sockets_leave(self, op: BroadcastOperator, rooms: list[str]) -> None:
-        """Make the targeted sockets leave ``rooms``, cluster-wide."""
-        for socket in list(op.local_recipients()):
-            await socket.namespace.remove_from_rooms(socket, rooms)
-        await self._apply_remote(op, "leave", args=rooms)
-
-    async def disconnect_sockets(self, op: BroadcastOperator, close: bool) -> None:
-        """Disconnect the targeted sockets, cluster-wide."""
-        for socket in list(op.local_recipients()):
-            socket.disconnect(close)
-        await self._apply_remote(op, "disconnect", close=close)
 
     async def membership_changed(self, ns: Namespace, joined: list[str], left: list[str]) -> None:
         """A socket joined or left rooms: gossip the new counts, follow room interest.
