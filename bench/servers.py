@@ -1,0 +1,288 @@
+"""The server processes of each scenario: start them on free ports of 127.0.0.1, wait until
+they serve, and always stop them.
+
+``single`` runs one process of bench/roomcast_server.py, bench/js/server.mjs or
+bench/sio_server.py; ``cluster`` runs a roomcast router and two nodes (with a cluster.toml
+written for them), or a redis-server and two bench/js/cluster-server.mjs. :func:`deploy` picks
+one and yields its :class:`Deployment`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+JS_DIR = REPO / "bench" / "js"
+HOST = "127.0.0.1"
+
+SINGLE_SERVERS: dict[str, Callable[[int], list[str]]] = {
+    "roomcast": lambda port: [sys.executable, "-m", "bench.roomcast_server", "--port", str(port)],
+    "node": lambda port: ["node", str(JS_DIR / "server.mjs"), "--port", str(port)],
+    "python-socketio": lambda port: [sys.executable, "-m", "bench.sio_server", "--port", str(port)],
+}
+CLUSTER_SERVERS = ("roomcast", "node")
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL if the bench process dies (Linux), and leave the
+    terminal's process group so Ctrl-C reaches the bench only (which then stops the server)."""
+    os.setpgrp()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports nobody listens on right now."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection((HOST, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def get_json(url: str, timeout: float = 2.0) -> Any:
+    """GET ``url`` (on 127.0.0.1) and decode its JSON body; a non-2xx status raises."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.load(response)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        get_json(url, timeout=1.0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def child_env() -> dict[str, str]:
+    """The servers' environment: no inherited ROOMCAST__ overrides (the bench's own config
+    decides), unbuffered Python output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST__")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@contextlib.contextmanager
+def started(
+    label: str,
+    argv: list[str],
+    log_dir: Path,
+    ready: Callable[[], bool],
+    timeout: float = 30.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a process, wait until ``ready()`` holds, and always stop it."""
+    log_path = log_dir / f"{label}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{label} exited with {proc.returncode}:\n{_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{label} was not ready in {timeout:g}s:\n{_tail(log_path)}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        stop_process(proc)
+        if proc.returncode not in (0, -signal.SIGTERM, -signal.SIGINT):
+            print(f"[{label} exited with {proc.returncode}]\n{_tail(log_path)}", file=sys.stderr)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@dataclass
+class Deployment:
+    """The running server processes of one server in one scenario."""
+
+    ports: tuple[int, ...]  #: where clients connect; room members alternate between them
+    procs: dict[str, subprocess.Popen[bytes]]  #: label -> process; their CPU is the server's
+    python: tuple[str, ...] = ()  #: labels of the Python processes (py-spy can record them)
+    admin_urls: tuple[str, ...] = ()  #: roomcast nodes, whose /admin/rooms shows membership
+
+
+@contextlib.contextmanager
+def single_server(name: str, log_dir: Path) -> Iterator[Deployment]:
+    port = free_port()
+    with started(name, SINGLE_SERVERS[name](port), log_dir, lambda: port_open(port)) as proc:
+        python = (name,) if name in ("roomcast", "python-socketio") else ()
+        yield Deployment((port,), {name: proc}, python)
+
+
+def roomcast_config(path: Path, xsub: int, xpub: int, http: int, node_ports: list[int]) -> None:
+    """A cluster.toml for one router and the nodes on ``node_ports``, all on 127.0.0.1."""
+    nodes = ", ".join(f'"http://{HOST}:{p}"' for p in node_ports)
+    path.write_text(
+        f"""\
+# Written by `python -m bench` for its cluster scenario.
+[node]
+host = "{HOST}"
+shutdown_grace_ms = 500
+
+[router]
+host = "{HOST}"
+xsub_port = {xsub}
+xpub_port = {xpub}
+http_port = {http}
+
+[cluster]
+enabled = true
+
+[discovery]
+backend = "static"
+nodes = [{nodes}]
+
+[[discovery.routers]]
+xsub = "tcp://{HOST}:{xsub}"
+xpub = "tcp://{HOST}:{xpub}"
+http = "http://{HOST}:{http}"
+
+[namespaces."/"]
+"""
+    )
+
+
+@contextlib.contextmanager
+def roomcast_cluster(log_dir: Path) -> Iterator[Deployment]:
+    """``python -m roomcast router`` and two ``... node`` processes."""
+    xsub, xpub, http, *node_ports = free_ports(5)
+    config = log_dir / "cluster.toml"
+    roomcast_config(config, xsub, xpub, http, node_ports)
+    base = [sys.executable, "-m", "roomcast", "--config", str(config), "--log-level", "warning"]
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    with contextlib.ExitStack() as stack:
+        router_health = f"http://{HOST}:{http}/health"
+        procs["router"] = stack.enter_context(
+            started("router", [*base, "router"], log_dir, lambda: http_ok(router_health))
+        )
+        urls = []
+        for i, port in enumerate(node_ports, 1):
+            argv = [*base, "node", "--id", f"n{i}", "--host", HOST, "--port", str(port)]
+            url = f"http://{HOST}:{port}"
+            procs[f"n{i}"] = stack.enter_context(
+                started(f"n{i}", argv, log_dir, functools.partial(http_ok, f"{url}/health"))
+            )
+            urls.append(url)
+        yield Deployment(tuple(node_ports), procs, tuple(procs), tuple(urls))
+
+
+def ensure_redis_server() -> str:
+    """The redis-server executable; installs Debian's package when it is missing."""
+    exe = shutil.which("redis-server")
+    if exe is not None:
+        return exe
+    if shutil.which("apt-get") is None:
+        raise RuntimeError("redis-server not found, and no apt-get to install it")
+    print("node: installing redis-server (apt-get install -y redis-server)", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "redis-server"]
+    if subprocess.run(install, env=env, stdin=subprocess.DEVNULL, check=False).returncode:
+        # Maybe the package lists are missing or stale.
+        subprocess.run(["apt-get", "update", "-q"], env=env, stdin=subprocess.DEVNULL, check=False)
+        subprocess.run(install, env=env, stdin=subprocess.DEVNULL, check=False)
+    exe = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+    if exe is None:
+        raise RuntimeError("could not install redis-server")
+    return exe
+
+
+@contextlib.contextmanager
+def node_redis_cluster(log_dir: Path) -> Iterator[Deployment]:
+    """A redis-server and two socket.io processes with the Redis adapter."""
+    redis_port, *node_ports = free_ports(3)
+    redis_argv = [
+        ensure_redis_server(),
+        "--port",
+        str(redis_port),
+        "--bind",
+        HOST,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(log_dir),
+    ]
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    with contextlib.ExitStack() as stack:
+        procs["redis"] = stack.enter_context(
+            started("redis", redis_argv, log_dir, lambda: port_open(redis_port))
+        )
+        for i, port in enumerate(node_ports, 1):
+            argv = [
+                "node",
+                str(JS_DIR / "cluster-server.mjs"),
+                "--port",
+                str(port),
+                "--redis",
+                f"redis://{HOST}:{redis_port}",
+            ]
+            procs[f"node{i}"] = stack.enter_context(
+                started(f"node{i}", argv, log_dir, functools.partial(port_open, port))
+            )
+        yield Deployment(tuple(node_ports), procs)
+
+
+def deploy(
+    scenario: str, name: str, log_dir: Path
+) -> contextlib.AbstractContextManager[Deployment]:
+    if scenario == "single":
+        return single_server(name, log_dir)
+    return roomcast_cluster(log_dir) if name == "roomcast" else node_redis_cluster(log_dir)
