@@ -63,6 +63,7 @@ class LimitSettings:
     max_ack_id: int = 2**53 - 1
     max_rooms_per_socket: int = 256
     max_namespaces_per_connection: int = 16
+    max_pending_handlers: int = 1_024  #: async handlers of one socket running at once
     max_dynamic_namespaces: int = 10_000  #: children of dynamic namespaces existing at once
     send_buffer_bytes: int = 4 * 1024 * 1024
     max_buffered_packets: int = 10_000

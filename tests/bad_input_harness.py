@@ -35,6 +35,7 @@ LIMITS: dict[str, Any] = {
     "limits.max_namespaces_per_connection": 2,
     "limits.send_buffer_bytes": 64 * 1024,
     "limits.max_buffered_packets": 32,
+    "limits.max_pending_handlers": 3,
     "namespaces": {"/": {}, "/a": {}, "/b": {}},
 }
 

@@ -36,6 +36,7 @@ from bad_input_harness import (
 )
 
 from roomcast.node.server import Server
+from roomcast.node.sockets import Socket
 from roomcast.protocol import reasons
 
 NodeFactory = Callable[..., Awaitable[Server]]  # the ``start_node`` fixture (tests/conftest.py)
@@ -265,6 +266,29 @@ async def test_too_many_rooms(make_node: NodeMaker, open_raw: OpenRaw) -> None:
     await raw.send('422["join","d"]')
     await assert_closed(node, raw, reasons.TOO_MANY_ROOMS)
     assert node.server.of("/").rooms() == {}
+    await node.assert_healthy()
+
+
+async def test_too_many_pending_handlers(make_node: NodeMaker, open_raw: OpenRaw) -> None:
+    """A socket may have ``limits.max_pending_handlers`` async handlers running; one more
+    event for an async handler closes the session with ``too many pending handlers``."""
+    node = await make_node()
+    release = asyncio.Event()
+    started: list[int] = []
+
+    async def slow(socket: Socket, n: int) -> int:
+        started.append(n)
+        await release.wait()
+        return n
+
+    node.server.of("/").on("slow", slow)
+    raw = await open_raw(node.server)
+    for n in range(3):
+        await raw.send(f'42{n}["slow",{n}]')
+    await raw.send('42["slow",3]')
+    await assert_closed(node, raw, reasons.TOO_MANY_PENDING_HANDLERS)
+    assert started == [0, 1, 2]
+    release.set()
     await node.assert_healthy()
 
 

@@ -76,6 +76,7 @@ class Socket:
     __slots__ = (
         "__weakref__",
         "_acks",
+        "_pending",
         "conn",
         "connected",
         "data",
@@ -96,6 +97,7 @@ class Socket:
         self.rooms: set[str] = {self.sid}
         self.connected = False
         #: Pending acks: a callback, a broadcast's collector, or an emit_with_ack's future.
+        self._pending = 0  # async handlers of this socket still running
         self._acks: dict[
             int, Callable[[list[Any]], None] | Collector | asyncio.Future[list[Any]]
         ] = {}
@@ -221,6 +223,14 @@ class Socket:
             log.exception("handler for %r in %s failed", event, ns.name)
             return
         if inspect.isawaitable(result):
+            limit = ns.server.settings.limits.max_pending_handlers
+            if self._pending >= limit:
+                # A client may not pile up work faster than its handlers finish.
+                if inspect.iscoroutine(result):
+                    result.close()
+                self.conn.close(reasons.TOO_MANY_PENDING_HANDLERS, f"limit {limit}")
+                return
+            self._pending += 1
             ns.server.spawn(self._finish_event(result, ack_id, event))
         elif ack_id is not None:
             self._ack(ack_id, result)
@@ -231,6 +241,8 @@ class Socket:
         except Exception:
             log.exception("handler for %r in %s failed", event, self.namespace.name)
             return
+        finally:
+            self._pending -= 1
         if ack_id is not None:
             self._ack(ack_id, value)
 
