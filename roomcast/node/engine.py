@@ -116,27 +116,17 @@ class Connection:
         """
         transport = self._ws_transport
         if transport is not None:
-            out = self._out
             if volatile and transport.get_write_buffer_size():
                 self.server.stats.volatile_dropped += 1
                 return False
-            if not out:
-                self.server.schedule_flush(self)
-            out.append(frames.ws)
+            self._queue_ws(frames.ws)
             return True
         if self.session.closed:
             return False
         if volatile and (self._poll_waiter is None or self.session.upgrading):
             self.server.stats.volatile_dropped += 1
             return False
-        try:
-            for text in frames.poll:
-                self.session.buffer(text)
-        except RemoteProtocolError as exc:
-            self.close(exc.reason)
-            return False
-        self._wake_poll(None)
-        return True
+        return self._buffer_poll(frames.poll)
 
     def send_packet(self, packet: sio.Packet) -> None:
         """Encode and send one Socket.IO packet to this client only."""
@@ -145,21 +135,29 @@ class Connection:
     def send_engine(self, packet: eio.Packet) -> None:
         """Send one Engine.IO packet (a PING, or a raw MESSAGE) on the current transport."""
         if self._ws_transport is not None:
-            if not self._out:
-                self.server.schedule_flush(self)
             if isinstance(packet.data, bytes):
-                self._out.append(ws_frame(packet.data, 0x2))
+                self._queue_ws(ws_frame(packet.data, 0x2))
             else:
-                self._out.append(ws_text(eio.encode_text(packet)))
-            return
-        if self.session.closed:
-            return
+                self._queue_ws(ws_text(eio.encode_text(packet)))
+        elif not self.session.closed:
+            self._buffer_poll((eio.encode_text(packet),))
+
+    def _queue_ws(self, data: bytes) -> None:
+        """Queue WebSocket frames for the end of this loop pass (see :meth:`flush`)."""
+        if not self._out:
+            self.server.schedule_flush(self)
+        self._out.append(data)
+
+    def _buffer_poll(self, texts: Iterable[str]) -> bool:
+        """Queue polling packets and wake the pending GET; a full outbox closes the session."""
         try:
-            self.session.buffer(eio.encode_text(packet))
+            for text in texts:
+                self.session.buffer(text)
         except RemoteProtocolError as exc:
             self.close(exc.reason)
-            return
+            return False
         self._wake_poll(None)
+        return True
 
     def flush(self) -> None:
         """Write the WebSocket frames queued in this loop pass, enforcing the send buffer."""
@@ -255,7 +253,7 @@ class Connection:
         if flush and self._ws_transport is None and self._poll_waiter is None:
             # No GET is waiting: keep the last words for the next one (engine.io does the
             # same), for at most one ping timeout.
-            self.server.linger(self, self.session.settings.ping_timeout_ms / 1000)
+            self.server.linger(self)
         self._finish_close(event)
 
     def _finish_close(self, event: eio.SessionClosed) -> None:
@@ -275,7 +273,7 @@ class Connection:
         ):
             # The client closed (a POSTed CLOSE) while no GET was pending: a GET it had
             # already sent may still arrive; it gets NOOP, as it would have if first.
-            server.linger(self, self.session.settings.ping_timeout_ms / 1000)
+            server.linger(self)
         self._wake_poll(event.notify_poll)
         upgrader = self._upgrader
         if upgrader is not None and not upgrader.closed:
@@ -337,7 +335,7 @@ class Connection:
         so a CLOSE in the same payload would overtake the DISCONNECTs before it)."""
         out = self.session.take_outbox()
         if out:
-            self.server.linger(self, self.session.settings.ping_timeout_ms / 1000)
+            self.server.linger(self)
             return payload_response(eio.encode_payload(out))
         return payload_response(eio.encode_text(self._close_notify or eio.CLOSE))
 

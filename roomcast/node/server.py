@@ -370,8 +370,10 @@ class Server(Delivery):
         )
         return list(replies.values())
 
-    def linger(self, conn: Connection, seconds: float) -> None:
-        """Keep a deliberately closed polling connection's last packets for its next GET."""
+    def linger(self, conn: Connection) -> None:
+        """Keep a closed polling connection's last packets for its next GET, for at most one
+        ping timeout (engine.io keeps them as long)."""
+        seconds = conn.session.settings.ping_timeout_ms / 1000
         sid = conn.sid
         old = self._linger_timers.pop(sid, None)
         if old is not None:
