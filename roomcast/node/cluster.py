@@ -320,6 +320,36 @@ class ClusterLink:
 
     # -- membership ---------------------------------------------------------------------------
 
+    async def rooms_changed(
+        self, ns: str, counts: dict[str, int], joined: list[str], left: list[str]
+    ) -> None:
+        """A socket joined or left rooms: gossip the new ``counts``, follow room interest;
+        returns once the rooms joined are live at the router."""
+        self.room_counts(ns, counts)
+        for room in left:
+            self.bus.unsubscribe(wire.room_topic(ns, room))
+        if joined:
+            try:
+                await asyncio.gather(
+                    *(self.bus.subscribe(wire.room_topic(ns, r), self.join_timeout) for r in joined)
+                )
+            except TimeoutError:
+                # No router answered: the socket is in its rooms here and the subscription is
+                # set (ZeroMQ sends it when a router comes back); other nodes' messages wait
+                # for that. Serving local clients beats failing their joins.
+                log.warning("rooms %s of %s joined without a live router", joined, ns)
+
+    async def namespace_entered(self, ns: str) -> None:
+        """A socket is about to connect to ``ns``: receive its namespace-wide emits."""
+        try:
+            await self.bus.subscribe(wire.namespace_topic(ns), self.join_timeout)
+        except TimeoutError:
+            log.warning("socket connected to %s without a live router", ns)
+
+    def namespace_exited(self, ns: str) -> None:
+        """A socket of ``ns`` is gone."""
+        self.bus.unsubscribe(wire.namespace_topic(ns))
+
     def room_counts(self, ns: str, counts: dict[str, int]) -> None:
         """Record local member counts; they are gossiped after ``gossip_interval_ms``."""
         for room, count in counts.items():

@@ -33,7 +33,7 @@ from typing import Any
 from aiohttp import web
 
 from roomcast.cluster.membership import node_tag
-from roomcast.cluster.wire import namespace_topic, room_topic, tag_of_sid, tag_text
+from roomcast.cluster.wire import tag_of_sid, tag_text
 from roomcast.config import Settings
 from roomcast.errors import RemoteProtocolError
 from roomcast.protocol import reasons
@@ -120,8 +120,8 @@ class Server(Delivery):
                 # whether a client or the app names it first.
                 parent = self._dynamic_parent(name)
                 if parent is not None:
-                    self._dynamic_children += 1
-                ns = self._namespaces[name] = Namespace(self, name, parent)
+                    return self._new_child(name, parent)
+                ns = self._namespaces[name] = Namespace(self, name)
             return ns
         parent = Namespace(self, getattr(name, "pattern", repr(name)))
         matcher: Callable[[str], bool]
@@ -151,6 +151,9 @@ class Server(Delivery):
         if self._dynamic_children >= self.settings.limits.max_dynamic_namespaces:
             log.warning("dynamic namespace %r refused: limit reached", name)
             return None
+        return self._new_child(name, parent)
+
+    def _new_child(self, name: str, parent: Namespace) -> Namespace:
         self._dynamic_children += 1
         ns = self._namespaces[name] = Namespace(self, name, parent)
         return ns
@@ -298,39 +301,20 @@ class Server(Delivery):
         Returns once the rooms joined are live at the router, so the first message published
         to them afterwards, from any node, arrives.
         """
-        cluster = self.cluster
-        if cluster is None:
-            return
-        registry = ns.registry
-        cluster.room_counts(ns.name, {r: registry.size(r) for r in (*joined, *left)})
-        bus = cluster.bus
-        for room in left:
-            bus.unsubscribe(room_topic(ns.name, room))
-        if joined:
-            try:
-                await asyncio.gather(
-                    *(bus.subscribe(room_topic(ns.name, r), cluster.join_timeout) for r in joined)
-                )
-            except TimeoutError:
-                # No router answered: the socket is in its rooms here and the subscription is
-                # set (ZeroMQ sends it when a router comes back); other nodes' messages wait
-                # for that. Serving local clients beats failing their joins.
-                log.warning("rooms %s of %s joined without a live router", joined, ns.name)
+        if self.cluster is not None:
+            registry = ns.registry
+            counts = {r: registry.size(r) for r in (*joined, *left)}
+            await self.cluster.rooms_changed(ns.name, counts, joined, left)
 
     async def namespace_entered(self, ns: Namespace) -> None:
         """A socket is about to connect to ``ns``: make namespace-wide emits reach it."""
         if self.cluster is not None:
-            try:
-                await self.cluster.bus.subscribe(
-                    namespace_topic(ns.name), self.cluster.join_timeout
-                )
-            except TimeoutError:
-                log.warning("socket connected to %s without a live router", ns.name)
+            await self.cluster.namespace_entered(ns.name)
 
     def namespace_exited(self, ns: Namespace) -> None:
         """A socket of ``ns`` is gone."""
         if self.cluster is not None:
-            self.cluster.bus.unsubscribe(namespace_topic(ns.name))
+            self.cluster.namespace_exited(ns.name)
 
     # -- server-to-server events --------------------------------------------------------------
 
