@@ -23,6 +23,7 @@ from typing import Any
 from roomcast.cluster import wire
 from roomcast.cluster.bus import Bus
 from roomcast.config import RouterAddress
+from roomcast.node.broadcast import flatten
 from roomcast.protocol import socketio as sio
 
 
@@ -106,16 +107,6 @@ class Emitter:
         return len(topics)
 
 
-def _flatten(rooms: Iterable[str | Iterable[str]]) -> frozenset[str]:
-    out: set[str] = set()
-    for r in rooms:
-        if isinstance(r, str):
-            out.add(r)
-        else:
-            out.update(r)
-    return frozenset(out)
-
-
 @dataclass(frozen=True, slots=True)
 class EmitterOperator:
     """An immutable broadcast description, as :class:`roomcast.BroadcastOperator`."""
@@ -128,13 +119,13 @@ class EmitterOperator:
 
     def to(self, *rooms: str | Iterable[str]) -> EmitterOperator:
         """Also target ``rooms``."""
-        return replace(self, rooms=self.rooms | _flatten(rooms))
+        return replace(self, rooms=self.rooms | frozenset(flatten(rooms)))
 
     in_ = to
 
     def except_(self, *rooms: str | Iterable[str]) -> EmitterOperator:
         """Exclude the members of ``rooms``."""
-        return replace(self, except_rooms=self.except_rooms | _flatten(rooms))
+        return replace(self, except_rooms=self.except_rooms | frozenset(flatten(rooms)))
 
     @property
     def volatile(self) -> EmitterOperator:

@@ -53,7 +53,17 @@ class Collector:
             self.future.set_result(self.responses)
 
 
+def write_each(sockets: Iterable[Socket], frames: Frames, volatile: bool) -> int:
+    """Write one pre-built packet to each socket; returns how many took it."""
+    n = 0
+    for socket in sockets:
+        if socket.conn.write(frames, volatile):
+            n += 1
+    return n
+
+
 def flatten(rooms: Iterable[str | Iterable[str]]) -> list[str]:
+    """Room arguments as given (names, or iterables of names) as one flat list."""
     out: list[str] = []
     for r in rooms:
         if isinstance(r, str):

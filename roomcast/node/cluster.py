@@ -31,10 +31,10 @@ from roomcast.cluster.bus import Bus
 from roomcast.cluster.membership import (
     LocalFacts,
     NodeDown,
+    NodeStatus,
     NodeUp,
     Replica,
     RequestSnapshot,
-    node_tag,
 )
 from roomcast.cluster.wire import NodeId, Topic
 from roomcast.discovery import Discovery, DiscoveryView, ServiceInstance, make_discovery
@@ -42,7 +42,7 @@ from roomcast.errors import RoomcastError
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
 
-from .broadcast import BroadcastOperator, start_broadcast_with_ack
+from .broadcast import BroadcastOperator, start_broadcast_with_ack, write_each
 from .sockets import Handshake, Namespace, SocketInfo
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ class ClusterLink:
         self.cs = settings.cluster
         self.node_id = NodeId(server.node_id)
         self.incarnation = server.incarnation
-        self.tag = node_tag(server.node_id, self.incarnation)
+        self.tag = server.tag
         self.topic = wire.node_topic(self.tag)
         self.facts = LocalFacts(server.node_id, self.incarnation, "", time.time())
         self.replica = Replica(
@@ -420,12 +420,7 @@ class ClusterLink:
         if not recipients:
             return
         frames = Frames(sio.Encoded(msg.text, msg.attachments))
-        volatile = msg.volatile
-        n = 0
-        for socket in recipients:
-            if socket.conn.write(frames, volatile):
-                n += 1
-        self.server.stats.messages_out += n
+        self.server.stats.messages_out += write_each(recipients, frames, msg.volatile)
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -436,10 +431,9 @@ class ClusterLink:
         nodes = self.replica.nodes_with_rooms(op.namespace.name, op.rooms)
         for room in op.rooms:
             tag = wire.tag_of_sid(room)
-            if tag is not None:
-                node = self.replica.node_of_tag(tag)
-                if node is not None:
-                    nodes.add(node)
+            node = self.replica.node_of_tag(tag) if tag is not None else None
+            if node is not None:
+                nodes.add(node)
         nodes.discard(self.node_id)
         return nodes
 
@@ -611,7 +605,7 @@ class ClusterLink:
     def freshness(self) -> float:
         """Age in seconds of the stalest live remote view (0 with no remote node)."""
         now = asyncio.get_running_loop().time()
-        ages = [i.age for i in self.replica.info(now) if i.status.value != "down"]
+        ages = [i.age for i in self.replica.info(now) if i.status is not NodeStatus.DOWN]
         return max(ages, default=0.0)
 
 

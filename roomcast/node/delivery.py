@@ -15,7 +15,7 @@ from roomcast.cluster.wire import NodeId
 from roomcast.errors import AckTimeoutError
 from roomcast.protocol.frames import Frames
 
-from .broadcast import BroadcastOperator, start_broadcast_with_ack, wait_acks
+from .broadcast import BroadcastOperator, start_broadcast_with_ack, wait_acks, write_each
 from .cluster import ClusterLink, ClusterTimeoutError, _target, infos_from_replies
 from .sockets import SocketInfo
 
@@ -37,12 +37,7 @@ class Delivery:
 
         Local sockets get it now; other nodes get one envelope per target topic.
         """
-        volatile = op.volatile_
-        n = 0
-        for socket in op.local_recipients():
-            if socket.conn.write(frames, volatile):
-                n += 1
-        self.stats.messages_out += n
+        self.stats.messages_out += write_each(op.local_recipients(), frames, op.volatile_)
         if self.cluster is not None and not op.local_:
             self.cluster.publish(op, frames)
 
