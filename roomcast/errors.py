@@ -51,6 +51,14 @@ class ConnectRefusedError(RoomcastError):
         self.data = data
 
 
+class RoomRefusedError(RoomcastError, ValueError):
+    """A room name that may not be joined: it names a socket (its private room)."""
+
+    def __init__(self, room: str) -> None:
+        super().__init__(f"room {room!r} is a socket id")
+        self.room = room
+
+
 class AckTimeoutError(RoomcastError):
     """An acknowledgement did not arrive before its deadline.
 

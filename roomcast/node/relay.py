@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from roomcast.config import LimitSettings, NamespacePolicy
-from roomcast.errors import ConnectRefusedError, DisconnectedError
+from roomcast.errors import ConnectRefusedError, DisconnectedError, RoomRefusedError
 from roomcast.node.broadcast import BroadcastOperator
 from roomcast.protocol.socketio import RESERVED_EVENTS
 
@@ -143,12 +143,10 @@ class Relay:
         names = self._rooms_arg(socket, rooms)
         if isinstance(names, str):
             return _nack(names)
-        for name in names:
-            # A sid names a socket's private room (on any node): joining it would eavesdrop.
-            if name != socket.sid and socket.namespace.server.names_a_socket(name):
-                return _nack(f"room not allowed: {name}")
         try:
             await socket.join(names)
+        except RoomRefusedError as exc:  # a sid: a socket's private room, on any node
+            return _nack(f"room not allowed: {exc.room}")
         except DisconnectedError as exc:
             return _nack(str(exc))
         return self._rooms_ack(socket)

@@ -17,7 +17,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NewType
 
-from roomcast.errors import AckTimeoutError, ConnectRefusedError, DisconnectedError
+from roomcast.errors import (
+    AckTimeoutError,
+    ConnectRefusedError,
+    DisconnectedError,
+    RoomRefusedError,
+)
 from roomcast.protocol import reasons
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
@@ -403,7 +408,7 @@ class Namespace:
         for room in rooms:
             if room != socket.sid and self.server.names_a_socket(room):
                 # It would shadow a socket's own room (and eavesdrop on that socket).
-                raise ValueError(f"room {room!r} is a socket id")
+                raise RoomRefusedError(room)
         new = list(dict.fromkeys(r for r in rooms if r not in socket.rooms))
         limit = self.server.settings.limits.max_rooms_per_socket
         if len(socket.rooms) - 1 + len(new) > limit:
