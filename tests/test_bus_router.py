@@ -98,7 +98,7 @@ async def make_bus(router: Router) -> AsyncIterator[BusFactory]:
         bus = Bus(
             name,
             n,
-            routers or [(router.xsub_endpoint, router.xpub_endpoint)],
+            routers or [("router", router.xsub_endpoint, router.xpub_endpoint)],
             inbox,
         )
         await bus.__aenter__()
@@ -198,7 +198,10 @@ async def test_subscribe_times_out_without_a_router() -> None:
         for s in socks:
             s.close(0)
     bus = Bus(
-        "lonely", 1, [(f"tcp://127.0.0.1:{ports[0]}", f"tcp://127.0.0.1:{ports[1]}")], Inbox()
+        "lonely",
+        1,
+        [("nobody", f"tcp://127.0.0.1:{ports[0]}", f"tcp://127.0.0.1:{ports[1]}")],
+        Inbox(),
     )
     async with bus:
         with pytest.raises(TimeoutError):

@@ -78,7 +78,7 @@ class Bus:
         self,
         origin: str,
         incarnation: int,
-        routers: list[tuple[str, str]] | list[tuple[str, str, str]],
+        routers: list[tuple[str, str, str]],
         on_message: Handler,
         *,
         hwm: int = 100_000,
@@ -95,7 +95,7 @@ class Bus:
         # emitter (or a node's LEAVE) wants a short bound instead, so its last words go out.
         self._linger_ms = linger_ms
         self._probe_retry = probe_retry
-        self._wanted = [_router_triple(r) for r in routers]
+        self._wanted = list(routers)  # (id, xsub endpoint, xpub endpoint)
         self._links: dict[str, _Link] = {}
         self._usable: list[str] = []  # ids the owner of a topic is chosen among
         self._owner_cache: dict[bytes, _Link] = {}
@@ -451,12 +451,6 @@ class Bus:
             "subscriptions": s.subscriptions,
             "errors": dict(s.errors_by_reason),
         }
-
-
-def _router_triple(r: tuple[str, str] | tuple[str, str, str]) -> tuple[str, str, str]:
-    if len(r) == 2:
-        return (r[0], r[0], r[1])  # no id given: the xsub endpoint names the router
-    return (r[0], r[1], r[2])
 
 
 class _Link:
