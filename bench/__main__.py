@@ -85,6 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=8, help="max phase: msgs in flight/room")
     parser.add_argument("--payload", type=int, default=32, help="filler characters per message")
     parser.add_argument("--workers", type=int, default=1, help="load generator processes")
+    parser.add_argument("--nodes", type=int, default=2, help="cluster: server processes")
+    parser.add_argument(
+        "--spread", type=int, default=0, help="cluster: nodes each room has members on (0: all)"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="rounds over every server")
     parser.add_argument(
         "--profile",

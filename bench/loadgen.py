@@ -77,13 +77,17 @@ class WorkerConfig:
     rooms: list[int]
     members: int  #: clients per room, the publisher included
     payload: int  #: filler characters in each message's data
+    spread: int = 0  #: how many of the servers each room has members on; 0: all of them
     connect_concurrency: int = 50
     connect_timeout: float = 30.0
     probe_timeout: float = 30.0
 
     def port_of(self, room: int, member: int) -> int:
-        """Where member ``member`` of room ``room`` connects (member 0 publishes)."""
-        return self.ports[(room + member) % len(self.ports)]
+        """Where member ``member`` of room ``room`` connects (member 0 publishes): the members
+        of room ``r`` alternate over ``spread`` consecutive servers from server ``r``."""
+        n = len(self.ports)
+        spread = self.spread or n
+        return self.ports[(room + member % spread) % n]
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ class Workers:
         self.conns: list[Connection] = []
         for w in range(args.workers):
             rooms = list(range(w, args.rooms, args.workers))
-            cfg = WorkerConfig(HOST, ports, rooms, members, args.payload)
+            cfg = WorkerConfig(HOST, ports, rooms, members, args.payload, args.spread)
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=worker_main, args=(child, cfg), daemon=True)
             proc.start()
@@ -128,7 +128,7 @@ def wait_for_membership(args: argparse.Namespace, admin_urls: tuple[str, ...]) -
                 row["room"]
                 for row in body.get("rooms", [])
                 if row.get("members") == members
-                and len(row.get("nodes", {})) == min(members, len(admin_urls))
+                and len(row.get("nodes", {})) == min(members, args.spread or len(admin_urls))
             }
             missing = wanted - complete
             if missing:
@@ -252,7 +252,7 @@ def bench_server(
     """Run every phase on one server of one scenario; each row is added to ``rows`` as soon as
     it is measured (an interrupted bench still prints what it has)."""
     label = LABELS.get((scenario, name), name)
-    with deploy(scenario, name, log_dir) as deployment:
+    with deploy(scenario, name, log_dir, args.nodes) as deployment:
         began = time.monotonic()
         workers = Workers(args, deployment.ports)
         try:

@@ -198,9 +198,9 @@ http = "http://{HOST}:{http}"
 
 
 @contextlib.contextmanager
-def roomcast_cluster(log_dir: Path) -> Iterator[Deployment]:
-    """``python -m roomcast router`` and two ``... node`` processes."""
-    xsub, xpub, http, *node_ports = free_ports(5)
+def roomcast_cluster(log_dir: Path, nodes: int = 2) -> Iterator[Deployment]:
+    """``python -m roomcast router`` and ``nodes`` ``... node`` processes."""
+    xsub, xpub, http, *node_ports = free_ports(3 + nodes)
     config = log_dir / "cluster.toml"
     roomcast_config(config, xsub, xpub, http, node_ports)
     base = [sys.executable, "-m", "roomcast", "--config", str(config), "--log-level", "warning"]
@@ -244,9 +244,9 @@ def ensure_redis_server() -> str:
 
 
 @contextlib.contextmanager
-def node_redis_cluster(log_dir: Path) -> Iterator[Deployment]:
-    """A redis-server and two socket.io processes with the Redis adapter."""
-    redis_port, *node_ports = free_ports(3)
+def node_redis_cluster(log_dir: Path, nodes: int = 2) -> Iterator[Deployment]:
+    """A redis-server and ``nodes`` socket.io processes with the Redis adapter."""
+    redis_port, *node_ports = free_ports(1 + nodes)
     redis_argv = [
         ensure_redis_server(),
         "--port",
@@ -281,8 +281,10 @@ def node_redis_cluster(log_dir: Path) -> Iterator[Deployment]:
 
 
 def deploy(
-    scenario: str, name: str, log_dir: Path
+    scenario: str, name: str, log_dir: Path, nodes: int = 2
 ) -> contextlib.AbstractContextManager[Deployment]:
     if scenario == "single":
         return single_server(name, log_dir)
-    return roomcast_cluster(log_dir) if name == "roomcast" else node_redis_cluster(log_dir)
+    if name == "roomcast":
+        return roomcast_cluster(log_dir, nodes)
+    return node_redis_cluster(log_dir, nodes)
