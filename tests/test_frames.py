@@ -8,10 +8,12 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from roomcast.protocol import engineio as eio
 from roomcast.protocol import socketio as sio
-from roomcast.protocol.frames import Frames, ws_frame, ws_text
+from roomcast.protocol.frames import Frames, parse_ws_frames, ws_frame, ws_text
 
 OP_TEXT = 0x1
 OP_BINARY = 0x2
@@ -161,3 +163,43 @@ def test_lone_surrogate_frames_are_valid_utf8() -> None:
     frames = Frames(sio.encode(packet))
     assert parse_frames(frames.ws) == [(OP_TEXT, b'42["relay","\\udc00"]')]
     assert frames.poll == ['42["relay","\\udc00"]']
+
+
+# --- frames from another node -----------------------------------------------------------------
+
+
+@given(
+    text=st.text(max_size=300),
+    attachments=st.lists(st.binary(max_size=70_000), max_size=3).map(tuple),
+)
+@settings(max_examples=40)
+def test_packet_read_back_from_its_frames(text: str, attachments: tuple[bytes, ...]) -> None:
+    """The frames one node built carry the whole packet: another node reads it back, and its
+    polling form, without re-encoding the frames it writes."""
+    original = Frames(sio.Encoded(text, attachments))
+    received = Frames.from_ws(original.ws)
+    assert received.ws is original.ws
+    assert received.encoded == sio.Encoded(text, attachments)
+    assert received.poll == original.poll
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x81",  # a header cut short
+        b"\x81\x05" + b"4ab",  # a payload cut short
+        b"\x81\x7e\x00",  # an extended length cut short
+        b"\x82\x024a",  # a binary frame first
+        b"\x81\x023a",  # not an Engine.IO MESSAGE
+        b"\x81\x024a\x81\x024b",  # a second text frame
+        b"\x81\x824abc",  # masked
+        b"\x81\x03" + b"4\xff\xfe",  # not UTF-8
+    ],
+)
+def test_frames_that_hold_no_packet_are_a_value_error(data: bytes) -> None:
+    """Bytes that are not a packet's frames raise ValueError when the packet is asked for."""
+    with pytest.raises(ValueError):
+        parse_ws_frames(data)
+    with pytest.raises(ValueError):
+        _ = Frames.from_ws(data).poll

@@ -4,6 +4,10 @@ A :class:`Frames` holds the same packet in the two shapes a node writes: the byt
 server-to-client WebSocket frames (RFC 6455 §5.2, unmasked, so they can be written straight to
 each TCP transport) and the Engine.IO texts a polling client receives. Both are built lazily
 and at most once, whatever the number of recipients.
+
+A packet that another node encoded arrives as its WebSocket frames (the cluster carries those):
+:meth:`Frames.from_ws` writes them as they are, and reads the packet back out of them only if a
+polling client needs its texts.
 """
 
 from __future__ import annotations
@@ -33,15 +37,72 @@ def ws_text(text: str) -> bytes:
     return ws_frame(text.encode("utf-8"), _OP_TEXT)
 
 
+def parse_ws_frames(data: bytes) -> Encoded:
+    """The packet in the frames :attr:`Frames.ws` made: a text frame ``"4" + text``, then one
+    binary frame per attachment. ValueError if ``data`` is not that."""
+    text: str | None = None
+    attachments: list[bytes] = []
+    offset, end = 0, len(data)
+    while offset < end:
+        if offset + 2 > end:
+            raise ValueError("truncated frame header")
+        head, size = data[offset], data[offset + 1]
+        offset += 2
+        if size == 126:
+            if offset + 2 > end:
+                raise ValueError("truncated frame header")
+            (size,) = struct.unpack_from("!H", data, offset)
+            offset += 2
+        elif size == 127:
+            if offset + 8 > end:
+                raise ValueError("truncated frame header")
+            (size,) = struct.unpack_from("!Q", data, offset)
+            offset += 8
+        elif size > 127:
+            raise ValueError("masked frame")
+        payload = data[offset : offset + size]
+        if len(payload) != size:
+            raise ValueError("truncated frame")
+        offset += size
+        if text is None:
+            if head != 0x80 | _OP_TEXT or payload[:1] != b"4":
+                raise ValueError("not an Engine.IO MESSAGE text frame")
+            text = payload[1:].decode("utf-8")
+        elif head == 0x80 | _OP_BINARY:
+            attachments.append(payload)
+        else:
+            raise ValueError("not an attachment frame")
+    if text is None:
+        raise ValueError("no frame")
+    return Encoded(text, tuple(attachments))
+
+
 class Frames:
     """One Socket.IO packet, ready to be written to any number of clients."""
 
-    __slots__ = ("_poll", "_ws", "encoded")
+    __slots__ = ("_encoded", "_poll", "_ws")
 
     def __init__(self, encoded: Encoded) -> None:
-        self.encoded = encoded
+        self._encoded: Encoded | None = encoded
         self._ws: bytes | None = None
         self._poll: list[str] | None = None
+
+    @classmethod
+    def from_ws(cls, ws: bytes) -> Frames:
+        """The packet whose WebSocket frames are ``ws`` (as :attr:`ws` made them elsewhere)."""
+        frames = cls.__new__(cls)
+        frames._encoded = None
+        frames._ws = ws
+        frames._poll = None
+        return frames
+
+    @property
+    def encoded(self) -> Encoded:
+        """The Socket.IO packet (ValueError if frames from elsewhere do not hold one)."""
+        if self._encoded is None:
+            assert self._ws is not None
+            self._encoded = parse_ws_frames(self._ws)
+        return self._encoded
 
     @property
     def ws(self) -> bytes:
