@@ -25,6 +25,7 @@ from roomcast.cluster.bus import Bus
 from roomcast.config import RouterAddress
 from roomcast.node.broadcast import flatten
 from roomcast.protocol import socketio as sio
+from roomcast.protocol.frames import Frames
 
 
 class Emitter:
@@ -39,7 +40,7 @@ class Emitter:
     ) -> None:
         self.origin = origin or f"emitter-{secrets.token_hex(4)}"
         self.connect_timeout = connect_timeout
-        self._topic = wire.Topic(b"E" + secrets.token_bytes(wire.TAG_BYTES))
+        self._topic = wire.emitter_topic(secrets.token_bytes(wire.TAG_BYTES))
         self._msg_ids = itertools.count(1)
         self.bus = Bus(
             self.origin,
@@ -81,7 +82,7 @@ class Emitter:
 
     def publish(self, op: EmitterOperator, event: str, args: tuple[Any, ...]) -> int:
         """Encode once and publish on each target topic; returns the number of envelopes."""
-        enc = sio.encode_event(op.namespace, event, args)
+        frames = Frames(sio.encode_event(op.namespace, event, args))
         body = wire.RoomMessage(
             next(self._msg_ids),
             op.namespace,
@@ -89,8 +90,7 @@ class Emitter:
             tuple(sorted(op.except_rooms)),
             (),
             op.volatile_,
-            enc.text,
-            enc.attachments,
+            frames.ws,
         )
         topics: list[wire.Topic] = []
         if not op.rooms:

@@ -22,6 +22,7 @@ from roomcast.cluster import wire
 from roomcast.cluster.bus import Bus
 from roomcast.cluster.membership import node_tag
 from roomcast.cluster.wire import Topic
+from roomcast.protocol.frames import ws_text
 from roomcast.router.router import Router
 
 TIMEOUT = 5.0
@@ -57,7 +58,7 @@ class Inbox:
 
 def room(i: int, text: str = "") -> wire.RoomMessage:
     """A room message identified by ``i``."""
-    return wire.RoomMessage(i, "/", ("r",), (), (), False, text or f"2[{i}]", ())
+    return wire.RoomMessage(i, "/", ("r",), (), (), False, ws_text("4" + (text or f"2[{i}]")))
 
 
 def is_msg(topic: Topic, msg_id: int) -> Callable[[Message], bool]:
@@ -125,15 +126,31 @@ def zmq_context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
         ctx.destroy(linger=0)
 
 
+def batch(*messages: bytes) -> bytes:
+    """A batch frame, as a node hands it to a router."""
+    return wire.encode_batch(messages)
+
+
+def message(topic: Topic, origin: str, incarnation: int, seq: int, body: wire.Body) -> bytes:
+    """One bus message (topic + envelope)."""
+    return topic + wire.encode(origin, incarnation, seq, body)
+
+
 async def warm_up(
-    raw: zmq.Socket[bytes], topic: Topic, inbox: Inbox, origin: str = "warm-up"
+    raw: zmq.Socket[bytes],
+    topic: Topic,
+    inbox: Inbox,
+    origin: str = "warm-up",
+    batched: bool = True,
 ) -> None:
-    """Send numbered messages from ``raw`` until one arrives: then ``raw`` is connected and
-    its peer knows the subscription (a PUB drops everything before that)."""
+    """Send numbered messages from ``raw`` (batches, or plain messages when it stands in for
+    a router) until one arrives: then ``raw`` is connected and its peer knows the
+    subscription (a PUB drops everything before that)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + TIMEOUT
     for seq in itertools.count(1):
-        raw.send_multipart([topic, wire.encode(origin, 1, seq, room(seq))])
+        data = message(topic, origin, 1, seq, room(seq))
+        raw.send(batch(data) if batched else data)
         try:
             await inbox.wait_for(lambda m: m[1].origin == origin, timeout=0.05)
             return
@@ -359,8 +376,9 @@ def _packb(*items: Any) -> bytes:
 async def test_garbage_through_the_router_is_counted_and_dropped(
     make_bus: BusFactory, router: Router, zmq_context: zmq.Context[zmq.Socket[bytes]]
 ) -> None:
-    """Frames that are not [topic, envelope] stop at the router (malformed); undecodable
-    envelopes are counted by the receiving bus by reason; valid messages still flow."""
+    """Frames that are not batches, broken batch framing and messages without a known topic
+    stop at the router (malformed); undecodable envelopes are counted by the receiving bus by
+    reason; valid messages still flow, those of a batch cut short by bad framing included."""
     b, inbox = await make_bus()
     topic = fresh_topic()
     await b.subscribe(topic, TIMEOUT)
@@ -369,17 +387,26 @@ async def test_garbage_through_the_router_is_counted_and_dropped(
     raw.connect(router.xsub_endpoint)
     await warm_up(raw, topic, inbox)
     malformed = router.stats.malformed
-    raw.send(topic)  # 1 frame
-    raw.send_multipart([topic, b"x", b"y"])  # 3 frames
-    raw.send_multipart([topic, b"\xc1not msgpack"])
-    raw.send_multipart([topic, _packb(wire.WIRE_VERSION + 1, wire.Kind.LEAVE, "raw", 1, 1)])
-    raw.send_multipart([topic, _packb(wire.WIRE_VERSION, 99, "raw", 1, 1)])
-    raw.send_multipart([topic, _packb(wire.WIRE_VERSION, wire.Kind.DELTA, "raw", 1, 1, "x")])
-    raw.send_multipart([topic, _packb("not", "an", "envelope")])
-    raw.send_multipart([topic, wire.encode("raw", 1, 1, room(42))])  # valid, after the garbage
+    raw.send(topic)  # not a batch
+    raw.send_multipart([topic, b"x", b"y"])  # 3 frames, none a batch
+    raw.send(wire.BATCH_HEAD + b"\x00\x00\x00\x09abc")  # a length past the end
+    raw.send(batch(b"Zunknown topic kind", message(topic, "raw", 1, 1, room(40))))
+    raw.send(
+        batch(
+            topic + b"\xc1not msgpack",
+            topic + _packb(wire.WIRE_VERSION + 1, wire.Kind.LEAVE, "raw", 1, 1),
+            topic + _packb(wire.WIRE_VERSION, 99, "raw", 1, 1),
+            topic + _packb(wire.WIRE_VERSION, wire.Kind.DELTA, "raw", 1, 1, "x"),
+            topic + _packb("not", "an", "envelope"),
+            message(topic, "raw", 1, 2, room(42)),  # valid, after the garbage
+        )
+    )
     _, header, _ = await inbox.wait_for(is_msg(topic, 42))
     assert header.origin == "raw"
-    assert router.stats.malformed == malformed + 2
+    assert [body.msg_id for body in inbox.bodies(topic) if isinstance(body, wire.RoomMessage)][
+        -2:
+    ] == [40, 42]
+    assert router.stats.malformed == malformed + 6
     assert b.stats.undecodable == 5
     assert b.stats.errors_by_reason == {
         "not msgpack": 1,
@@ -399,8 +426,9 @@ async def test_garbage_through_the_router_is_counted_and_dropped(
 async def test_garbage_frames_reaching_a_bus_directly_are_counted(
     make_bus: BusFactory, router: Router, zmq_context: zmq.Context[zmq.Socket[bytes]]
 ) -> None:
-    """A second "router" that sends 1- or 3-frame messages (or garbage envelopes) to a bus is
-    counted by the bus (frame count, by reason) and does not stop it."""
+    """A second "router" that sends frames without a topic or an envelope, multi-frame
+    messages or garbage envelopes to a bus is counted by the bus (by reason) and does not
+    stop it."""
     fake_xpub = zmq_context.socket(zmq.PUB)
     fake_xpub.setsockopt(zmq.LINGER, 0)
     fake_port = fake_xpub.bind_to_random_port("tcp://127.0.0.1")
@@ -416,20 +444,19 @@ async def test_garbage_frames_reaching_a_bus_directly_are_counted(
     )
     topic = fresh_topic()
     await b.subscribe(topic, TIMEOUT)  # proven through the real router, held by both
-    await warm_up(fake_xpub, topic, inbox)
-    fake_xpub.send(topic)
-    fake_xpub.send_multipart([topic, b"a", b"b"])
-    fake_xpub.send_multipart([topic, b"", b"", b"", b""])
-    fake_xpub.send_multipart([topic, b"\x92\x01\x02"])  # a msgpack list, too short
-    fake_xpub.send_multipart([topic, _packb(0, wire.Kind.LEAVE, "x", 1, 1)])
-    fake_xpub.send_multipart([topic, wire.encode("fake", 1, 1, room(5))])
+    await warm_up(fake_xpub, topic, inbox, batched=False)
+    fake_xpub.send(topic)  # a topic and nothing else
+    fake_xpub.send_multipart([topic, b"a", b"b"])  # one frame each: no envelope, 2 bad topics
+    fake_xpub.send(topic + b"\x92\x01\x02")  # a msgpack list, too short to be an envelope
+    fake_xpub.send(topic + _packb(0, wire.Kind.LEAVE, "x", 1, 1))
+    fake_xpub.send(message(topic, "fake", 1, 1, room(5)))
     await inbox.wait_for(is_msg(topic, 5))
     assert b.stats.errors_by_reason == {
-        "frame count": 3,
-        "not an envelope": 1,
+        "not an envelope": 3,
+        "bad topic": 2,
         "wire version": 1,
     }
-    assert b.stats.undecodable == 5
+    assert b.stats.undecodable == 6
     a, _ = await make_bus()
     a.publish(topic, room(6))
     await inbox.wait_for(is_msg(topic, 6))
@@ -452,7 +479,7 @@ async def test_sequence_gaps_are_counted(
     assert b.stats.gaps == 0
 
     def send(topic: Topic, origin: str, incarnation: int, seq: int) -> None:
-        raw.send_multipart([topic, wire.encode(origin, incarnation, seq, room(seq))])
+        raw.send(batch(message(topic, origin, incarnation, seq, room(seq))))
 
     for seq in (1, 2, 5, 6, 10):  # 3, 4, 7, 8, 9 lost: 5
         send(t1, "x", 1, seq)

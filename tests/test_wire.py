@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from roomcast.cluster import wire
 from roomcast.cluster.membership import node_tag
 from roomcast.cluster.wire import Kind
+from roomcast.protocol.frames import Frames
+from roomcast.protocol.socketio import Encoded
 
 TAG = bytes.fromhex("0102030405ff")
 
@@ -24,10 +26,9 @@ BODIES: list[wire.Body] = [
         ("x",),
         ("sid1", "sid2"),
         True,
-        '2["ev",{"k":1}]',
-        (b"\x00\xff", b""),
+        Frames(Encoded('2["ev",{"k":1}]', (b"\x00\xff", b""))).ws,
     ),
-    wire.RoomMessage(8, "/", (), (), (), False, "2", ()),
+    wire.RoomMessage(8, "/", (), (), (), False, Frames(Encoded("2", ())).ws),
     wire.Request(3, TAG, "fetch_sockets", {"rooms": ["a", "b"], "n": 1, "nested": [None, 1.5]}),
     wire.Request(4, TAG, "noop", None),
     wire.Reply(3, [{"id": "s1", "rooms": ["a"]}, b"bin"]),
@@ -103,8 +104,11 @@ changes = st.tuples(names, names, st.integers(min_value=0, max_value=2**31))
             st.lists(names, max_size=4).map(tuple),
             st.lists(names, max_size=4).map(tuple),
             st.booleans(),
-            st.text(max_size=40),
-            st.lists(st.binary(max_size=16), max_size=3).map(tuple),
+            st.builds(
+                lambda text, attachments: Frames(Encoded(text, attachments)).ws,
+                st.text(max_size=40),
+                st.lists(st.binary(max_size=16), max_size=3).map(tuple),
+            ),
         ),
         st.builds(
             wire.Delta,
@@ -234,6 +238,7 @@ def _envelope(*items: Any) -> bytes:
 
 
 V = wire.WIRE_VERSION
+WS = b"\x81\x022"  # the frames of the packet "2"
 
 GARBAGE: dict[str, bytes] = {
     "empty": b"",
@@ -252,15 +257,13 @@ GARBAGE: dict[str, bytes] = {
     "incarnation not int": _envelope(V, Kind.LEAVE, "n", "1", 1),
     "seq not int": _envelope(V, Kind.LEAVE, "n", 1, 1.0),
     "room missing fields": _envelope(V, Kind.ROOM, "n", 1, 1, 7, "/"),
-    "room ns not str": _envelope(V, Kind.ROOM, "n", 1, 1, 7, 5, [], [], [], False, "2", []),
-    "room text not str": _envelope(V, Kind.ROOM, "n", 1, 1, 7, "/", [], [], [], False, b"2", []),
-    "room rooms not list": _envelope(V, Kind.ROOM, "n", 1, 1, 7, "/", "a", [], [], False, "2", []),
-    "room room not str": _envelope(V, Kind.ROOM, "n", 1, 1, 7, "/", [1], [], [], False, "2", []),
-    "room attachment str": _envelope(
-        V, Kind.ROOM, "n", 1, 1, 7, "/", [], [], [], False, "2", ["x"]
-    ),
-    "room msg_id str": _envelope(V, Kind.ROOM, "n", 1, 1, "7", "/", [], [], [], False, "2", []),
-    "room extra field": _envelope(V, Kind.ROOM, "n", 1, 1, 7, "/", [], [], [], False, "2", [], 0),
+    "room ns not str": _envelope(V, Kind.ROOM, "n", 1, 1, 7, 5, [], [], [], False, WS),
+    "room frames str": _envelope(V, Kind.ROOM, "n", 1, 1, 7, "/", [], [], [], False, "42"),
+    "room frames not text": _envelope(V, Kind.ROOM, "n", 1, 1, 7, "/", [], [], [], False, b"\x82"),
+    "room rooms not list": _envelope(V, Kind.ROOM, "n", 1, 1, 7, "/", "a", [], [], False, WS),
+    "room room not str": _envelope(V, Kind.ROOM, "n", 1, 1, 7, "/", [1], [], [], False, WS),
+    "room msg_id str": _envelope(V, Kind.ROOM, "n", 1, 1, "7", "/", [], [], [], False, WS),
+    "room extra field": _envelope(V, Kind.ROOM, "n", 1, 1, 7, "/", [], [], [], False, WS, 0),
     "request reply_to str": _envelope(V, Kind.REQUEST, "n", 1, 1, 1, "tag", "op", None),
     "request op not str": _envelope(V, Kind.REQUEST, "n", 1, 1, 1, TAG, 5, None),
     "request id not int": _envelope(V, Kind.REQUEST, "n", 1, 1, None, TAG, "op", None),
@@ -304,7 +307,7 @@ def test_decode_rejects_garbage(data: bytes) -> None:
         ("kind as string", "unknown kind"),
         ("origin not str", "bad header"),
         ("room missing fields", "bad ROOM body"),
-        ("room attachment str", "bad attachments"),
+        ("room frames not text", "bad ROOM frames"),
         ("delta count str", "bad membership change"),
         ("probe nonce str", "bad PROBE body"),
     ],
@@ -343,3 +346,55 @@ def test_decode_of_wrongly_typed_fields_is_wire_error(fields: list[Any], kind: K
     anything but a WireError."""
     with contextlib.suppress(wire.WireError):
         wire.decode(_envelope(V, int(kind), "n", 1, 1, *fields))
+
+
+# --- bus messages and batches -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        wire.GOSSIP_TOPIC,
+        wire.room_topic("/", "a"),
+        wire.namespace_topic("/chat"),
+        wire.node_topic(TAG),
+        wire.emitter_topic(TAG),
+    ],
+    ids=["gossip", "room", "namespace", "node", "emitter"],
+)
+def test_split_message_finds_each_topic_kind(topic: wire.Topic) -> None:
+    """A bus message splits into its topic and envelope by the topic's first byte alone."""
+    envelope = wire.encode("n", 1, 1, wire.Leave())
+    found, start = wire.split_message(topic + envelope)
+    assert found == topic
+    assert wire.decode(topic + envelope, start) == wire.decode(envelope)
+
+
+@pytest.mark.parametrize("frame", [b"", b"Zabc", b"G", wire.node_topic(TAG)])
+def test_split_message_without_a_topic_and_envelope_is_a_wire_error(frame: bytes) -> None:
+    """An unknown topic kind, or nothing after the topic, is a WireError."""
+    with pytest.raises(wire.WireError):
+        wire.split_message(frame)
+
+
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=20))
+def test_batch_round_trip(messages: list[bytes]) -> None:
+    """A batch gives back its messages, in order, unchanged."""
+    assert [bytes(m) for m in wire.split_batch(wire.encode_batch(messages))] == messages
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"",
+        b"\xba",
+        b"\xba\x01" + b"\x00\x00\x00\x01a",  # another wire version
+        wire.BATCH_HEAD + b"\x00\x00",  # a length cut short
+        wire.BATCH_HEAD + b"\x00\x00\x00\x05abc",  # a message cut short
+        wire.BATCH_HEAD + b"\x00\x00\x00\x00",  # an empty message
+    ],
+)
+def test_broken_batches_are_wire_errors(frame: bytes) -> None:
+    """Frames that are not well-formed batches raise WireError."""
+    with pytest.raises(wire.WireError):
+        list(wire.split_batch(frame))

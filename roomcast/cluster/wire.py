@@ -1,7 +1,8 @@
-"""The bus wire format: prefix-safe topics and versioned msgpack envelopes.
+"""The bus wire format: prefix-safe topics, versioned msgpack envelopes, batches.
 
-Every bus message is two ZeroMQ frames, ``[topic, envelope]``. Topics are fixed-length per kind,
-so ZeroMQ's prefix matching can never deliver room ``ab``'s traffic to a subscriber of room ``a``:
+A bus *message* is one ZeroMQ frame, ``topic + envelope``. Topics are fixed-length per kind (the
+first byte names the kind), so ZeroMQ's prefix matching can never deliver room ``ab``'s traffic
+to a subscriber of room ``a``, and anyone can split a message without decoding it:
 
 =========  ============================================================  ======
 topic      meaning                                                       length
@@ -10,13 +11,20 @@ topic      meaning                                                       length
 ``R`` + h  room ``(namespace, room)``, h = BLAKE2b-120 of both names     16
 ``A`` + h  every socket of a namespace, h = BLAKE2b-120 of the name      16
 ``N`` + t  one node's direct topic, t = its 6-byte tag (also in its sids) 7
+``E`` + t  an emitter's own topic (it proves its link with it)           7
 =========  ============================================================  ======
 
 The envelope is ``sender key (8 bytes) + kind (1 byte) + msgpack array [version, kind, origin,
 incarnation, seq, *body]``; the prefix lets an endpoint drop its own envelopes without decoding
 them (the router sends a room's traffic back to its publisher when it has members too); the full
 room and namespace names travel inside it, the topic only routes. ``seq`` counts per
-(origin, topic) so receivers can count what ZeroMQ dropped.
+(origin, topic) so receivers can count what was lost and drop what comes late.
+
+A *batch* is what a node hands a router: one ZeroMQ frame carrying every message the node
+published through that router during one event-loop pass, ``BATCH_HEAD`` then, per message, its
+length (4 bytes, big-endian) and its bytes. The router splits it and forwards each message
+through its XPUB socket, which filters by topic. Batching makes a loop pass cost one wake-up of
+each ZeroMQ I/O thread on the way instead of one per message (see README, "The cluster path").
 """
 
 from __future__ import annotations
@@ -25,12 +33,14 @@ import base64
 import enum
 import functools
 import hashlib
+import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NewType
+from typing import Any, Final, NamedTuple, NewType
 
 import msgpack
 
-WIRE_VERSION: Final = 1
+WIRE_VERSION: Final = 2
 
 Topic = NewType("Topic", bytes)
 NodeId = NewType("NodeId", str)
@@ -85,6 +95,63 @@ def node_topic(tag: bytes) -> Topic:
     return Topic(b"N" + tag)
 
 
+def emitter_topic(tag: bytes) -> Topic:
+    """The topic an emitter proves its link to the routers with."""
+    return Topic(b"E" + tag)
+
+
+#: Topic length by its first byte (the topic kind).
+TOPIC_BYTES: Final[dict[int, int]] = {
+    ord("G"): 1,
+    ord("R"): 16,
+    ord("A"): 16,
+    ord("N"): 1 + TAG_BYTES,
+    ord("E"): 1 + TAG_BYTES,
+}
+
+
+def split_message(frame: bytes) -> tuple[Topic, int]:
+    """The topic of a bus message and where its envelope starts; WireError if it has none."""
+    length = TOPIC_BYTES.get(frame[0]) if frame else None
+    if length is None or len(frame) <= length:
+        raise WireError("bad topic")
+    return Topic(frame[:length]), length
+
+
+BATCH_HEAD: Final = b"\xba" + bytes((WIRE_VERSION,))
+_LENGTH = struct.Struct(">I")
+
+
+def encode_batch(messages: Sequence[bytes]) -> bytes:
+    """One frame carrying ``messages`` (each ``topic + envelope``) in order."""
+    pack = _LENGTH.pack
+    parts = [BATCH_HEAD]
+    for message in messages:
+        parts.append(pack(len(message)))
+        parts.append(message)
+    return b"".join(parts)
+
+
+def split_batch(frame: bytes) -> Iterator[memoryview]:
+    """The messages of a batch, in order; WireError at the first framing error (the messages
+    before it have been yielded)."""
+    if frame[:2] != BATCH_HEAD:
+        raise WireError("not a batch")
+    view = memoryview(frame)
+    end = len(frame)
+    offset = 2
+    unpack = _LENGTH.unpack_from
+    while offset < end:
+        if offset + 4 > end:
+            raise WireError("bad batch")
+        (length,) = unpack(frame, offset)
+        offset += 4
+        if length == 0 or offset + length > end:
+            raise WireError("bad batch")
+        yield view[offset : offset + length]
+        offset += length
+
+
 SID_CHARS: Final = 24  # a sid: the 8-character tag, then 16 random base64url characters
 _SID_ALPHABET: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
@@ -116,8 +183,12 @@ def tag_text(tag: bytes) -> str:
 # --- envelopes --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+# Header and RoomMessage are made for every message on the hot path: immutable NamedTuples
+# (one tuple.__new__) instead of frozen dataclasses (whose __init__ sets each field through
+# object.__setattr__, several times slower).
+
+
+class Header(NamedTuple):
     """Who sent an envelope, and its place in the (origin, topic) sequence."""
 
     kind: Kind
@@ -126,9 +197,10 @@ class Header:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
-class RoomMessage:
-    """A Socket.IO packet, encoded once at the origin, for the members of some rooms."""
+class RoomMessage(NamedTuple):
+    """A Socket.IO packet for the members of some rooms, as the pre-built WebSocket frames the
+    origin made once (:class:`roomcast.protocol.frames.Frames`): receivers write them as they
+    are."""
 
     msg_id: int
     namespace: str
@@ -136,8 +208,7 @@ class RoomMessage:
     except_rooms: tuple[str, ...]
     except_sids: tuple[str, ...]
     volatile: bool
-    text: str
-    attachments: tuple[bytes, ...]
+    ws: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,18 +298,12 @@ _KIND_OF: Final[dict[type, Kind]] = {
 }
 
 
+_KIND_BYTE: Final = {kind: bytes((kind,)) for kind in Kind}
+
+
 def _fields(body: Body) -> list[Any]:
     if isinstance(body, RoomMessage):
-        return [
-            body.msg_id,
-            body.namespace,
-            list(body.rooms),
-            list(body.except_rooms),
-            list(body.except_sids),
-            body.volatile,
-            body.text,
-            list(body.attachments),
-        ]
+        return list(body)  # msgpack packs the tuples of names as arrays
     if isinstance(body, Request):
         return [body.request_id, body.reply_to, body.op, body.payload]
     if isinstance(body, Reply):
@@ -275,26 +340,71 @@ def sender_key(origin: str, incarnation: int) -> bytes:
     return hashlib.blake2b(f"{origin}:{incarnation}".encode(), digest_size=SENDER_BYTES).digest()
 
 
+class Encoder:
+    """Encodes the envelopes of one endpoint (one origin and incarnation).
+
+    What every envelope of a kind repeats (sender key, kind byte, the msgpack array's header,
+    version, kind, origin, incarnation) is packed once per kind; each envelope then packs
+    only its sequence number and body.
+    """
+
+    __slots__ = ("_packer", "_prefixes", "incarnation", "origin", "sender")
+
+    def __init__(self, origin: str, incarnation: int, sender: bytes | None = None) -> None:
+        self.origin = origin
+        self.incarnation = incarnation
+        self.sender = sender or sender_key(origin, incarnation)
+        # One Packer, reused: msgpack.packb builds a new one per call. App data that msgpack
+        # cannot carry travels as its str().
+        self._packer = msgpack.Packer(use_bin_type=True, default=str)
+        self._prefixes: dict[tuple[Kind, int], bytes] = {}
+
+    def encode(self, seq: int, body: Body) -> bytes:
+        """The envelope of ``body``, number ``seq`` of its (origin, topic) sequence."""
+        kind = _KIND_OF[type(body)]
+        fields = _fields(body)
+        prefix = self._prefixes.get((kind, len(fields)))
+        if prefix is None:
+            prefix = self._prefix(kind, len(fields))
+        tail: bytes = self._packer.pack([seq, *fields])
+        # The tail was packed as an array of its own: drop that array's header (1 byte up to
+        # 15 items, 3 up to 65535) and let the prefix's header count it all.
+        return prefix + tail[1 if len(fields) < 15 else 3 :]
+
+    def _prefix(self, kind: Kind, nfields: int) -> bytes:
+        count = 4 + 1 + nfields  # version, kind, origin, incarnation; seq; the body
+        pack = self._packer.pack
+        header = bytes((0x90 | count,)) if count < 16 else b"\xdc" + count.to_bytes(2, "big")
+        prefix: bytes = (
+            self.sender
+            + _KIND_BYTE[kind]
+            + header
+            + pack(WIRE_VERSION)
+            + pack(int(kind))
+            + pack(self.origin)
+            + pack(self.incarnation)
+        )
+        self._prefixes[(kind, nfields)] = prefix
+        return prefix
+
+
 def encode(
     origin: str, incarnation: int, seq: int, body: Body, sender: bytes | None = None
 ) -> bytes:
-    """One envelope, ready to follow its topic frame.
+    """One envelope, ready to follow its topic in a bus message.
 
     It opens with the sender's key and the kind, outside the msgpack part, so a node can drop
     its own envelopes coming back through the router without decoding them.
     """
-    kind = _KIND_OF[type(body)]
-    data: bytes = msgpack.packb(
-        [WIRE_VERSION, kind, origin, incarnation, seq, *_fields(body)],
-        use_bin_type=True,
-        default=str,  # app data that msgpack cannot carry travels as its str()
-    )
-    return (sender or sender_key(origin, incarnation)) + bytes((kind,)) + data
+    return Encoder(origin, incarnation, sender).encode(seq, body)
 
 
 def _str_tuple(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if type(value) is not list:
         raise WireError("expected a list of strings")
+    for item in value:
+        if type(item) is not str:
+            raise WireError("expected a list of strings")
     return tuple(value)
 
 
@@ -315,26 +425,31 @@ def _triples(value: Any) -> tuple[tuple[str, str, int], ...]:
     return tuple(out)
 
 
-def decode(data: bytes) -> tuple[Header, Body]:
-    """Decode an envelope; anything malformed or of another wire version is a WireError."""
-    if len(data) <= _PREFIX:
+_KINDS: Final[dict[int, Kind]] = {int(kind): kind for kind in Kind}
+
+
+def decode(data: bytes, start: int = 0) -> tuple[Header, Body]:
+    """Decode the envelope at ``data[start:]`` (a bus message's envelope starts after its
+    topic); anything malformed or of another wire version is a WireError."""
+    if len(data) - start <= _PREFIX:
         raise WireError("not an envelope")
     try:
-        items = msgpack.unpackb(data[_PREFIX:], raw=False, strict_map_key=False)
+        items = msgpack.unpackb(
+            memoryview(data)[start + _PREFIX :], raw=False, strict_map_key=False
+        )
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise WireError("not msgpack") from exc
-    if not isinstance(items, list) or len(items) < 5:
+    if type(items) is not list or len(items) < 5:
         raise WireError("not an envelope")
     version, kind_value, origin, incarnation, seq, *f = items
     if version != WIRE_VERSION:
         raise WireError("wire version", repr(version))
-    try:
-        kind = Kind(kind_value)
-    except ValueError as exc:
-        raise WireError("unknown kind", repr(kind_value)) from exc
-    if data[SENDER_BYTES] != kind:
+    kind = _KINDS.get(kind_value) if type(kind_value) is int else None
+    if kind is None:
+        raise WireError("unknown kind", repr(kind_value))
+    if data[start + SENDER_BYTES] != kind:
         raise WireError("bad header", "kind byte")
-    if not isinstance(origin, str) or not isinstance(incarnation, int) or not isinstance(seq, int):
+    if type(origin) is not str or type(incarnation) is not int or type(seq) is not int:
         raise WireError("bad header")
     header = Header(kind, NodeId(origin), incarnation, seq)
     try:
@@ -345,20 +460,19 @@ def decode(data: bytes) -> tuple[Header, Body]:
 
 def _body(kind: Kind, f: list[Any]) -> Body:
     if kind is Kind.ROOM:
-        msg_id, ns, rooms, except_rooms, except_sids, volatile, text, attachments = f
-        if not isinstance(ns, str) or not isinstance(text, str) or not isinstance(msg_id, int):
+        msg_id, ns, rooms, except_rooms, except_sids, volatile, ws = f
+        if type(ns) is not str or type(ws) is not bytes or type(msg_id) is not int:
             raise WireError("bad ROOM body")
-        if not isinstance(attachments, list) or not all(isinstance(a, bytes) for a in attachments):
-            raise WireError("bad attachments")
+        if ws[:1] != b"\x81":  # the packet's frames open with a final text frame
+            raise WireError("bad ROOM frames")
         return RoomMessage(
             msg_id,
             ns,
             _str_tuple(rooms),
             _str_tuple(except_rooms),
             _str_tuple(except_sids),
-            bool(volatile),
-            text,
-            tuple(attachments),
+            volatile is True,
+            ws,
         )
     if kind is Kind.REQUEST:
         request_id, reply_to, op, payload = f

@@ -5,6 +5,11 @@ subscribes to everything, so each node publishes each message to the router once
 forwards a topic only to the nodes subscribed to it. Subscriptions are *not* forwarded upstream
 (DESIGN.md: that would let a publisher filter out a new subscriber's first messages).
 
+Nodes hand the router *batches* (one frame per node per event-loop pass, see
+:mod:`roomcast.cluster.wire`); the loop splits each into its messages and sends them, in order,
+through the XPUB socket one frame each. A message's topic is read from its first bytes (fixed
+length per topic kind); nothing else of it is looked at.
+
 The router holds no state a node cannot rebuild: when it restarts, nodes reconnect and ZeroMQ
 resends their subscriptions. It looks at nothing but the topic frame. Because roomcast's topics
 are fixed-length per kind, subscriptions match topics exactly, which lets the router count, per
@@ -24,6 +29,8 @@ from typing import Any
 import zmq
 from aiohttp import web
 
+from roomcast.cluster import wire
+
 log = logging.getLogger("roomcast.router")
 
 _DRAIN = 4096
@@ -33,11 +40,12 @@ _DRAIN = 4096
 class RouterStats:
     """Counters of the forwarding loop (written by its thread, read by the HTTP handlers)."""
 
+    batches_in: int = 0  #: batch frames received (a node's messages of one loop pass)
     messages_in: int = 0
     messages_out: int = 0  #: deliveries: a message to 3 subscribers counts 3
     bytes_in: int = 0
     unrouted: int = 0  #: messages no subscriber wanted (dropped here by design)
-    malformed: int = 0  #: not a [topic, envelope] pair: dropped
+    malformed: int = 0  #: frames that are not batches, and messages without a topic: dropped
     subscribe_events: int = 0
     unsubscribe_events: int = 0
 
@@ -181,52 +189,17 @@ class Router:
         poller.register(xsub, zmq.POLLIN)
         poller.register(xpub, zmq.POLLIN)
         poller.register(stop, zmq.POLLIN)
-        stats = self.stats
-        subscribers = self._subscribers
         self._ready.set()
         try:
             while True:
                 ready = dict(poller.poll())
                 if stop in ready:
                     return
-                if xpub in ready:
-                    for _ in range(_DRAIN):
-                        try:
-                            event = xpub.recv(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        if not event:
-                            continue
-                        topic = bytes(event[1:])
-                        with self._lock:
-                            if event[0] == 1:
-                                stats.subscribe_events += 1
-                                subscribers[topic] = subscribers.get(topic, 0) + 1
-                            elif event[0] == 0:
-                                stats.unsubscribe_events += 1
-                                left = subscribers.get(topic, 0) - 1
-                                if left > 0:
-                                    subscribers[topic] = left
-                                else:
-                                    subscribers.pop(topic, None)
+                # Subscriptions first, always: a probe in the batch below must find the
+                # subscription it follows here if ZeroMQ already holds it.
+                self._take_subscriptions(xpub)
                 if xsub in ready:
-                    for _ in range(_DRAIN):
-                        try:
-                            frames = xsub.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        stats.messages_in += 1
-                        if len(frames) != 2:
-                            stats.malformed += 1
-                            continue
-                        topic = frames[0]
-                        stats.bytes_in += len(topic) + len(frames[1])
-                        count = subscribers.get(topic, 0)
-                        if count == 0:
-                            stats.unrouted += 1
-                            continue
-                        stats.messages_out += count
-                        xpub.send_multipart(frames, zmq.NOBLOCK)
+                    self._forward_batches(xsub, xpub)
         except zmq.ZMQError as exc:
             if exc.errno != zmq.ETERM:
                 self._error = exc
@@ -235,6 +208,62 @@ class Router:
             stop.close(0)
             xsub.close(0)
             xpub.close(0)
+
+    def _take_subscriptions(self, xpub: zmq.Socket[bytes]) -> None:
+        """Count the (un)subscriptions that reached the XPUB side (for stats and to skip
+        sending what nobody wants; ZeroMQ itself does the filtering)."""
+        stats = self.stats
+        subscribers = self._subscribers
+        for _ in range(_DRAIN):
+            try:
+                event = xpub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not event:
+                continue
+            topic = bytes(event[1:])
+            with self._lock:
+                if event[0] == 1:
+                    stats.subscribe_events += 1
+                    subscribers[topic] = subscribers.get(topic, 0) + 1
+                elif event[0] == 0:
+                    stats.unsubscribe_events += 1
+                    left = subscribers.get(topic, 0) - 1
+                    if left > 0:
+                        subscribers[topic] = left
+                    else:
+                        subscribers.pop(topic, None)
+
+    def _forward_batches(self, xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes]) -> None:
+        """Split the batches waiting at the XSUB side and send their messages on, in order."""
+        stats = self.stats
+        subscribers = self._subscribers
+        topic_bytes = wire.TOPIC_BYTES
+        send = xpub.send
+        for _ in range(_DRAIN):
+            try:
+                frame = xsub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            stats.batches_in += 1
+            try:
+                for message in wire.split_batch(frame):
+                    size = topic_bytes.get(message[0])
+                    if size is None or size >= len(message):
+                        stats.malformed += 1  # no topic, or nothing after it
+                        continue
+                    stats.messages_in += 1
+                    stats.bytes_in += len(message)
+                    count = subscribers.get(bytes(message[:size]), 0)
+                    if count == 0:
+                        stats.unrouted += 1
+                    else:
+                        stats.messages_out += count
+                        send(message, zmq.NOBLOCK)  # XPUB drops at its high-water mark
+            except wire.WireError:
+                # Not a batch (each frame of a multi-frame message counts once), or broken
+                # framing: what came before the break went on, the rest is dropped.
+                stats.malformed += 1
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -250,6 +279,7 @@ class Router:
             "xsub": self.xsub_endpoint,
             "xpub": self.xpub_endpoint,
             "uptime": round(time.time() - self.started, 3),
+            "batches_in": s.batches_in,
             "messages_in": s.messages_in,
             "messages_out": s.messages_out,
             "bytes_in": s.bytes_in,
