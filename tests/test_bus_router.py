@@ -466,8 +466,9 @@ async def test_sequence_gaps_are_counted(
     make_bus: BusFactory, router: Router, zmq_context: zmq.Context[zmq.Socket[bytes]]
 ) -> None:
     """Skipped sequence numbers count as gaps per (origin, incarnation, topic); an older
-    number is a late arrival, delivered and taken back from the gaps; a restart at 1 (a new
-    incarnation, or a topic the publisher had forgotten) is neither."""
+    number than one delivered is late: dropped and counted, never delivered out of order (its
+    loss stays in the gaps); a restart at 1 (a new incarnation, or a topic the publisher had
+    forgotten) is neither."""
     b, inbox = await make_bus()
     t1, t2 = fresh_topic("one"), fresh_topic("two")
     await b.subscribe(t1, TIMEOUT)
@@ -483,7 +484,7 @@ async def test_sequence_gaps_are_counted(
 
     for seq in (1, 2, 5, 6, 10):  # 3, 4, 7, 8, 9 lost: 5
         send(t1, "x", 1, seq)
-    send(t1, "x", 1, 8)  # older: late (one of the 3 lost after 6), delivered
+    send(t1, "x", 1, 8)  # older than 10: late, dropped (still one of the 5 lost)
     send(t1, "x", 1, 11)
     send(t2, "x", 1, 1)  # another topic counts on its own
     send(t2, "x", 1, 3)  # 2 lost: 1
@@ -494,11 +495,11 @@ async def test_sequence_gaps_are_counted(
     await inbox.wait_for(
         lambda m: m[0] == t1 and m[1].origin == "y" and m[1].seq == 9  # the last one
     )
-    assert b.stats.gaps == 6
+    assert b.stats.gaps == 7
     assert b.stats.late == 1
-    # Messages after a gap are still delivered.
+    # Messages after a gap are still delivered, in order.
     xs = [(h.incarnation, h.seq) for t, h, _ in inbox.messages if t == t1 and h.origin == "x"]
-    assert xs == [(1, 1), (1, 2), (1, 5), (1, 6), (1, 10), (1, 8), (1, 11), (2, 1), (2, 2)]
+    assert xs == [(1, 1), (1, 2), (1, 5), (1, 6), (1, 10), (1, 11), (2, 1), (2, 2)]
 
 
 async def test_handler_errors_do_not_stop_the_bus(make_bus: BusFactory) -> None:

@@ -26,7 +26,9 @@ from one node in the order they were sent.
 Reads are batched too: the SUB socket's file descriptor is watched by the event loop itself
 (no ``zmq.asyncio`` future per read) and every queued message is handled in one pass.
 Undecodable messages are counted and dropped; per (origin, topic) sequence numbers count what
-ZeroMQ dropped on the way.
+was lost on the way, and a message older than one already delivered from the same origin and
+topic (it took a slower router while the topic changed owner) is dropped and counted, never
+delivered out of order.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class BusStats:
     probes_sent: int = 0
     send_dropped: int = 0  #: not sent: the outgoing queue was at its high-water mark
     no_router: int = 0  #: not sent: no router known at all
-    late: int = 0  #: delivered after a newer one of the same (origin, topic)
+    late: int = 0  #: dropped: older than one already delivered from the same (origin, topic)
     own: int = 0  #: our own envelopes back from the router, dropped undecoded
     subscriptions: int = 0
     last_received: float = 0.0
@@ -477,14 +479,12 @@ class Bus:
         seq = header.seq
         if last is not None and seq != 1:
             if seq <= last:
-                # Late: it came by another router while the topic changed owner, after a
-                # newer one. Each envelope travels once, so it is delivered, and the gap
-                # counted for it is taken back.
+                # Older than one already delivered: it took a slower path (a router that was
+                # stalled, or the topic's previous owner). Delivering it now would break the
+                # order of (origin, topic); its loss was counted as a gap when the newer came.
                 stats.late += 1
-                if stats.gaps:
-                    stats.gaps -= 1
-                seq = last
-            elif seq > last + 1:
+                return
+            if seq > last + 1:
                 stats.gaps += seq - last - 1
         seen[key] = seq
         if isinstance(body, wire.Probe):
