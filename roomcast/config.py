@@ -124,9 +124,12 @@ class ClusterSettings:
     down_after_ms: int = 3_000
     request_timeout_ms: int = 2_000  #: node-to-node requests (fetch sockets, acks, ...)
     join_timeout_ms: int = 5_000  #: how long a join may wait for its subscription to be live
-    probe_retry_ms: int = 50
+    probe_retry_ms: int = 5  #: first wait before a probe is sent again (doubles, up to 1 s)
     self_check_interval_ms: int = 1_000  #: how often a node probes itself through each router
     self_check_timeout_ms: int = 500  #: a probe not back by then marks that router unusable
+    link_heartbeat_ms: int = 250  #: ZMTP heartbeat interval on every link to a router
+    link_timeout_ms: int = 1_000  #: a link silent this long is lost: its router is not used
+    move_idle_ms: int = 250  #: a topic moves to a returning router only after this long idle
     hwm: int = 100_000  #: ZeroMQ high-water marks of the node's PUB and SUB sockets
     dedup_window: int = 65_536  #: message ids remembered to drop copies from several topics
 
@@ -373,6 +376,8 @@ def _check(s: Settings) -> None:
     )
     if s.cluster.suspect_after_ms >= s.cluster.down_after_ms:
         raise ConfigError("cluster.down_after_ms: must be greater than cluster.suspect_after_ms")
+    if s.cluster.link_timeout_ms <= s.cluster.link_heartbeat_ms:
+        raise ConfigError("cluster.link_timeout_ms: must be greater than cluster.link_heartbeat_ms")
     if s.up.nodes < 1:
         raise ConfigError("up.nodes: must be at least 1")
     if s.cluster.enabled and not s.discovery.routers and s.discovery.backend == "static":

@@ -144,9 +144,15 @@ class Cluster:
         router_id: str = "router",
         cluster_settings: dict[str, int] | None = None,
         consul_settings: dict[str, int] | None = None,
+        static_routers: int = 1,
     ) -> None:
         self.consul = consul  #: the Consul agent's address; None: static discovery
         self.router_id = router_id  #: the id ``[router]`` gives the first router
+        #: Routers ``cluster.toml`` lists after the first (static discovery): id -> (xsub, xpub,
+        #: http) ports; start them with :meth:`start_extra_router` and these ports.
+        self.static_routers = {
+            f"r{i}": (free_port(), free_port(), free_port()) for i in range(2, static_routers + 1)
+        }
         self.cluster_settings = {
             "heartbeat_interval_ms": HEARTBEAT_MS,
             "suspect_after_ms": SUSPECT_MS,
@@ -177,13 +183,24 @@ class Cluster:
 
     @property
     def routers(self) -> list[RouterAddress]:
-        """The router as nodes (and emitters) see it."""
+        """The routers as nodes (and emitters) see them: the first, then the static ones."""
+        named = bool(self.static_routers)  # several routers are told apart by their ids
         return [
             RouterAddress(
                 f"tcp://127.0.0.1:{self.xsub_port}",
                 f"tcp://127.0.0.1:{self.xpub_port}",
                 f"http://127.0.0.1:{self.http_port}",
-            )
+                self.router_id if named else "",
+            ),
+            *(
+                RouterAddress(
+                    f"tcp://127.0.0.1:{xsub}",
+                    f"tcp://127.0.0.1:{xpub}",
+                    f"http://127.0.0.1:{http}",
+                    rid,
+                )
+                for rid, (xsub, xpub, http) in self.static_routers.items()
+            ),
         ]
 
     @property
@@ -191,15 +208,35 @@ class Cluster:
         """The router's stats and health endpoint."""
         return f"http://127.0.0.1:{self.http_port}"
 
-    def write_config(self) -> None:
-        """(Re)write ``cluster.toml``: router ports, short timings, the live nodes' URLs."""
-        (r,) = self.routers
+    def write_config(
+        self, path: Path | None = None, via: dict[str, tuple[int, int]] | None = None
+    ) -> None:
+        """(Re)write ``cluster.toml`` (or another file, ``path``): router ports, short
+        timings, the live nodes' URLs. ``via`` reaches some routers through other ports
+        (router id -> xsub and xpub ports, e.g. a proxy's) in that file."""
+        routers = self.routers
+        if via:
+            routers = [
+                RouterAddress(
+                    f"tcp://127.0.0.1:{via[r.id][0]}",
+                    f"tcp://127.0.0.1:{via[r.id][1]}",
+                    r.http,
+                    r.id,
+                )
+                if r.id in via
+                else r
+                for r in routers
+            ]
         if self.consul is not None:
             # A decoy: with consul discovery the nodes must find the routers through Consul.
             decoy = self.decoy_port
-            r = RouterAddress(
-                f"tcp://127.0.0.1:{decoy}", f"tcp://127.0.0.1:{decoy}", f"http://127.0.0.1:{decoy}"
-            )
+            routers = [
+                RouterAddress(
+                    f"tcp://127.0.0.1:{decoy}",
+                    f"tcp://127.0.0.1:{decoy}",
+                    f"http://127.0.0.1:{decoy}",
+                )
+            ]
         nodes = ", ".join(f'"{self.nodes[name].url}"' for name in sorted(self.nodes))
         timings = "\n".join(f"{k} = {v}" for k, v in self.cluster_settings.items())
         discovery = 'backend = "static"'
@@ -207,8 +244,14 @@ class Cluster:
             consul = "\n".join(f"{k} = {v}" for k, v in self.consul_settings.items())
             discovery = f'backend = "consul"\n\n[discovery.consul]\naddress = "{self.consul}"\n'
             discovery += consul
+        listed = "\n".join(
+            f"[[discovery.routers]]\n{f'id = {r.id!r}' if r.id else ''}\n"
+            f'xsub = "{r.xsub}"\nxpub = "{r.xpub}"\nhttp = "{r.http}"\n'
+            for r in routers
+        )
+        target = path or self.config
         # Atomically: processes that are starting may be reading the file right now.
-        staging = self.config.with_suffix(".tmp")
+        staging = target.with_suffix(".tmp")
         staging.write_text(
             f"""\
 [router]
@@ -226,11 +269,7 @@ enabled = true
 nodes = [{nodes}]
 {discovery}
 
-[[discovery.routers]]
-xsub = "{r.xsub}"
-xpub = "{r.xpub}"
-http = "{r.http}"
-
+{listed}
 [up]
 nodes = {self.up_nodes}
 base_port = {self.up_base_port}
@@ -241,7 +280,7 @@ base_port = {self.up_base_port}
 publish = "any"
 """
         )
-        os.replace(staging, self.config)
+        os.replace(staging, target)
 
     def env(self) -> dict[str, str]:
         """The children's environment (the app module is importable from the directory)."""
@@ -249,10 +288,10 @@ publish = "any"
         path = str(self.dir) if not inherited else f"{self.dir}{os.pathsep}{inherited}"
         return clean_env(PYTHONPATH=path)
 
-    def spawn(self, name: str, *args: str) -> Proc:
-        """A (not yet started) ``roomcast *args`` process with this cluster's config; it is
-        stopped by :meth:`close`."""
-        proc = Proc(name, roomcast_argv(self.config, *args), self.dir, self.env())
+    def spawn(self, name: str, *args: str, config: Path | None = None) -> Proc:
+        """A (not yet started) ``roomcast *args`` process with this cluster's config (or
+        ``config``); it is stopped by :meth:`close`."""
+        proc = Proc(name, roomcast_argv(config or self.config, *args), self.dir, self.env())
         self.procs.append(proc)
         return proc
 
@@ -302,13 +341,16 @@ publish = "any"
         await wait_until(lambda: self._ok(router.http + "/health"), what=f"{rid} health")
         return proc
 
-    async def start_node(self, name: str, *extra: str, wait_healthy: bool = True) -> NodeProc:
+    async def start_node(
+        self, name: str, *extra: str, wait_healthy: bool = True, config: Path | None = None
+    ) -> NodeProc:
         """Start node ``name`` on a free port (it announces its URL) and wait for /health
-        (unless ``wait_healthy`` is False: a node that reaches no router fails it)."""
+        (unless ``wait_healthy`` is False: a node that reaches no router fails it); ``config``
+        replaces the cluster's own ``cluster.toml`` for it."""
         args = ["node", "--id", name, "--host", "127.0.0.1", "--port", "0", *extra]
         if self.app is not None:
             args += ["--app", self.app]
-        proc = self.spawn(name, *args)
+        proc = self.spawn(name, *args, config=config)
         await proc.start()
         match = await proc.wait_line(NODE_READY)
         assert match.group(1) == name
@@ -321,6 +363,8 @@ publish = "any"
     async def start(self, *names: str) -> Cluster:
         """Start the router, then the nodes (in parallel), and wait until all see each other."""
         await self.start_router()
+        for rid, ports in self.static_routers.items():
+            await self.start_extra_router(rid, ports)
         await asyncio.gather(*(self.start_node(n) for n in names))
         await self.converged()
         return self

@@ -260,6 +260,8 @@ def test_bad_types_name_the_dotted_key(tmp_path: Path, text: str, key: str) -> N
         ('[namespaces."/chat"]\nauth = "secret"', "namespaces./chat.secret"),
         ('[namespaces."/chat"]\nroom_pattern = "("', "namespaces./chat.room_pattern"),
         ('[namespaces."chat"]\n', "namespaces.chat"),
+        ("[cluster]\nlink_timeout_ms = 250", "cluster.link_timeout_ms"),
+        ("[cluster]\nmove_idle_ms = 0", "cluster.move_idle_ms"),
     ],
 )
 def test_bad_ranges_name_the_dotted_key(tmp_path: Path, text: str, key: str) -> None:

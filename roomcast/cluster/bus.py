@@ -16,6 +16,20 @@ as the publisher stops using it, and subscribers need not move at all. Receivers
 envelope whose (origin, topic) sequence number they have already passed, in case one arrives
 by two routers while a topic changes owner.
 
+**Links and failover.** Each router is reached through two ZeroMQ connections, this
+endpoint's PUB to its XSUB side and the SUB to its XPUB side. Both carry ZMTP heartbeats
+(``heartbeat_ms``, ``link_timeout_ms``), so a router that dies or a link that stalls silently is
+noticed within ``link_timeout_ms``, and a socket monitor reports every connection made and lost
+at once. A PUB socket is ``ZMQ_IMMEDIATE``: nothing is queued for a router that is not
+connected, and what was queued when a connection is lost is dropped with it (never replayed
+into a router that comes back at the same address; receivers count the loss as a gap). A
+router is *live* while both links are up and this endpoint's probes come back through it
+(:meth:`check_routers`); its topics move to the other routers the moment a link goes down.
+When it comes back, it is live again only once a probe on a topic subscribed after the new
+connection came back through it (so the router holds every subscription ZeroMQ resent), and a
+topic moves back to it only after that topic was idle for ``move_idle_ms`` (nothing of it can
+be in flight through its current router any more). ``on_links`` is told of every change.
+
 **Batches.** What a node publishes during one event-loop pass is queued per router and handed
 to that router as one batch frame at the end of the pass (:func:`wire.encode_batch`); the
 router splits it and forwards each message by topic. A pass of 50 publishes then wakes each
@@ -38,12 +52,14 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from roomcast.cluster import wire
 from roomcast.cluster.wire import Topic
@@ -51,11 +67,20 @@ from roomcast.cluster.wire import Topic
 log = logging.getLogger("roomcast.cluster")
 
 Handler = Callable[[Topic, wire.Header, wire.Body], None]
+_LINK_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+_TOPIC_KINDS = {
+    ord("R"): "room",
+    ord("A"): "namespace",
+    ord("N"): "node",
+    ord("G"): "gossip",
+    ord("E"): "emitter",
+}
 
 _READ_BATCH = 4096  # messages handled per loop pass before yielding to other work
 _PROBE: int = wire.Kind.PROBE
 _MAX_SEQ_TOPICS = 65_536  # per-topic sequence counters kept by a publisher
 _BATCH_BYTES = 256 * 1024  # a batch this large is sent at once, not at the end of the pass
+_MAX_OWNERS = 65_536  # topics whose router is remembered
 
 
 @dataclass
@@ -69,10 +94,13 @@ class BusStats:
     bytes_in: int = 0
     undecodable: int = 0
     gaps: int = 0  #: messages known lost (sequence jumps)
+    gaps_by_topic: dict[str, int] = field(default_factory=dict)  #: by topic kind ("room", ...)
     probes_sent: int = 0
     send_dropped: int = 0  #: not sent: the outgoing queue was at its high-water mark
     no_router: int = 0  #: not sent: no router known at all
     late: int = 0  #: dropped: older than one already delivered from the same (origin, topic)
+    link_lost: int = 0  #: connections to a router lost (either direction)
+    link_dropped: int = 0  #: not sent: the topic's router had no connection
     own: int = 0  #: our own envelopes back from the router, dropped undecoded
     subscriptions: int = 0
     last_received: float = 0.0
@@ -94,8 +122,12 @@ class Bus:
         on_message: Handler,
         *,
         hwm: int = 100_000,
-        probe_retry: float = 0.05,
+        probe_retry: float = 0.005,
         linger_ms: int = 0,
+        heartbeat_ms: int = 0,
+        link_timeout_ms: int = 0,
+        move_idle_ms: int = 250,
+        on_links: Callable[[], None] | None = None,
     ) -> None:
         self.origin = origin
         self.incarnation = incarnation
@@ -108,10 +140,18 @@ class Bus:
         # emitter (or a node's LEAVE) wants a short bound instead, so its last words go out.
         self._linger_ms = linger_ms
         self._probe_retry = probe_retry
+        self._heartbeat_ms = heartbeat_ms
+        self._link_timeout_ms = link_timeout_ms
+        self._move_idle = move_idle_ms / 1000
+        self.on_links = on_links
         self._wanted = list(routers)  # (id, xsub endpoint, xpub endpoint)
         self._links: dict[str, _Link] = {}
-        self._usable: list[str] = []  # ids the owner of a topic is chosen among
-        self._owner_cache: dict[bytes, _Link] = {}
+        self._usable: list[str] = []  # what set_usable named (routers every node hears)
+        self._owner_ids: list[str] = []  # of those, the ones topics go to now
+        self._owners: dict[bytes, _Owner] = {}
+        self._generation = 0  # bumped whenever _owner_ids changes
+        self._sub_monitor: zmq.Socket[bytes] | None = None
+        self._subscribe_ops = 0  # subscriptions made (a router's proof must cover them)
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sub: zmq.Socket[bytes] | None = None
         self._sub_fd: int | None = None
@@ -132,7 +172,9 @@ class Bus:
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, self._hwm)
+        self._heartbeats(sub)
         self._sub = sub
+        self._sub_monitor = self._watch(sub, self._on_sub_events)
         self.set_routers(self._wanted)
         # ZeroMQ's FD signals "something may have changed" (edge-triggered): every reader
         # pass drains until EAGAIN, and anything that touches the socket schedules one.
@@ -162,13 +204,100 @@ class Bus:
         for task in self._live.values():
             task.cancel()
         if self._sub is not None:
+            self._unwatch(self._sub, self._sub_monitor)
             self._sub.close(linger=0)
         for link in self._links.values():
+            self._unwatch(link.pub, link.monitor)
             link.close(self._linger_ms)
         self._links.clear()
         if self._ctx is not None:
             self._ctx.term()
         self._sub = self._ctx = None
+        self._sub_monitor = None
+
+    # -- links --------------------------------------------------------------------------------
+
+    def _heartbeats(self, sock: zmq.Socket[bytes]) -> None:
+        if self._heartbeat_ms > 0:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, self._heartbeat_ms)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self._link_timeout_ms or 3 * self._heartbeat_ms)
+            sock.setsockopt(zmq.HEARTBEAT_TTL, self._link_timeout_ms or 3 * self._heartbeat_ms)
+
+    def _watch(
+        self, sock: zmq.Socket[bytes], handler: Callable[[str, int], None]
+    ) -> zmq.Socket[bytes]:
+        """A socket monitor on ``sock`` whose events go to ``handler(endpoint, event)``."""
+        monitor: zmq.Socket[bytes] = sock.get_monitor_socket(_LINK_EVENTS)
+        fd = monitor.getsockopt(zmq.FD)
+        assert isinstance(fd, int) and self._loop is not None
+
+        def drain() -> None:
+            while True:
+                try:
+                    message = recv_monitor_message(monitor, zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                except zmq.ZMQError:
+                    return  # closed under us (shutdown)
+                endpoint = message["endpoint"]
+                handler(
+                    endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint),
+                    int(message["event"]),
+                )
+
+        self._loop.add_reader(fd, drain)
+        self._loop.call_soon(drain)  # events may be queued already (edge-triggered FD)
+        return monitor
+
+    def _unwatch(self, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes] | None) -> None:
+        if monitor is None:
+            return
+        with contextlib.suppress(zmq.ZMQError, ValueError, OSError):
+            fd = monitor.getsockopt(zmq.FD)
+            if self._loop is not None and isinstance(fd, int):
+                self._loop.remove_reader(fd)
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disable_monitor()
+        monitor.close(0)
+
+    def _on_pub_events(self, rid: str) -> Callable[[str, int], None]:
+        def handler(endpoint: str, event: int) -> None:
+            link = self._links.get(rid)
+            if link is not None:
+                self._link_event(link, "pub", event)
+
+        return handler
+
+    def _on_sub_events(self, endpoint: str, event: int) -> None:
+        for link in self._links.values():
+            if link.xpub == endpoint:
+                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    # Make the SUB socket take the new connection in now (commands are
+                    # processed by this call), so a subscription made from here on travels
+                    # behind the ones ZeroMQ resends on it.
+                    assert self._sub is not None
+                    self._sub.getsockopt(zmq.EVENTS)
+                    self._kick()
+                self._link_event(link, "sub", event)
+                return
+
+    def _link_event(self, link: _Link, side: str, event: int) -> None:
+        up = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        if side == "pub":
+            changed, link.pub_up = link.pub_up != up, up
+        else:
+            changed, link.sub_up = link.sub_up != up, up
+        if not changed:
+            return
+        if not up:
+            self.stats.link_lost += 1
+            link.proven = False
+            log.warning("router %s: %s link lost", link.id, side)
+        else:
+            log.info("router %s: %s link up", link.id, side)
+        self._update_owners()
+        if self.on_links is not None:
+            self.on_links()
 
     # -- routers ------------------------------------------------------------------------------
 
@@ -185,6 +314,7 @@ class Bus:
                 with contextlib.suppress(zmq.ZMQError):  # never connected: nothing to undo
                     self._sub.disconnect(link.xpub)
                 self.stats.send_dropped += len(link.queue)
+                self._unwatch(link.pub, link.monitor)
                 link.close(0)
                 log.info("router %s removed", rid)
         for rid, (_, xsub, xpub) in wanted.items():
@@ -193,11 +323,16 @@ class Bus:
             pub = self._ctx.socket(zmq.PUB)
             pub.setsockopt(zmq.LINGER, 0)
             pub.setsockopt(zmq.SNDHWM, self._hwm)
+            # Queue nothing for a router we are not connected to, and drop what was queued
+            # with a connection that is lost: never replay it into a router that comes back.
+            pub.setsockopt(zmq.IMMEDIATE, 1)
+            self._heartbeats(pub)
+            link = self._links[rid] = _Link(rid, xsub, xpub, pub)
+            link.monitor = self._watch(pub, self._on_pub_events(rid))
             pub.connect(xsub)
             self._sub.connect(xpub)
-            self._links[rid] = _Link(rid, xsub, xpub, pub)
         self._usable = [r for r in self._usable if r in self._links]
-        self._owner_cache.clear()
+        self._update_owners()
         self._kick()
 
     def set_usable(self, ids: list[str]) -> None:
@@ -205,7 +340,22 @@ class Bus:
         usable = sorted(i for i in ids if i in self._links)
         if usable != self._usable:
             self._usable = usable
-            self._owner_cache.clear()
+            self._update_owners()
+
+    def _update_owners(self) -> None:
+        """The routers topics go to: the usable ones this endpoint is connected to; failing
+        that, the live ones; failing that, any connected one (ZeroMQ drops the rest)."""
+        links = self._links
+        ids = [r for r in self._usable if links[r].pub_up]
+        if not ids:
+            ids = sorted(r for r, link in links.items() if link.live)
+        if not ids:
+            ids = sorted(r for r, link in links.items() if link.pub_up)
+        if not ids:
+            ids = sorted(links)
+        if ids != self._owner_ids:
+            self._owner_ids = ids
+            self._generation += 1
 
     @property
     def router_ids(self) -> list[str]:
@@ -213,11 +363,26 @@ class Bus:
         return sorted(self._links)
 
     def owner(self, topic: bytes) -> _Link | None:
-        """The router that carries ``topic`` (rendezvous hashing over the usable routers)."""
-        link = self._owner_cache.get(topic)
-        if link is not None:
-            return link
-        ids = self._usable or sorted(self._links)
+        """The router that carries ``topic``: rendezvous hashing over the routers topics go
+        to, except that a topic stays with its router, while that one is still usable, until
+        it has been idle for ``move_idle_ms`` (its last messages could otherwise be overtaken
+        on the new path and dropped as late)."""
+        assert self._loop is not None
+        now = self._loop.time()
+        entry = self._owners.get(topic)
+        if entry is not None:
+            if entry.generation == self._generation:
+                entry.last = now
+                return entry.link
+            link = entry.link
+            if (
+                now - entry.last < self._move_idle
+                and link.id in self._owner_ids
+                and self._links.get(link.id) is link
+            ):
+                entry.last = now  # busy: stays (and is looked at again at its next publish)
+                return link
+        ids = self._owner_ids
         if not ids:
             return None
         if len(ids) == 1:
@@ -227,9 +392,13 @@ class Bus:
                 ids, key=lambda rid: hashlib.blake2b(topic + rid.encode(), digest_size=8).digest()
             )
             link = self._links[best]
-        if len(self._owner_cache) > 65_536:
-            self._owner_cache.clear()
-        self._owner_cache[topic] = link
+        owners = self._owners
+        if entry is None and len(owners) >= _MAX_OWNERS:
+            # Forget the topics idle long enough to move anyway; if none is, start over.
+            idle = [t for t, e in owners.items() if now - e.last >= self._move_idle]
+            for t in idle or list(owners):
+                del owners[t]
+        owners[topic] = _Owner(link, now, self._generation)
         return link
 
     # -- publishing ---------------------------------------------------------------------------
@@ -242,13 +411,18 @@ class Bus:
         if link is None:
             self.stats.no_router += 1
             return
-        seqs = self._seqs
-        seq = seqs.pop(topic, 0) + 1
-        seqs[topic] = seq  # most recently used last
-        if len(seqs) > _MAX_SEQ_TOPICS:
-            # Forget the idlest topic: should it be used again, its numbering restarts at 1,
-            # which receivers take as a fresh sequence (not a gap, not a late message).
-            del seqs[next(iter(seqs))]
+        if type(body) is wire.Probe:
+            # Probes are sent through each router in turn and some never come back: they are
+            # not numbered (seq 0), so they can neither open a gap nor come late.
+            seq = 0
+        else:
+            seqs = self._seqs
+            seq = seqs.pop(topic, 0) + 1
+            seqs[topic] = seq  # most recently used last
+            if len(seqs) > _MAX_SEQ_TOPICS:
+                # Forget the idlest topic: should it be used again, its numbering restarts at
+                # 1, which receivers take as a fresh sequence (not a gap, not a late message).
+                del seqs[next(iter(seqs))]
         message = topic + self._encoder.encode(seq, body)
         link.queue.append(message)
         link.queued_bytes += len(message)
@@ -267,8 +441,15 @@ class Bus:
 
     def _send(self, link: _Link) -> None:
         queue = link.queue
-        frame = wire.encode_batch(queue)
         count = len(queue)
+        if not link.pub_up:
+            # ZeroMQ would drop it (IMMEDIATE): say so. Only probes and last words (sent
+            # through every router) and a bus with no connected router at all get here.
+            queue.clear()
+            link.queued_bytes = 0
+            self.stats.link_dropped += count
+            return
+        frame = wire.encode_batch(queue)
         queue.clear()
         link.queued_bytes = 0
         try:
@@ -295,6 +476,7 @@ class Bus:
         if count == 0:
             assert self._sub is not None
             self._sub.setsockopt(zmq.SUBSCRIBE, topic)
+            self._subscribe_ops += 1
             self._kick()
             self._last_seen.pop(topic, None)
             self.stats.subscriptions += 1
@@ -338,10 +520,16 @@ class Bus:
         self._kick()
 
     async def probe(
-        self, topic: Topic, timeout: float, via: str | None = None, abandon_dead: bool = False
+        self,
+        topic: Topic,
+        timeout: float,
+        via: str | None = None,
+        abandon_dead: bool = False,
+        needs_live: bool = True,
     ) -> None:
         """Publish probes on ``topic`` (through its owner, or ``via``) until one comes back;
-        TimeoutError after ``timeout``."""
+        TimeoutError after ``timeout``, or as soon as ``via`` is not live (not connected,
+        with ``needs_live=False``) when ``abandon_dead``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         retry = self._probe_retry
@@ -358,14 +546,16 @@ class Bus:
             except TimeoutError:
                 if abandon_dead and via is not None:
                     link = self._links.get(via)
-                    if link is None or not link.live:
+                    if link is None or not (
+                        link.live if needs_live else link.pub_up and link.sub_up
+                    ):
                         # The router died (or went) meanwhile: nobody publishes through it.
                         raise TimeoutError(f"router {via} is gone") from None
                 if loop.time() >= deadline:
                     raise TimeoutError(f"probe on {topic!r} did not come back") from None
                 # The probe overtook the subscription (or was dropped): send another, with
                 # a growing interval so an absent router costs little.
-                retry = min(retry * 1.5, 1.0)
+                retry = min(retry * 2, 1.0)
             finally:
                 self._probes.pop(nonce, None)
 
@@ -390,28 +580,62 @@ class Bus:
         if not proven or failed:
             raise TimeoutError(f"subscription to {topic!r} not proven through {failed or live}")
 
-    async def check_routers(self, topic: Topic, timeout: float) -> dict[str, bool]:
-        """Probe ``topic`` (one this endpoint subscribes to) through every router at once;
-        returns which routers delivered the probe back within ``timeout``."""
-        ids = sorted(self._links)
+    async def check_routers(self, timeout: float) -> dict[str, bool]:
+        """Probe every connected router at once; returns which delivered the probe back
+        within ``timeout`` (the deaf-node self-check, and how a router becomes live).
+
+        The probes go on a topic subscribed just now, after every connection that was up
+        at the time, so a probe that comes back proves that the router holds every
+        subscription ZeroMQ sent it on this connection before. A router that is not live
+        yet becomes live only if no other subscription was made meanwhile (it might not be
+        proven through that router); it is checked again at once.
+        """
+        sub = self._sub
+        assert sub is not None and self._loop is not None
+        topic = wire.emitter_topic(secrets.token_bytes(wire.TAG_BYTES))
+        ops = self._subscribe_ops
+        sub.setsockopt(zmq.SUBSCRIBE, topic)
+        self._kick()
+        ids = sorted(rid for rid, link in self._links.items() if link.pub_up and link.sub_up)
 
         async def one(rid: str) -> bool:
             try:
-                await self.probe(topic, timeout, via=rid)
+                await self.probe(topic, timeout, via=rid, abandon_dead=True, needs_live=False)
             except TimeoutError:
                 return False
             return True
 
-        results = await asyncio.gather(*(one(r) for r in ids))
-        for rid, ok in zip(ids, results, strict=True):
-            link = self._links.get(rid)
-            if link is not None:
-                link.live = ok
-        return dict(zip(ids, results, strict=True))
+        try:
+            results = dict(zip(ids, await asyncio.gather(*(one(r) for r in ids)), strict=True))
+        finally:
+            with contextlib.suppress(zmq.ZMQError):
+                sub.setsockopt(zmq.UNSUBSCRIBE, topic)
+            self._kick()
+        quiet = self._subscribe_ops == ops
+        changed = False
+        recheck = False
+        for rid, link in self._links.items():
+            ok = results.get(rid, False) and link.pub_up and link.sub_up
+            if ok and not link.proven and not quiet:
+                ok, recheck = False, True
+            if ok != link.proven:
+                link.proven, changed = ok, True
+                log.info("router %s is %s", rid, "live" if ok else "not live")
+        if changed:
+            self._update_owners()
+            if self.on_links is not None:
+                self.on_links()
+        if recheck and self.on_links is not None:
+            self._loop.call_soon(self.on_links)
+        return results
 
     def live_routers(self) -> list[str]:
-        """Routers whose last check delivered our probe back."""
+        """Routers both of whose links are up and whose last check delivered our probe."""
         return sorted(rid for rid, link in self._links.items() if link.live)
+
+    def connected_routers(self) -> list[str]:
+        """Routers both of whose links are up, proven or not."""
+        return sorted(rid for rid, link in self._links.items() if link.pub_up and link.sub_up)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -464,11 +688,13 @@ class Bus:
         except wire.WireError as exc:
             self._count_error(exc.reason)
             return
-        if header.origin == self.origin and header.incarnation == self.incarnation:
-            if isinstance(body, wire.Probe):
+        if isinstance(body, wire.Probe):
+            if header.origin == self.origin and header.incarnation == self.incarnation:
                 future = self._probes.get(body.nonce)
                 if future is not None and not future.done():
                     future.set_result(None)
+            return  # another endpoint's probe: it is not part of its numbering (seq 0)
+        if header.origin == self.origin and header.incarnation == self.incarnation:
             return
         topic = frame[:size]
         seen = self._last_seen.get(topic)
@@ -486,9 +712,9 @@ class Bus:
                 return
             if seq > last + 1:
                 stats.gaps += seq - last - 1
+                kind = _TOPIC_KINDS.get(frame[0], "other")
+                stats.gaps_by_topic[kind] = stats.gaps_by_topic.get(kind, 0) + seq - last - 1
         seen[key] = seq
-        if isinstance(body, wire.Probe):
-            return
         try:
             self.on_message(Topic(topic), header, body)
         except Exception:
@@ -510,10 +736,15 @@ class Bus:
             "bytes_in": s.bytes_in,
             "undecodable": s.undecodable,
             "gaps": s.gaps,
+            "gaps_by_topic": dict(s.gaps_by_topic),
             "probes_sent": s.probes_sent,
             "send_dropped": s.send_dropped,
             "no_router": s.no_router,
             "late": s.late,
+            "link_lost": s.link_lost,
+            "link_dropped": s.link_dropped,
+            "connected_routers": self.connected_routers(),
+            "routers_in_use": list(self._owner_ids),
             "routers": self.router_ids,
             "live_routers": self.live_routers(),
             "subscriptions": s.subscriptions,
@@ -522,19 +753,49 @@ class Bus:
 
 
 class _Link:
-    """One router as this endpoint uses it: the PUB socket towards its XSUB side, and the
-    messages queued for it during this loop pass."""
+    """One router as this endpoint uses it: the PUB socket towards its XSUB side, the state of
+    both connections, and the messages queued for it during this loop pass."""
 
-    __slots__ = ("id", "live", "pub", "queue", "queued_bytes", "xpub", "xsub")
+    __slots__ = (
+        "id",
+        "monitor",
+        "proven",
+        "pub",
+        "pub_up",
+        "queue",
+        "queued_bytes",
+        "sub_up",
+        "xpub",
+        "xsub",
+    )
 
     def __init__(self, rid: str, xsub: str, xpub: str, pub: zmq.Socket[bytes]) -> None:
         self.id = rid
         self.xsub = xsub
         self.xpub = xpub
         self.pub = pub
+        self.monitor: zmq.Socket[bytes] | None = None
         self.queue: list[bytes] = []
         self.queued_bytes = 0
-        self.live = False  # until a check sees our probe come back through it
+        self.pub_up = False  # our PUB's connection to its XSUB side completed its handshake
+        self.sub_up = False  # its XPUB side's connection to our SUB, likewise
+        self.proven = False  # a check saw our probe come back through it since they came up
+
+    @property
+    def live(self) -> bool:
+        """Connected both ways and proven to deliver our subscriptions."""
+        return self.pub_up and self.sub_up and self.proven
 
     def close(self, linger_ms: int) -> None:
         self.pub.close(linger=linger_ms)
+
+
+class _Owner:
+    """The router a topic is published through, and when it was last used."""
+
+    __slots__ = ("generation", "last", "link")
+
+    def __init__(self, link: _Link, last: float, generation: int) -> None:
+        self.link = link
+        self.last = last
+        self.generation = generation

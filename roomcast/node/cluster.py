@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("roomcast.cluster")
 
+_MIN_CHECK_GAP = 0.02  # seconds between two router checks, at least
+
 
 class ClusterTimeoutError(RoomcastError):
     """Some nodes did not answer a cluster request in time; ``missing`` names them."""
@@ -138,7 +140,14 @@ class ClusterLink:
             hwm=self.cs.hwm,
             probe_retry=self.cs.probe_retry_ms / 1000,
             linger_ms=500,  # the LEAVE announcement must get out
+            heartbeat_ms=self.cs.link_heartbeat_ms,
+            link_timeout_ms=self.cs.link_timeout_ms,
+            move_idle_ms=self.cs.move_idle_ms,
+            on_links=self._links_changed,
         )
+        self._announced: tuple[str, ...] | None = None  # live routers in the last heartbeat
+        self._check_now = asyncio.Event()
+        self._started = False
         self._msg_ids = itertools.count(1)
         self._req_ids = itertools.count(1)
         self._seen: collections.OrderedDict[tuple[str, int, int], None] = collections.OrderedDict()
@@ -180,8 +189,10 @@ class ClusterLink:
         )
         if any(isinstance(r, BaseException) for r in results):
             log.warning("no router answered yet; the node keeps trying in the background")
-        await self.bus.check_routers(self.topic, self.cs.self_check_timeout_ms / 1000)
-        self.bus.publish(wire.GOSSIP_TOPIC, self.facts.heartbeat(tuple(self.bus.router_ids)))
+        await self.bus.check_routers(self.cs.self_check_timeout_ms / 1000)
+        self._started = True
+        self._update_usable()
+        self._announce()
         loop = asyncio.get_running_loop()
         self._housekeeper = loop.create_task(self._housekeeping())
         self._checker = loop.create_task(self._self_check())
@@ -213,27 +224,53 @@ class ClusterLink:
             self._act(self.replica.tick(now))
             if now >= next_beat:
                 next_beat = now + interval
-                self.flush()
-                self.facts.connections = len(self.server.connections)
-                heartbeat = self.facts.heartbeat(tuple(self.bus.live_routers()))
-                self.bus.publish(wire.GOSSIP_TOPIC, heartbeat)
+                self._announce()
+
+    def _announce(self) -> None:
+        """Send a heartbeat now, naming the routers that deliver this node's probes (pending
+        membership changes go first: a heartbeat's facts_seq covers them)."""
+        self.flush()
+        self.facts.connections = len(self.server.connections)
+        live = tuple(self.bus.live_routers())
+        self._announced = live
+        self.bus.publish(wire.GOSSIP_TOPIC, self.facts.heartbeat(live))
+
+    def _update_usable(self) -> None:
+        """Publish only through routers that every live node hears (and we do)."""
+        live = self.bus.live_routers()
+        self.bus.set_usable(self.replica.routers_heard_by_all(live) or live)
+
+    def _links_changed(self) -> None:
+        """A link to a router came or went, or a check changed which routers are live: move
+        topics now, tell the other nodes at once (they stop publishing through a router this
+        node no longer hears without waiting for a heartbeat), and check at once a router
+        that is connected but not proven yet."""
+        if not self._started:
+            return
+        self._update_usable()
+        if tuple(self.bus.live_routers()) != self._announced:
+            self._announce()
+        if set(self.bus.connected_routers()) - set(self.bus.live_routers()):
+            self._check_now.set()
 
     async def _self_check(self) -> None:
-        """The deaf-node self-check: probe our own direct topic through every router.
+        """The deaf-node self-check: probe every router (see :meth:`Bus.check_routers`).
 
         A router that stops delivering our probes is not used to publish (its topics move to
         the others); with none left the node is *deaf*: it fails ``/health`` (and its Consul
         check) so load balancers stop sending it clients, resubscribes everything, and
         recovers when probes flow again. Publishers use only the routers that every live
-        node reports hearing, so no node misses a topic's traffic because of its router.
+        node reports hearing, so no node misses a topic's traffic because of its router. A
+        link coming up starts a check at once instead of at the next interval.
         """
         interval = self.cs.self_check_interval_ms / 1000
         timeout = self.cs.self_check_timeout_ms / 1000
         deaf_checks = 0
         while True:
-            await self.bus.check_routers(self.topic, timeout)
+            self._check_now.clear()
+            await self.bus.check_routers(timeout)
             live = self.bus.live_routers()
-            self.bus.set_usable(self.replica.routers_heard_by_all(live) or live)
+            self._update_usable()
             if live:
                 if deaf_checks:
                     log.warning("node %s hears the bus again through %s", self.node_id, live)
@@ -246,7 +283,9 @@ class ClusterLink:
                 if deaf_checks % 5 == 0:
                     self.bus.resubscribe_all()
                 deaf_checks += 1
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._check_now.wait(), interval)
+            await asyncio.sleep(_MIN_CHECK_GAP)  # a flapping link must not make checks spin
 
     # -- discovery ----------------------------------------------------------------------------
 
@@ -554,6 +593,8 @@ class ClusterLink:
         else:
             now = asyncio.get_running_loop().time()
             self._act(self.replica.receive(header, body, now))
+            if isinstance(body, wire.Heartbeat | wire.Leave):
+                self._update_usable()  # which routers the others hear may have changed
 
     def _act(self, actions: list[Any]) -> None:
         for action in actions:
