@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import zmq
 from aiohttp import web
@@ -34,6 +34,8 @@ from roomcast.cluster import wire
 log = logging.getLogger("roomcast.router")
 
 _DRAIN = 4096
+_EVENTS = int(zmq.EVENTS)  # plain ints: pyzmq's enums cost a lookup per call
+_POLLIN = int(zmq.POLLIN)
 
 
 @dataclass
@@ -215,10 +217,10 @@ class Router:
         stats = self.stats
         subscribers = self._subscribers
         for _ in range(_DRAIN):
-            try:
-                event = xpub.recv(zmq.NOBLOCK)
-            except zmq.Again:
+            # Asking first is cheaper than the exception of an empty recv (usually none waits).
+            if not cast(int, xpub.get(_EVENTS)) & _POLLIN:
                 return
+            event = xpub.recv(zmq.NOBLOCK)
             if not event:
                 continue
             topic = bytes(event[1:])
@@ -241,10 +243,11 @@ class Router:
         topic_bytes = wire.TOPIC_BYTES
         send = xpub.send
         for _ in range(_DRAIN):
-            try:
-                frame = xsub.recv(zmq.NOBLOCK)
-            except zmq.Again:
+            if (
+                not cast(int, xsub.get(_EVENTS)) & _POLLIN
+            ):  # cheaper than the exception of an empty recv
                 return
+            frame = xsub.recv(zmq.NOBLOCK)
             stats.batches_in += 1
             try:
                 for message in wire.split_batch(frame):
