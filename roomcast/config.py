@@ -39,6 +39,7 @@ class NodeSettings:
     advertise: str = ""  #: the URL others reach this node at; empty: http://host:port
     admin_token: str = ""  #: bearer token for /admin/*; empty: loopback clients only
     drain_window_ms: int = 10_000  #: `roomcast drain` spreads reconnects over this long
+    backlog: int = 511  #: the listening socket's queue of connections not yet accepted
 
 
 @dataclass(frozen=True)
@@ -362,6 +363,7 @@ def _check(s: Settings) -> None:
         "upgrade_timeout_ms",
     )
     _positive(s.limits, "limits", *(f.name for f in dataclasses.fields(s.limits)))
+    _positive(s.node, "node", "backlog")
     if not 0 <= s.node.port <= 65535:
         raise ConfigError("node.port: must be between 0 and 65535")
     if not (s.node.path.startswith("/") and s.node.path.endswith("/")):

@@ -487,7 +487,9 @@ class Server(Delivery):
         )
         await self._runner.setup()
         node = self.settings.node
-        site = web.TCPSite(self._runner, node.host, node.port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner, node.host, node.port, reuse_address=True, backlog=node.backlog
+        )
         await site.start()
         server = site._server
         if server is not None and server.sockets:  # type: ignore[attr-defined]
