@@ -536,31 +536,38 @@ class Bus:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         retry = self._probe_retry
-        while True:
-            nonce = next(self._nonces)
-            future: asyncio.Future[None] = loop.create_future()
-            self._probes[nonce] = future
-            self.publish(topic, wire.Probe(nonce), via)
-            self.stats.probes_sent += 1
-            wait = min(retry, max(deadline - loop.time(), 0.0))
-            try:
-                await asyncio.wait_for(future, wait)
-                return
-            except TimeoutError:
-                if abandon_dead and via is not None:
-                    link = self._links.get(via)
-                    if link is None or not (
-                        link.live if needs_live else link.pub_up and link.sub_up
-                    ):
-                        # The router died (or went) meanwhile: nobody publishes through it.
-                        raise TimeoutError(f"router {via} is gone") from None
-                if loop.time() >= deadline:
-                    raise TimeoutError(f"probe on {topic!r} did not come back") from None
-                # The probe overtook the subscription (or was dropped): send another, with
-                # a growing interval so an absent router costs little.
-                retry = min(retry * 2, 1.0)
-            finally:
+        # Any probe of this call coming back proves the subscription (each was sent after
+        # it): a slow first probe must not be ignored because a retry went out meanwhile.
+        future: asyncio.Future[None] = loop.create_future()
+        nonces: list[int] = []
+        try:
+            while True:
+                nonce = next(self._nonces)
+                nonces.append(nonce)
+                self._probes[nonce] = future
+                self.publish(topic, wire.Probe(nonce), via)
+                self.stats.probes_sent += 1
+                wait = min(retry, max(deadline - loop.time(), 0.0))
+                try:
+                    await asyncio.wait_for(asyncio.shield(future), wait)
+                    return
+                except TimeoutError:
+                    if abandon_dead and via is not None:
+                        link = self._links.get(via)
+                        if link is None or not (
+                            link.live if needs_live else link.pub_up and link.sub_up
+                        ):
+                            # The router died (or went) meanwhile: nobody publishes through it.
+                            raise TimeoutError(f"router {via} is gone") from None
+                    if loop.time() >= deadline:
+                        raise TimeoutError(f"probe on {topic!r} did not come back") from None
+                    # The probe overtook the subscription (or was dropped, or is slow): send
+                    # another, with a growing interval so an absent router costs little.
+                    retry = min(retry * 2, 1.0)
+        finally:
+            for nonce in nonces:
                 self._probes.pop(nonce, None)
+            future.cancel()
 
     async def _prove(self, topic: Topic, timeout: float) -> None:
         """Prove a new subscription through every live router (any of them may become the
