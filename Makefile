@@ -18,6 +18,10 @@ $(VENV)/.stamp-test: $(VENV)/.stamp-install pyproject.toml
 	$(PIP) install --quiet -e '.[test]'
 	touch $@
 
+$(VENV)/.stamp-bench: $(VENV)/.stamp-test pyproject.toml
+	$(PIP) install --quiet -e '.[test,bench]'
+	touch $@
+
 tests/js/node_modules/.stamp: tests/js/package.json tests/js/package-lock.json
 	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
@@ -41,10 +45,11 @@ lint: install-test
 typecheck: install-test
 	$(VENV)/bin/mypy
 
-# Single-node and 2-node cluster fan-out, roomcast vs Node socket.io@4 (+ the Redis adapter);
-# the cluster scenario installs Debian's redis-server when it is missing. See bench/__main__.py,
-# e.g. BENCH_ARGS="--scenario cluster --repeat 3".
-bench: install-test
+# Single-node and 2-node cluster fan-out, scale-out to --scale nodes, and idle connections,
+# roomcast vs Node socket.io@4 (+ the Redis adapter); the cluster scenarios install Debian's
+# redis-server when it is missing. See bench/__main__.py,
+# e.g. BENCH_ARGS="--scenario cluster --repeat 3" or "--scenario scaleout --scale 2,4".
+bench: install-test $(VENV)/.stamp-bench
 	@test bench/js/node_modules/.package-lock.json -nt bench/js/package-lock.json || \
 		{ cd bench/js && npm ci --no-audit --no-fund --loglevel=error; }
 	$(PY) -m bench $(BENCH_ARGS)

@@ -1,29 +1,49 @@
-"""Fan-out benchmark: roomcast against the official Node socket.io server, on one node and on two.
+"""Fan-out benchmark: roomcast against the official Node socket.io server, on one node, on a
+cluster of two, scaled out to more nodes, and how fast they take connections.
 
-    python -m bench [--scenario single,cluster] [--servers roomcast,node,python-socketio]
+    python -m bench [--scenario single,cluster,scaleout,connect]
+                    [--servers roomcast,node,python-socketio]
                     [--clients 1000] [--rooms 100] [--duration 10] [--modes max,rate]
                     [--rate 30] [--window 8] [--workers 1] [--repeat 1] [--profile DIR]
+                    [--nodes 2] [--spread 0] [--joins 200]
+                    [--scale 2,3,4] [--png bench-scaleout.png]
+                    [--idle-clients 5000] [--connect-concurrency 100]
 
 Every server runs as processes of its own on 127.0.0.1; the load generator (bench/loadgen.py,
 ``--workers`` processes) opens ``--clients`` WebSockets, puts them in ``--rooms`` rooms of equal
 size through the relay's ``join`` event, and makes the first member of each room publish with
 the ``publish`` event. Every other member (publishers never receive their own messages, on any
-server) records the latency from the message's send timestamp. Two scenarios:
+server) records the latency from the message's send timestamp. Four scenarios (all by default):
 
 * ``single``: one server process (roomcast, Node socket.io@4, python-socketio).
-* ``cluster``: two server processes and what connects them. roomcast: 2 nodes and 1 router
-  (``python -m roomcast router`` / ``node``, with a cluster.toml of free ports written to a
-  temporary directory); node: 2 socket.io@4 processes (bench/js/cluster-server.mjs) with the
+* ``cluster``: ``--nodes`` (2) server processes and what connects them. roomcast: the nodes and
+  1 router (``python -m roomcast router`` / ``node``, with a cluster.toml of free ports written
+  to a temporary directory); node: socket.io@4 processes (bench/js/cluster-server.mjs) with the
   official Redis adapter and a Debian ``redis-server`` (installed with apt-get when missing).
-  Every room has members on both nodes (the clients of a room alternate between them), the
-  publishers of half the rooms are on each node, and the closed loop of each room is driven by
-  a member on the other node than its publisher. python-socketio is not part of it.
+  Every room has members on ``--spread`` nodes (0: all; with 2 nodes the clients of a room
+  alternate between them), the publishers of half the rooms are on each node, and the closed
+  loop of each room is driven by a member on another node than its publisher. python-socketio
+  is not part of it. Join latency is measured here too (below).
+* ``scaleout``: the cluster deployments at every node count of ``--scale`` (2, 3, 4), each room
+  with members on exactly 2 nodes whatever their number (room r on nodes r and r+1, mod N),
+  the same clients and rooms at every count, so the same offered load. Besides the fan-out
+  figures, the bytes each edge node received from its bus per second (bench/traffic.py:
+  roomcast's bus ``bytes_in`` counter; for Node, the TCP bytes its Redis connections received,
+  from ``ss``): interest routing sends a node only the rooms it has members in, the Redis
+  adapter every broadcast to every node. Drawn into ``--png`` (matplotlib, the ``bench``
+  extra; skipped, saying so, when it is missing).
+* ``connect``: one server process, ``--idle-clients`` idle clients (WebSocket + Socket.IO
+  CONNECT, no room) opened with at most ``--connect-concurrency`` handshakes in flight:
+  connections per second from the first connect to the last CONNECT ack, server RSS growth
+  per connection (VmRSS before and after, each settled 1s) and server CPU per connection.
+  The bench raises its soft limit of open files to the hard limit (the servers inherit it)
+  and says when a server's limit is below what the clients need.
 
 Before measuring, every room's publisher sends one probe message and the bench waits until all
-members of the room, on both nodes, got it; for roomcast it also waits until every node's
+members of the room, on every node, got it; for roomcast it also waits until every node's
 ``/admin/rooms`` shows every room with all its members (the gossiped membership converged).
 
-Two phases per server:
+Two phases per fan-out server (``--modes``):
 
 * ``max``: closed loop, ``--window`` messages in flight per room: the room's next message is
   sent as soon as one of its members got the previous one. Shows the sustainable peak.
@@ -31,18 +51,26 @@ Two phases per server:
 
 Figures are per phase: publishes/s and deliveries/s during the measured ``--duration`` (after
 ``--warmup``), latency percentiles of the messages sent in that window (in the cluster, also
-those of the deliveries on the other node than the publisher's), their deliveries still missing
+those of the deliveries on another node than the publisher's), their deliveries still missing
 ``--drain`` seconds after it, and the CPU used by all the server processes of the scenario and
 by the load generator. A benchmark, not a test: nothing here judges the numbers.
 
+Join latency (cluster scenario, ``--joins`` samples, 0: off): one extra client on the first
+node joins a fresh room name (no member anywhere: a roomcast node subscribes to it and waits for
+its probe to come back through the router before acking) and leaves it, one join at a time;
+the time from sending ``join`` to reading the ack. At idle (after setup, back to back) and
+during the ``max`` phase (spread evenly over its measured window: 20 joins/s with the defaults).
+
 ``--profile DIR`` records the Python server processes (roomcast's nodes and router too) with
 py-spy during each measured window and prints their hottest functions (see bench/profile.py).
-``make bench`` installs the Node servers (``npm ci`` in bench/js) and passes ``BENCH_ARGS`` on.
+``make bench`` installs the Node servers (``npm ci`` in bench/js) and matplotlib, and passes
+``BENCH_ARGS`` on.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import signal
 import sys
@@ -50,10 +78,11 @@ import tempfile
 from pathlib import Path
 
 from bench.measure import bench_server
-from bench.report import Row, print_table
+from bench.plot import plot_scaleout
+from bench.report import Results, print_connects, print_joins, print_scaleout, print_table
 from bench.servers import CLUSTER_SERVERS, JS_DIR, SINGLE_SERVERS
 
-SCENARIOS = ("single", "cluster")
+SCENARIOS = ("single", "cluster", "scaleout", "connect")
 
 
 def _names(value: str) -> list[str]:
@@ -67,13 +96,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenario",
-        default="single,cluster",
-        help="single (one server process), cluster (2 nodes + router / + redis), or both",
+        default=",".join(SCENARIOS),
+        help="single (one server process), cluster (2 nodes + router / + redis), scaleout "
+        "(--scale nodes), connect (--idle-clients idle clients); a comma-separated list",
     )
     parser.add_argument(
         "--servers",
         default="roomcast,node,python-socketio",
-        help="servers to run (the cluster scenario runs roomcast and node only)",
+        help="servers to run (cluster and scaleout run roomcast and node only)",
     )
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--rooms", type=int, default=100)
@@ -88,6 +118,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nodes", type=int, default=2, help="cluster: server processes")
     parser.add_argument(
         "--spread", type=int, default=0, help="cluster: nodes each room has members on (0: all)"
+    )
+    parser.add_argument(
+        "--joins",
+        type=int,
+        default=200,
+        help="cluster: join-latency samples at idle and during the max phase (0: none)",
+    )
+    parser.add_argument(
+        "--scale", default="2,3,4", help="scaleout: the node counts, each room on 2 of them"
+    )
+    parser.add_argument(
+        "--png",
+        type=Path,
+        default=Path("bench-scaleout.png"),
+        help="scaleout: where to draw its figure (needs matplotlib)",
+    )
+    parser.add_argument(
+        "--idle-clients", type=int, default=5000, help="connect: idle clients to open"
+    )
+    parser.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=100,
+        help="connect: handshakes in flight at most (all load generator processes together)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="rounds over every server")
     parser.add_argument(
@@ -117,22 +171,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--workers must be between 1 and --rooms")
     if args.rate <= 0 or args.window < 1 or args.duration <= 0 or args.repeat < 1:
         parser.error("--rate, --window, --duration and --repeat must be positive")
+    if args.nodes < 1 or args.joins < 0:
+        parser.error("--nodes must be positive and --joins not negative")
+    try:
+        args.scale_counts = [int(n) for n in _names(args.scale)]
+    except ValueError:
+        parser.error("--scale: a comma-separated list of node counts, e.g. 2,3,4")
+    if "scaleout" in args.scenarios and (not args.scale_counts or min(args.scale_counts) < 2):
+        parser.error("--scale: node counts of at least 2 (each room has members on 2 nodes)")
+    args.scale_text = ", ".join(str(n) for n in args.scale_counts)
+    if args.idle_clients < args.workers or args.connect_concurrency < 1:
+        parser.error("--idle-clients must be at least --workers; --connect-concurrency positive")
     return args
 
 
-def plan(args: argparse.Namespace) -> list[tuple[str, str]] | None:
-    """The (scenario, server) runs of one round; None when the Node servers are not installed."""
-    runs = [
-        (scenario, name)
-        for scenario in args.scenarios
-        for name in args.servers
-        if scenario == "single" or name in CLUSTER_SERVERS
-    ]
-    if "cluster" in args.scenarios:
+def plan(args: argparse.Namespace) -> list[tuple[str, str, int]] | None:
+    """The (scenario, server, nodes) runs of one round (nodes: the node count of a cluster,
+    0 for one process); None when the Node servers are not installed."""
+    runs: list[tuple[str, str, int]] = []
+    for scenario in args.scenarios:
+        if scenario in ("single", "connect"):
+            runs += [(scenario, name, 0) for name in args.servers]
+            continue
         for name in args.servers:
             if name not in CLUSTER_SERVERS:
-                print(f"cluster: {name} is not part of this scenario", file=sys.stderr)
-    if any(name == "node" for _, name in runs):
+                print(f"{scenario}: {name} is not part of this scenario", file=sys.stderr)
+        counts = args.scale_counts if scenario == "scaleout" else [args.nodes]
+        # Node counts outermost: both servers of one count run close together in time.
+        runs += [
+            (scenario, name, n) for n in counts for name in args.servers if name in CLUSTER_SERVERS
+        ]
+    if any(name == "node" for _, name, _ in runs):
         needed = ["socket.io", "@socket.io/redis-adapter", "redis"]
         if shutil.which("node") is None or shutil.which("npm") is None:
             print("node: skipped (node or npm not found)", file=sys.stderr)
@@ -143,6 +212,31 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str]] | None:
     return runs
 
 
+def raise_fd_limit() -> None:
+    """Raise the soft limit of open files to the hard limit: the servers inherit it (a
+    Python server does not raise its own), and the connect scenario needs a descriptor per
+    client on both sides."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            print(f"open files: could not raise {soft} to {hard}: {exc}", file=sys.stderr)
+            return
+        print(f"open files: soft limit raised from {soft} to {hard}", file=sys.stderr)
+
+
+def print_report(args: argparse.Namespace, results: Results) -> None:
+    """Every table of what was measured, the scale-out figure beside its table."""
+    print_table(args, results.rows)
+    print_joins(args, results.joins)
+    print_scaleout(args, results.rows)
+    if any(row.scenario == "scaleout" for row in results.rows):
+        title = f"{args.clients} clients in {args.rooms} rooms, each room on 2 nodes"
+        print(plot_scaleout(results.rows, args.png, title))
+    print_connects(args, results.connects)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM unwinds like Ctrl-C does, so that every server and worker is stopped.
@@ -150,22 +244,24 @@ def main(argv: list[str] | None = None) -> int:
     runs = plan(args)
     if runs is None:
         return 2
-    rows: list[Row] = []
+    raise_fd_limit()
+    results = Results()
     try:
         with tempfile.TemporaryDirectory(prefix="roomcast-bench-") as tmp:
             for _ in range(args.repeat):
-                for scenario, name in runs:
-                    log_dir = Path(tmp) / scenario / name
+                for scenario, name, nodes in runs:
+                    where = f"{name}-{nodes}" if scenario == "scaleout" else name
+                    log_dir = Path(tmp) / scenario / where
                     log_dir.mkdir(parents=True, exist_ok=True)
                     try:
-                        bench_server(args, scenario, name, log_dir, rows)
+                        bench_server(args, scenario, name, log_dir, results, nodes)
                     except RuntimeError as exc:
-                        print(f"{scenario}/{name}: failed: {exc}", file=sys.stderr)
+                        print(f"{scenario}/{where}: failed: {exc}", file=sys.stderr)
     except (KeyboardInterrupt, SystemExit):
         print("\ninterrupted", file=sys.stderr)
-        print_table(args, rows)
+        print_report(args, results)
         return 130
-    print_table(args, rows)
+    print_report(args, results)
     return 0
 
 

@@ -21,6 +21,13 @@ The worker talks to the parent over a :mod:`multiprocessing` pipe: it answers ``
 its clients have connected and joined and one probe message per room has reached every member
 (so a cluster's membership has converged), then runs each :class:`Phase` it is sent and answers
 with a :class:`PhaseResult`.
+
+Join latency (``WorkerConfig.joiner``, a worker of its own with no rooms, so that a busy
+loop of room clients does not delay reading the acks): one client of no room, on the first
+server, joins a fresh room name (a room with no member anywhere, so a roomcast node subscribes
+to it and proves the subscription through the router before it acks) and leaves it again, one
+join at a time: back to back when told ``joins`` (at idle), spread over the measured window of
+a phase whose ``joins`` is set. The latency is from sending ``join`` to reading its ack.
 """
 
 from __future__ import annotations
@@ -32,9 +39,11 @@ import gc
 import hashlib
 import json
 import os
+import resource
 import struct
 import time
 from array import array
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, cast
@@ -78,6 +87,7 @@ class WorkerConfig:
     members: int  #: clients per room, the publisher included
     payload: int  #: filler characters in each message's data
     spread: int = 0  #: how many of the servers each room has members on; 0: all of them
+    joiner: bool = False  #: also run a client measuring join latency, on ``ports[0]``
     connect_concurrency: int = 50
     connect_timeout: float = 30.0
     probe_timeout: float = 30.0
@@ -101,6 +111,7 @@ class Phase:
     t0: int  #: measurement starts
     t1: int  #: measurement and publishing end
     drain: float  #: seconds to wait after t1 for messages still in flight
+    joins: int = 0  #: join-latency samples spread over [t0, t1) (by the worker's joiner)
 
 
 @dataclass
@@ -114,6 +125,7 @@ class PhaseResult:
     remote_latencies: array[int] = field(default_factory=lambda: array("q"))  #: also in latencies
     cpu_seconds: float = 0.0  #: this worker's CPU time in [t0, t1)
     closed_clients: int = 0
+    join_latencies: array[int] = field(default_factory=lambda: array("q"))  #: µs, joiner only
     errors: list[str] = field(default_factory=list)
 
 
@@ -185,9 +197,10 @@ class Room:
 
 
 class Client(asyncio.Protocol):
-    """One WebSocket client: Engine.IO session, Socket.IO socket on "/", member of one room."""
+    """One WebSocket client: Engine.IO session, Socket.IO socket on "/", member of one room
+    (or of none: ``room`` None, an idle client or the joiner)."""
 
-    def __init__(self, host: str, port: int, room: Room, remote: bool = False) -> None:
+    def __init__(self, host: str, port: int, room: Room | None, remote: bool = False) -> None:
         self.host = host
         self.port = port
         self.room = room
@@ -200,6 +213,7 @@ class Client(asyncio.Protocol):
         self._fragments: list[bytes] = []
         self._acks: dict[int, asyncio.Future[Any]] = {}
         self._next_ack = 1
+        self.acked_at = 0  #: when the last ack's frame was read (:func:`now_us`)
         loop = asyncio.get_running_loop()
         self.connected: asyncio.Future[str] = loop.create_future()
         self.closed = False
@@ -266,6 +280,8 @@ class Client(asyncio.Protocol):
             self._buf = data[pos:]
 
     def _deliver(self, payload: bytes, now: int) -> None:
+        if self.room is None:
+            return
         t = int(payload[_PREFIX_LEN : payload.index(b",", _PREFIX_LEN)])
         rec = self.room.recorder
         if rec.t0 <= t < rec.t1:
@@ -316,6 +332,7 @@ class Client(asyncio.Protocol):
         elif payload == b"2":  # Engine.IO PING
             self._write(PONG_FRAME)
         elif payload.startswith(b"43"):  # Socket.IO ACK on "/"
+            self.acked_at = now
             bracket = payload.index(b"[")
             future = self._acks.pop(int(payload[2:bracket]), None)
             if future is not None and not future.done():
@@ -362,12 +379,18 @@ class Client(asyncio.Protocol):
             self.transport.close()
 
 
+async def connect(client: Client) -> None:
+    """Open the WebSocket and connect to "/" (returns on the Socket.IO CONNECT ack)."""
+    loop = asyncio.get_running_loop()
+    await loop.create_connection(lambda: client, client.host, client.port)
+    await client.connected
+
+
 async def connect_and_join(client: Client, timeout: float) -> None:
     """Open the WebSocket, connect to "/", join the client's room and check the ack."""
-    loop = asyncio.get_running_loop()
+    assert client.room is not None
     async with asyncio.timeout(timeout):
-        await loop.create_connection(lambda: client, client.host, client.port)
-        await client.connected
+        await connect(client)
         ack = await client.emit_with_ack("join", client.room.name)
     if not isinstance(ack, dict) or ack.get("ok") is not True:
         raise ProtocolFailure(f"join {client.room.name} refused: {ack!r}")
@@ -380,9 +403,16 @@ class Worker:
         self.cfg = cfg
         self.rooms = [Room(i, cfg.payload) for i in cfg.rooms]
         self.clients: list[Client] = []
+        self.joiner: Client | None = None
+        self._fresh = 0  #: fresh room names used by the joiner so far
+        self._leaving: list[asyncio.Task[None]] = []  #: the joiner's leaves since last checked
 
     async def connect(self) -> None:
         cfg = self.cfg
+        if cfg.joiner:
+            self.joiner = Client(cfg.host, cfg.ports[0], None)
+            async with asyncio.timeout(cfg.connect_timeout):
+                await connect(self.joiner)
         for room in self.rooms:
             home = cfg.port_of(room.index, 0)
             for i in range(cfg.members):
@@ -440,6 +470,9 @@ class Worker:
             for i, client in enumerate(room.clients):
                 client.feedback = room if phase.mode == "max" and i == 1 else None
         result = PhaseResult()
+        joining = None
+        if self.joiner is not None and phase.joins > 0:
+            joining = asyncio.create_task(self._joins_during(phase, result))
         await sleep_until(phase.start)
         if phase.mode == "max":
             for room in self.rooms:
@@ -464,11 +497,16 @@ class Worker:
         result.remote_latencies = recorder.remote_latencies
         result.received_in_window = recorder.received_in_window
         result.closed_clients = sum(1 for client in self.clients if client.closed)
+        if joining is not None:
+            await joining
         return result
 
     async def _publish_at_rate(self, phase: Phase) -> float:
         """Open loop: each room publishes ``rate`` messages per second, phases spread out.
         Returns the worker's CPU seconds in [t0, t1)."""
+        if not self.rooms:  # the joiner's worker: nothing to publish
+            await sleep_until(phase.t1)
+            return 0.0
         period = 1e6 / phase.rate
         n = len(self.rooms)
         due = [phase.start + period * k / n for k in range(n)]
@@ -489,9 +527,81 @@ class Worker:
             cpu = time.process_time() - cpu0
         return cpu
 
+    async def join_once(self) -> int:
+        """The joiner joins a room nobody is in and leaves it again; returns the join's µs
+        (from sending ``join`` to reading its ack)."""
+        joiner = self.joiner
+        assert joiner is not None
+        # Unique across workers and runs: the room cannot have a member anywhere.
+        name = f"fresh-{os.getpid()}-{self._fresh}"
+        self._fresh += 1
+        async with asyncio.timeout(10):
+            began = now_us()
+            ack = await joiner.emit_with_ack("join", name)
+            # When the ack was read, not when this task resumed after the loop pass.
+            elapsed = joiner.acked_at - began
+        if not isinstance(ack, dict) or ack.get("ok") is not True:
+            raise ProtocolFailure(f"join {name} refused: {ack!r}")
+        # Leave at once, so that rooms (and subscriptions) do not pile up; its ack is checked
+        # later (:meth:`left`), so that the next join's latency is not held up by it.
+        self._leaving.append(asyncio.create_task(self._leave(name)))
+        return elapsed
+
+    async def _leave(self, name: str) -> None:
+        assert self.joiner is not None
+        async with asyncio.timeout(10):
+            ack = await self.joiner.emit_with_ack("leave", name)
+        if not isinstance(ack, dict) or ack.get("ok") is not True:
+            raise ProtocolFailure(f"leave {name} refused: {ack!r}")
+
+    async def left(self) -> list[str]:
+        """Wait for the joiner's pending leaves; what went wrong with them."""
+        errors = []
+        tasks, self._leaving = self._leaving, []
+        for task in tasks:
+            try:
+                await task
+            except (ProtocolFailure, TimeoutError) as exc:
+                errors.append(f"joiner: {exc!r}")
+        return errors[:1]  # the first says enough
+
+    async def joins(self, count: int, budget: float = 60.0) -> tuple[array[int], list[str]]:
+        """``count`` join latencies (µs), one join after the other (fewer if they take more
+        than ``budget`` seconds), and what ended them early; none without a joiner."""
+        out: array[int] = array("q")
+        if self.joiner is None:
+            return out, []
+        deadline = time.monotonic() + budget
+        errors = []
+        try:
+            for _ in range(count):
+                if time.monotonic() > deadline:
+                    errors.append(f"joiner: only {len(out)} joins in {budget:g}s")
+                    break
+                out.append(await self.join_once())
+        except (ProtocolFailure, TimeoutError) as exc:
+            errors.append(f"joiner: {exc!r}")
+        return out, errors + await self.left()
+
+    async def _joins_during(self, phase: Phase, result: PhaseResult) -> None:
+        """``phase.joins`` joins started at even intervals over [t0, t1) (one at a time: a
+        slow join delays the next), into ``result``; a failure ends them, and is reported."""
+        step = (phase.t1 - phase.t0) / phase.joins
+        try:
+            for k in range(phase.joins):
+                await sleep_until(phase.t0 + int(k * step))
+                if now_us() >= phase.t1:
+                    break
+                result.join_latencies.append(await self.join_once())
+        except (ProtocolFailure, TimeoutError) as exc:
+            result.errors.append(f"joiner: {exc!r}")
+        result.errors += await self.left()
+
     def close(self) -> None:
         for client in self.clients:
             client.close()
+        if self.joiner is not None:
+            self.joiner.close()
 
 
 async def sleep_until(t: int) -> None:
@@ -527,13 +637,27 @@ async def serve(conn: Connection, cfg: WorkerConfig) -> None:
                 break
             if command == "phase":
                 conn.send(("result", await worker.run_phase(arg)))
+            elif command == "joins":
+                conn.send(("joins", await worker.joins(arg)))
     finally:
         worker.close()
         await asyncio.sleep(0.05)  # let close frames go out
 
 
-def worker_main(conn: Connection, cfg: WorkerConfig) -> None:
-    """The entry point of a worker process."""
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise this process's soft limit of open files to its hard limit (every client is a
+    file descriptor); returns the (soft, hard) limits now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft, hard
+
+
+def run_worker(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop when it is installed; a parent that went away ends it quietly."""
+    raise_fd_limit()
     try:
         import uvloop
     except ImportError:
@@ -541,4 +665,9 @@ def worker_main(conn: Connection, cfg: WorkerConfig) -> None:
     else:
         run = uvloop.run
     with contextlib.suppress(KeyboardInterrupt, EOFError, BrokenPipeError):
-        run(serve(conn, cfg))
+        run(main)
+
+
+def worker_main(conn: Connection, cfg: WorkerConfig) -> None:
+    """The entry point of a worker process."""
+    run_worker(serve(conn, cfg))

@@ -1,11 +1,14 @@
 """Measuring one deployment: the load generator processes, the phases, and the CPU and
-write-syscall figures of the server processes read from /proc meanwhile.
+write-syscall figures of the server processes read from /proc meanwhile; in a cluster also the
+bytes each node received from its bus (bench/traffic.py) and join latencies; in the connect
+scenario the connection rate and the server's memory per connection.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import multiprocessing
 import os
 import subprocess
@@ -17,9 +20,21 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from bench import profile
+from bench import profile, traffic
+from bench.idle import ConnectConfig, ConnectResult, idle_main
 from bench.loadgen import Phase, PhaseResult, WorkerConfig, now_us, worker_main
-from bench.report import COLUMNS, LABELS, Row, format_cpu_parts, format_row
+from bench.report import (
+    COLUMNS,
+    SCALEOUT_COLUMNS,
+    ConnectRow,
+    JoinSample,
+    Results,
+    Row,
+    format_cpu_parts,
+    format_row,
+    percentile,
+    server_label,
+)
 from bench.servers import HOST, Deployment, deploy, get_json
 
 
@@ -56,21 +71,90 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_kb(pid: int) -> int | None:
+    """The resident set size of a process, KB (``VmRSS`` of /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def open_files_limit(pid: int) -> int | None:
+    """The soft limit of open files of a process (``Max open files`` of /proc/PID/limits)."""
+    try:
+        with open(f"/proc/{pid}/limits") as fh:
+            for line in fh:
+                if line.startswith("Max open files"):
+                    value = line.split()[3]
+                    return None if value == "unlimited" else int(value)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def listen_overflows() -> int | None:
+    """How often a listening socket's accept queue was full, machine-wide since boot
+    (``TcpExt: ListenOverflows`` of /proc/net/netstat): connections then wait for a SYN
+    retransmission, a second or more, which a connection rate shows."""
+    try:
+        with open("/proc/net/netstat") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            fields = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            with contextlib.suppress(KeyError, ValueError):
+                return int(fields["ListenOverflows"])
+    return None
+
+
+def wait_idle(pid: int, timeout: float = 5.0) -> None:
+    """Wait (at most ``timeout`` seconds) until a process stops using CPU: a server still
+    closing thousands of sessions may not stop in time when asked to."""
+    deadline = time.monotonic() + timeout
+    last = cpu_seconds(pid)
+    while last is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = cpu_seconds(pid)
+        if now is None or now - last < 0.01:
+            return
+        last = now
+
+
 def _sum_or_none(values: list[float | None]) -> float | None:
     return None if any(v is None for v in values) else sum(v for v in values if v is not None)
 
 
 class Workers:
-    """The load generator processes of one server's run."""
+    """The load generator processes of one server's run (and the joiner's, when asked)."""
 
-    def __init__(self, args: argparse.Namespace, ports: tuple[int, ...]) -> None:
+    def __init__(
+        self, args: argparse.Namespace, ports: tuple[int, ...], joiner: bool = False
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         members = args.clients // args.rooms
         self.procs: list[BaseProcess] = []
         self.conns: list[Connection] = []
-        for w in range(args.workers):
-            rooms = list(range(w, args.rooms, args.workers))
-            cfg = WorkerConfig(HOST, ports, rooms, members, args.payload, args.spread)
+        configs = [
+            WorkerConfig(
+                HOST,
+                ports,
+                list(range(w, args.rooms, args.workers)),
+                members,
+                args.payload,
+                args.spread,
+            )
+            for w in range(args.workers)
+        ]
+        if joiner:
+            # A process of its own: a loop busy with room clients would delay reading its acks.
+            configs.append(WorkerConfig(HOST, ports, [], members, args.payload, joiner=True))
+        for cfg in configs:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=worker_main, args=(child, cfg), daemon=True)
             proc.start()
@@ -141,13 +225,6 @@ def wait_for_membership(args: argparse.Namespace, admin_urls: tuple[str, ...]) -
         time.sleep(0.05)
 
 
-def percentile(sorted_values: array[int], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    index = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))
-    return sorted_values[index] / 1000
-
-
 def sleep_until(t: int) -> None:
     delay = (t - now_us()) / 1e6
     if delay > 0:
@@ -162,7 +239,8 @@ def start_profiles(
     args.profile.mkdir(parents=True, exist_ok=True)
     spies = []
     for label in deployment.python:
-        prefix = f"{name}-{mode}" if scenario == "single" else f"cluster-{name}-{label}-{mode}"
+        where = f"scaleout{len(deployment.ports)}" if scenario == "scaleout" else scenario
+        prefix = f"{name}-{mode}" if scenario == "single" else f"{where}-{name}-{label}-{mode}"
         output = args.profile / f"{prefix}.txt"
         spy = profile.record(deployment.procs[label].pid, args.duration, output)
         if spy is not None:
@@ -186,11 +264,15 @@ def run_phase(
     mode: str,
     workers: Workers,
     deployment: Deployment,
+    joins: list[JoinSample] | None = None,
 ) -> Row:
+    """One phase on a deployment; join latencies measured meanwhile go to ``joins``."""
     start = now_us() + 300_000
     t0 = start + int(args.warmup * 1e6)
     t1 = t0 + int(args.duration * 1e6)
-    phase = Phase(mode, args.rate, args.window, start, t0, t1, args.drain)
+    # Join latency under load: during the max phase of the cluster scenario only.
+    n_joins = args.joins if joins is not None and mode == "max" else 0
+    phase = Phase(mode, args.rate, args.window, start, t0, t1, args.drain, n_joins)
     workers.send(("phase", phase))
     sleep_until(t0)
     spies = start_profiles(args, scenario, name, mode, deployment)
@@ -198,14 +280,23 @@ def run_phase(
     cpu0 = {label: cpu_seconds(pid) for label, pid in pids.items()}
     busy0 = machine_busy_seconds()
     w0 = _sum_or_none([write_syscalls(pid) for pid in pids.values()])
+    bus0 = traffic.sample(deployment) if scenario == "scaleout" else None
     sleep_until(t1)
     cpu1 = {label: cpu_seconds(pid) for label, pid in pids.items()}
     busy1 = machine_busy_seconds()
     w1 = _sum_or_none([write_syscalls(pid) for pid in pids.values()])
+    bus1 = traffic.sample(deployment) if scenario == "scaleout" else None
+    bus = traffic.per_second(bus0, bus1)
+    if scenario == "scaleout" and bus is None:
+        print(f"  [{name}/{mode}: the nodes' bus bytes could not be read]", file=sys.stderr)
     results: list[PhaseResult] = [
         value for _, value in workers.receive(args.drain + args.warmup + args.duration + 30)
     ]
     finish_profiles(spies)
+    if n_joins and joins is not None:
+        joined = array("q", (x for r in results for x in r.join_latencies))
+        errors = [e for r in results for e in r.errors]
+        joins.append(JoinSample(name, "max", joined, errors))
     latencies = array("q", sorted(x for r in results for x in r.latencies))
     remote = array("q", sorted(x for r in results for x in r.remote_latencies))
     seconds = args.duration
@@ -243,18 +334,42 @@ def run_phase(
         other_cpu=other_cpu,
         writes_per_delivery=writes,
         cpu_parts=parts,
+        nodes=len(deployment.ports) if scenario == "scaleout" else 0,
+        bus_in_per_node=None if bus is None else sum(bus) / len(bus),
+        bus_in_max_node=None if bus is None else max(bus),
     )
 
 
-def bench_server(
-    args: argparse.Namespace, scenario: str, name: str, log_dir: Path, rows: list[Row]
+def idle_joins(args: argparse.Namespace, name: str, workers: Workers) -> JoinSample:
+    """``--joins`` joins at idle, one after the other, by the joiner."""
+    workers.send(("joins", args.joins))
+    # The joiner stops after 60 s (and a join gives up after 10 s).
+    replies = workers.receive(90)
+    joined = array("q", (x for _, (latencies, _) in replies for x in latencies))
+    errors = [e for _, (_, errs) in replies for e in errs]
+    return JoinSample(name, "idle", joined, errors)
+
+
+def bench_fanout(
+    args: argparse.Namespace,
+    scenario: str,
+    name: str,
+    log_dir: Path,
+    results: Results,
+    nodes: int,
 ) -> None:
-    """Run every phase on one server of one scenario; each row is added to ``rows`` as soon as
-    it is measured (an interrupted bench still prints what it has)."""
-    label = LABELS.get((scenario, name), name)
-    with deploy(scenario, name, log_dir, args.nodes) as deployment:
+    """Every phase on one server of a fan-out scenario (single, cluster, or scaleout with
+    ``nodes`` nodes); each row is added to ``results`` as soon as it is measured."""
+    if scenario == "scaleout":
+        # Each room on exactly two nodes, whatever their number: a node then has members of
+        # 2/N of the rooms, which is what interest routing can make use of.
+        args = copy.copy(args)
+        args.spread = 2
+    cluster = scenario == "cluster"
+    with deploy(scenario, name, log_dir, nodes) as deployment:
+        label = server_label(scenario, name, nodes if scenario == "scaleout" else 0)
         began = time.monotonic()
-        workers = Workers(args, deployment.ports)
+        workers = Workers(args, deployment.ports, joiner=cluster and args.joins > 0)
         try:
             ready = workers.receive(90)
             clients = sum(n for _, (n, _) in ready)
@@ -269,12 +384,127 @@ def bench_server(
                 f"{probe:.2f}s{note}",
                 file=sys.stderr,
             )
+            joins = results.joins if cluster and args.joins > 0 else None
+            if joins is not None:
+                sample = idle_joins(args, name, workers)
+                joins.append(sample)
+                latencies = array("q", sorted(sample.latencies))
+                p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+                if p50 is not None and p99 is not None:
+                    print(
+                        f"  join latency at idle: {len(latencies)} joins, p50 {p50:.2f} ms, "
+                        f"p99 {p99:.2f} ms",
+                        file=sys.stderr,
+                    )
+                for error in sample.errors:
+                    print(f"  join latency at idle: {error}", file=sys.stderr)
+            columns = SCALEOUT_COLUMNS if scenario == "scaleout" else COLUMNS[scenario]
             for mode in args.modes:
-                row = run_phase(args, scenario, name, mode, workers, deployment)
-                print(f"  {format_row(row, COLUMNS[scenario])}", file=sys.stderr, flush=True)
+                row = run_phase(args, scenario, name, mode, workers, deployment, joins)
+                print(f"  {format_row(row, columns)}", file=sys.stderr, flush=True)
                 if len(row.cpu_parts) > 1:
                     print(f"    server CPU: {format_cpu_parts(row)}", file=sys.stderr, flush=True)
-                rows.append(row)
+                results.rows.append(row)
                 time.sleep(0.5)
         finally:
             workers.close()
+
+
+def bench_connect(args: argparse.Namespace, name: str, log_dir: Path, results: Results) -> None:
+    """The connect phase on one server: ``--idle-clients`` idle clients opened as fast as
+    ``--connect-concurrency`` allows, the server's RSS before and after (each settled 1s)."""
+    settle = 1.0
+    with deploy("connect", name, log_dir) as deployment:
+        pid = deployment.procs[name].pid
+        limit = open_files_limit(pid)
+        if limit is not None and limit < args.idle_clients + 64:
+            print(
+                f"connect/{name}: the server may open only {limit} files, fewer than "
+                f"{args.idle_clients} clients need",
+                file=sys.stderr,
+            )
+        ctx = multiprocessing.get_context("spawn")
+        procs: list[BaseProcess] = []
+        conns: list[Connection] = []
+        share, extra = divmod(args.idle_clients, args.workers)
+        lanes = max(1, args.connect_concurrency // args.workers)
+        try:
+            for w in range(args.workers):
+                cfg = ConnectConfig(HOST, deployment.ports[0], share + (w < extra), lanes)
+                parent, child = ctx.Pipe()
+                idle = ctx.Process(target=idle_main, args=(child, cfg), daemon=True)
+                idle.start()
+                child.close()
+                procs.append(idle)
+                conns.append(parent)
+            time.sleep(settle)  # the server idle since it started; the workers importing
+            rss0 = rss_kb(pid)
+            cpu0 = cpu_seconds(pid)
+            overflows0 = listen_overflows()
+            start = now_us() + 500_000  # after every worker has started, most likely
+            for conn in conns:
+                conn.send(("connect", start))
+            done: list[ConnectResult] = []
+            deadline = time.monotonic() + 60 + args.idle_clients / 50
+            for conn in conns:
+                if not conn.poll(max(0.0, deadline - time.monotonic())):
+                    raise RuntimeError("the idle clients did not connect in time")
+                done.append(conn.recv()[1])
+            cpu1 = cpu_seconds(pid)
+            overflows1 = listen_overflows()
+            time.sleep(settle)
+            rss1 = rss_kb(pid)
+            connected = sum(r.connected for r in done)
+            began = min(r.began for r in done)
+            finished = max((r.finished for r in done if r.connected), default=began)
+            row = ConnectRow(
+                server=name,
+                clients=args.idle_clients,
+                connected=connected,
+                failed=sum(r.failed for r in done),
+                seconds=(finished - began) / 1e6,
+                rss_before_kb=rss0,
+                rss_after_kb=rss1,
+                server_cpu=None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
+                loadgen_cpu=sum(r.cpu_seconds for r in done),
+                first_error=next((r.first_error for r in done if r.first_error), ""),
+                listen_overflows=(
+                    None if overflows0 is None or overflows1 is None else overflows1 - overflows0
+                ),
+            )
+            print(
+                f"connect/{name}: {connected} of {args.idle_clients} clients in "
+                f"{row.seconds:.2f}s, server RSS {rss0} -> {rss1} KB (open files: server "
+                f"{limit}, load generator {done[0].fd_limit})",
+                file=sys.stderr,
+            )
+            results.connects.append(row)
+        finally:
+            for conn in conns:
+                with contextlib.suppress(OSError):
+                    conn.send(("quit", None))
+            for proc in procs:
+                proc.join(10)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+            for conn in conns:
+                conn.close()
+            wait_idle(pid)
+
+
+def bench_server(
+    args: argparse.Namespace,
+    scenario: str,
+    name: str,
+    log_dir: Path,
+    results: Results,
+    nodes: int = 0,
+) -> None:
+    """One server in one scenario (``nodes``: a scale-out deployment's node count); what it
+    measures is added to ``results`` as soon as it is (an interrupted bench prints what it
+    has)."""
+    if scenario == "connect":
+        bench_connect(args, name, log_dir, results)
+    else:
+        bench_fanout(args, scenario, name, log_dir, results, nodes or args.nodes)

@@ -1,5 +1,6 @@
-"""The results: one :class:`Row` per measured phase, and the tables printed from them (the
-median of every figure over ``--repeat`` rounds).
+"""The results: one :class:`Row` per measured phase, join latencies (:class:`JoinSample`) and
+connection figures (:class:`ConnectRow`), and the tables printed from them (the median of every
+figure over ``--repeat`` rounds; join latencies of all rounds pooled).
 """
 
 from __future__ import annotations
@@ -7,14 +8,23 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 #: What the rows of each scenario's table call a server.
 LABELS = {
     ("cluster", "roomcast"): "roomcast 2+rtr",
     ("cluster", "node"): "node 2+redis",
 }
+
+
+def server_label(scenario: str, server: str, nodes: int = 0) -> str:
+    """What the tables call ``server`` in ``scenario`` (``nodes``: a scale-out node count)."""
+    if scenario == "scaleout":
+        return f"roomcast {nodes}+rtr" if server == "roomcast" else f"{server} {nodes}+redis"
+    return LABELS.get((scenario, server), server)
 
 
 @dataclass
@@ -38,10 +48,13 @@ class Row:
     other_cpu: float | None  #: cores used by other processes meanwhile
     writes_per_delivery: float | None  #: the servers' write syscalls per delivery
     cpu_parts: dict[str, float] = field(default_factory=dict)  #: cores, per server process
+    nodes: int = 0  #: edge nodes of a scale-out deployment (0: another scenario)
+    bus_in_per_node: float | None = None  #: bytes/s each node received from its bus, mean
+    bus_in_max_node: float | None = None  #: ... and the most any node received
 
     @property
     def label(self) -> str:
-        return LABELS.get((self.scenario, self.server), self.server)
+        return server_label(self.scenario, self.server, self.nodes)
 
     @property
     def per_cpu_second(self) -> float | None:
@@ -77,15 +90,20 @@ def format_cpu_parts(row: Row) -> str:
     return ", ".join(f"{label} {_pct(cores)}" for label, cores in row.cpu_parts.items())
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
-class Column:
+class Column(Generic[T]):
+    """One column of a table of ``T`` rows: its title, width and how a row fills it."""
+
     title: str
     width: int
-    cell: Callable[[Row], str]
+    cell: Callable[[T], str]
     left: bool = False
 
 
-_COMMON_HEAD = (
+_COMMON_HEAD: tuple[Column[Row], ...] = (
     Column("server", 15, lambda r: r.label, left=True),
     Column("phase", 5, lambda r: r.mode, left=True),
     Column("offered", 14, lambda r: r.offered, left=True),
@@ -95,14 +113,14 @@ _COMMON_HEAD = (
     Column("p99 ms", 7, lambda r: _ms(r.p99_ms)),
     Column("max ms", 7, lambda r: _ms(r.max_ms)),
 )
-_COMMON_TAIL = (
+_COMMON_TAIL: tuple[Column[Row], ...] = (
     Column("missing", 7, lambda r: str(r.missing)),
     Column("srv CPU", 7, lambda r: _pct(r.server_cpu)),
     Column("gen CPU", 7, lambda r: _pct(r.loadgen_cpu)),
     Column("other", 5, lambda r: _pct(r.other_cpu)),
     Column("deliv/srv-CPU-s", 15, lambda r: _int(r.per_cpu_second)),
 )
-COLUMNS: dict[str, tuple[Column, ...]] = {
+COLUMNS: dict[str, tuple[Column[Row], ...]] = {
     "single": (
         *_COMMON_HEAD,
         *_COMMON_TAIL,
@@ -119,15 +137,23 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
 }
 
 
-def _line(cells: list[str], columns: tuple[Column, ...]) -> str:
+def _line(cells: list[str], columns: tuple[Column[T], ...]) -> str:
     return "  ".join(
         cell.ljust(col.width) if col.left else cell.rjust(col.width)
         for cell, col in zip(cells, columns, strict=True)
     )
 
 
-def format_row(row: Row, columns: tuple[Column, ...]) -> str:
+def format_row(row: T, columns: tuple[Column[T], ...]) -> str:
     return _line([col.cell(row) for col in columns], columns)
+
+
+def percentile(sorted_values: array[int], q: float) -> float | None:
+    """The ``q`` quantile of sorted µs values, in ms (nearest rank); None if there are none."""
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))
+    return sorted_values[index] / 1000
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -136,12 +162,13 @@ def _median(values: list[float | None]) -> float | None:
 
 
 def summarize(rows: list[Row]) -> list[Row]:
-    """One row per (scenario, server, phase): the median of each figure over the repeats."""
-    groups: dict[tuple[str, str, str], list[Row]] = {}
+    """One row per (scenario, nodes, server, phase): the median of each figure over the
+    repeats."""
+    groups: dict[tuple[str, int, str, str], list[Row]] = {}
     for row in rows:
-        groups.setdefault((row.scenario, row.server, row.mode), []).append(row)
+        groups.setdefault((row.scenario, row.nodes, row.server, row.mode), []).append(row)
     out = []
-    for (scenario, server, mode), group in groups.items():
+    for (scenario, nodes, server, mode), group in groups.items():
         labels = group[0].cpu_parts.keys()
         out.append(
             Row(
@@ -165,15 +192,22 @@ def summarize(rows: list[Row]) -> list[Row]:
                     label: statistics.median(r.cpu_parts.get(label, 0.0) for r in group)
                     for label in labels
                 },
+                nodes=nodes,
+                bus_in_per_node=_median([r.bus_in_per_node for r in group]),
+                bus_in_max_node=_median([r.bus_in_max_node for r in group]),
             )
         )
     return out
 
 
 def print_table(args: argparse.Namespace, rows: list[Row]) -> None:
+    """The fan-out tables of the single and cluster scenarios, and what their columns mean."""
     members = args.clients // args.rooms
     half = members // 2
-    for scenario in args.scenarios:
+    fanout = [s for s in args.scenarios if s in COLUMNS]
+    if not fanout:
+        return
+    for scenario in fanout:
         summary = [row for row in summarize(rows) if row.scenario == scenario]
         columns = COLUMNS[scenario]
         print()
@@ -211,3 +245,270 @@ def print_table(args: argparse.Namespace, rows: list[Row]) -> None:
     print("deliv/srv-CPU-s is deliveries per second of server CPU (CPU µs/deliv its inverse),")
     print("the figure least sensitive to a noisy machine; writes/deliv is the server's write")
     print("system calls per delivered message (below 1: frames to one client were coalesced).")
+
+
+# -- the scale-out scenario -------------------------------------------------------------------
+
+
+def _kb(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1000:,.1f}"
+
+
+SCALEOUT_COLUMNS: tuple[Column[Row], ...] = (
+    Column("nodes", 5, lambda r: str(r.nodes)),
+    Column("server", 15, lambda r: r.label, left=True),
+    Column("phase", 5, lambda r: r.mode, left=True),
+    Column("offered", 14, lambda r: r.offered, left=True),
+    Column("pub/s", 7, lambda r: _int(r.published_per_s)),
+    Column("deliv msg/s", 11, lambda r: _int(r.delivered_per_s)),
+    Column("p50 ms", 7, lambda r: _ms(r.p50_ms)),
+    Column("p99 ms", 7, lambda r: _ms(r.p99_ms)),
+    Column("missing", 7, lambda r: str(r.missing)),
+    Column("srv CPU", 7, lambda r: _pct(r.server_cpu)),
+    Column("gen CPU", 7, lambda r: _pct(r.loadgen_cpu)),
+    Column("other", 5, lambda r: _pct(r.other_cpu)),
+    Column("CPU µs/deliv", 12, lambda r: _num(r.cpu_us_per_delivery)),
+    Column("bus in KB/s/node", 16, lambda r: _kb(r.bus_in_per_node)),
+    Column("busiest node", 12, lambda r: _kb(r.bus_in_max_node)),
+)
+
+
+def scaleout_rows(rows: list[Row]) -> list[Row]:
+    """The scale-out rows (medians over the repeats), by node count, then server and phase."""
+    summary = [row for row in summarize(rows) if row.scenario == "scaleout"]
+    order = {"roomcast": 0, "node": 1}
+    return sorted(summary, key=lambda r: (r.nodes, r.mode, order.get(r.server, 2)))
+
+
+def print_scaleout(args: argparse.Namespace, rows: list[Row]) -> None:
+    """The scale-out table: per node count and server, CPU per delivery and bus bytes."""
+    summary = scaleout_rows(rows)
+    if not summary:
+        return
+    members = args.clients // args.rooms
+    print()
+    print(
+        f"SCALE-OUT: {args.scale_text} edge nodes. roomcast N+rtr = N roomcast nodes + 1 router; "
+        "node N+redis = N Node socket.io@4\nprocesses + @socket.io/redis-adapter + "
+        f"redis-server. Every room has members on exactly 2 nodes ({members - members // 2} "
+        f"+ {members // 2}), room r on\nnodes r and r+1 (mod N); the same {args.clients} "
+        f"clients and {args.rooms} rooms at every N, so the offered load is the same."
+    )
+    print(
+        f"{args.duration:g}s measured after {args.warmup:g}s warmup, {args.workers} load "
+        f"generator process(es), {os.cpu_count()} CPUs"
+        + (f", median of {args.repeat} runs" if args.repeat > 1 else "")
+    )
+    header = _line([col.title for col in SCALEOUT_COLUMNS], SCALEOUT_COLUMNS)
+    print(header)
+    print("-" * len(header))
+    for row in summary:
+        print(format_row(row, SCALEOUT_COLUMNS))
+    for row in summary:
+        print(f"  srv CPU of {row.label} {row.mode}: {format_cpu_parts(row)}")
+    print(
+        "bus in = what one edge node received from its bus per second (mean over the nodes; "
+        "busiest: the most any node\ngot). roomcast: the node's bus bytes_in counter "
+        "(/admin/cluster; ZeroMQ message bytes, its own envelopes\nback from the router "
+        "included); node: TCP bytes its Redis connections received (ss -tinp, RESP framing\n"
+        "included). See bench/traffic.py."
+    )
+
+
+# -- join latency (cluster scenario) ----------------------------------------------------------
+
+
+@dataclass
+class JoinSample:
+    """Join latencies (µs) measured on one server, ``idle`` or under the ``max`` phase."""
+
+    server: str
+    condition: str  #: "idle" or "max"
+    latencies: array[int]
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class JoinRow:
+    """One server's join latencies, every round pooled, sorted (µs)."""
+
+    server: str
+    idle: array[int]
+    loaded: array[int]  #: during the max phase
+
+    @property
+    def label(self) -> str:
+        return server_label("cluster", self.server)
+
+
+def join_rows(samples: list[JoinSample]) -> list[JoinRow]:
+    """Pool the samples of every round per server and condition."""
+    rows: dict[str, JoinRow] = {}
+    for sample in samples:
+        row = rows.setdefault(sample.server, JoinRow(sample.server, array("q"), array("q")))
+        (row.idle if sample.condition == "idle" else row.loaded).extend(sample.latencies)
+    for row in rows.values():
+        row.idle = array("q", sorted(row.idle))
+        row.loaded = array("q", sorted(row.loaded))
+    return list(rows.values())
+
+
+JOIN_COLUMNS: tuple[Column[JoinRow], ...] = (
+    Column("server", 15, lambda r: r.label, left=True),
+    Column("idle n", 6, lambda r: str(len(r.idle))),
+    Column("p50 ms", 7, lambda r: _ms(percentile(r.idle, 0.50))),
+    Column("p99 ms", 7, lambda r: _ms(percentile(r.idle, 0.99))),
+    Column("max ms", 7, lambda r: _ms(percentile(r.idle, 1.0))),
+    Column("max-load n", 10, lambda r: str(len(r.loaded))),
+    Column("p50 ms", 7, lambda r: _ms(percentile(r.loaded, 0.50))),
+    Column("p99 ms", 7, lambda r: _ms(percentile(r.loaded, 0.99))),
+    Column("max ms", 7, lambda r: _ms(percentile(r.loaded, 1.0))),
+)
+
+
+def print_joins(args: argparse.Namespace, samples: list[JoinSample]) -> None:
+    """The join-latency table: p50 / p99 at idle and under the max phase, per server."""
+    if not samples:
+        return
+    print()
+    print(
+        f"JOIN LATENCY (cluster scenario, {args.nodes} nodes): one client on the first node "
+        "joins a fresh room (no member\nanywhere) and leaves it, one join at a time; from "
+        "sending `join` to reading its ack. idle: after setup,\nback to back; max-load: "
+        "spread over the measured window of the max phase."
+    )
+    header = _line([col.title for col in JOIN_COLUMNS], JOIN_COLUMNS)
+    print(header)
+    print("-" * len(header))
+    for row in join_rows(samples):
+        print(format_row(row, JOIN_COLUMNS))
+    for sample in samples:
+        for error in sample.errors:
+            print(f"  {sample.server} {sample.condition}: {error}")
+
+
+# -- the connect scenario ---------------------------------------------------------------------
+
+
+@dataclass
+class ConnectRow:
+    """One server's connect phase: idle clients opened, how fast, and what they cost it."""
+
+    server: str
+    clients: int  #: asked for
+    connected: int
+    failed: int
+    seconds: float  #: first connect started → last Socket.IO CONNECT ack read
+    rss_before_kb: int | None  #: the server process's VmRSS before, settled
+    rss_after_kb: int | None  #: ... with every client connected, settled
+    server_cpu: float | None  #: CPU seconds the server used while they connected
+    loadgen_cpu: float  #: CPU seconds the idle-client workers used meanwhile
+    first_error: str = ""
+    #: accept queues found full meanwhile (machine-wide): each costs a SYN retransmission
+    listen_overflows: int | None = None
+
+    @property
+    def per_second(self) -> float | None:
+        """Connections per second."""
+        return self.connected / self.seconds if self.seconds > 0 else None
+
+    @property
+    def kb_per_connection(self) -> float | None:
+        """Server RSS growth per connected client, KB (1024 bytes, as /proc says)."""
+        if self.rss_before_kb is None or self.rss_after_kb is None or not self.connected:
+            return None
+        return (self.rss_after_kb - self.rss_before_kb) / self.connected
+
+    @property
+    def cpu_us_per_connection(self) -> float | None:
+        """Server CPU microseconds per connection (handshake, upgrade, Socket.IO CONNECT)."""
+        if self.server_cpu is None or not self.connected:
+            return None
+        return self.server_cpu * 1e6 / self.connected
+
+
+CONNECT_COLUMNS: tuple[Column[ConnectRow], ...] = (
+    Column("server", 15, lambda r: r.server, left=True),
+    Column("clients", 7, lambda r: str(r.connected)),
+    Column("failed", 6, lambda r: str(r.failed)),
+    Column("seconds", 7, lambda r: f"{r.seconds:.2f}"),
+    Column("conn/s", 7, lambda r: _int(r.per_second)),
+    Column("RSS before MB", 13, lambda r: _mb(r.rss_before_kb)),
+    Column("RSS after MB", 12, lambda r: _mb(r.rss_after_kb)),
+    Column("KB/conn", 7, lambda r: _num(r.kb_per_connection)),
+    Column("srv CPU µs/conn", 15, lambda r: _int(r.cpu_us_per_connection)),
+    Column("gen CPU s", 9, lambda r: f"{r.loadgen_cpu:.2f}"),
+    Column("accept ovf", 10, lambda r: _int(r.listen_overflows)),
+)
+
+
+def _mb(kb: float | None) -> str:
+    return "-" if kb is None else f"{kb / 1024:,.1f}"
+
+
+def _median_int(values: list[int | None]) -> int | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present)) if present else None
+
+
+def summarize_connects(rows: list[ConnectRow]) -> list[ConnectRow]:
+    """One row per server: the median of each figure over the repeats."""
+    groups: dict[str, list[ConnectRow]] = {}
+    for row in rows:
+        groups.setdefault(row.server, []).append(row)
+    out = []
+    for server, group in groups.items():
+        out.append(
+            ConnectRow(
+                server=server,
+                clients=group[0].clients,
+                connected=round(statistics.median(r.connected for r in group)),
+                failed=max(r.failed for r in group),
+                seconds=statistics.median(r.seconds for r in group),
+                rss_before_kb=_median_int([r.rss_before_kb for r in group]),
+                rss_after_kb=_median_int([r.rss_after_kb for r in group]),
+                server_cpu=_median([r.server_cpu for r in group]),
+                loadgen_cpu=statistics.median(r.loadgen_cpu for r in group),
+                first_error=next((r.first_error for r in group if r.first_error), ""),
+                listen_overflows=_median_int([r.listen_overflows for r in group]),
+            )
+        )
+    return out
+
+
+def print_connects(args: argparse.Namespace, rows: list[ConnectRow]) -> None:
+    """The connect table: connection rate and server memory per idle connection."""
+    if not rows:
+        return
+    print()
+    print(
+        f"CONNECT: {args.idle_clients} idle WebSocket clients (Engine.IO handshake + Socket.IO "
+        'CONNECT to "/", no room)\nagainst one server process, at most '
+        f"{args.connect_concurrency} handshakes in flight, from {args.workers} load generator "
+        "process(es).\nconn/s: from the first connect to the last CONNECT ack. RSS: VmRSS of "
+        "the server process (Node: the node\nprocess) before and after, each read after 1s of "
+        "settling; KB/conn: RSS growth / clients connected;\nsrv CPU µs/conn: the server's "
+        "CPU while they connected, per connection;\naccept ovf: how often a listen "
+        "queue was full meanwhile (machine-wide TcpExt ListenOverflows; each such\nconnection "
+        "waits for a SYN retransmission)"
+        + (f"; median of {args.repeat} runs" if args.repeat > 1 else "")
+        + "."
+    )
+    header = _line([col.title for col in CONNECT_COLUMNS], CONNECT_COLUMNS)
+    print(header)
+    print("-" * len(header))
+    summary = summarize_connects(rows)
+    for row in summary:
+        print(format_row(row, CONNECT_COLUMNS))
+    for row in summary:
+        if row.first_error:
+            print(f"  {row.server}: {row.failed} failed, e.g. {row.first_error}")
+
+
+@dataclass
+class Results:
+    """Everything a bench run measured so far (an interrupted run prints what it has)."""
+
+    rows: list[Row] = field(default_factory=list)  #: fan-out phases, every scenario
+    joins: list[JoinSample] = field(default_factory=list)  #: the cluster scenario
+    connects: list[ConnectRow] = field(default_factory=list)  #: the connect scenario

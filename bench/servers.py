@@ -1,10 +1,10 @@
 """The server processes of each scenario: start them on free ports of 127.0.0.1, wait until
 they serve, and always stop them.
 
-``single`` runs one process of bench/roomcast_server.py, bench/js/server.mjs or
-bench/sio_server.py; ``cluster`` runs a roomcast router and two nodes (with a cluster.toml
-written for them), or a redis-server and two bench/js/cluster-server.mjs. :func:`deploy` picks
-one and yields its :class:`Deployment`.
+``single`` and ``connect`` run one process of bench/roomcast_server.py, bench/js/server.mjs or
+bench/sio_server.py; ``cluster`` and ``scaleout`` run a roomcast router and N nodes (with a
+cluster.toml written for them), or a redis-server and N bench/js/cluster-server.mjs.
+:func:`deploy` picks one and yields its :class:`Deployment`.
 """
 
 from __future__ import annotations
@@ -154,6 +154,8 @@ class Deployment:
     procs: dict[str, subprocess.Popen[bytes]]  #: label -> process; their CPU is the server's
     python: tuple[str, ...] = ()  #: labels of the Python processes (py-spy can record them)
     admin_urls: tuple[str, ...] = ()  #: roomcast nodes, whose /admin/rooms shows membership
+    nodes: tuple[str, ...] = ()  #: labels of a cluster's edge nodes (in ``ports`` order)
+    redis_port: int = 0  #: a Node cluster's redis-server (its nodes' bus), 0: none
 
 
 @contextlib.contextmanager
@@ -218,7 +220,8 @@ def roomcast_cluster(log_dir: Path, nodes: int = 2) -> Iterator[Deployment]:
                 started(f"n{i}", argv, log_dir, functools.partial(http_ok, f"{url}/health"))
             )
             urls.append(url)
-        yield Deployment(tuple(node_ports), procs, tuple(procs), tuple(urls))
+        labels = tuple(f"n{i}" for i in range(1, nodes + 1))
+        yield Deployment(tuple(node_ports), procs, tuple(procs), tuple(urls), labels)
 
 
 def ensure_redis_server() -> str:
@@ -277,13 +280,15 @@ def node_redis_cluster(log_dir: Path, nodes: int = 2) -> Iterator[Deployment]:
             procs[f"node{i}"] = stack.enter_context(
                 started(f"node{i}", argv, log_dir, functools.partial(port_open, port))
             )
-        yield Deployment(tuple(node_ports), procs)
+        labels = tuple(f"node{i}" for i in range(1, nodes + 1))
+        yield Deployment(tuple(node_ports), procs, nodes=labels, redis_port=redis_port)
 
 
 def deploy(
     scenario: str, name: str, log_dir: Path, nodes: int = 2
 ) -> contextlib.AbstractContextManager[Deployment]:
-    if scenario == "single":
+    """The servers of ``name`` in ``scenario`` (``nodes`` edge nodes in a cluster)."""
+    if scenario in ("single", "connect"):
         return single_server(name, log_dir)
     if name == "roomcast":
         return roomcast_cluster(log_dir, nodes)
