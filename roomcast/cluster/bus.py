@@ -68,6 +68,9 @@ log = logging.getLogger("roomcast.cluster")
 
 Handler = Callable[[Topic, wire.Header, wire.Body], None]
 _LINK_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+_TOPIC_BYTES = wire.TOPIC_BYTES  # module globals: read once per message on the hot path
+_SENDER_BYTES = wire.SENDER_BYTES
+_decode = wire.decode
 _TOPIC_KINDS = {
     ord("R"): "room",
     ord("A"): "namespace",
@@ -692,36 +695,33 @@ class Bus:
         stats = self.stats
         stats.received += 1
         stats.bytes_in += len(frame)
-        size = wire.TOPIC_BYTES.get(frame[0]) if frame else None
-        if size is None or len(frame) <= size + wire.SENDER_BYTES:
+        size = _TOPIC_BYTES.get(frame[0]) if frame else None
+        if size is None or len(frame) <= size + _SENDER_BYTES:
             self._count_error("bad topic" if size is None else "not an envelope")
             return
-        if (
-            frame[size : size + wire.SENDER_BYTES] == self._sender
-            and frame[size + wire.SENDER_BYTES] != _PROBE
-        ):
+        if frame.startswith(self._sender, size) and frame[size + _SENDER_BYTES] != _PROBE:
             stats.own += 1  # our own envelope back from the router: already delivered here
             return
         try:
-            header, body = wire.decode(frame, size)
+            header, body = _decode(frame, size)
         except wire.WireError as exc:
             self._count_error(exc.reason)
             return
-        if isinstance(body, wire.Probe):
-            if header.origin == self.origin and header.incarnation == self.incarnation:
+        origin, incarnation, seq = header.origin, header.incarnation, header.seq
+        if type(body) is wire.Probe:
+            if origin == self.origin and incarnation == self.incarnation:
                 future = self._probes.get(body.nonce)
                 if future is not None and not future.done():
                     future.set_result(None)
             return  # another endpoint's probe: it is not part of its numbering (seq 0)
-        if header.origin == self.origin and header.incarnation == self.incarnation:
+        if origin == self.origin and incarnation == self.incarnation:
             return
-        topic = frame[:size]
+        topic = cast(Topic, frame[:size])
         seen = self._last_seen.get(topic)
         if seen is None:
             seen = self._last_seen[topic] = {}
-        key = (header.origin, header.incarnation)
+        key = (origin, incarnation)
         last = seen.get(key)
-        seq = header.seq
         if last is not None and seq != 1:
             if seq <= last:
                 # Older than one already delivered: it took a slower path (a router that was
@@ -735,7 +735,7 @@ class Bus:
                 stats.gaps_by_topic[kind] = stats.gaps_by_topic.get(kind, 0) + seq - last - 1
         seen[key] = seq
         try:
-            self.on_message(Topic(topic), header, body)
+            self.on_message(topic, header, body)
         except Exception:
             log.exception("bus handler failed on %s", header.kind.name)
 
