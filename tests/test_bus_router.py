@@ -522,3 +522,47 @@ async def test_handler_errors_do_not_stop_the_bus(make_bus: BusFactory) -> None:
     a.publish(topic, room(2))
     await inbox.wait_for(is_msg(topic, 2))
     assert calls == 2
+
+
+# --- two routers: links and failover ---------------------------------------------------------
+
+
+async def wait_for(predicate: Callable[[], bool], what: str) -> None:
+    """Poll a bus's own state (changed by its socket monitors) until ``predicate`` holds."""
+    async with asyncio.timeout(TIMEOUT):
+        while not predicate():
+            await asyncio.sleep(0.01)  # a polling interval, not a synchronisation
+    assert predicate(), what
+
+
+async def test_a_router_that_goes_away_loses_its_topics_at_once(make_bus: BusFactory) -> None:
+    """When a router's connections close, its topics go through the other router at once
+    (the socket monitor tells, no check is waited for), nothing is sent to it any more, and
+    the loss of the link is counted."""
+    async with Router("127.0.0.1", 0, 0, 0, router_id="r2") as r2:
+        second = Router("127.0.0.1", 0, 0, 0, router_id="r1")
+        r1 = await second.__aenter__()
+        try:
+            routers = [
+                ("r1", r1.xsub_endpoint, r1.xpub_endpoint),
+                ("r2", r2.xsub_endpoint, r2.xpub_endpoint),
+            ]
+            a, _ = await make_bus(routers=routers, usable=["r1", "r2"])
+            b, inbox = await make_bus(routers=routers, usable=["r1", "r2"])
+            await a.check_routers(TIMEOUT)
+            await b.check_routers(TIMEOUT)
+            assert a.live_routers() == b.live_routers() == ["r1", "r2"]
+            # A topic that r1 carries, subscribed through both.
+            topic = next(t for t in (fresh_topic() for _ in range(100)) if a.owner(t).id == "r1")
+            await b.subscribe(topic, TIMEOUT)
+            a.publish(topic, room(1))
+            await inbox.wait_for(is_msg(topic, 1))
+        finally:
+            await second.__aexit__(None, None, None)
+        await wait_for(lambda: a.stats_dict()["routers_in_use"] == ["r2"], "a to drop r1")
+        assert a.stats.link_lost >= 1 and a.live_routers() == ["r2"]
+        owner = a.owner(topic)
+        assert owner is not None and owner.id == "r2"
+        a.publish(topic, room(2))
+        await inbox.wait_for(is_msg(topic, 2))
+        assert b.stats.gaps == 0 and b.stats.late == 0
