@@ -1,9 +1,13 @@
-"""Engine.IO transports on aiohttp: a thin pump around :class:`EngineSession`.
+"""Engine.IO transports: a thin pump around :class:`EngineSession`.
 
 :class:`Connection` is one client (one Engine.IO session): it owns the session state machine,
 its heartbeat timer, the pending polling GET or the WebSocket, and the Socket.IO decoder. The
-HTTP handlers here only move bytes between aiohttp and the session; every protocol decision is
-made by :mod:`roomcast.protocol.engineio`.
+HTTP handlers here and the WebSocket links of :mod:`roomcast.node.websocket` only move bytes
+between the network and the session; every protocol decision is made by
+:mod:`roomcast.protocol.engineio`.
+
+A session keeps nothing of the HTTP request that opened it but a :class:`RequestInfo` (what
+``socket.handshake`` shows), so that an idle client costs the node little memory.
 
 Writes to a WebSocket go straight to the TCP transport as pre-built frames
 (:class:`~roomcast.protocol.frames.Frames`): a broadcast costs one ``transport.write`` per
@@ -17,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import web
+from yarl import URL
 
 from roomcast.errors import ProtocolError, RemoteProtocolError
 from roomcast.protocol import engineio as eio
@@ -44,10 +49,71 @@ ERR_DRAINING = (4, "Forbidden: node draining")
 
 _TEXT_PLAIN = "text/plain; charset=UTF-8"
 
+#: The close message of a WebSocket that names a session it cannot upgrade.
+BAD_SESSION = "bad session"
+
 
 def new_id() -> str:
     """A random, URL-safe, 20-character session id."""
     return secrets.token_urlsafe(15)
+
+
+class RequestInfo:
+    """What a session keeps of the HTTP request that opened it: the fields of
+    ``socket.handshake``. The headers and the query are turned into dicts only when a handshake
+    is asked for (aiohttp's parse of them is kept as it is)."""
+
+    __slots__ = ("_headers", "address", "secure", "url")
+
+    def __init__(
+        self, headers: Mapping[str, str], url: str, address: str | None, secure: bool
+    ) -> None:
+        self._headers = headers  # as aiohttp parsed them (its read-only multidict)
+        #: The request target, path and query (``str(request.rel_url)``).
+        self.url = url
+        self.address = address
+        self.secure = secure
+
+    @classmethod
+    def of(cls, request: web.BaseRequest) -> RequestInfo:
+        """The fields of an aiohttp request."""
+        return cls(request.headers, str(request.rel_url), request.remote, request.secure)
+
+    def headers(self) -> dict[str, str]:
+        """The headers as a dict (as ``dict(request.headers)``)."""
+        return dict(self._headers)
+
+    def query(self) -> dict[str, str]:
+        """The query parameters as a dict (as ``dict(request.query)``)."""
+        return dict(URL(self.url, encoded=True).query)
+
+
+class WebSocketLink(Protocol):
+    """What carries a session's WebSocket (see :mod:`roomcast.node.websocket`).
+
+    The link calls :meth:`Connection.ws_message` for each message and
+    :meth:`Connection.ws_ended` once when the WebSocket ends without the connection having
+    closed it.
+    """
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        """The TCP transport: pre-built frames are written straight to it."""
+        ...
+
+    def bind(self, conn: Connection) -> None:
+        """Deliver messages to ``conn`` from now on (a link reads none before)."""
+        ...
+
+    def close(self, reason: str, code: int | None = None) -> None:
+        """Start the closing handshake: a close frame carrying ``reason`` (or ``code`` alone),
+        then the TCP connection is closed once the client answers, or dropped after a timeout.
+        Idempotent; the connection is not told about the end."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once (the client is not reading)."""
+        ...
 
 
 class Connection:
@@ -59,31 +125,35 @@ class Connection:
         "_poll_waiter",
         "_posting",
         "_timer",
+        "_upgrade_timer",
         "_upgrader",
         "_ws",
         "_ws_transport",
         "connect_timer",
         "connecting",
         "decoder",
-        "request",
+        "info",
         "server",
         "session",
         "sockets",
     )
 
-    def __init__(self, server: Server, session: eio.EngineSession, request: web.Request) -> None:
+    def __init__(self, server: Server, session: eio.EngineSession, info: RequestInfo) -> None:
         self.server = server
         self.session = session
-        self.request = request
+        #: What ``socket.handshake`` shows of the request that opened the session.
+        self.info = info
         self.decoder = sio.Decoder(server.decoder_limits)
         self.sockets: dict[str, Socket] = {}
-        #: Namespaces whose connect (middleware) is under way.
-        self.connecting: set[str] = set()
-        self._ws: web.WebSocketResponse | None = None
+        #: Namespaces whose connect (middleware) is under way: a tuple, as a connection rarely
+        #: has one for long, and the empty tuple costs it nothing.
+        self.connecting: tuple[str, ...] = ()
+        self._ws: WebSocketLink | None = None
         self._ws_transport: asyncio.Transport | None = None
-        self._out: list[bytes] = []  # WebSocket frames written at the end of this loop pass
+        self._out: list[bytes] | None = None  # WebSocket frames to write at the end of the pass
         self._close_notify: eio.Packet | None = None  # what a GET answers once closed
-        self._upgrader: web.WebSocketResponse | None = None  # the one WebSocket upgrading us
+        self._upgrader: WebSocketLink | None = None  # the one WebSocket upgrading us
+        self._upgrade_timer: asyncio.TimerHandle | None = None
         self._poll_waiter: asyncio.Future[eio.Packet | None] | None = None
         self._posting = False
         self._timer: asyncio.TimerHandle | None = None
@@ -144,9 +214,12 @@ class Connection:
 
     def _queue_ws(self, data: bytes) -> None:
         """Queue WebSocket frames for the end of this loop pass (see :meth:`flush`)."""
-        if not self._out:
+        out = self._out
+        if out is None:
+            self._out = [data]
             self.server.schedule_flush(self)
-        self._out.append(data)
+        else:
+            out.append(data)
 
     def _buffer_poll(self, texts: Iterable[str]) -> bool:
         """Queue polling packets and wake the pending GET; a full outbox closes the session."""
@@ -162,10 +235,10 @@ class Connection:
     def flush(self) -> None:
         """Write the WebSocket frames queued in this loop pass, enforcing the send buffer."""
         out = self._out
-        if not out:
+        if out is None:
             return
+        self._out = None
         data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
         transport = self._ws_transport
         if transport is None or transport.is_closing():
             return
@@ -237,11 +310,15 @@ class Connection:
 
     # -- closing ------------------------------------------------------------------------------
 
-    def close(self, reason: str, detail: str = "", *, flush: bool = False) -> None:
+    def close(
+        self, reason: str, detail: str = "", *, flush: bool = False, code: int | None = None
+    ) -> None:
         """Close the whole connection from the server side with a named reason.
 
         ``flush=True`` is a deliberate close: what was already queued still reaches the client
         before the close (a polling client collects it, then CLOSE, with its next GET).
+        ``code`` is the close code of a WebSocket frame error (its close frame then carries the
+        code alone).
         """
         if self.session.closed:
             return
@@ -254,16 +331,16 @@ class Connection:
             # No GET is waiting: keep the last words for the next one (engine.io does the
             # same), for at most one ping timeout.
             self.server.linger(self)
-        self._finish_close(event)
+        self._finish_close(event, code)
 
-    def _finish_close(self, event: eio.SessionClosed) -> None:
+    def _finish_close(self, event: eio.SessionClosed, code: int | None = None) -> None:
         server = self.server
         server.stats.closed_by_reason[event.reason] += 1
         server.connections.pop(self.sid, None)
-        for handle in (self._timer, self.connect_timer):
+        for handle in (self._timer, self.connect_timer, self._upgrade_timer):
             if handle is not None:
                 handle.cancel()
-        self._timer = self.connect_timer = None
+        self._timer = self.connect_timer = self._upgrade_timer = None
         self._close_notify = event.notify_poll
         if (
             event.notify_poll is eio.NOOP
@@ -276,22 +353,20 @@ class Connection:
             server.linger(self)
         self._wake_poll(event.notify_poll)
         upgrader = self._upgrader
-        if upgrader is not None and not upgrader.closed:
-            upgrading_transport = ws_transport_of(upgrader)
-            if upgrading_transport is not None:
-                server.spawn(_close_ws(upgrader, upgrading_transport, event.reason))
+        if upgrader is not None:
+            self._upgrader = None
+            upgrader.close(event.reason)
         ws = self._ws
-        transport = self._ws_transport
-        if event.reason == reasons.SEND_BUFFER_FULL:
-            # The peer is not reading: a close frame would never get out, and aiohttp's
-            # close() would wait on it for ever. Drop the connection at once.
-            self._out.clear()
-            if transport is not None:
-                transport.abort()
-        else:
-            self.flush()  # what was sent before the close goes out before the close frame
-            if ws is not None and not ws.closed and transport is not None:
-                server.spawn(_close_ws(ws, transport, event.reason))
+        if ws is not None:
+            if event.reason == reasons.SEND_BUFFER_FULL:
+                # The peer is not reading: a close frame would never get out. Drop the
+                # connection at once.
+                self._out = None
+                ws.abort()
+            else:
+                self.flush()  # what was sent before the close goes out before the close frame
+                ws.close(event.reason, code)
+            self._ws = None
         self._ws_transport = None
         for socket in list(self.sockets.values()):
             socket._on_close(event.reason)
@@ -369,130 +444,109 @@ class Connection:
         self.handle(events)
         return web.Response(text="ok", content_type="text/html")
 
-    async def run_websocket(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
-        """Pump a WebSocket that carries this session from its start."""
-        self._ws = ws
-        self._ws_transport = transport
-        await self._read_websocket(ws)
+    # -- WebSocket (the links of roomcast.node.websocket call these) ---------------------------
 
-    async def upgrade(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
-        """Run the upgrade handshake (§Upgrade) on ``ws``, then pump it."""
+    def can_upgrade(self) -> bool:
+        """Whether a WebSocket presenting this session's sid may start an upgrade (a second
+        one, while another is upgrading, may not)."""
+        return self._upgrader is None and self.session.can_upgrade()
+
+    def attach_websocket(self, link: WebSocketLink) -> None:
+        """``link`` carries this session from its start (a WebSocket handshake)."""
+        self._ws = link
+        self._ws_transport = link.transport
+        link.bind(self)
+
+    async def upgrade(self, link: WebSocketLink, transport: asyncio.Transport) -> None:
+        """``link`` (over ``transport``) offers to take this polling session over (§Upgrade):
+        it has ``engineio.upgrade_timeout_ms`` from now to send its probe and the UPGRADE
+        packet. The link reads nothing before this."""
+        assert transport is link.transport
+        if not self.can_upgrade():
+            # The session closed, or another WebSocket started upgrading it, since this one's
+            # handshake was answered: refused like an unknown sid (§Transports, WebSocket).
+            link.close(BAD_SESSION)
+            return
+        self._upgrader = link
+        self._upgrade_timer = self.server.loop.call_later(
+            self.session.settings.upgrade_timeout_ms / 1000,
+            self._upgrade_failed,
+            link,
+            "upgrade timeout",
+        )
+        link.bind(self)
+
+    def ws_message(self, link: WebSocketLink, data: str | bytes) -> None:
+        """A message arrived on ``link``: the session's WebSocket or the one upgrading it.
+        Messages of a link the session no longer uses (it closed) are ignored."""
+        if link is not self._ws:
+            if link is self._upgrader:
+                self._probe(link, data)
+            return
+        if isinstance(data, str):
+            if data[:1] == "4" and self.session.state is eio.EngineState.OPEN:
+                # The hot path: a MESSAGE on an open session changes no Engine.IO state, so it
+                # goes straight to Socket.IO.
+                self.server.on_engine_message(self, data[1:])
+                return
+            try:
+                packet = eio.decode_text(data)
+            except RemoteProtocolError as exc:
+                self.close(exc.reason, exc.detail)
+                return
+            self.receive(packet)
+        else:
+            self.receive(eio.decode_binary_frame(data))
+
+    def ws_ended(
+        self, link: WebSocketLink, reason: str = reasons.TRANSPORT_CLOSE, code: int | None = None
+    ) -> None:
+        """``link`` ended without the session closing it: the client closed it, the TCP
+        connection was lost, or a frame broke the protocol (``reason`` and its close ``code``).
+        The session ends with it; an upgrading link only fails its upgrade."""
+        if link is self._ws:
+            self.close(reason, code=code)
+        elif link is self._upgrader:
+            self._upgrade_failed(link, reason, code)
+
+    def _probe(self, link: WebSocketLink, data: str | bytes) -> None:
+        """A message on the upgrading link: ``2probe``, then ``5`` (§Upgrade)."""
         session = self.session
-        timeout = session.settings.upgrade_timeout_ms / 1000
-        self._upgrader = ws
         try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    msg = await ws.receive()
-                    if msg.type is not WSMsgType.TEXT:
-                        raise RemoteProtocolError(reasons.UPGRADE_FAILED, "probe not text")
-                    events = session.receive_probe(eio.decode_text(msg.data))
-                    if any(isinstance(e, eio.UpgradeCompleted) for e in events):
-                        break
-                    # "2probe" answered with "3probe"; the pending GET gets a NOOP.
-                    transport.write(ws_text("3probe"))
-                    self._wake_poll(eio.NOOP)
-        except (ProtocolError, TimeoutError) as exc:
-            if not session.closed:
-                session.abort_upgrade()
-            reason = exc.reason if isinstance(exc, ProtocolError) else "upgrade timeout"
-            log.debug("upgrade of %s failed: %s", self.sid, reason)
-            await _close_ws(ws, transport, reasons.UPGRADE_FAILED)
+            if not isinstance(data, str):
+                raise RemoteProtocolError(reasons.UPGRADE_FAILED, "probe not text")
+            events = session.receive_probe(eio.decode_text(data))
+        except ProtocolError as exc:
+            self._upgrade_failed(link, exc.detail or exc.reason)
             return
-        except asyncio.CancelledError:
-            if not session.closed:
-                session.abort_upgrade()
-            raise
-        finally:
-            self._upgrader = None
-        if session.closed:
-            await ws.close()
+        if not any(isinstance(e, eio.UpgradeCompleted) for e in events):
+            # "2probe" answered with "3probe"; the pending GET gets a NOOP.
+            link.transport.write(ws_text("3probe"))
+            self._wake_poll(eio.NOOP)
             return
-        self._ws = ws
-        self._ws_transport = transport
+        self._upgrader = None
+        if self._upgrade_timer is not None:
+            self._upgrade_timer.cancel()
+            self._upgrade_timer = None
+        self._ws = link
+        self._ws_transport = transport = link.transport
         outbox = session.take_outbox()
         if outbox:
             transport.write(b"".join(_poll_text_to_ws(t) for t in outbox))
         self._wake_poll(eio.NOOP)
-        await self._read_websocket(ws)
 
-    async def _read_websocket(self, ws: web.WebSocketResponse) -> None:
-        reason = reasons.TRANSPORT_CLOSE
-        session = self.session
-        server = self.server
-        try:
-            async for msg in ws:
-                if msg.type is WSMsgType.TEXT:
-                    text = msg.data
-                    if text[:1] == "4" and session.state is eio.EngineState.OPEN:
-                        # The hot path: a MESSAGE on an open session changes no Engine.IO
-                        # state, so it goes straight to Socket.IO.
-                        server.on_engine_message(self, text[1:])
-                        if session.closed:
-                            break
-                        continue
-                    try:
-                        packet = eio.decode_text(text)
-                    except RemoteProtocolError as exc:
-                        self.close(exc.reason, exc.detail)
-                        break
-                    self.receive(packet)
-                elif msg.type is WSMsgType.BINARY:
-                    self.receive(eio.decode_binary_frame(msg.data))
-                elif msg.type is WSMsgType.ERROR:
-                    error = ws.exception()
-                    code = getattr(error, "code", None)
-                    reason = (
-                        reasons.PAYLOAD_TOO_LARGE
-                        if code == WSCloseCode.MESSAGE_TOO_BIG
-                        else reasons.TRANSPORT_ERROR
-                    )
-                    break
-                if self.session.closed:
-                    break
-        finally:
-            self.close(reason)
-        # When this loop closed the session, the close frame with its reason must go out
-        # before the handler returns: aiohttp would otherwise close first (1000, no reason).
-        closed_with = self.session.close_reason
-        transport = ws_transport_of(ws)
-        if not ws.closed and closed_with is not None and transport is not None:
-            await _close_ws(ws, transport, closed_with)
-
-
-_CLOSE_TIMEOUT = 2.0  # seconds a WebSocket close handshake may take before the TCP is dropped
-
-
-def ws_transport_of(ws: web.WebSocketResponse) -> asyncio.Transport | None:
-    """The TCP transport under a prepared WebSocket response."""
-    writer = getattr(ws, "_writer", None)
-    transport = getattr(writer, "transport", None)
-    return transport if isinstance(transport, asyncio.Transport) else None
-
-
-async def _close_ws(ws: web.WebSocketResponse, transport: asyncio.Transport, reason: str) -> None:
-    """Send the close frame with ``reason``; a peer that does not take it within
-    ``_CLOSE_TIMEOUT`` loses the connection (a close must never hang on a slow reader)."""
-    try:
-        await asyncio.wait_for(
-            ws.close(code=_close_code(reason), message=reason.encode()), _CLOSE_TIMEOUT
-        )
-    except (TimeoutError, ConnectionError):
-        transport.abort()
-
-
-def _close_code(reason: str) -> int:
-    """The WebSocket close code (RFC 6455 §7.4.1) of a session that ended with ``reason``."""
-    if reason == reasons.PAYLOAD_TOO_LARGE:
-        return WSCloseCode.MESSAGE_TOO_BIG
-    if reason in (
-        reasons.TRANSPORT_CLOSE,
-        reasons.SERVER_SHUTTING_DOWN,
-        reasons.FORCED_SERVER_CLOSE,
-        reasons.PING_TIMEOUT,
-    ):
-        return WSCloseCode.OK
-    return WSCloseCode.POLICY_VIOLATION
+    def _upgrade_failed(self, link: WebSocketLink, detail: str, code: int | None = None) -> None:
+        """The upgrade on ``link`` failed: the session stays on polling, the link is closed."""
+        if link is not self._upgrader:
+            return
+        self._upgrader = None
+        if self._upgrade_timer is not None:
+            self._upgrade_timer.cancel()
+            self._upgrade_timer = None
+        if not self.session.closed:
+            self.session.abort_upgrade()
+        log.debug("upgrade of %s failed: %s", self.sid, detail)
+        link.close(reasons.UPGRADE_FAILED, code)
 
 
 def _poll_text_to_ws(text: str) -> bytes:

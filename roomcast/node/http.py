@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .broadcast import BroadcastOperator
-from .endpoint import EngineEndpoint
 from .sockets import Namespace
 
 if TYPE_CHECKING:
@@ -37,7 +36,7 @@ class NodeHTTP:
 
     def build(self) -> web.Application:
         app = web.Application(middlewares=[self._cors_middleware, self._admin_guard])
-        endpoint = EngineEndpoint(self.server)
+        endpoint = self.server.endpoint
         path = self.server.settings.node.path
         app.router.add_route("*", path, endpoint.handle)
         app.router.add_route("*", path.rstrip("/"), endpoint.handle)

@@ -43,9 +43,10 @@ from . import relay
 from .broadcast import BroadcastOperator
 from .cluster import ClusterLink
 from .delivery import Delivery
+from .endpoint import EngineEndpoint, Listener
 from .engine import Connection
 from .http import build_app
-from .sockets import Handshake, Namespace, NamespaceMatcher
+from .sockets import Namespace, NamespaceMatcher
 
 log = logging.getLogger("roomcast.node")
 
@@ -96,9 +97,12 @@ class Server(Delivery):
             ClusterLink(self) if self.settings.cluster.enabled else None
         )
         self._runner: web.AppRunner | None = None
+        self._listener: Listener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
         self.port: int = self.settings.node.port
+        #: The Engine.IO endpoint: handshakes, polling, WebSocket.
+        self.endpoint = EngineEndpoint(self)
         self.app = build_app(self)
         for policy in self.settings.namespaces:
             relay.install(self.of(policy.name), policy, limits)
@@ -251,7 +255,7 @@ class Server(Delivery):
                 sio.Packet(sio.PacketType.CONNECT_ERROR, name, {"message": "Invalid namespace"})
             )
             return
-        conn.connecting.add(name)
+        conn.connecting += (name,)
         ns.connecting += 1  # now, so that the namespace cannot be removed before it starts
         self.spawn(self._connect_socket(conn, ns, packet.data or {}))
 
@@ -259,22 +263,9 @@ class Server(Delivery):
         try:
             await ns.connect(conn, auth)
         finally:
-            conn.connecting.discard(ns.name)
+            conn.connecting = tuple(n for n in conn.connecting if n != ns.name)
             ns.connecting -= 1
             self.namespace_maybe_empty(ns)
-
-    def handshake(self, conn: Connection, auth: dict[str, Any]) -> Handshake:
-        """The handshake record of a socket connecting over ``conn``."""
-        req = conn.request
-        return Handshake(
-            headers=dict(req.headers),
-            query=dict(req.query),
-            auth=auth,
-            address=req.remote,
-            time=time.time(),
-            url=str(req.rel_url),
-            secure=req.secure,
-        )
 
     def new_sid(self) -> str:
         """A fresh socket id; its first characters name this node's incarnation (its tag), so
@@ -487,13 +478,10 @@ class Server(Delivery):
         )
         await self._runner.setup()
         node = self.settings.node
-        site = web.TCPSite(
-            self._runner, node.host, node.port, reuse_address=True, backlog=node.backlog
-        )
-        await site.start()
-        server = site._server
-        if server is not None and server.sockets:  # type: ignore[attr-defined]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        http = self._runner.server
+        assert http is not None
+        self._listener = Listener(self.endpoint, http)
+        self.port = await self._listener.start(node.host, node.port, node.backlog)
         log.info(
             "node %s listening on http://%s:%d%s", self.node_id, node.host, self.port, node.path
         )
@@ -509,17 +497,21 @@ class Server(Delivery):
     ) -> None:
         for conn in list(self.connections.values()):
             conn.close(reasons.SERVER_SHUTTING_DOWN, flush=True)
-        # Let close frames and disconnect handlers run before the listener goes.
+        # Let close handshakes and disconnect handlers run before the listener goes.
+        loop = self.loop
+        deadline = loop.time() + self.settings.node.shutdown_grace_ms / 1000
         if self._tasks:
-            await asyncio.wait(
-                list(self._tasks), timeout=self.settings.node.shutdown_grace_ms / 1000
-            )
+            await asyncio.wait(list(self._tasks), timeout=deadline - loop.time())
+        await self.endpoint.closing.wait(max(0.0, deadline - loop.time()))
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.cluster is not None:
             await self.cluster.stop()
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

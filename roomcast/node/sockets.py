@@ -13,6 +13,7 @@ import inspect
 import itertools
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NewType
@@ -81,21 +82,25 @@ class Socket:
     __slots__ = (
         "__weakref__",
         "_acks",
+        "_auth",
+        "_handshake",
         "_pending",
+        "_time",
         "conn",
         "connected",
         "data",
-        "handshake",
         "namespace",
         "rooms",
         "sid",
     )
 
-    def __init__(self, namespace: Namespace, conn: Connection, handshake: Handshake) -> None:
+    def __init__(self, namespace: Namespace, conn: Connection, auth: dict[str, Any]) -> None:
         self.namespace = namespace
         self.conn = conn
         self.sid = Sid(namespace.server.new_sid())
-        self.handshake = handshake
+        self._auth = auth
+        self._time = time.time()
+        self._handshake: Handshake | None = None  # built when first asked for
         #: Free-form application data (socket.io's ``socket.data``); shown by fetch_sockets.
         self.data: dict[str, Any] = {}
         #: The rooms this socket is in, its own sid room included.
@@ -114,6 +119,28 @@ class Socket:
     def id(self) -> str:
         """The socket id (a sid, distinct from the Engine.IO session id)."""
         return self.sid
+
+    @property
+    def handshake(self) -> Handshake:
+        """What the client presented when this socket connected (socket.io's
+        ``socket.handshake``): its request's headers, query, address and URL, its ``auth``."""
+        handshake = self._handshake
+        if handshake is None:
+            info = self.conn.info
+            handshake = self._handshake = Handshake(
+                headers=info.headers(),
+                query=info.query(),
+                auth=self._auth,
+                address=info.address,
+                time=self._time,
+                url=info.url,
+                secure=info.secure,
+            )
+        return handshake
+
+    @handshake.setter
+    def handshake(self, value: Handshake) -> None:
+        self._handshake = value
 
     # -- emitting -----------------------------------------------------------------------------
 
@@ -453,7 +480,7 @@ class Namespace:
 
         The caller counts the connect in ``connecting`` from the moment it resolved the name.
         """
-        socket = Socket(self, conn, self.server.handshake(conn, auth))
+        socket = Socket(self, conn, auth)
         try:
             for mw in self.middlewares:
                 result = mw(socket, auth)
