@@ -10,7 +10,10 @@ with (what came before it is still delivered, as it was by aiohttp).
 The checks follow the WebSocket server roomcast ran on before (aiohttp's reader), so that a
 client sees the same answers: unmasked client frames are accepted, a data message of
 ``max_message_size`` bytes or more is refused with 1009, invalid UTF-8 in a text message or a
-close reason is refused with 1007, anything else malformed with 1002.
+close reason is refused with 1007, anything else malformed with 1002. Where aiohttp lets
+through what RFC 6455 forbids, this refuses it with 1002: a length not in its minimal form or
+a 64-bit length with its top bit set (§5.2), a close frame carrying 1006 (§7.4.1); and a
+``Sec-WebSocket-Key`` outside the base64 grammar gets no accept key (§4.1).
 """
 
 from __future__ import annotations
@@ -55,14 +58,16 @@ class CloseCode(enum.IntEnum):
     BAD_GATEWAY = 1014
 
 
-_KNOWN_CODES: Final = frozenset(int(c) for c in CloseCode)
+# The codes a close frame may carry below 3000 (§7.4.1): 1006 (like 1005 and 1015) only
+# names a close that had no close frame, so a peer never sends it.
+_KNOWN_CODES: Final = frozenset(int(c) for c in CloseCode) - {CloseCode.ABNORMAL_CLOSURE}
 
 
 def accept_key(key: str) -> str | None:
     """The ``Sec-WebSocket-Accept`` answering ``Sec-WebSocket-Key`` (§4.2.2), or None when the
     key is not the base64 of 16 bytes."""
     try:
-        if len(base64.b64decode(key)) != 16:
+        if len(base64.b64decode(key, validate=True)) != 16:
             return None
     except (binascii.Error, ValueError):
         return None
@@ -232,12 +237,16 @@ class FrameReader:
                         return pos
                     n = (data[pos + 2] << 8) | data[pos + 3]
                     head = 4
+                    if n < 126:  # "the minimal number of bytes MUST be used" (§5.2)
+                        raise FrameError(CloseCode.PROTOCOL_ERROR, "length not minimal")
                 elif n == 127:
                     if left < 10:
                         self._wanted = 10
                         return pos
                     n = int.from_bytes(data[pos + 2 : pos + 10], "big")
                     head = 10
+                    if n < 65536 or n >> 63:  # minimal, and its top bit MUST be 0 (§5.2)
+                        raise FrameError(CloseCode.PROTOCOL_ERROR, "bad 64-bit length")
                 if max_size and n >= max_size - self._fragments_size:
                     raise FrameError(
                         CloseCode.MESSAGE_TOO_BIG,
