@@ -34,7 +34,9 @@ LINK_TIMEOUT_MS = 600
 TIMINGS = {
     "link_heartbeat_ms": 100,
     "link_timeout_ms": LINK_TIMEOUT_MS,
-    "self_check_interval_ms": 1000,
+    # Long enough that a kill noticed only by the self-check would lose messages for seconds:
+    # the socket monitor must be what notices it.
+    "self_check_interval_ms": 2000,
     "self_check_timeout_ms": 300,
     "move_idle_ms": 150,
 }
@@ -43,7 +45,8 @@ TIMINGS = {
 #: still happen on this slow, shared machine.
 SLACK = 1.0
 PACE = 0.01  # seconds between two publishes of one publisher
-NOTICED = 0.5  # a connection closed by a dying router is noticed well within this
+NOTICED = 0.75  # a connection closed by a dying router is noticed well within this, even on
+# a loaded machine (where an event loop may be late to read the monitor's event)
 
 
 @dataclass
