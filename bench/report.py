@@ -9,7 +9,7 @@ import argparse
 import os
 import statistics
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -156,6 +156,15 @@ def percentile(sorted_values: array[int], q: float) -> float | None:
     return sorted_values[index] / 1000
 
 
+def print_rows(columns: tuple[Column[T], ...], rows: Iterable[T]) -> None:
+    """A table: the column titles, a rule, one line per row."""
+    header = _line([col.title for col in columns], columns)
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(format_row(row, columns))
+
+
 def _median(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
@@ -228,11 +237,7 @@ def print_table(args: argparse.Namespace, rows: list[Row]) -> None:
             f"{args.workers} load generator process(es), {os.cpu_count()} CPUs"
             + (f", median of {args.repeat} runs" if args.repeat > 1 else "")
         )
-        header = _line([col.title for col in columns], columns)
-        print(header)
-        print("-" * len(header))
-        for row in summary:
-            print(format_row(row, columns))
+        print_rows(columns, summary)
         if scenario == "cluster":
             for row in summary:
                 print(f"  srv CPU of {row.label} {row.mode}: {format_cpu_parts(row)}")
@@ -299,11 +304,7 @@ def print_scaleout(args: argparse.Namespace, rows: list[Row]) -> None:
         f"generator process(es), {os.cpu_count()} CPUs"
         + (f", median of {args.repeat} runs" if args.repeat > 1 else "")
     )
-    header = _line([col.title for col in SCALEOUT_COLUMNS], SCALEOUT_COLUMNS)
-    print(header)
-    print("-" * len(header))
-    for row in summary:
-        print(format_row(row, SCALEOUT_COLUMNS))
+    print_rows(SCALEOUT_COLUMNS, summary)
     for row in summary:
         print(f"  srv CPU of {row.label} {row.mode}: {format_cpu_parts(row)}")
     print(
@@ -377,11 +378,7 @@ def print_joins(args: argparse.Namespace, samples: list[JoinSample]) -> None:
         "sending `join` to reading its ack. idle: after setup,\nback to back; max-load: "
         "spread over the measured window of the max phase."
     )
-    header = _line([col.title for col in JOIN_COLUMNS], JOIN_COLUMNS)
-    print(header)
-    print("-" * len(header))
-    for row in join_rows(samples):
-        print(format_row(row, JOIN_COLUMNS))
+    print_rows(JOIN_COLUMNS, join_rows(samples))
     for sample in samples:
         for error in sample.errors:
             print(f"  {sample.server} {sample.condition}: {error}")
@@ -494,12 +491,8 @@ def print_connects(args: argparse.Namespace, rows: list[ConnectRow]) -> None:
         + (f"; median of {args.repeat} runs" if args.repeat > 1 else "")
         + "."
     )
-    header = _line([col.title for col in CONNECT_COLUMNS], CONNECT_COLUMNS)
-    print(header)
-    print("-" * len(header))
     summary = summarize_connects(rows)
-    for row in summary:
-        print(format_row(row, CONNECT_COLUMNS))
+    print_rows(CONNECT_COLUMNS, summary)
     for row in summary:
         if row.first_error:
             print(f"  {row.server}: {row.failed} failed, e.g. {row.first_error}")
