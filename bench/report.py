@@ -113,13 +113,15 @@ _COMMON_HEAD: tuple[Column[Row], ...] = (
     Column("p99 ms", 7, lambda r: _ms(r.p99_ms)),
     Column("max ms", 7, lambda r: _ms(r.max_ms)),
 )
+_PER_CPU_SECOND: Column[Row] = Column("deliv/srv-CPU-s", 15, lambda r: _int(r.per_cpu_second))
 _COMMON_TAIL: tuple[Column[Row], ...] = (
     Column("missing", 7, lambda r: str(r.missing)),
     Column("srv CPU", 7, lambda r: _pct(r.server_cpu)),
     Column("gen CPU", 7, lambda r: _pct(r.loadgen_cpu)),
     Column("other", 5, lambda r: _pct(r.other_cpu)),
-    Column("deliv/srv-CPU-s", 15, lambda r: _int(r.per_cpu_second)),
+    _PER_CPU_SECOND,
 )
+_CPU_PER_DELIVERY: Column[Row] = Column("CPU µs/deliv", 12, lambda r: _num(r.cpu_us_per_delivery))
 COLUMNS: dict[str, tuple[Column[Row], ...]] = {
     "single": (
         *_COMMON_HEAD,
@@ -131,7 +133,7 @@ COLUMNS: dict[str, tuple[Column[Row], ...]] = {
         Column("rem p50", 7, lambda r: _ms(r.remote_p50_ms)),
         Column("rem p99", 7, lambda r: _ms(r.remote_p99_ms)),
         *_COMMON_TAIL,
-        Column("CPU µs/deliv", 12, lambda r: _num(r.cpu_us_per_delivery)),
+        _CPU_PER_DELIVERY,
         Column("writes/deliv", 12, lambda r: _num(r.writes_per_delivery)),
     ),
 }
@@ -261,18 +263,9 @@ def _kb(value: float | None) -> str:
 
 SCALEOUT_COLUMNS: tuple[Column[Row], ...] = (
     Column("nodes", 5, lambda r: str(r.nodes)),
-    Column("server", 15, lambda r: r.label, left=True),
-    Column("phase", 5, lambda r: r.mode, left=True),
-    Column("offered", 14, lambda r: r.offered, left=True),
-    Column("pub/s", 7, lambda r: _int(r.published_per_s)),
-    Column("deliv msg/s", 11, lambda r: _int(r.delivered_per_s)),
-    Column("p50 ms", 7, lambda r: _ms(r.p50_ms)),
-    Column("p99 ms", 7, lambda r: _ms(r.p99_ms)),
-    Column("missing", 7, lambda r: str(r.missing)),
-    Column("srv CPU", 7, lambda r: _pct(r.server_cpu)),
-    Column("gen CPU", 7, lambda r: _pct(r.loadgen_cpu)),
-    Column("other", 5, lambda r: _pct(r.other_cpu)),
-    Column("CPU µs/deliv", 12, lambda r: _num(r.cpu_us_per_delivery)),
+    *(col for col in _COMMON_HEAD if col.title != "max ms"),
+    *(col for col in _COMMON_TAIL if col is not _PER_CPU_SECOND),
+    _CPU_PER_DELIVERY,
     Column("bus in KB/s/node", 16, lambda r: _kb(r.bus_in_per_node)),
     Column("busiest node", 12, lambda r: _kb(r.bus_in_max_node)),
 )
