@@ -268,9 +268,8 @@ class ClusterLink:
         deaf_checks = 0
         while True:
             self._check_now.clear()
-            await self.bus.check_routers(timeout)
+            await self.bus.check_routers(timeout)  # a change reaches _links_changed
             live = self.bus.live_routers()
-            self._update_usable()
             if live:
                 if deaf_checks:
                     log.warning("node %s hears the bus again through %s", self.node_id, live)
@@ -593,7 +592,7 @@ class ClusterLink:
         else:
             now = asyncio.get_running_loop().time()
             self._act(self.replica.receive(header, body, now))
-            if isinstance(body, wire.Heartbeat | wire.Leave):
+            if isinstance(body, wire.Heartbeat):
                 self._update_usable()  # which routers the others hear may have changed
 
     def _act(self, actions: list[Any]) -> None:
@@ -602,6 +601,7 @@ class ClusterLink:
                 self.bus.publish(wire.node_topic(action.tag), wire.SnapshotRequest(self.tag))
             elif isinstance(action, NodeDown):
                 log.info("node %s is down (%s)", action.node, action.reason)
+                self._update_usable()  # the routers it heard no longer have to be heard
                 for pending in self._pending.values():
                     pending.waiting.discard(action.node)
                     pending.settle()
