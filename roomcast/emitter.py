@@ -40,7 +40,7 @@ class Emitter:
     ) -> None:
         self.origin = origin or f"emitter-{secrets.token_hex(4)}"
         self.connect_timeout = connect_timeout
-        self._topic = wire.emitter_topic(secrets.token_bytes(wire.TAG_BYTES))
+        self._topic = wire.probe_topic(secrets.token_bytes(wire.TAG_BYTES))
         self._msg_ids = itertools.count(1)
         self.bus = Bus(
             self.origin,

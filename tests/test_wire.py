@@ -358,9 +358,9 @@ def test_decode_of_wrongly_typed_fields_is_wire_error(fields: list[Any], kind: K
         wire.room_topic("/", "a"),
         wire.namespace_topic("/chat"),
         wire.node_topic(TAG),
-        wire.emitter_topic(TAG),
+        wire.probe_topic(TAG),
     ],
-    ids=["gossip", "room", "namespace", "node", "emitter"],
+    ids=["gossip", "room", "namespace", "node", "probe"],
 )
 def test_split_message_finds_each_topic_kind(topic: wire.Topic) -> None:
     """A bus message splits into its topic and envelope by the topic's first byte alone."""

@@ -68,16 +68,9 @@ log = logging.getLogger("roomcast.cluster")
 
 Handler = Callable[[Topic, wire.Header, wire.Body], None]
 _LINK_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
-_TOPIC_BYTES = wire.TOPIC_BYTES  # module globals: read once per message on the hot path
-_SENDER_BYTES = wire.SENDER_BYTES
+_SENDER_BYTES = wire.SENDER_BYTES  # module globals: read once per message on the hot path
+_split = wire.split_message
 _decode = wire.decode
-_TOPIC_KINDS = {
-    ord("R"): "room",
-    ord("A"): "namespace",
-    ord("N"): "node",
-    ord("G"): "gossip",
-    ord("E"): "emitter",
-}
 
 _READ_BATCH = 4096  # messages handled per loop pass before yielding to other work
 _ASK_FIRST = 4  # messages read per pass after checking ZMQ_EVENTS, before relying on EAGAIN
@@ -446,24 +439,18 @@ class Bus:
                 self._send(link)
 
     def _send(self, link: _Link) -> None:
-        queue = link.queue
-        count = len(queue)
-        if not link.pub_up:
-            # ZeroMQ would drop it (IMMEDIATE): say so. Only probes and last words (sent
-            # through every router) and a bus with no connected router at all get here.
-            queue.clear()
-            link.queued_bytes = 0
-            self.stats.link_dropped += count
-            return
-        frame = wire.encode_batch(queue)
+        queue, count = link.queue, len(link.queue)
+        frame = wire.encode_batch(queue) if link.pub_up else b""
         queue.clear()
         link.queued_bytes = 0
+        if not frame:
+            # ZeroMQ would drop it (IMMEDIATE): say so. Only probes and last words (sent
+            # through every router) and a bus with no connected router at all get here.
+            self.stats.link_dropped += count
+            return
         try:
             link.pub.send(frame, flags=zmq.NOBLOCK, copy=len(frame) < 65_536)
-        except zmq.Again:
-            self.stats.send_dropped += count
-            return
-        except zmq.ZMQError:  # closed under us (shutdown): the messages are lost
+        except zmq.ZMQError:  # Again: at the high-water mark; else closed under us (shutdown)
             self.stats.send_dropped += count
             return
         self.stats.batches += 1
@@ -605,7 +592,7 @@ class Bus:
         """
         sub = self._sub
         assert sub is not None and self._loop is not None
-        topic = wire.emitter_topic(secrets.token_bytes(wire.TAG_BYTES))
+        topic = wire.probe_topic(secrets.token_bytes(wire.TAG_BYTES))
         ops = self._subscribe_ops
         sub.setsockopt(zmq.SUBSCRIBE, topic)
         self._kick()
@@ -695,14 +682,13 @@ class Bus:
         stats = self.stats
         stats.received += 1
         stats.bytes_in += len(frame)
-        size = _TOPIC_BYTES.get(frame[0]) if frame else None
-        if size is None or len(frame) <= size + _SENDER_BYTES:
-            self._count_error("bad topic" if size is None else "not an envelope")
-            return
-        if frame.startswith(self._sender, size) and frame[size + _SENDER_BYTES] != _PROBE:
-            stats.own += 1  # our own envelope back from the router: already delivered here
-            return
         try:
+            topic, size = _split(frame)
+            if len(frame) <= size + _SENDER_BYTES:
+                raise wire.WireError("not an envelope")
+            if frame.startswith(self._sender, size) and frame[size + _SENDER_BYTES] != _PROBE:
+                stats.own += 1  # our own envelope back from the router: already delivered
+                return
             header, body = _decode(frame, size)
         except wire.WireError as exc:
             self._count_error(exc.reason)
@@ -716,7 +702,6 @@ class Bus:
             return  # another endpoint's probe: it is not part of its numbering (seq 0)
         if origin == self.origin and incarnation == self.incarnation:
             return
-        topic = cast(Topic, frame[:size])
         seen = self._last_seen.get(topic)
         if seen is None:
             seen = self._last_seen[topic] = {}
@@ -731,7 +716,7 @@ class Bus:
                 return
             if seq > last + 1:
                 stats.gaps += seq - last - 1
-                kind = _TOPIC_KINDS.get(frame[0], "other")
+                kind = wire.TOPIC_KINDS[frame[0]][0]
                 stats.gaps_by_topic[kind] = stats.gaps_by_topic.get(kind, 0) + seq - last - 1
         seen[key] = seq
         try:

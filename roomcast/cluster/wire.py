@@ -11,7 +11,7 @@ topic      meaning                                                       length
 ``R`` + h  room ``(namespace, room)``, h = BLAKE2b-120 of both names     16
 ``A`` + h  every socket of a namespace, h = BLAKE2b-120 of the name      16
 ``N`` + t  one node's direct topic, t = its 6-byte tag (also in its sids) 7
-``E`` + t  an emitter's own topic (it proves its link with it)           7
+``E`` + t  a probe topic: only its one subscriber uses it, to prove links 7
 =========  ============================================================  ======
 
 The envelope is ``sender key (8 bytes) + kind (1 byte) + msgpack array [version, kind, origin,
@@ -95,27 +95,33 @@ def node_topic(tag: bytes) -> Topic:
     return Topic(b"N" + tag)
 
 
-def emitter_topic(tag: bytes) -> Topic:
-    """The topic an emitter proves its link to the routers with."""
+def probe_topic(tag: bytes) -> Topic:
+    """A topic only its one subscriber uses: an emitter's, or a node's for checking routers;
+    what comes back on it proves a link."""
     return Topic(b"E" + tag)
 
 
-#: Topic length by its first byte (the topic kind).
-TOPIC_BYTES: Final[dict[int, int]] = {
-    ord("G"): 1,
-    ord("R"): 16,
-    ord("A"): 16,
-    ord("N"): 1 + TAG_BYTES,
-    ord("E"): 1 + TAG_BYTES,
+#: The topic kinds by first byte: their name (in counters) and their length.
+TOPIC_KINDS: Final[dict[int, tuple[str, int]]] = {
+    ord("G"): ("gossip", 1),
+    ord("R"): ("room", 16),
+    ord("A"): ("namespace", 16),
+    ord("N"): ("node", 1 + TAG_BYTES),
+    ord("E"): ("probe", 1 + TAG_BYTES),
 }
+#: Topic length by its first byte (the hot paths look this up per message).
+TOPIC_BYTES: Final[dict[int, int]] = {first: size for first, (_, size) in TOPIC_KINDS.items()}
 
 
-def split_message(frame: bytes) -> tuple[Topic, int]:
-    """The topic of a bus message and where its envelope starts; WireError if it has none."""
-    length = TOPIC_BYTES.get(frame[0]) if frame else None
-    if length is None or len(frame) <= length:
+def split_message(frame: bytes | memoryview) -> tuple[Topic, int]:
+    """The topic of a bus message and where its envelope starts; WireError ("bad topic") if
+    its first byte names no topic kind, ("not an envelope") if nothing follows the topic."""
+    size = TOPIC_BYTES.get(frame[0]) if frame else None
+    if size is None:
         raise WireError("bad topic")
-    return Topic(frame[:length]), length
+    if len(frame) <= size:
+        raise WireError("not an envelope")
+    return Topic(bytes(frame[:size])), size
 
 
 BATCH_HEAD: Final = b"\xba" + bytes((WIRE_VERSION,))
