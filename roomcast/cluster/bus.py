@@ -544,9 +544,7 @@ class Bus:
                 except TimeoutError:
                     if abandon_dead and via is not None:
                         link = self._links.get(via)
-                        if link is None or not (
-                            link.live if needs_live else link.pub_up and link.sub_up
-                        ):
+                        if link is None or not (link.live if needs_live else link.connected):
                             # The router died (or went) meanwhile: nobody publishes through it.
                             raise TimeoutError(f"router {via} is gone") from None
                     if loop.time() >= deadline:
@@ -596,7 +594,7 @@ class Bus:
         ops = self._subscribe_ops
         sub.setsockopt(zmq.SUBSCRIBE, topic)
         self._kick()
-        ids = sorted(rid for rid, link in self._links.items() if link.pub_up and link.sub_up)
+        ids = self.connected_routers()
 
         async def one(rid: str) -> bool:
             try:
@@ -615,7 +613,7 @@ class Bus:
         changed = False
         recheck = False
         for rid, link in self._links.items():
-            ok = results.get(rid, False) and link.pub_up and link.sub_up
+            ok = results.get(rid, False) and link.connected
             if ok and not link.proven and not quiet:
                 ok, recheck = False, True
             if ok != link.proven:
@@ -635,7 +633,7 @@ class Bus:
 
     def connected_routers(self) -> list[str]:
         """Routers both of whose links are up, proven or not."""
-        return sorted(rid for rid, link in self._links.items() if link.pub_up and link.sub_up)
+        return sorted(rid for rid, link in self._links.items() if link.connected)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -786,9 +784,14 @@ class _Link:
         self.proven = False  # a check saw our probe come back through it since they came up
 
     @property
+    def connected(self) -> bool:
+        """Both connections are up (proven or not)."""
+        return self.pub_up and self.sub_up
+
+    @property
     def live(self) -> bool:
         """Connected both ways and proven to deliver our subscriptions."""
-        return self.pub_up and self.sub_up and self.proven
+        return self.connected and self.proven
 
     def close(self, linger_ms: int) -> None:
         self.pub.close(linger=linger_ms)
