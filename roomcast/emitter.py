@@ -23,7 +23,7 @@ from typing import Any
 from roomcast.cluster import wire
 from roomcast.cluster.bus import Bus
 from roomcast.config import RouterAddress
-from roomcast.node.broadcast import flatten
+from roomcast.ids import TAG_BYTES, room_names, tag_of_sid
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
 
@@ -40,7 +40,7 @@ class Emitter:
     ) -> None:
         self.origin = origin or f"emitter-{secrets.token_hex(4)}"
         self.connect_timeout = connect_timeout
-        self._topic = wire.probe_topic(secrets.token_bytes(wire.TAG_BYTES))
+        self._topic = wire.probe_topic(secrets.token_bytes(TAG_BYTES))
         self._msg_ids = itertools.count(1)
         self.bus = Bus(
             self.origin,
@@ -97,7 +97,7 @@ class Emitter:
             topics.append(wire.namespace_topic(op.namespace))
         for room in op.rooms:
             topics.append(wire.room_topic(op.namespace, room))
-            tag = wire.tag_of_sid(room)
+            tag = tag_of_sid(room)
             if tag is not None:
                 # Perhaps a sid: its node's direct topic (no node has members in a room named
                 # like a live node's sid, since nodes refuse to join such names).
@@ -119,13 +119,13 @@ class EmitterOperator:
 
     def to(self, *rooms: str | Iterable[str]) -> EmitterOperator:
         """Also target ``rooms``."""
-        return replace(self, rooms=self.rooms | frozenset(flatten(rooms)))
+        return replace(self, rooms=self.rooms | frozenset(room_names(rooms)))
 
     in_ = to
 
     def except_(self, *rooms: str | Iterable[str]) -> EmitterOperator:
         """Exclude the members of ``rooms``."""
-        return replace(self, except_rooms=self.except_rooms | frozenset(flatten(rooms)))
+        return replace(self, except_rooms=self.except_rooms | frozenset(room_names(rooms)))
 
     @property
     def volatile(self) -> EmitterOperator:

@@ -20,8 +20,8 @@ import zmq
 
 from roomcast.cluster import wire
 from roomcast.cluster.bus import Bus
-from roomcast.cluster.membership import node_tag
 from roomcast.cluster.wire import Topic
+from roomcast.ids import node_tag
 from roomcast.protocol.frames import ws_text
 from roomcast.router.router import Router
 

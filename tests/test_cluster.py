@@ -35,8 +35,8 @@ from cluster_harness import (
 )
 
 from roomcast.cluster import wire
-from roomcast.cluster.membership import node_tag
 from roomcast.emitter import Emitter
+from roomcast.ids import node_tag
 
 pytestmark = [pytest.mark.multinode, pytest.mark.asyncio(loop_scope="module")]
 

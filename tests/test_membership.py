@@ -20,9 +20,8 @@ from roomcast.cluster.membership import (
     NodeUp,
     Replica,
     RequestSnapshot,
-    node_tag,
 )
-from roomcast.cluster.wire import NodeId
+from roomcast.ids import NodeId, node_tag
 
 
 def feed(r: Replica, facts: LocalFacts, body: wire.Body, now: float) -> list[Action]:

@@ -26,7 +26,7 @@ from roomcast.cluster.membership import (
     RequestSnapshot,
     RoomKey,
 )
-from roomcast.cluster.wire import NodeId
+from roomcast.ids import NodeId
 
 NAMESPACES = ("/", "/chat")
 #: Time steps; binary fractions, so that sums are exact and "SNAPSHOT_RETRY later" is exactly

@@ -74,11 +74,11 @@ def test_protocol_module_imports_no_io_stack(module: str) -> None:
     assert module in result["roomcast"]
 
 
-def test_protocol_depends_only_on_errors() -> None:
-    """Outside its own package, roomcast.protocol imports only roomcast.errors."""
+def test_protocol_depends_only_on_errors_and_ids() -> None:
+    """Outside its own package, roomcast.protocol imports only roomcast.errors and roomcast.ids."""
     result = probe_imports(MODULES, bypass_parent=True)
     outside = [m for m in result["roomcast"] if not m.startswith("roomcast.protocol")]
-    assert outside == ["roomcast", "roomcast.errors"]
+    assert outside == ["roomcast", "roomcast.errors", "roomcast.ids"]
 
 
 def test_protocol_import_through_real_package_is_pure() -> None:

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from roomcast import ids
 from roomcast.cluster import wire
-from roomcast.cluster.membership import node_tag
 from roomcast.cluster.wire import Kind
+from roomcast.ids import node_tag
 from roomcast.protocol.frames import Frames
 from roomcast.protocol.socketio import Encoded
 
@@ -158,7 +159,7 @@ def test_topic_lengths_are_fixed_per_kind() -> None:
         assert wire.namespace_topic(ns)[:1] == b"A"
     for tag in (TAG, node_tag("n1", 1), bytes(6)):
         assert wire.node_topic(tag) == b"N" + tag
-        assert len(wire.node_topic(tag)) == 1 + wire.TAG_BYTES
+        assert len(wire.node_topic(tag)) == 1 + ids.TAG_BYTES
 
 
 def test_namespace_separation() -> None:
@@ -198,9 +199,9 @@ def test_room_topics_prefix_free_property(keys: list[tuple[str, str]]) -> None:
 @pytest.mark.parametrize("tag", [TAG, bytes(6), b"\xff" * 6, node_tag("n1", 7)])
 def test_tag_of_sid_round_trip(tag: bytes) -> None:
     """A sid that starts with ``tag_text(tag)`` yields ``tag`` back."""
-    text = wire.tag_text(tag)
-    assert len(text) == wire.TAG_CHARS
-    assert wire.tag_of_sid(text + "random-sid-part_") == tag
+    text = ids.tag_text(tag)
+    assert len(text) == ids.TAG_CHARS
+    assert ids.tag_of_sid(text + "random-sid-part_") == tag
 
 
 _URLSAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -209,13 +210,13 @@ _URLSAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 @given(st.binary(min_size=6, max_size=6), st.text(_URLSAFE, min_size=16, max_size=16))
 def test_tag_of_sid_round_trip_property(tag: bytes, rest: str) -> None:
     """Any tag, with any 16-character random part, comes back from its sid."""
-    assert wire.tag_of_sid(wire.tag_text(tag) + rest) == tag
+    assert ids.tag_of_sid(ids.tag_text(tag) + rest) == tag
 
 
 @pytest.mark.parametrize("rest", ["", "short", "x" * 15, "x" * 17, "sixteen chars!!!"])
 def test_tag_of_sid_needs_a_sids_shape(rest: str) -> None:
     """Only a 24-character base64url name is a sid: 8 of tag, 16 random."""
-    assert wire.tag_of_sid(wire.tag_text(b"abcdef") + rest) is None
+    assert ids.tag_of_sid(ids.tag_text(b"abcdef") + rest) is None
 
 
 @pytest.mark.parametrize(
@@ -224,7 +225,7 @@ def test_tag_of_sid_needs_a_sids_shape(rest: str) -> None:
 )
 def test_tag_of_sid_rejects_foreign_sids(sid: str) -> None:
     """A sid too short, or whose prefix is not the text of a 6-byte tag, has no tag."""
-    assert wire.tag_of_sid(sid) is None
+    assert ids.tag_of_sid(sid) is None
 
 
 # --- garbage ----------------------------------------------------------------------------------

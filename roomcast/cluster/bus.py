@@ -63,6 +63,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from roomcast.cluster import wire
 from roomcast.cluster.wire import Topic
+from roomcast.ids import TAG_BYTES
 
 log = logging.getLogger("roomcast.cluster")
 
@@ -590,7 +591,7 @@ class Bus:
         """
         sub = self._sub
         assert sub is not None and self._loop is not None
-        topic = wire.probe_topic(secrets.token_bytes(wire.TAG_BYTES))
+        topic = wire.probe_topic(secrets.token_bytes(TAG_BYTES))
         ops = self._subscribe_ops
         sub.setsockopt(zmq.SUBSCRIBE, topic)
         self._kick()

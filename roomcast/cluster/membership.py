@@ -22,23 +22,17 @@ for a snapshot. The rules (one home, STYLE.md #2):
 from __future__ import annotations
 
 import enum
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from roomcast.cluster import wire
-from roomcast.cluster.wire import NodeId
+from roomcast.ids import NodeId, NodeTag, node_tag
 
 RoomKey = tuple[str, str]  # (namespace, room)
 
 MAX_BUFFERED_DELTAS = 1024
 FORGET_AFTER_DOWNS = 10  # a node down this many down_after periods is forgotten
 SNAPSHOT_RETRY = 1.0  # seconds before an unanswered snapshot request is repeated
-
-
-def node_tag(node_id: str, incarnation: int) -> bytes:
-    """The 6-byte tag of one incarnation of a node: its direct topic and its sids' prefix."""
-    return hashlib.blake2b(f"{node_id}:{incarnation}".encode(), digest_size=wire.TAG_BYTES).digest()
 
 
 class NodeStatus(enum.Enum):
@@ -54,7 +48,7 @@ class RequestSnapshot:
     """Action: ask ``node`` (at ``tag``) for its snapshot."""
 
     node: NodeId
-    tag: bytes
+    tag: NodeTag
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +88,7 @@ class NodeInfo:
 class _View:
     node: NodeId
     incarnation: int
-    tag: bytes
+    tag: NodeTag
     last_seen: float
     status: NodeStatus = NodeStatus.ALIVE
     facts_seq: int = 0
@@ -119,7 +113,7 @@ class Replica:
         self._views: dict[NodeId, _View] = {}
         #: (namespace, room) -> {node: count}, for alive nodes only.
         self._room_index: dict[RoomKey, dict[NodeId, int]] = {}
-        self._by_tag: dict[bytes, NodeId] = {}
+        self._by_tag: dict[NodeTag, NodeId] = {}
 
     # -- input --------------------------------------------------------------------------------
 
@@ -316,16 +310,16 @@ class Replica:
                 out.append(rid)
         return out
 
-    def tag(self, node: str) -> bytes | None:
+    def tag(self, node: str) -> NodeTag | None:
         """The direct-topic tag of ``node``'s current incarnation."""
         view = self._views.get(NodeId(node))
         return view.tag if view is not None else None
 
-    def knows_tag(self, tag: bytes) -> bool:
+    def knows_tag(self, tag: NodeTag) -> bool:
         """Whether ``tag`` is the tag of a node this replica knows, down or not."""
         return tag in self._by_tag
 
-    def node_of_tag(self, tag: bytes) -> NodeId | None:
+    def node_of_tag(self, tag: NodeTag) -> NodeId | None:
         """The live node whose current incarnation has ``tag`` (None once it is down: there
         is nobody to ask)."""
         node = self._by_tag.get(tag)

@@ -29,7 +29,6 @@ each ZeroMQ I/O thread on the way instead of one per message (see README, "The c
 
 from __future__ import annotations
 
-import base64
 import enum
 import functools
 import hashlib
@@ -40,16 +39,15 @@ from typing import Any, Final, NamedTuple, NewType
 
 import msgpack
 
+from roomcast.ids import TAG_BYTES, NodeId, NodeTag
+
 WIRE_VERSION: Final = 2
 
 Topic = NewType("Topic", bytes)
-NodeId = NewType("NodeId", str)
 
 GOSSIP_TOPIC: Final = Topic(b"G")
-TAG_BYTES: Final = 6
 SENDER_BYTES: Final = 8  # an envelope opens with its sender's key, then one byte of kind
 _PREFIX: Final = SENDER_BYTES + 1
-TAG_CHARS: Final = 8  # base64url of 6 bytes, the prefix of every sid a node issues
 
 
 class WireError(Exception):
@@ -158,34 +156,6 @@ def split_batch(frame: bytes) -> Iterator[memoryview]:
         offset += length
 
 
-SID_CHARS: Final = 24  # a sid: the 8-character tag, then 16 random base64url characters
-_SID_ALPHABET: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-
-
-def is_sid_shaped(name: str) -> bool:
-    """Whether ``name`` has the shape of a socket id (rooms may not: they would shadow one)."""
-    return len(name) == SID_CHARS and all(c in _SID_ALPHABET for c in name)
-
-
-def tag_of_sid(sid: str) -> bytes | None:
-    """The tag of the node that issued ``sid``, or None when ``sid`` is not one of ours."""
-    if not is_sid_shaped(sid):
-        return None
-    prefix = sid[:TAG_CHARS]
-    try:
-        tag = base64.urlsafe_b64decode(prefix)
-    except (ValueError, TypeError):
-        return None
-    # The decoder skips characters outside the alphabet and accepts '+', '/' and padding:
-    # only a prefix that is exactly the text of a 6-byte tag is ours.
-    return tag if len(tag) == TAG_BYTES and tag_text(tag) == prefix else None
-
-
-def tag_text(tag: bytes) -> str:
-    """A tag as the sid prefix."""
-    return base64.urlsafe_b64encode(tag).decode("ascii")
-
-
 # --- envelopes --------------------------------------------------------------------------------
 
 
@@ -222,7 +192,7 @@ class Request:
     """A node-to-node request; answered by a :class:`Reply` on ``reply_to``."""
 
     request_id: int
-    reply_to: bytes  #: the requester's tag
+    reply_to: NodeTag  #: the requester's tag
     op: str
     payload: Any
 
@@ -249,7 +219,7 @@ class Heartbeat:
     """The origin is alive; ``facts_seq`` lets receivers notice missed deltas."""
 
     facts_seq: int
-    tag: bytes
+    tag: NodeTag
     address: str
     connections: int
     started: float
@@ -260,7 +230,7 @@ class Heartbeat:
 class SnapshotRequest:
     """Ask the owner for all its facts, sent to ``reply_to``."""
 
-    reply_to: bytes
+    reply_to: NodeTag
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +238,7 @@ class Snapshot:
     """All facts of the origin as of ``facts_seq``."""
 
     facts_seq: int
-    tag: bytes
+    tag: NodeTag
     address: str
     connections: int
     started: float
@@ -482,11 +452,11 @@ def _body(kind: Kind, f: list[Any]) -> Body:
         )
     if kind is Kind.REQUEST:
         request_id, reply_to, op, payload = f
-        if not isinstance(request_id, int) or not isinstance(reply_to, bytes):
+        if not isinstance(request_id, int) or not _is_tag(reply_to):
             raise WireError("bad REQUEST body")
         if not isinstance(op, str):
             raise WireError("bad REQUEST op")
-        return Request(request_id, reply_to, op, payload)
+        return Request(request_id, NodeTag(reply_to), op, payload)
     if kind is Kind.REPLY:
         request_id, payload = f
         if not isinstance(request_id, int):
@@ -503,9 +473,9 @@ def _body(kind: Kind, f: list[Any]) -> Body:
         return Heartbeat(facts_seq, tag, address, connections, float(started), _str_tuple(routers))
     if kind is Kind.SNAPSHOT_REQUEST:
         (reply_to,) = f
-        if not isinstance(reply_to, bytes):
+        if not _is_tag(reply_to):
             raise WireError("bad SNAPSHOT_REQUEST body")
-        return SnapshotRequest(reply_to)
+        return SnapshotRequest(NodeTag(reply_to))
     if kind is Kind.SNAPSHOT:
         facts_seq, tag, address, connections, started, rooms = f
         _check_node_fields(kind, facts_seq, tag, address, connections, started)
@@ -518,13 +488,17 @@ def _body(kind: Kind, f: list[Any]) -> Body:
     return Probe(nonce)
 
 
+def _is_tag(value: object) -> bool:
+    return isinstance(value, bytes) and len(value) == TAG_BYTES
+
+
 def _check_node_fields(
     kind: Kind, facts_seq: Any, tag: Any, address: Any, connections: Any, started: Any
 ) -> None:
     """The fields HEARTBEAT and SNAPSHOT share."""
     if not (
         isinstance(facts_seq, int)
-        and isinstance(tag, bytes)
+        and _is_tag(tag)
         and isinstance(address, str)
         and isinstance(connections, int)
         and isinstance(started, int | float)

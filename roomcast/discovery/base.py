@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import Literal, Protocol, Self, TypeVar
 
-from roomcast.cluster.wire import NodeId
 from roomcast.errors import RoomcastError
+from roomcast.ids import NodeId
 
 log = logging.getLogger("roomcast.discovery")
 

@@ -30,7 +30,6 @@ from urllib.parse import urlsplit
 import consul.aio
 from consul.exceptions import ConsulException
 
-from roomcast.cluster.wire import NodeId
 from roomcast.config import DiscoverySettings
 from roomcast.discovery.base import (
     Backoff,
@@ -47,6 +46,7 @@ from roomcast.discovery.base import (
     log,
     require_running,
 )
+from roomcast.ids import NodeId
 
 Endpoint = RouterEndpoint | NodeEndpoint
 

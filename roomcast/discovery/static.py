@@ -20,7 +20,6 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Self
 
-from roomcast.cluster.wire import NodeId
 from roomcast.config import DiscoverySettings
 from roomcast.discovery.base import (
     HubReads,
@@ -33,6 +32,7 @@ from roomcast.discovery.base import (
     log,
     require_running,
 )
+from roomcast.ids import NodeId
 
 
 class StaticDiscovery(HubReads):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from roomcast.errors import AckTimeoutError
+from roomcast.ids import room_names
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
 
@@ -62,17 +63,6 @@ def write_each(sockets: Iterable[Socket], frames: Frames, volatile: bool) -> int
     return n
 
 
-def flatten(rooms: Iterable[str | Iterable[str]]) -> list[str]:
-    """Room arguments as given (names, or iterables of names) as one flat list."""
-    out: list[str] = []
-    for r in rooms:
-        if isinstance(r, str):
-            out.append(r)
-        else:
-            out.extend(r)
-    return out
-
-
 @dataclass(frozen=True, slots=True)
 class BroadcastOperator:
     """An immutable description of a broadcast: rooms, exceptions, flags.
@@ -90,13 +80,13 @@ class BroadcastOperator:
 
     def to(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
         """Also target ``rooms`` (a socket in several targeted rooms gets one copy)."""
-        return replace(self, rooms=self.rooms | frozenset(flatten(rooms)))
+        return replace(self, rooms=self.rooms | frozenset(room_names(rooms)))
 
     in_ = to
 
     def except_(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
         """Exclude members of ``rooms``, cluster-wide."""
-        return replace(self, except_rooms=self.except_rooms | frozenset(flatten(rooms)))
+        return replace(self, except_rooms=self.except_rooms | frozenset(room_names(rooms)))
 
     def except_sids_(self, *sids: str) -> BroadcastOperator:
         """Exclude these socket ids."""
@@ -143,11 +133,11 @@ class BroadcastOperator:
 
     async def sockets_join(self, *rooms: str | Iterable[str]) -> None:
         """Make every targeted socket join ``rooms``."""
-        await self.namespace.server.sockets_join(self, flatten(rooms))
+        await self.namespace.server.sockets_join(self, room_names(rooms))
 
     async def sockets_leave(self, *rooms: str | Iterable[str]) -> None:
         """Make every targeted socket leave ``rooms``."""
-        await self.namespace.server.sockets_leave(self, flatten(rooms))
+        await self.namespace.server.sockets_leave(self, room_names(rooms))
 
     async def disconnect_sockets(self, close: bool = False) -> None:
         """Disconnect every targeted socket (``close=True`` closes their connections)."""

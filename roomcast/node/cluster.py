@@ -36,9 +36,10 @@ from roomcast.cluster.membership import (
     Replica,
     RequestSnapshot,
 )
-from roomcast.cluster.wire import NodeId, Topic
+from roomcast.cluster.wire import Topic
 from roomcast.discovery import Discovery, DiscoveryView, ServiceInstance, make_discovery
 from roomcast.errors import RoomcastError
+from roomcast.ids import NodeId, tag_of_sid
 from roomcast.protocol.frames import Frames
 
 from .broadcast import BroadcastOperator, start_broadcast_with_ack, write_each
@@ -414,7 +415,7 @@ class ClusterLink:
         for room in rooms:
             if room in ns.sockets:
                 continue  # a local sid: delivered locally
-            tag = wire.tag_of_sid(room)
+            tag = tag_of_sid(room)
             if tag is not None and self.replica.node_of_tag(tag) is not None:
                 if tag not in seen_tags:
                     seen_tags.add(tag)
@@ -468,7 +469,7 @@ class ClusterLink:
             return set(self.replica.alive())
         nodes = self.replica.nodes_with_rooms(op.namespace.name, op.rooms)
         for room in op.rooms:
-            tag = wire.tag_of_sid(room)
+            tag = tag_of_sid(room)
             node = self.replica.node_of_tag(tag) if tag is not None else None
             if node is not None:
                 nodes.add(node)

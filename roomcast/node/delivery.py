@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from roomcast.cluster.wire import NodeId
 from roomcast.errors import AckTimeoutError
+from roomcast.ids import NodeId
 from roomcast.protocol.frames import Frames
 
 from .broadcast import BroadcastOperator, start_broadcast_with_ack, wait_acks, write_each

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, cast
 from aiohttp import WSCloseCode, hdrs, web
 from aiohttp.http import SERVER_SOFTWARE, HttpRequestParser, HttpVersion11, RawRequestMessage
 
+from roomcast.ids import new_engine_sid
 from roomcast.protocol import engineio as eio
 from roomcast.protocol import reasons
 from roomcast.protocol import websocket as wsp
@@ -43,7 +44,6 @@ from .engine import (
     Connection,
     RequestInfo,
     http_error,
-    new_id,
     payload_response,
 )
 from .websocket import AiohttpWebSocket, ClosingWebSockets, NodeWebSocket
@@ -120,7 +120,7 @@ class EngineEndpoint:
     def _open(self, info: RequestInfo, kind: eio.TransportKind) -> Connection:
         server = self.server
         now = server.loop.time()
-        session = eio.EngineSession(new_id(), kind, self.engine_settings, now)
+        session = eio.EngineSession(new_engine_sid(), kind, self.engine_settings, now)
         conn = Connection(server, session, info)
         server.connections[session.sid] = conn
         server.stats.connections_opened += 1

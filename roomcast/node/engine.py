@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
@@ -51,11 +50,6 @@ _TEXT_PLAIN = "text/plain; charset=UTF-8"
 
 #: The close message of a WebSocket that names a session it cannot upgrade.
 BAD_SESSION = "bad session"
-
-
-def new_id() -> str:
-    """A random, URL-safe, 20-character session id."""
-    return secrets.token_urlsafe(15)
 
 
 class RequestInfo:

@@ -8,12 +8,12 @@ never costs a registry entry, nor, in a cluster, a subscription.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from typing import TYPE_CHECKING, NewType
+from typing import TYPE_CHECKING
+
+from roomcast.ids import Room
 
 if TYPE_CHECKING:
     from roomcast.node.sockets import Socket
-
-Room = NewType("Room", str)
 
 
 class RoomRegistry:

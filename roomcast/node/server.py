@@ -32,10 +32,9 @@ from typing import Any
 
 from aiohttp import web
 
-from roomcast.cluster.membership import node_tag
-from roomcast.cluster.wire import tag_of_sid, tag_text
 from roomcast.config import Settings
 from roomcast.errors import RemoteProtocolError
+from roomcast.ids import Sid, new_sid, node_tag, tag_of_sid
 from roomcast.protocol import reasons
 from roomcast.protocol import socketio as sio
 
@@ -91,7 +90,6 @@ class Server(Delivery):
         #: This run of the node: a restarted node is a new incarnation.
         self.incarnation = time.time_ns() // 1000
         self.tag = node_tag(self.node_id, self.incarnation)
-        self._sid_prefix = tag_text(self.tag)
         #: The node's membership in the cluster (None for a standalone node).
         self.cluster: ClusterLink | None = (
             ClusterLink(self) if self.settings.cluster.enabled else None
@@ -267,10 +265,10 @@ class Server(Delivery):
             ns.connecting -= 1
             self.namespace_maybe_empty(ns)
 
-    def new_sid(self) -> str:
+    def new_sid(self) -> Sid:
         """A fresh socket id; its first characters name this node's incarnation (its tag), so
         any node can route a message for it without a lookup."""
-        return self._sid_prefix + secrets.token_urlsafe(12)
+        return new_sid(self.tag)
 
     def names_a_socket(self, name: str) -> bool:
         """Whether ``name`` is (or could be) a socket id issued by this node or a node the

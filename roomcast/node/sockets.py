@@ -16,20 +16,22 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NewType
+from typing import TYPE_CHECKING, Any
 
+from roomcast import ids
 from roomcast.errors import (
     AckTimeoutError,
     ConnectRefusedError,
     DisconnectedError,
     RoomRefusedError,
 )
+from roomcast.ids import Room, Sid, room_names
 from roomcast.protocol import reasons
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
 
-from .broadcast import BroadcastOperator, Collector, flatten
-from .rooms import Room, RoomRegistry
+from .broadcast import BroadcastOperator, Collector
+from .rooms import RoomRegistry
 
 if TYPE_CHECKING:
     from roomcast.node.engine import Connection
@@ -37,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("roomcast.node")
 
-Sid = NewType("Sid", str)
 Handler = Callable[..., Any]
 Middleware = Callable[["Socket", Any], Any]
 NamespaceMatcher = str | re.Pattern[str] | Callable[[str], bool]
@@ -188,11 +189,11 @@ class Socket:
 
     async def join(self, *rooms: str | Iterable[str]) -> None:
         """Join one or more rooms; returns once messages to them will reach this socket."""
-        await self.namespace.add_to_rooms(self, flatten(rooms))
+        await self.namespace.add_to_rooms(self, room_names(rooms))
 
     async def leave(self, *rooms: str | Iterable[str]) -> None:
         """Leave one or more rooms (leaving the sid room is refused silently, as in socket.io)."""
-        await self.namespace.remove_from_rooms(self, flatten(rooms))
+        await self.namespace.remove_from_rooms(self, room_names(rooms))
 
     def to(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
         """Broadcast to ``rooms``, excluding this socket (socket.io's ``socket.to``)."""
@@ -320,7 +321,7 @@ class Namespace:
 
     def __init__(self, server: Server, name: str, parent: Namespace | None = None) -> None:
         self.server = server
-        self.name = sio.Namespace(name)
+        self.name = ids.Namespace(name)
         self.parent = parent
         self.sockets: dict[str, Socket] = {}
         self.registry = RoomRegistry(self.sockets)

@@ -12,13 +12,11 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Final, NewType
+from typing import Any, Final
 
 from roomcast.errors import RemoteProtocolError
+from roomcast.ids import ROOT_NAMESPACE, Namespace
 from roomcast.protocol import reasons
-
-Namespace = NewType("Namespace", str)
-ROOT_NAMESPACE: Final = Namespace("/")
 
 #: Event names a client may not emit (socket.io-parser's RESERVED_EVENTS).
 RESERVED_EVENTS: Final = frozenset(

@@ -1,0 +1,102 @@
+"""Identifiers: the one home of every name roomcast gives to a thing, and of their rules.
+
+The bottom layer of the package: it imports nothing of roomcast, and everything may import it.
+
+==================  =======  ====================================================================
+name                type     what it names
+==================  =======  ====================================================================
+:data:`NodeId`      str      a node, as configured (``node.id``); stable across restarts
+:data:`NodeTag`     bytes    one *incarnation* of a node (6 bytes): its direct bus topic and the
+                             prefix of every socket id it issues
+:data:`Sid`         str      a Socket.IO socket: 24 URL-safe characters, the issuing node's tag
+                             as text, then 16 random ones; also the socket's private room
+:data:`EngineSid`   str      an Engine.IO session (one client connection), 20 random characters
+:data:`Namespace`   str      a Socket.IO namespace name, ``/`` first
+:data:`Room`        str      a room of a namespace
+==================  =======  ====================================================================
+
+Because a sid starts with its node's tag, any node (or emitter) can tell which node holds a
+socket without asking anyone: :func:`tag_of_sid`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Iterable
+from typing import Final, NewType
+
+NodeId = NewType("NodeId", str)
+NodeTag = NewType("NodeTag", bytes)
+Sid = NewType("Sid", str)
+EngineSid = NewType("EngineSid", str)
+Namespace = NewType("Namespace", str)
+Room = NewType("Room", str)
+
+#: Bytes of a node tag.
+TAG_BYTES: Final = 6
+#: Characters of a tag as text: base64url of 6 bytes, the prefix of every sid a node issues.
+TAG_CHARS: Final = 8
+#: Characters of a sid: the tag's 8, then 16 random base64url characters.
+SID_CHARS: Final = 24
+
+ROOT_NAMESPACE: Final = Namespace("/")
+
+_SID_ALPHABET: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def node_tag(node_id: str, incarnation: int) -> NodeTag:
+    """The tag of one incarnation of a node: its direct topic and its sids' prefix."""
+    digest = hashlib.blake2b(f"{node_id}:{incarnation}".encode(), digest_size=TAG_BYTES).digest()
+    return NodeTag(digest)
+
+
+def tag_text(tag: bytes) -> str:
+    """A tag as the sid prefix."""
+    return base64.urlsafe_b64encode(tag).decode("ascii")
+
+
+def new_sid(tag: NodeTag) -> Sid:
+    """A fresh socket id issued by the node with ``tag``."""
+    return Sid(tag_text(tag) + secrets.token_urlsafe(12))
+
+
+def new_engine_sid() -> EngineSid:
+    """A fresh, random, URL-safe, 20-character Engine.IO session id."""
+    return EngineSid(secrets.token_urlsafe(15))
+
+
+def is_sid_shaped(name: str) -> bool:
+    """Whether ``name`` has the shape of a socket id (rooms may not: they would shadow one)."""
+    return len(name) == SID_CHARS and all(c in _SID_ALPHABET for c in name)
+
+
+def tag_of_sid(sid: str) -> NodeTag | None:
+    """The tag of the node that issued ``sid``, or None when ``sid`` is not one of ours."""
+    if not is_sid_shaped(sid):
+        return None
+    prefix = sid[:TAG_CHARS]
+    try:
+        tag = base64.urlsafe_b64decode(prefix)
+    except (ValueError, TypeError):
+        return None
+    # The decoder skips characters outside the alphabet and accepts '+', '/' and padding:
+    # only a prefix that is exactly the text of a 6-byte tag is ours.
+    return NodeTag(tag) if len(tag) == TAG_BYTES and tag_text(tag) == prefix else None
+
+
+def namespace_name(name: str) -> Namespace:
+    """A namespace name as clients send it, ``/`` first (``chat`` is ``/chat``)."""
+    return Namespace(name if name.startswith("/") else "/" + name)
+
+
+def room_names(rooms: Iterable[str | Iterable[str]]) -> list[str]:
+    """Room arguments as the API takes them (names, or iterables of names) as one flat list."""
+    out: list[str] = []
+    for r in rooms:
+        if isinstance(r, str):
+            out.append(r)
+        else:
+            out.extend(r)
+    return out
