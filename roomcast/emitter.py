@@ -16,14 +16,15 @@ import itertools
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from roomcast.cluster import wire
+from roomcast.cluster import routing, wire
 from roomcast.cluster.bus import Bus
+from roomcast.cluster.routing import Target, TargetChain
 from roomcast.config import RouterAddress
-from roomcast.ids import TAG_BYTES, room_names, tag_of_sid
+from roomcast.ids import TAG_BYTES, namespace_name
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
 
@@ -70,68 +71,37 @@ class Emitter:
 
     def of(self, namespace: str) -> EmitterOperator:
         """Target a namespace."""
-        return EmitterOperator(self, namespace)
+        return EmitterOperator(self, Target(namespace_name(namespace)))
 
     def to(self, *rooms: str | Iterable[str]) -> EmitterOperator:
         """Target rooms of the root namespace."""
-        return EmitterOperator(self, "/").to(*rooms)
+        return self.of("/").to(*rooms)
 
     def emit(self, event: str, *args: Any) -> None:
         """Emit to every socket of the root namespace."""
-        EmitterOperator(self, "/").emit(event, *args)
+        self.of("/").emit(event, *args)
 
-    def publish(self, op: EmitterOperator, event: str, args: tuple[Any, ...]) -> int:
+    def publish(self, target: Target, event: str, args: tuple[Any, ...]) -> int:
         """Encode once and publish on each target topic; returns the number of envelopes."""
-        frames = Frames(sio.encode_event(op.namespace, event, args))
-        body = wire.RoomMessage(
-            next(self._msg_ids),
-            op.namespace,
-            tuple(sorted(op.rooms)),
-            tuple(sorted(op.except_rooms)),
-            (),
-            op.volatile_,
-            frames.ws,
-        )
-        topics: list[wire.Topic] = []
-        if not op.rooms:
-            topics.append(wire.namespace_topic(op.namespace))
-        for room in op.rooms:
-            topics.append(wire.room_topic(op.namespace, room))
-            tag = tag_of_sid(room)
-            if tag is not None:
-                # Perhaps a sid: its node's direct topic (no node has members in a room named
-                # like a live node's sid, since nodes refuse to join such names).
-                topics.append(wire.node_topic(tag))
-        for topic in topics:
+        frames = Frames(sio.encode_event(target.namespace, event, args))
+        body = routing.room_message(next(self._msg_ids), target, frames.ws)
+        sent = routing.topics(target)  # the emitter knows no node: a sid goes both ways
+        for topic in sent:
             self.bus.publish(topic, body)
-        return len(topics)
+        return len(sent)
 
 
 @dataclass(frozen=True, slots=True)
-class EmitterOperator:
-    """An immutable broadcast description, as :class:`roomcast.BroadcastOperator`."""
+class EmitterOperator(TargetChain):
+    """An immutable broadcast description, as :class:`roomcast.BroadcastOperator`
+    (``to``/``in_``/``except_``/``volatile`` chain from :class:`TargetChain`)."""
 
     emitter: Emitter
-    namespace: str
-    rooms: frozenset[str] = frozenset()
-    except_rooms: frozenset[str] = frozenset()
-    volatile_: bool = False
+    target: Target
 
-    def to(self, *rooms: str | Iterable[str]) -> EmitterOperator:
-        """Also target ``rooms``."""
-        return replace(self, rooms=self.rooms | frozenset(room_names(rooms)))
-
-    in_ = to
-
-    def except_(self, *rooms: str | Iterable[str]) -> EmitterOperator:
-        """Exclude the members of ``rooms``."""
-        return replace(self, except_rooms=self.except_rooms | frozenset(room_names(rooms)))
-
-    @property
-    def volatile(self) -> EmitterOperator:
-        """Drop the message for recipients that cannot take it now."""
-        return replace(self, volatile_=True)
+    def retarget(self, target: Target) -> EmitterOperator:
+        return EmitterOperator(self.emitter, target)
 
     def emit(self, event: str, *args: Any) -> None:
         """Send ``event`` with ``args`` to every targeted socket, once each."""
-        self.emitter.publish(self, event, args)
+        self.emitter.publish(self.target, event, args)
