@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from roomcast.config import Settings, load
     from roomcast.errors import AckTimeoutError, ConnectRefusedError, DisconnectedError
+    from roomcast.node.adapter import SocketInfo
     from roomcast.node.broadcast import BroadcastOperator
     from roomcast.node.server import Server
-    from roomcast.node.sockets import Namespace, Socket, SocketInfo
+    from roomcast.node.sockets import Namespace, Socket
 
 _EXPORTS = {
     "AckTimeoutError": "roomcast.errors",
@@ -25,7 +26,7 @@ _EXPORTS = {
     "Server": "roomcast.node.server",
     "Settings": "roomcast.config",
     "Socket": "roomcast.node.sockets",
-    "SocketInfo": "roomcast.node.sockets",
+    "SocketInfo": "roomcast.node.adapter",
     "load": "roomcast.config",
 }
 

@@ -72,3 +72,23 @@ class AckTimeoutError(RoomcastError):
 
 class DisconnectedError(RoomcastError):
     """The socket was disconnected before the operation could complete."""
+
+
+class ClusterTimeoutError(RoomcastError):
+    """Some nodes did not answer a cluster request in time; ``missing`` names them and
+    ``partial`` holds the answers that did come (node -> answer)."""
+
+    def __init__(self, op: str, missing: set[str], partial: dict[Any, Any]) -> None:
+        super().__init__(f"{op}: no answer from {', '.join(sorted(missing))}")
+        self.missing = missing
+        self.partial = partial
+
+
+class ClusterRequestError(RoomcastError):
+    """Another node failed to serve a cluster request; ``node`` names it and ``error`` is the
+    name of the error it reported."""
+
+    def __init__(self, op: str, node: str, error: str) -> None:
+        super().__init__(f"{op}: node {node} failed: {error}")
+        self.node = node
+        self.error = error

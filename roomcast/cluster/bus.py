@@ -414,16 +414,19 @@ class Bus:
         if type(body) is wire.Probe:
             # Probes are sent through each router in turn and some never come back: they are
             # not numbered (seq 0), so they can neither open a gap nor come late.
-            seq = 0
+            message = topic + self._encoder.encode(0, body)
         else:
             seqs = self._seqs
-            seq = seqs.pop(topic, 0) + 1
+            seq = seqs.get(topic, 0) + 1
+            # Encoded before the number is taken: a body msgpack cannot carry (a TypeError for
+            # the caller) must not open a gap.
+            message = topic + self._encoder.encode(seq, body)
+            seqs.pop(topic, None)
             seqs[topic] = seq  # most recently used last
             if len(seqs) > _MAX_SEQ_TOPICS:
                 # Forget the idlest topic: should it be used again, its numbering restarts at
                 # 1, which receivers take as a fresh sequence (not a gap, not a late message).
                 del seqs[next(iter(seqs))]
-        message = topic + self._encoder.encode(seq, body)
         link.queue.append(message)
         link.queued_bytes += len(message)
         self.stats.published += 1

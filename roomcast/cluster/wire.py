@@ -41,7 +41,7 @@ import msgpack
 
 from roomcast.ids import TAG_BYTES, NodeId, NodeTag
 
-WIRE_VERSION: Final = 2
+WIRE_VERSION: Final = 3
 
 Topic = NewType("Topic", bytes)
 
@@ -193,8 +193,8 @@ class Request:
 
     request_id: int
     reply_to: NodeTag  #: the requester's tag
-    op: str
-    payload: Any
+    kind: int  #: what is asked (the node's request kinds; the bus does not interpret it)
+    fields: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +281,7 @@ def _fields(body: Body) -> list[Any]:
     if isinstance(body, RoomMessage):
         return list(body)  # msgpack packs the tuples of names as arrays
     if isinstance(body, Request):
-        return [body.request_id, body.reply_to, body.op, body.payload]
+        return [body.request_id, body.reply_to, body.kind, body.fields]
     if isinstance(body, Reply):
         return [body.request_id, body.payload]
     if isinstance(body, Delta):
@@ -331,8 +331,8 @@ class Encoder:
         self.incarnation = incarnation
         self.sender = sender or sender_key(origin, incarnation)
         # One Packer, reused: msgpack.packb builds a new one per call. App data that msgpack
-        # cannot carry travels as its str().
-        self._packer = msgpack.Packer(use_bin_type=True, default=str)
+        # cannot carry is a TypeError for the publisher (never silently a string).
+        self._packer = msgpack.Packer(use_bin_type=True)
         self._prefixes: dict[tuple[Kind, int], bytes] = {}
 
     def encode(self, seq: int, body: Body) -> bytes:
@@ -451,12 +451,12 @@ def _body(kind: Kind, f: list[Any]) -> Body:
             ws,
         )
     if kind is Kind.REQUEST:
-        request_id, reply_to, op, payload = f
+        request_id, reply_to, request_kind, fields = f
         if not isinstance(request_id, int) or not _is_tag(reply_to):
             raise WireError("bad REQUEST body")
-        if not isinstance(op, str):
-            raise WireError("bad REQUEST op")
-        return Request(request_id, NodeTag(reply_to), op, payload)
+        if type(request_kind) is not int:
+            raise WireError("bad REQUEST kind")
+        return Request(request_id, NodeTag(reply_to), request_kind, fields)
     if kind is Kind.REPLY:
         request_id, payload = f
         if not isinstance(request_id, int):

@@ -1,18 +1,19 @@
-"""The node's side of the cluster: room-interest routing, gossip, and node-to-node requests.
+"""The cluster adapter: interest routing over the bus, and requests to the involved nodes only.
 
-:class:`ClusterLink` joins a :class:`~roomcast.node.server.Server` to the bus. It knows
-Socket.IO (namespaces, sockets, encoded packets) and the bus's small API (publish, subscribe
-with proof, unsubscribe), never ZeroMQ itself.
+:class:`ClusterAdapter` keeps the :class:`~roomcast.node.adapter.Adapter` contract for a node
+that is a :class:`~roomcast.node.member.ClusterMember`. It knows namespaces, rooms and
+pre-encoded packets, and the bus's small API (publish, subscribe with proof, unsubscribe),
+never ZeroMQ itself.
 
 * A room's topic is subscribed when its first local member joins (the join returns once the
   subscription is live at the router) and unsubscribed when the last one leaves; a namespace's
   topic likewise follows its first and last local socket.
-* A broadcast is delivered locally by the origin and published once per target topic; a
-  receiver delivers each message once (copies from several topics are dropped by message id),
-  using the frames encoded at the origin.
-* Membership facts are gossiped (deltas batched every ``gossip_interval_ms``, heartbeats) into
-  every node's :class:`~roomcast.cluster.membership.Replica`; requests go only to the nodes the
-  replica names, with an explicit responder set and a timeout.
+* A broadcast is delivered locally by the origin and published once per target topic
+  (:func:`roomcast.cluster.routing.topics`); a receiver delivers each message once (copies from
+  several topics are dropped by message id), writing the frames encoded at the origin.
+* An operation that needs answers is a typed request (:mod:`roomcast.node.requests`) sent to the
+  nodes the membership replica names, with an explicit responder set and a deadline; each kind
+  is served by the same local function the origin runs for its own sockets.
 """
 
 from __future__ import annotations
@@ -20,424 +21,124 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import itertools
 import logging
-import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from roomcast.cluster import wire
-from roomcast.cluster.bus import Bus
-from roomcast.cluster.membership import (
-    LocalFacts,
-    NodeDown,
-    NodeStatus,
-    NodeUp,
-    Replica,
-    RequestSnapshot,
-)
+from roomcast.cluster import routing, wire
+from roomcast.cluster.routing import Target
 from roomcast.cluster.wire import Topic
-from roomcast.discovery import Discovery, DiscoveryView, ServiceInstance, make_discovery
-from roomcast.errors import RoomcastError
-from roomcast.ids import NodeId, tag_of_sid
+from roomcast.config import Settings
+from roomcast.errors import AckTimeoutError, ClusterRequestError, ClusterTimeoutError
+from roomcast.ids import Namespace, NodeId, NodeTag, tag_of_sid
 from roomcast.protocol.frames import Frames
 
-from .broadcast import BroadcastOperator, start_broadcast_with_ack, write_each
-from .sockets import Handshake, Namespace, SocketInfo
-
-if TYPE_CHECKING:
-    from roomcast.node.server import Server
+from . import requests as rq
+from .adapter import LocalSockets, RoomTable, SocketInfo, Spawn
+from .health import Health
+from .local import LocalAdapter, wait_acks, write_each
+from .member import ClusterMember
+from .stats import NodeStats
 
 log = logging.getLogger("roomcast.cluster")
-
-_MIN_CHECK_GAP = 0.02  # seconds between two router checks, at least
-
-
-class ClusterTimeoutError(RoomcastError):
-    """Some nodes did not answer a cluster request in time; ``missing`` names them."""
-
-    def __init__(self, op: str, missing: set[str], partial: dict[NodeId, Any]) -> None:
-        super().__init__(f"{op}: no answer from {', '.join(sorted(missing))}")
-        self.missing = missing
-        self.partial = partial
 
 
 @dataclass
 class _Pending:
-    op: str
+    kind: rq.Kind
     waiting: set[NodeId]
     future: asyncio.Future[None]
-    replies: dict[NodeId, Any] = field(default_factory=dict)
+    replies: dict[NodeId, rq.Reply] = field(default_factory=dict)
 
     def settle(self) -> None:
         if not self.waiting and not self.future.done():
             self.future.set_result(None)
 
 
-def _target(op: BroadcastOperator) -> dict[str, Any]:
-    return {
-        "ns": op.namespace.name,
-        "rooms": sorted(op.rooms),
-        "except_rooms": sorted(op.except_rooms),
-        "except_sids": sorted(op.except_sids),
-    }
+class ClusterAdapter(LocalAdapter):
+    """The adapter of a node in a cluster (see the module's docstring)."""
 
-
-def _info_to_wire(info: SocketInfo) -> dict[str, Any]:
-    h = info.handshake
-    return {
-        "id": info.id,
-        "ns": info.namespace,
-        "rooms": sorted(info.rooms),
-        "data": info.data,
-        "node": info.node,
-        "handshake": None
-        if h is None
-        else {
-            "headers": h.headers,
-            "query": h.query,
-            "auth": h.auth,
-            "address": h.address,
-            "time": h.time,
-            "url": h.url,
-            "secure": h.secure,
-        },
-    }
-
-
-def _info_from_wire(d: dict[str, Any]) -> SocketInfo:
-    h = d.get("handshake")
-    return SocketInfo(
-        d["id"],
-        d["ns"],
-        frozenset(d["rooms"]),
-        d.get("data"),
-        None if h is None else Handshake(**h),
-        d["node"],
-    )
-
-
-class ClusterLink:
-    """One node's membership in the cluster (started and stopped by its Server)."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        settings = server.settings
+    def __init__(
+        self,
+        settings: Settings,
+        node_id: NodeId,
+        incarnation: int,
+        sockets: LocalSockets,
+        stats: NodeStats,
+        health: Health,
+        spawn: Spawn,
+        connections: Callable[[], int],
+    ) -> None:
+        self.member = ClusterMember(
+            settings, node_id, incarnation, health, connections, self._on_bus, self._node_down
+        )
+        super().__init__(node_id, self.member.tag, sockets, stats)
         self.cs = settings.cluster
-        self.node_id = NodeId(server.node_id)
-        self.incarnation = server.incarnation
-        self.tag = server.tag
-        self.topic = wire.node_topic(self.tag)
-        self.facts = LocalFacts(server.node_id, self.incarnation, "", time.time())
-        self.replica = Replica(
-            server.node_id, self.cs.suspect_after_ms / 1000, self.cs.down_after_ms / 1000
-        )
-        routers = [(r.key, r.xsub, r.xpub) for r in settings.discovery.routers]
-        self.bus = Bus(
-            server.node_id,
-            self.incarnation,
-            routers,
-            self._on_message,
-            hwm=self.cs.hwm,
-            probe_retry=self.cs.probe_retry_ms / 1000,
-            linger_ms=500,  # the LEAVE announcement must get out
-            heartbeat_ms=self.cs.link_heartbeat_ms,
-            link_timeout_ms=self.cs.link_timeout_ms,
-            move_idle_ms=self.cs.move_idle_ms,
-            on_links=self._links_changed,
-        )
-        self._announced: tuple[str, ...] | None = None  # live routers in the last heartbeat
-        self._check_now = asyncio.Event()
-        self._started = False
+        self.replica = self.member.replica
+        self.bus = self.member.bus
+        self._spawn = spawn
         self._msg_ids = itertools.count(1)
         self._req_ids = itertools.count(1)
         self._seen: collections.OrderedDict[tuple[str, int, int], None] = collections.OrderedDict()
         self._pending: dict[int, _Pending] = {}
-        self._flush_handle: asyncio.TimerHandle | None = None
-        self._housekeeper: asyncio.Task[None] | None = None
-        self._checker: asyncio.Task[None] | None = None
-        self._watcher: asyncio.Task[None] | None = None
-        self.discovery: Discovery = make_discovery(settings)
-        self.consul = settings.discovery.backend == "consul"
-        self._health_tasks: set[asyncio.Task[None]] = set()
-        self.received_rooms = 0  #: ROOM envelopes delivered here (for inspection and tests)
-
-    @property
-    def join_timeout(self) -> float:
-        """How long a subscription may take to become live."""
-        return self.cs.join_timeout_ms / 1000
+        self.received_rooms = 0  #: room envelopes delivered here (for inspection and tests)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self, address: str) -> None:
-        """Register with discovery, connect to the routers, prove the gossip and direct
-        subscriptions, announce."""
-        self.facts.address = address
-        await self.discovery.__aenter__()
-        await self.discovery.register(
-            ServiceInstance.node(self.node_id, address, {"incarnation": str(self.incarnation)})
-        )
-        self.server.health_watchers.append(self._health_changed)
-        if self.consul:
-            self.bus.set_routers(self._healthy_routers(self.discovery.view()))
-        await self.bus.__aenter__()
-        # Both subscriptions are set whatever happens; only the proof may time out (no router
-        # up yet): ZeroMQ delivers the subscriptions when one comes, and the self-check tells.
-        results = await asyncio.gather(
-            self.bus.subscribe(wire.GOSSIP_TOPIC, self.join_timeout),
-            self.bus.subscribe(self.topic, self.join_timeout),
-            return_exceptions=True,
-        )
-        if any(isinstance(r, BaseException) for r in results):
-            log.warning("no router answered yet; the node keeps trying in the background")
-        await self.bus.check_routers(self.cs.self_check_timeout_ms / 1000)
-        self._started = True
-        self._update_usable()
-        self._announce()
-        loop = asyncio.get_running_loop()
-        self._housekeeper = loop.create_task(self._housekeeping())
-        self._checker = loop.create_task(self._self_check())
-        self._watcher = loop.create_task(self._watch_discovery())
+        await self.member.start(address)
 
     async def stop(self) -> None:
-        """Announce departure and disconnect from the bus."""
-        self.flush()
-        for rid in self.bus.router_ids:  # through every router: one of them may be gone
-            self.bus.publish(wire.GOSSIP_TOPIC, wire.Leave(), via=rid)
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-        for task in (self._housekeeper, self._checker, self._watcher):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        await self.discovery.__aexit__(None, None, None)  # deregisters
+        await self.member.stop()
         for pending in self._pending.values():
             pending.future.cancel()
-        await self.bus.__aexit__(None, None, None)
-
-    async def _housekeeping(self) -> None:
-        interval = self.cs.heartbeat_interval_ms / 1000
-        loop = asyncio.get_running_loop()
-        next_beat = loop.time() + interval
-        while True:
-            await asyncio.sleep(min(interval, 0.1))
-            now = loop.time()
-            self._act(self.replica.tick(now))
-            if now >= next_beat:
-                next_beat = now + interval
-                self._announce()
-
-    def _announce(self) -> None:
-        """Send a heartbeat now, naming the routers that deliver this node's probes (pending
-        membership changes go first: a heartbeat's facts_seq covers them)."""
-        self.flush()
-        self.facts.connections = len(self.server.connections)
-        live = tuple(self.bus.live_routers())
-        self._announced = live
-        self.bus.publish(wire.GOSSIP_TOPIC, self.facts.heartbeat(live))
-
-    def _update_usable(self) -> None:
-        """Publish only through routers that every live node hears (and we do)."""
-        live = self.bus.live_routers()
-        self.bus.set_usable(self.replica.routers_heard_by_all(live) or live)
-
-    def _links_changed(self) -> None:
-        """A link to a router came or went, or a check changed which routers are live: move
-        topics now, tell the other nodes at once (they stop publishing through a router this
-        node no longer hears without waiting for a heartbeat), and check at once a router
-        that is connected but not proven yet."""
-        if not self._started:
-            return
-        self._update_usable()
-        if tuple(self.bus.live_routers()) != self._announced:
-            self._announce()
-        if set(self.bus.connected_routers()) - set(self.bus.live_routers()):
-            self._check_now.set()
-
-    async def _self_check(self) -> None:
-        """The deaf-node self-check: probe every router (see :meth:`Bus.check_routers`).
-
-        A router that stops delivering our probes is not used to publish (its topics move to
-        the others); with none left the node is *deaf*: it fails ``/health`` (and its Consul
-        check) so load balancers stop sending it clients, resubscribes everything, and
-        recovers when probes flow again. Publishers use only the routers that every live
-        node reports hearing, so no node misses a topic's traffic because of its router. A
-        link coming up starts a check at once instead of at the next interval.
-        """
-        interval = self.cs.self_check_interval_ms / 1000
-        timeout = self.cs.self_check_timeout_ms / 1000
-        deaf_checks = 0
-        while True:
-            self._check_now.clear()
-            await self.bus.check_routers(timeout)  # a change reaches _links_changed
-            live = self.bus.live_routers()
-            if live:
-                if deaf_checks:
-                    log.warning("node %s hears the bus again through %s", self.node_id, live)
-                    self.server.set_unhealthy("deaf", None)
-                deaf_checks = 0
-            else:
-                if deaf_checks == 0:
-                    log.error("node %s is deaf: no router delivers its probes", self.node_id)
-                    self.server.set_unhealthy("deaf", "no router delivers this node's probes")
-                if deaf_checks % 5 == 0:
-                    self.bus.resubscribe_all()
-                deaf_checks += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._check_now.wait(), interval)
-            await asyncio.sleep(_MIN_CHECK_GAP)  # a flapping link must not make checks spin
-
-    # -- discovery ----------------------------------------------------------------------------
-
-    @staticmethod
-    def _healthy_routers(view: DiscoveryView) -> list[tuple[str, str, str]]:
-        return [(r.id, r.xsub, r.xpub) for r in view.healthy_routers]
-
-    def _health_changed(self, healthy: bool, note: str) -> None:
-        task = asyncio.get_running_loop().create_task(self.discovery.set_healthy(healthy, note))
-        self._health_tasks.add(task)
-        task.add_done_callback(self._health_tasks.discard)
-
-    async def _watch_discovery(self) -> None:
-        """Follow the catalogue: routers as they appear and go; nodes Consul calls critical
-        or that vanished are down in the replica at once, before gossip would notice.
-
-        After Consul was unreachable its catalogue may have been lost (a restarted dev agent)
-        and is refilled as each process registers again, within its retry backoff and check
-        interval: until then a node missing from it is not taken for gone (a node that really
-        left said so by gossip; one that died turns critical once it registered, or times out),
-        and a router missing from it is kept (dropping it here while other nodes still publish
-        through it would lose their messages; a dead one is unused once the self-check says so).
-        """
-        cfg = self.server.settings.discovery.consul
-        settle = (cfg.retry_max_ms + cfg.check_ttl_ms) / 1000
-        loop = asyncio.get_running_loop()
-        settled_at = 0.0  # until then, vanished nodes and routers are not taken for gone
-        seen: set[str] = set()
-        connected: list[tuple[str, str, str]] = []
-        async for view in self.discovery.watch():
-            if not self.consul:
-                continue  # static: the routers are fixed and nodes learn of each other by gossip
-            if not view.source_ok:
-                settled_at = loop.time() + settle
-            else:
-                settling = loop.time() < settled_at
-                routers = self._healthy_routers(view)
-                if settling:
-                    listed = {r.id for r in view.routers}
-                    routers += [r for r in connected if r[0] not in listed]
-                if routers or not self.bus.router_ids:
-                    # Consul listing no healthy router at all is more likely a glitch than
-                    # the truth: keep the last routers rather than go deaf on purpose.
-                    self.bus.set_routers(routers)
-                    connected = routers
-                current = {str(n.id) for n in view.nodes}
-                for node in view.nodes:
-                    if not node.healthy and str(node.id) != self.node_id:
-                        self._act(self.replica.mark_down(str(node.id), "consul: critical"))
-                if settling:
-                    seen |= current  # the catalogue is being refilled
-                    continue
-                for gone in seen - current:
-                    if gone != self.node_id:
-                        self._act(self.replica.mark_down(gone, "consul: deregistered"))
-                seen = current
-
-    def discovery_view(self) -> dict[str, Any]:
-        """What the discovery backend says, for inspection beside the gossip view."""
-        view = self.discovery.view()
-        return {
-            "backend": "consul" if self.consul else "static",
-            "source_ok": view.source_ok,
-            "routers": [
-                {"id": r.id, "xsub": r.xsub, "xpub": r.xpub, "http": r.http, "healthy": r.healthy}
-                for r in view.routers
-            ],
-            "nodes": [{"id": str(n.id), "http": n.http, "healthy": n.healthy} for n in view.nodes],
-        }
 
     # -- membership ---------------------------------------------------------------------------
 
     async def rooms_changed(
-        self, ns: str, counts: dict[str, int], joined: list[str], left: list[str]
+        self, namespace: Namespace, counts: dict[str, int], joined: list[str], left: list[str]
     ) -> None:
-        """A socket joined or left rooms: gossip the new ``counts``, follow room interest;
-        returns once the rooms joined are live at the router."""
-        self.room_counts(ns, counts)
+        self.member.room_counts(namespace, counts)
         for room in left:
-            self.bus.unsubscribe(wire.room_topic(ns, room))
+            self.bus.unsubscribe(wire.room_topic(namespace, room))
         if joined:
+            timeout = self.member.join_timeout
             try:
                 await asyncio.gather(
-                    *(self.bus.subscribe(wire.room_topic(ns, r), self.join_timeout) for r in joined)
+                    *(self.bus.subscribe(wire.room_topic(namespace, r), timeout) for r in joined)
                 )
             except TimeoutError:
                 # No router answered: the socket is in its rooms here and the subscription is
                 # set (ZeroMQ sends it when a router comes back); other nodes' messages wait
                 # for that. Serving local clients beats failing their joins.
-                log.warning("rooms %s of %s joined without a live router", joined, ns)
+                log.warning("rooms %s of %s joined without a live router", joined, namespace)
 
-    async def namespace_entered(self, ns: str) -> None:
-        """A socket is about to connect to ``ns``: receive its namespace-wide emits."""
+    async def namespace_entered(self, namespace: Namespace) -> None:
         try:
-            await self.bus.subscribe(wire.namespace_topic(ns), self.join_timeout)
+            await self.bus.subscribe(wire.namespace_topic(namespace), self.member.join_timeout)
         except TimeoutError:
-            log.warning("socket connected to %s without a live router", ns)
+            log.warning("socket connected to %s without a live router", namespace)
 
-    def namespace_exited(self, ns: str) -> None:
-        """A socket of ``ns`` is gone."""
-        self.bus.unsubscribe(wire.namespace_topic(ns))
-
-    def room_counts(self, ns: str, counts: dict[str, int]) -> None:
-        """Record local member counts; they are gossiped after ``gossip_interval_ms``."""
-        for room, count in counts.items():
-            self.facts.set_count(ns, room, count)
-        if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_later(
-                self.cs.gossip_interval_ms / 1000, self.flush
-            )
-
-    def flush(self) -> None:
-        """Send the pending membership delta now."""
-        self._flush_handle = None
-        self.facts.connections = len(self.server.connections)
-        delta = self.facts.take_delta()
-        if delta is not None:
-            self.bus.publish(wire.GOSSIP_TOPIC, delta)
+    def namespace_exited(self, namespace: Namespace) -> None:
+        self.bus.unsubscribe(wire.namespace_topic(namespace))
 
     # -- broadcasting -------------------------------------------------------------------------
 
-    def _topics(self, ns: Namespace, rooms: frozenset[str]) -> list[Topic]:
-        if not rooms:
-            return [wire.namespace_topic(ns.name)]
-        topics: list[Topic] = []
-        seen_tags: set[bytes] = set()
-        for room in rooms:
-            if room in ns.sockets:
-                continue  # a local sid: delivered locally
-            tag = tag_of_sid(room)
-            if tag is not None and self.replica.node_of_tag(tag) is not None:
-                if tag not in seen_tags:
-                    seen_tags.add(tag)
-                    topics.append(wire.node_topic(tag))
-                continue
-            topics.append(wire.room_topic(ns.name, room))
-        return topics
-
-    def publish(self, op: BroadcastOperator, frames: Frames) -> None:
-        """Publish a broadcast the origin already delivered locally, once per target topic."""
-        ns = op.namespace
-        body = wire.RoomMessage(
-            next(self._msg_ids),
-            ns.name,
-            tuple(op.rooms),
-            tuple(op.except_rooms),
-            tuple(op.except_sids),
-            op.volatile_,
-            frames.ws,
-        )
-        for topic in self._topics(ns, op.rooms):
+    def broadcast(self, target: Target, frames: Frames) -> None:
+        self.deliver(target, frames)
+        if target.local:
+            return
+        ns = self.sockets.namespace(target.namespace)
+        local_sids = ns.sids() if ns is not None else ()
+        body = routing.room_message(next(self._msg_ids), target, frames.ws)
+        for topic in routing.topics(target, local_sids=local_sids, sid_node=self._is_live_tag):
             self.bus.publish(topic, body)
+
+    def _is_live_tag(self, tag: NodeTag) -> bool:
+        return self.replica.node_of_tag(tag) is not None
 
     def _on_room(self, header: wire.Header, msg: wire.RoomMessage) -> None:
         if len(msg.rooms) > 1:
@@ -448,212 +149,260 @@ class ClusterLink:
             seen[key] = None
             if len(seen) > self.cs.dedup_window:
                 seen.popitem(last=False)
-        ns = self.server.namespace(msg.namespace)
+        ns = self.sockets.namespace(msg.namespace)
         if ns is None:
             return
         self.received_rooms += 1
-        recipients = ns.registry.recipients(msg.rooms, msg.except_rooms, msg.except_sids)
+        recipients = ns.recipients(msg.rooms, msg.except_rooms, msg.except_sids)
         if not recipients:
             return
-        frames = Frames.from_ws(msg.ws)
         try:
-            self.server.stats.messages_out += write_each(recipients, frames, msg.volatile)
+            self.stats.messages_out += write_each(recipients, Frames.from_ws(msg.ws), msg.volatile)
         except ValueError:  # a polling recipient needs the packet, and the frames hold none
             log.warning("undecodable frames in a room message from %s", header.origin)
 
-    # -- requests -----------------------------------------------------------------------------
+    # -- cluster-wide operations --------------------------------------------------------------
 
-    def involved(self, op: BroadcastOperator) -> set[NodeId]:
-        """The remote nodes that may hold sockets targeted by ``op``."""
-        if not op.rooms:
-            return set(self.replica.alive())
-        nodes = self.replica.nodes_with_rooms(op.namespace.name, op.rooms)
-        for room in op.rooms:
-            tag = tag_of_sid(room)
-            node = self.replica.node_of_tag(tag) if tag is not None else None
-            if node is not None:
-                nodes.add(node)
+    def involved(self, target: Target) -> set[NodeId]:
+        """The remote nodes that may hold sockets ``target`` reaches."""
+        if target.local:
+            return set()
+        if not target.rooms:
+            nodes = set(self.replica.alive())
+        else:
+            nodes = self.replica.nodes_with_rooms(target.namespace, target.rooms)
+            for room in target.rooms:
+                tag = tag_of_sid(room)
+                node = self.replica.node_of_tag(tag) if tag is not None else None
+                if node is not None:
+                    nodes.add(node)
         nodes.discard(self.node_id)
         return nodes
 
-    async def request(
-        self, nodes: set[NodeId], op: str, payload: Any, timeout: float | None = None
-    ) -> dict[NodeId, Any]:
-        """Send a request to ``nodes`` and collect every reply (ClusterTimeoutError if not)."""
+    async def broadcast_with_ack(
+        self, target: Target, event: str, args: tuple[Any, ...], timeout: float | None
+    ) -> list[Any]:
+        """Only the nodes that the replica says hold recipients are asked; each answers with
+        its recipients' acks, so the wait ends as soon as all have answered."""
+        nodes = self.involved(target)
         if not nodes:
-            return {}
-        request_id = next(self._req_ids)
-        pending = _Pending(op, set(nodes), asyncio.get_running_loop().create_future())
-        self._pending[request_id] = pending
+            future, collector = self.emit_with_ack(target, event, args)
+            return await wait_acks(future, collector, timeout)
+        wait = timeout if timeout is not None else self.cs.request_timeout_ms / 1000
+        request_id = self._send(nodes, rq.BroadcastWithAck(target, event, args, wait))
+        remote_task = asyncio.ensure_future(self._collect(request_id, wait + 0.5))
+        future, collector = self.emit_with_ack(target, event, args)
+        responses: list[Any] = []
+        complete = True
         try:
-            for node in nodes:
-                tag = self.replica.tag(node)
-                if tag is None:
-                    pending.waiting.discard(node)
-                    continue
-                self.bus.publish(
-                    wire.node_topic(tag), wire.Request(request_id, self.tag, op, payload)
-                )
-            pending.settle()
+            responses.extend(await wait_acks(future, collector, wait))
+        except AckTimeoutError as exc:
+            responses.extend(exc.responses)
+            complete = False
+        try:
+            replies = await remote_task
+        except ClusterTimeoutError as exc:
+            replies = exc.partial
+            complete = False
+        for reply in replies.values():
+            if isinstance(reply, rq.Acks):
+                responses.extend(reply.responses)
+                complete = complete and len(reply.responses) >= reply.expected
+            else:
+                complete = False
+        if not complete:
+            raise AckTimeoutError("some recipients did not acknowledge in time", responses)
+        return responses
+
+    async def fetch_sockets(self, target: Target) -> list[SocketInfo]:
+        out = self.snapshot(target)
+        for reply in (await self._ask(rq.FetchSockets(target))).values():
+            if isinstance(reply, rq.Sockets):
+                out.extend(reply.sockets)
+        return out
+
+    async def add_sockets(self, target: Target, rooms: list[str]) -> None:
+        await self.apply_here(target, "join", rooms, False)
+        await self._ask(rq.AddSockets(target, tuple(rooms)))
+
+    async def del_sockets(self, target: Target, rooms: list[str]) -> None:
+        await self.apply_here(target, "leave", rooms, False)
+        await self._ask(rq.DelSockets(target, tuple(rooms)))
+
+    async def disconnect_sockets(self, target: Target, close: bool) -> None:
+        await self.apply_here(target, "disconnect", [], close)
+        await self._ask(rq.DisconnectSockets(target, close))
+
+    async def server_side_emit(
+        self, event: str, args: tuple[Any, ...], timeout: float | None = None
+    ) -> list[Any]:
+        nodes = set(self.replica.alive())
+        replies = await self.request(nodes, rq.ServerSideEmit(event, args), timeout)
+        return [r.value if isinstance(r, rq.Answer) else None for r in replies.values()]
+
+    async def _ask(
+        self, request: rq.FetchSockets | rq.AddSockets | rq.DelSockets | rq.DisconnectSockets
+    ) -> dict[NodeId, rq.Reply]:
+        """Send a targeted request to the involved nodes; a node's failure is raised."""
+        replies = await self.request(self.involved(request.target), request)
+        for node, reply in replies.items():
+            if isinstance(reply, rq.Failed):
+                raise ClusterRequestError(rq.encode_request(request)[0].name, node, reply.error)
+        return replies
+
+    async def request(
+        self, nodes: set[NodeId], request: rq.Request, timeout: float | None = None
+    ) -> dict[NodeId, rq.Reply]:
+        """Send ``request`` to ``nodes`` and collect every reply (ClusterTimeoutError if some
+        do not answer in time; TypeError, before anything is sent, if it cannot travel)."""
+        return await self._collect(self._send(nodes, request), timeout)
+
+    def _send(self, nodes: set[NodeId], request: rq.Request) -> int:
+        """Publish ``request`` to ``nodes`` now; returns its id (0: nobody to ask)."""
+        if not nodes:
+            return 0
+        kind, fields = rq.encode_request(request)
+        request_id = next(self._req_ids)
+        pending = _Pending(kind, set(nodes), asyncio.get_running_loop().create_future())
+        # App data msgpack cannot carry raises TypeError at the first publish, before any
+        # node was asked (every node gets the same fields).
+        for node in nodes:
+            tag = self.replica.tag(node)
+            if tag is None:
+                pending.waiting.discard(node)
+                continue
+            self.bus.publish(wire.node_topic(tag), wire.Request(request_id, self.tag, kind, fields))
+        self._pending[request_id] = pending
+        pending.settle()
+        return request_id
+
+    async def _collect(self, request_id: int, timeout: float | None) -> dict[NodeId, rq.Reply]:
+        """Wait for the replies of a request sent by :meth:`_send`."""
+        pending = self._pending.get(request_id)
+        if pending is None:
+            return {}
+        try:
             wait = timeout if timeout is not None else self.cs.request_timeout_ms / 1000
             try:
                 await asyncio.wait_for(asyncio.shield(pending.future), wait)
             except TimeoutError:
                 raise ClusterTimeoutError(
-                    op, {str(n) for n in pending.waiting}, dict(pending.replies)
+                    pending.kind.name.lower(),
+                    {str(n) for n in pending.waiting},
+                    dict(pending.replies),
                 ) from None
             return pending.replies
         finally:
             self._pending.pop(request_id, None)
 
-    def _reply(self, request: wire.Request, payload: Any) -> None:
-        self.bus.publish(wire.node_topic(request.reply_to), wire.Reply(request.request_id, payload))
+    def _node_down(self, node: NodeId) -> None:
+        for pending in self._pending.values():
+            pending.waiting.discard(node)
+            pending.settle()
+
+    # -- serving other nodes' requests --------------------------------------------------------
+
+    async def _serve(self, request: wire.Request) -> None:
+        """Answer one request; every request gets exactly one reply, a failure included (the
+        requester must never wait out its timeout because this node failed)."""
+        reply: rq.Reply
+        try:
+            reply = await self._answer(rq.decode_request(request.kind, request.fields))
+            payload = rq.encode_reply(reply)
+            self.bus.publish(
+                wire.node_topic(request.reply_to), wire.Reply(request.request_id, payload)
+            )
+            return
+        except rq.RequestError as exc:
+            log.warning("bad cluster request from %s: %s", request.reply_to.hex(), exc)
+            reply = rq.Failed("RequestError")
+        except Exception as exc:
+            log.exception("cluster request of kind %s failed", request.kind)
+            reply = rq.Failed(type(exc).__name__)
+        failed = rq.encode_reply(reply)
+        self.bus.publish(wire.node_topic(request.reply_to), wire.Reply(request.request_id, failed))
+
+    async def _answer(self, request: rq.Request) -> rq.Reply:
+        if isinstance(request, rq.ServerSideEmit):
+            return rq.Answer(await self.run_server_event(request.event, request.args))
+        target = replace(request.target, local=True)
+        if isinstance(request, rq.FetchSockets):
+            return rq.Sockets(tuple(self.snapshot(target)))
+        if isinstance(request, rq.BroadcastWithAck):
+            future, collector = self.emit_with_ack(target, request.event, request.args)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(future), request.timeout)
+            finally:
+                collector.release()
+            return rq.Acks(tuple(collector.responses), collector.expected)
+        if isinstance(request, rq.AddSockets):
+            count, refused = await self.apply(target, "join", list(request.rooms), False)
+        elif isinstance(request, rq.DelSockets):
+            count, refused = await self.apply(target, "leave", list(request.rooms), False)
+        else:
+            count, refused = await self.apply(target, "disconnect", [], request.close)
+        # The delta goes out before the reply, through the same router, so the requester's
+        # replica shows the new members when its request returns (read your writes).
+        self.member.flush()
+        return rq.Applied(count - len(refused), len(refused))
+
+    async def run_server_event(self, event: str, args: tuple[Any, ...]) -> Any:
+        """Run the local handler of a server-to-server event; returns its answer."""
+        handler = self.server_event_handler(event)
+        if handler is None:
+            return None
+        try:
+            result = handler(*args)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception:
+            log.exception("server event handler %r failed", event)
+            return None
+        return result
+
+    # -- bus input ----------------------------------------------------------------------------
+
+    def _on_bus(self, topic: Topic, header: wire.Header, body: wire.Body) -> None:
+        if type(body) is wire.RoomMessage:
+            self._on_room(header, body)
+        elif isinstance(body, wire.Reply):
+            self._on_reply(header, body)
+        elif isinstance(body, wire.Request):
+            self._spawn(self._serve(body))
 
     def _on_reply(self, header: wire.Header, reply: wire.Reply) -> None:
         pending = self._pending.get(reply.request_id)
         if pending is None or header.origin not in pending.waiting:
             return
-        pending.replies[header.origin] = reply.payload
+        try:
+            decoded = rq.decode_reply(reply.payload)
+        except rq.RequestError as exc:
+            log.warning("bad cluster reply from %s: %s", header.origin, exc)
+            decoded = rq.Failed("RequestError")
+        pending.replies[header.origin] = decoded
         pending.waiting.discard(header.origin)
         pending.settle()
 
-    def _on_request(self, header: wire.Header, request: wire.Request) -> None:
-        self.server.spawn(self._serve(request))
+    # -- reads --------------------------------------------------------------------------------
 
-    async def _serve(self, request: wire.Request) -> None:
-        """Answer one request; every request gets exactly one reply, an error one included
-        (the requester must never wait out its timeout because this node failed)."""
-        try:
-            reply = await self._answer(request)
-        except Exception as exc:
-            log.exception("cluster request %r failed", request.op)
-            reply = {"error": type(exc).__name__}
-        self._reply(request, reply)
+    def names_a_socket(self, name: str) -> bool:
+        tag = tag_of_sid(name)
+        return tag is not None and (tag == self.tag or self.replica.knows_tag(tag))
 
-    async def _answer(self, request: wire.Request) -> Any:
-        server = self.server
-        p = request.payload
-        op = request.op
-        if op == "server_event":
-            return await server.run_server_event(p["event"], p["args"])
-        ns = server.namespace(p["ns"])
-        if ns is None:
-            return {"count": 0, "sockets": [], "responses": [], "expected": 0}
-        target = BroadcastOperator(
-            ns,
-            frozenset(p["rooms"]),
-            frozenset(p["except_rooms"]),
-            frozenset(p["except_sids"]),
-            local_=True,
-        )
-        if op == "fetch":
-            return {"sockets": [_info_to_wire(s.info()) for s in target.local_recipients()]}
-        if op in ("join", "leave", "disconnect"):
-            sockets = list(target.local_recipients())
-            failed = 0
-            for socket in sockets:
-                try:
-                    if op == "join":
-                        await ns.add_to_rooms(socket, p["args"])
-                    elif op == "leave":
-                        await ns.remove_from_rooms(socket, p["args"])
-                    else:
-                        socket.disconnect(bool(p["close"]))
-                except (RoomcastError, ValueError):
-                    failed += 1  # that socket only (a limit, a refused name)
-            # The delta goes out before the reply, through the same router, so the requester's
-            # replica shows the new members when its request returns (read your writes).
-            self.flush()
-            return {"count": len(sockets) - failed, "failed": failed}
-        if op == "ack_broadcast":
-            if p["volatile"]:
-                target = target.volatile
-            future, collector = start_broadcast_with_ack(target, p["event"], p["args"])
-            try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(future), p["timeout"])
-            finally:
-                collector.release()
-            return {"responses": list(collector.responses), "expected": collector.expected}
-        log.warning("unknown cluster request %r from %s", op, request.reply_to.hex())
-        return {"error": "unknown request"}
-
-    # -- bus input ----------------------------------------------------------------------------
-
-    def _on_message(self, topic: Topic, header: wire.Header, body: wire.Body) -> None:
-        if isinstance(body, wire.RoomMessage):
-            self._on_room(header, body)
-        elif isinstance(body, wire.Reply):
-            self._on_reply(header, body)
-        elif isinstance(body, wire.Request):
-            self._on_request(header, body)
-        elif isinstance(body, wire.SnapshotRequest):
-            self.flush()
-            self.bus.publish(wire.node_topic(body.reply_to), self.facts.snapshot())
-        else:
-            now = asyncio.get_running_loop().time()
-            self._act(self.replica.receive(header, body, now))
-            if isinstance(body, wire.Heartbeat):
-                self._update_usable()  # which routers the others hear may have changed
-
-    def _act(self, actions: list[Any]) -> None:
-        for action in actions:
-            if isinstance(action, RequestSnapshot):
-                self.bus.publish(wire.node_topic(action.tag), wire.SnapshotRequest(self.tag))
-            elif isinstance(action, NodeDown):
-                log.info("node %s is down (%s)", action.node, action.reason)
-                self._update_usable()  # the routers it heard no longer have to be heard
-                for pending in self._pending.values():
-                    pending.waiting.discard(action.node)
-                    pending.settle()
-            elif isinstance(action, NodeUp):
-                log.info("node %s is up", action.node)
-
-    # -- inspection ---------------------------------------------------------------------------
+    def room_table(self, namespace: str | None = None) -> RoomTable:
+        table: RoomTable = {
+            key: {str(n): c for n, c in holders.items()}
+            for key, holders in self.replica.room_sizes(namespace).items()
+        }
+        for key, count in self.sockets.room_counts(namespace).items():
+            table.setdefault(key, {})[str(self.node_id)] = count
+        return table
 
     def describe(self) -> dict[str, Any]:
-        """The replica as JSON: nodes, their status and freshness, and bus counters."""
-        now = asyncio.get_running_loop().time()
-        nodes = [
-            {
-                "node": str(i.node),
-                "status": i.status.value,
-                "address": i.address,
-                "connections": i.connections,
-                "rooms": i.rooms,
-                "synced": i.synced,
-                "age": round(i.age, 3),
-                "incarnation": i.incarnation,
-            }
-            for i in self.replica.info(now)
-        ]
-        return {
-            "node": str(self.node_id),
-            "incarnation": self.incarnation,
-            "address": self.facts.address,
-            "nodes": nodes,
-            "bus": self.bus.stats_dict(),
-            "received_rooms": self.received_rooms,
-            "discovery": self.discovery_view(),
-        }
-
-    def remote_rooms(self, ns: str | None) -> dict[tuple[str, str], dict[str, int]]:
-        """Rooms held by live remote nodes: (namespace, room) -> {node: count}."""
-        return {
-            key: {str(n): c for n, c in holders.items()}
-            for key, holders in self.replica.room_sizes(ns).items()
-        }
+        cluster = self.member.describe()
+        cluster["received_rooms"] = self.received_rooms
+        return {"standalone": False, "cluster": cluster}
 
     def freshness(self) -> float:
-        """Age in seconds of the stalest live remote view (0 with no remote node)."""
-        now = asyncio.get_running_loop().time()
-        ages = [i.age for i in self.replica.info(now) if i.status is not NodeStatus.DOWN]
-        return max(ages, default=0.0)
-
-
-def infos_from_replies(replies: dict[NodeId, Any]) -> list[SocketInfo]:
-    """Decode the sockets of ``fetch`` replies."""
-    out: list[SocketInfo] = []
-    for reply in replies.values():
-        out.extend(_info_from_wire(d) for d in reply.get("sockets", []))
-    return out
+        return self.member.freshness()

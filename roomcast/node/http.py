@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .broadcast import BroadcastOperator
-from .sockets import Namespace
+from roomcast.cluster.routing import Target
+from roomcast.ids import namespace_name
 
 if TYPE_CHECKING:
     from .server import Server
@@ -117,18 +117,14 @@ class NodeHTTP:
             "status": "alive",
             "connections": len(self.server.connections),
             "sockets": self.server.stats.sockets,
-            "rooms": sum(len(ns.registry.rooms()) for ns in self.server._namespaces.values()),
+            "rooms": len(self.server.namespace_registry.room_counts(None)),
             "messages_in": self.server.stats.messages_in,
             "messages_out": self.server.stats.messages_out,
         }
 
     async def _admin_cluster(self, request: web.Request) -> web.Response:
-        body: dict[str, Any] = {
-            "self": self._local_facts(),
-            "standalone": self.server.cluster is None,
-        }
-        if self.server.cluster is not None:
-            body["cluster"] = self.server.cluster.describe()
+        body: dict[str, Any] = {"self": self._local_facts(), **self.server.adapter.describe()}
+        if not body["standalone"]:
             body["routers"] = [
                 {"xsub": r.xsub, "xpub": r.xpub, "http": r.http}
                 for r in self.server.settings.discovery.routers
@@ -136,7 +132,7 @@ class NodeHTTP:
         return web.json_response(body)
 
     def _freshness(self) -> float:
-        return round(self.server.cluster.freshness(), 3) if self.server.cluster is not None else 0.0
+        return round(self.server.adapter.freshness(), 3)
 
     async def _admin_rooms(self, request: web.Request) -> web.Response:
         namespace = request.query.get("namespace") or None
@@ -162,9 +158,8 @@ class NodeHTTP:
             "freshness": self._freshness(),
         }
         if request.query.get("members") and nodes:
-            ns = self.server.namespace(namespace)
-            op = BroadcastOperator(ns if ns is not None else Namespace(self.server, namespace))
-            infos = await op.to(name).fetch_sockets()
+            target = Target(namespace_name(namespace), frozenset((name,)))
+            infos = await self.server.adapter.fetch_sockets(target)
             body["sockets"] = [
                 {"id": i.id, "node": i.node, "rooms": sorted(i.rooms)} for i in infos
             ]

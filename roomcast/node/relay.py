@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 from roomcast.config import LimitSettings, NamespacePolicy
 from roomcast.errors import ConnectRefusedError, DisconnectedError, RoomRefusedError
-from roomcast.node.broadcast import BroadcastOperator
 from roomcast.protocol.socketio import RESERVED_EVENTS
 
 if TYPE_CHECKING:
@@ -180,11 +179,9 @@ class Relay:
             for name in names:
                 if name not in socket.rooms:
                     return _nack(f"not a member of {name}")
-        op = BroadcastOperator(
-            socket.namespace,
-            frozenset(names),
-            except_sids=frozenset() if policy.echo else frozenset((socket.sid,)),
-        )
+        op = socket.namespace.to(names)
+        if not policy.echo:
+            op = op.except_sockets(socket.sid)
         op.emit(event, message.get("data"))
         return {"ok": True}
 

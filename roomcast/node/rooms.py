@@ -7,7 +7,7 @@ never costs a registry entry, nor, in a cluster, a subscription.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from roomcast.ids import Room
@@ -68,11 +68,11 @@ class RoomRegistry:
         rooms: Collection[str],
         except_rooms: Collection[str] = (),
         except_sids: Collection[str] = (),
-    ) -> Iterable[Socket]:
+    ) -> Collection[Socket]:
         """Local sockets in any of ``rooms`` (all when empty), minus those in ``except_rooms``
         or named in ``except_sids``; each socket once."""
         if not rooms:
-            selected: Iterable[Socket] = self._sockets.values()
+            selected: Collection[Socket] = self._sockets.values()
         elif len(rooms) == 1:
             (room,) = rooms
             selected = self.members(room)

@@ -18,15 +18,12 @@
 from __future__ import annotations
 
 import asyncio
-import collections
-import inspect
+import contextlib
 import logging
 import random
-import re
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -34,35 +31,27 @@ from aiohttp import web
 
 from roomcast.config import Settings
 from roomcast.errors import RemoteProtocolError
-from roomcast.ids import Sid, new_sid, node_tag, tag_of_sid
+from roomcast.ids import NodeId, node_tag
 from roomcast.protocol import reasons
 from roomcast.protocol import socketio as sio
 
 from . import relay
+from .adapter import Adapter, RoomTable
 from .broadcast import BroadcastOperator
-from .cluster import ClusterLink
-from .delivery import Delivery
+from .cluster import ClusterAdapter
 from .endpoint import EngineEndpoint, Listener
 from .engine import Connection
+from .health import Health
 from .http import build_app
-from .sockets import Namespace, NamespaceMatcher
+from .local import LocalAdapter
+from .namespaces import Namespaces
+from .sockets import Namespace, NamespaceMatcher, NamespaceServices
+from .stats import NodeStats
 
 log = logging.getLogger("roomcast.node")
 
 
-@dataclass
-class NodeStats:
-    """Counters of one node, served by ``/health`` and the admin API."""
-
-    connections_opened: int = 0
-    sockets: int = 0
-    messages_in: int = 0
-    messages_out: int = 0
-    volatile_dropped: int = 0
-    closed_by_reason: collections.Counter[str] = field(default_factory=collections.Counter)
-
-
-class Server(Delivery):
+class Server:
     """One edge node: namespaces, connections and their rooms, served over HTTP."""
 
     def __init__(self, settings: Settings | None = None, *, node_id: str | None = None) -> None:
@@ -75,26 +64,26 @@ class Server(Delivery):
         self.stats = NodeStats()
         limits = self.settings.limits
         self.decoder_limits = sio.DecoderLimits(limits.max_attachments, limits.max_ack_id)
-        self._namespaces: dict[str, Namespace] = {}
-        self._dynamic: list[tuple[Callable[[str], bool], Namespace]] = []
-        self._dynamic_children = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._server_handlers: dict[str, Callable[..., Any]] = {}
         #: True once :meth:`drain` started: new sessions are refused.
         self.draining = False
-        self._problems: dict[str, str] = {}  # "deaf", "draining": why /health fails
-        #: Callables told ``(healthy, note)`` whenever health changes.
-        self.health_watchers: list[Callable[[bool, str], None]] = []
+        #: Why the node must not get clients ("deaf", "draining"), and who is told.
+        self.health_state = Health()
         self._dirty: list[Connection] = []  # connections with WebSocket frames to write
         self._flush_handle: asyncio.Handle | None = None
         #: This run of the node: a restarted node is a new incarnation.
         self.incarnation = time.time_ns() // 1000
         self.tag = node_tag(self.node_id, self.incarnation)
-        #: The node's membership in the cluster (None for a standalone node).
-        self.cluster: ClusterLink | None = (
-            ClusterLink(self) if self.settings.cluster.enabled else None
+        #: The node's namespaces (created on first use).
+        self.namespace_registry = Namespaces(limits.max_dynamic_namespaces)
+        #: Carries broadcasts and cluster-wide operations: to other nodes too, in a cluster.
+        self.adapter: Adapter = self._make_adapter()
+        self.namespace_registry.bind(
+            NamespaceServices(
+                self.adapter, limits, self.stats, self.spawn, self.namespace_registry.maybe_empty
+            )
         )
-        self._runner: web.AppRunner | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
         self._listener: Listener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -105,6 +94,21 @@ class Server(Delivery):
         for policy in self.settings.namespaces:
             relay.install(self.of(policy.name), policy, limits)
 
+    def _make_adapter(self) -> Adapter:
+        node_id = NodeId(self.node_id)
+        if not self.settings.cluster.enabled:
+            return LocalAdapter(node_id, self.tag, self.namespace_registry, self.stats)
+        return ClusterAdapter(
+            self.settings,
+            node_id,
+            self.incarnation,
+            self.namespace_registry,
+            self.stats,
+            self.health_state,
+            self.spawn,
+            lambda: len(self.connections),
+        )
+
     # -- namespaces ---------------------------------------------------------------------------
 
     def of(self, name: NamespaceMatcher) -> Namespace:
@@ -113,73 +117,15 @@ class Server(Delivery):
         A compiled regex or a predicate makes a *dynamic* namespace: any name it matches is
         created on first connection, sharing the returned parent's handlers and middleware.
         """
-        if isinstance(name, str):
-            if not name.startswith("/"):
-                name = "/" + name
-            ns = self._namespaces.get(name)
-            if ns is None:
-                # A name a dynamic namespace matches is its child (its middleware applies),
-                # whether a client or the app names it first.
-                parent = self._dynamic_parent(name)
-                if parent is not None:
-                    return self._new_child(name, parent)
-                ns = self._namespaces[name] = Namespace(self, name)
-            return ns
-        parent = Namespace(self, getattr(name, "pattern", repr(name)))
-        matcher: Callable[[str], bool]
-        if isinstance(name, re.Pattern):
-            pattern = name
-
-            def matches(candidate: str) -> bool:
-                return pattern.fullmatch(candidate) is not None
-
-            matcher = matches
-        else:
-            matcher = name
-        self._dynamic.append((matcher, parent))
-        return parent
+        return self.namespace_registry.of(name)
 
     def namespaces(self) -> list[Namespace]:
         """Every namespace that exists now (dynamic children included)."""
-        return list(self._namespaces.values())
+        return self.namespace_registry.all()
 
-    def _resolve(self, name: str) -> Namespace | None:
-        ns = self._namespaces.get(name)
-        if ns is not None:
-            return ns
-        parent = self._dynamic_parent(name)
-        if parent is None:
-            return None
-        if self._dynamic_children >= self.settings.limits.max_dynamic_namespaces:
-            log.warning("dynamic namespace %r refused: limit reached", name)
-            return None
-        return self._new_child(name, parent)
-
-    def _new_child(self, name: str, parent: Namespace) -> Namespace:
-        self._dynamic_children += 1
-        ns = self._namespaces[name] = Namespace(self, name, parent)
-        return ns
-
-    def _dynamic_parent(self, name: str) -> Namespace | None:
-        for matcher, parent in self._dynamic:
-            try:
-                if matcher(name):
-                    return parent
-            except Exception:
-                log.exception("namespace matcher failed for %r", name)
-        return None
-
-    def namespace_maybe_empty(self, ns: Namespace) -> None:
-        """A dynamic namespace child with no socket left (and none connecting) is removed, as
-        socket.io's ``cleanupEmptyChildNamespaces`` does: names are client input."""
-        if (
-            ns.parent is not None
-            and not ns.sockets
-            and not ns.connecting
-            and self._namespaces.get(ns.name) is ns
-        ):
-            del self._namespaces[ns.name]
-            self._dynamic_children -= 1
+    def namespace(self, name: str) -> Namespace | None:
+        """The existing namespace ``name`` (None when nobody created or connected to it)."""
+        return self.namespace_registry.namespace(name)
 
     # Shortcuts to the root namespace, as on socket.io's ``io``.
 
@@ -247,7 +193,7 @@ class Server(Delivery):
         if len(conn.sockets) + len(conn.connecting) >= limit:
             conn.close(reasons.TOO_MANY_NAMESPACES)
             return
-        ns = self._resolve(name)
+        ns = self.namespace_registry.resolve(name)
         if ns is None:
             conn.send_packet(
                 sio.Packet(sio.PacketType.CONNECT_ERROR, name, {"message": "Invalid namespace"})
@@ -263,47 +209,7 @@ class Server(Delivery):
         finally:
             conn.connecting = tuple(n for n in conn.connecting if n != ns.name)
             ns.connecting -= 1
-            self.namespace_maybe_empty(ns)
-
-    def new_sid(self) -> Sid:
-        """A fresh socket id; its first characters name this node's incarnation (its tag), so
-        any node can route a message for it without a lookup."""
-        return new_sid(self.tag)
-
-    def names_a_socket(self, name: str) -> bool:
-        """Whether ``name`` is (or could be) a socket id issued by this node or a node the
-        replica knows: such a name is a socket's private room, never a room to join."""
-        tag = tag_of_sid(name)
-        if tag is None:
-            return False
-        if tag == self.tag:
-            return True
-        return self.cluster is not None and self.cluster.replica.knows_tag(tag)
-
-    def namespace(self, name: str) -> Namespace | None:
-        """The existing namespace ``name`` (None when nobody created or connected to it)."""
-        return self._namespaces.get(name)
-
-    async def membership_changed(self, ns: Namespace, joined: list[str], left: list[str]) -> None:
-        """A socket joined or left rooms: gossip the new counts, follow room interest.
-
-        Returns once the rooms joined are live at the router, so the first message published
-        to them afterwards, from any node, arrives.
-        """
-        if self.cluster is not None:
-            registry = ns.registry
-            counts = {r: registry.size(r) for r in (*joined, *left)}
-            await self.cluster.rooms_changed(ns.name, counts, joined, left)
-
-    async def namespace_entered(self, ns: Namespace) -> None:
-        """A socket is about to connect to ``ns``: make namespace-wide emits reach it."""
-        if self.cluster is not None:
-            await self.cluster.namespace_entered(ns.name)
-
-    def namespace_exited(self, ns: Namespace) -> None:
-        """A socket of ``ns`` is gone."""
-        if self.cluster is not None:
-            self.cluster.namespace_exited(ns.name)
+            self.namespace_registry.maybe_empty(ns)
 
     # -- server-to-server events --------------------------------------------------------------
 
@@ -312,36 +218,16 @@ class Server(Delivery):
         its return value is the answer. Usable as a decorator."""
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self._server_handlers[event] = fn
+            self.adapter.on_server_event(event, fn)
             return fn
 
         return register(handler) if handler is not None else register
-
-    async def run_server_event(self, event: str, args: list[Any]) -> Any:
-        """Run the local handler of a server-to-server event; returns its answer."""
-        handler = self._server_handlers.get(event)
-        if handler is None:
-            return None
-        try:
-            result = handler(*args)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception:
-            log.exception("server event handler %r failed", event)
-            return None
-        return result
 
     async def server_side_emit(
         self, event: str, *args: Any, timeout: float | None = None
     ) -> list[Any]:
         """Send ``event`` to every other node; returns their handlers' answers."""
-        if self.cluster is None:
-            return []
-        nodes = set(self.cluster.replica.alive())
-        replies = await self.cluster.request(
-            nodes, "server_event", {"event": event, "args": list(args)}, timeout
-        )
-        return list(replies.values())
+        return await self.adapter.server_side_emit(event, args, timeout)
 
     def linger(self, conn: Connection) -> None:
         """Keep a closed polling connection's last packets for its next GET, for at most one
@@ -420,71 +306,68 @@ class Server(Delivery):
     def set_unhealthy(self, problem: str, detail: str | None) -> None:
         """Record (``detail`` given) or clear (None) a reason the node must not get clients;
         health watchers (the discovery backend) are told at once."""
-        before = self.healthy
-        if detail is None:
-            self._problems.pop(problem, None)
-        else:
-            self._problems[problem] = detail
-        if self.healthy != before:
-            for watcher in self.health_watchers:
-                try:
-                    watcher(self.healthy, self.health_note())
-                except Exception:
-                    log.exception("health watcher failed")
+        self.health_state.set_problem(problem, detail)
+
+    @property
+    def health_watchers(self) -> list[Callable[[bool, str], None]]:
+        """Callables told ``(healthy, note)`` whenever health changes."""
+        return self.health_state.watchers
 
     @property
     def healthy(self) -> bool:
         """Whether load balancers should send this node clients."""
-        return not self._problems
+        return self.health_state.healthy
 
     def health_note(self) -> str:
         """Why the node is unhealthy (empty when it is not)."""
-        return "; ".join(f"{k}: {v}" for k, v in sorted(self._problems.items()))
+        return self.health_state.note()
 
     def health(self) -> dict[str, Any]:
         """The node's health document."""
+        problems = self.health_state.problems
         return {
-            "status": "ok" if self.healthy else next(iter(sorted(self._problems))),
-            "problems": dict(self._problems),
+            "status": "ok" if not problems else next(iter(sorted(problems))),
+            "problems": dict(problems),
             "node": self.node_id,
             "connections": len(self.connections),
             "sockets": self.stats.sockets,
         }
 
-    def room_table(self, namespace: str | None = None) -> dict[tuple[str, str], dict[str, int]]:
+    def room_table(self, namespace: str | None = None) -> RoomTable:
         """Every room in the cluster (or this namespace): (ns, room) -> {node: members}.
 
         A local read: this node's registry plus its replica of everyone else's.
         """
-        table: dict[tuple[str, str], dict[str, int]] = {}
-        if self.cluster is not None:
-            table.update(self.cluster.remote_rooms(namespace))
-        for ns in self._namespaces.values():
-            if namespace is not None and ns.name != namespace:
-                continue
-            for room, count in ns.registry.rooms().items():
-                table.setdefault((ns.name, room), {})[self.node_id] = count
-        return table
+        return self.adapter.room_table(namespace)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def __aenter__(self) -> Server:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        self._runner = web.AppRunner(
-            self.app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
-        )
-        await self._runner.setup()
-        node = self.settings.node
-        http = self._runner.server
-        assert http is not None
-        self._listener = Listener(self.endpoint, http)
-        self.port = await self._listener.start(node.host, node.port, node.backlog)
-        log.info(
-            "node %s listening on http://%s:%d%s", self.node_id, node.host, self.port, node.path
-        )
-        if self.cluster is not None:
-            await self.cluster.start(self.public_url)
+        async with contextlib.AsyncExitStack() as stack:
+            # Whatever fails on the way, everything started before it is undone.
+            runner = web.AppRunner(
+                self.app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+            )
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            node = self.settings.node
+            http = runner.server
+            assert http is not None
+            self._listener = listener = Listener(self.endpoint, http)
+            self.port = await listener.start(node.host, node.port, node.backlog)
+            stack.callback(listener.stop)
+            log.info(
+                "node %s listening on http://%s:%d%s",
+                self.node_id,
+                node.host,
+                self.port,
+                node.path,
+            )
+            await self.adapter.start(self.public_url)
+            stack.push_async_callback(self.adapter.stop)
+            self._stack = stack.pop_all()
         return self
 
     async def __aexit__(
@@ -505,14 +388,10 @@ class Server(Delivery):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.cluster is not None:
-            await self.cluster.stop()
-        if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()  # the adapter (cluster membership), the listener, aiohttp
+        self._listener = None
         if self._stopped is not None:
             self._stopped.set()
 

@@ -14,28 +14,31 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Container, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from roomcast import ids
+from roomcast.cluster.routing import Target
+from roomcast.config import LimitSettings
 from roomcast.errors import (
     AckTimeoutError,
     ConnectRefusedError,
     DisconnectedError,
     RoomRefusedError,
 )
-from roomcast.ids import Room, Sid, room_names
+from roomcast.ids import Room, new_sid, room_names
 from roomcast.protocol import reasons
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
 
-from .broadcast import BroadcastOperator, Collector
+from .adapter import Adapter, Collector, Handshake, SocketInfo, Spawn
+from .broadcast import BroadcastOperator
 from .rooms import RoomRegistry
+from .stats import NodeStats
 
 if TYPE_CHECKING:
     from roomcast.node.engine import Connection
-    from roomcast.node.server import Server
 
 log = logging.getLogger("roomcast.node")
 
@@ -45,28 +48,15 @@ NamespaceMatcher = str | re.Pattern[str] | Callable[[str], bool]
 
 
 @dataclass(frozen=True, slots=True)
-class Handshake:
-    """What the client presented when its socket connected (socket.io's ``socket.handshake``)."""
+class NamespaceServices:
+    """What a namespace uses of its node: handed to it, so it never reaches for a server."""
 
-    headers: dict[str, str]
-    query: dict[str, str]
-    auth: dict[str, Any]
-    address: str | None
-    time: float
-    url: str
-    secure: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SocketInfo:
-    """A snapshot of a socket, local or on another node (socket.io's ``RemoteSocket``)."""
-
-    id: str
-    namespace: str
-    rooms: frozenset[str]
-    data: Any
-    handshake: Handshake | None
-    node: str
+    adapter: Adapter
+    limits: LimitSettings
+    stats: NodeStats
+    spawn: Spawn
+    #: Told when a namespace may have become empty (a dynamic child is then removed).
+    maybe_empty: Callable[[Namespace], None]
 
 
 def _ack_args(result: Any) -> list[Any]:
@@ -98,7 +88,7 @@ class Socket:
     def __init__(self, namespace: Namespace, conn: Connection, auth: dict[str, Any]) -> None:
         self.namespace = namespace
         self.conn = conn
-        self.sid = Sid(namespace.server.new_sid())
+        self.sid = new_sid(namespace.services.adapter.tag)
         self._auth = auth
         self._time = time.time()
         self._handshake: Handshake | None = None  # built when first asked for
@@ -144,6 +134,19 @@ class Socket:
         self._handshake = value
 
     # -- emitting -----------------------------------------------------------------------------
+
+    def write(self, frames: Frames, volatile: bool = False) -> bool:
+        """Send a pre-built packet to this client; returns whether it was queued."""
+        return self.conn.write(frames, volatile)
+
+    def expect_ack(self, ack_id: int, collector: Collector) -> None:
+        """Route the ack ``ack_id`` of a broadcast to its collector."""
+        self._acks[ack_id] = collector
+
+    def forget_ack(self, ack_id: int, collector: Collector) -> None:
+        """Stop routing ``ack_id`` to ``collector``."""
+        if self._acks.get(ack_id) is collector:
+            del self._acks[ack_id]
 
     def emit(
         self,
@@ -197,7 +200,7 @@ class Socket:
 
     def to(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
         """Broadcast to ``rooms``, excluding this socket (socket.io's ``socket.to``)."""
-        return self.namespace.to(*rooms).except_sids_(self.sid)
+        return self.namespace.to(*rooms).except_sockets(self.sid)
 
     in_ = to
 
@@ -208,7 +211,7 @@ class Socket:
     @property
     def broadcast(self) -> BroadcastOperator:
         """Broadcast to every socket of the namespace but this one."""
-        return BroadcastOperator(self.namespace, except_sids=frozenset({self.sid}))
+        return self.namespace.operator().except_sockets(self.sid)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -233,7 +236,7 @@ class Socket:
             frozenset(self.rooms),
             self.data,
             self.handshake,
-            self.namespace.server.node_id,
+            self.namespace.services.adapter.node_id,
         )
 
     # -- input from the connection ------------------------------------------------------------
@@ -256,7 +259,7 @@ class Socket:
             log.exception("handler for %r in %s failed", event, ns.name)
             return
         if inspect.isawaitable(result):
-            limit = ns.server.settings.limits.max_pending_handlers
+            limit = ns.services.limits.max_pending_handlers
             if self._pending >= limit:
                 # A client may not pile up work faster than its handlers finish.
                 if inspect.iscoroutine(result):
@@ -264,7 +267,7 @@ class Socket:
                 self.conn.close(reasons.TOO_MANY_PENDING_HANDLERS, f"limit {limit}")
                 return
             self._pending += 1
-            ns.server.spawn(self._finish_event(result, ack_id, event))
+            ns.services.spawn(self._finish_event(result, ack_id, event))
         elif ack_id is not None:
             self._ack(ack_id, result)
 
@@ -313,14 +316,16 @@ class Socket:
                 pending.set_exception(DisconnectedError(self.sid))
         self._acks.clear()
         self.conn.sockets.pop(ns.name, None)
-        ns.server.spawn(ns.remove_socket(self, reason))
+        ns.services.spawn(ns.remove_socket(self, reason))
 
 
 class Namespace:
     """A namespace: its handlers, middleware, sockets and rooms on this node."""
 
-    def __init__(self, server: Server, name: str, parent: Namespace | None = None) -> None:
-        self.server = server
+    def __init__(
+        self, services: NamespaceServices, name: str, parent: Namespace | None = None
+    ) -> None:
+        self.services = services
         self.name = ids.Namespace(name)
         self.parent = parent
         self.sockets: dict[str, Socket] = {}
@@ -377,51 +382,69 @@ class Namespace:
 
     # -- broadcasting -------------------------------------------------------------------------
 
+    def operator(self) -> BroadcastOperator:
+        """A broadcast to every socket of the namespace, to narrow down."""
+        return BroadcastOperator(self.services.adapter, Target(self.name))
+
     def to(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
         """Broadcast to ``rooms``."""
-        return BroadcastOperator(self).to(*rooms)
+        return self.operator().to(*rooms)
 
     in_ = to
 
     def except_(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
         """Broadcast to the namespace except ``rooms``."""
-        return BroadcastOperator(self).except_(*rooms)
+        return self.operator().except_(*rooms)
 
     @property
     def volatile(self) -> BroadcastOperator:
         """A volatile namespace-wide broadcast."""
-        return BroadcastOperator(self, volatile_=True)
+        return self.operator().volatile
 
     @property
     def local(self) -> BroadcastOperator:
         """A namespace-wide broadcast to this node's sockets only."""
-        return BroadcastOperator(self, local_=True)
+        return self.operator().local
 
     def emit(self, event: str, *args: Any) -> None:
         """Send ``event`` to every socket of the namespace."""
-        BroadcastOperator(self).emit(event, *args)
+        self.operator().emit(event, *args)
 
     async def emit_with_ack(
         self, event: str, *args: Any, timeout: float | None = None
     ) -> list[Any]:
         """Send ``event`` to every socket and collect their acks."""
-        return await BroadcastOperator(self).emit_with_ack(event, *args, timeout=timeout)
+        return await self.operator().emit_with_ack(event, *args, timeout=timeout)
 
     async def fetch_sockets(self) -> list[SocketInfo]:
         """Every socket of the namespace."""
-        return await BroadcastOperator(self).fetch_sockets()
+        return await self.operator().fetch_sockets()
 
     async def sockets_join(self, *rooms: str | Iterable[str]) -> None:
         """Make every socket join ``rooms``."""
-        await BroadcastOperator(self).sockets_join(*rooms)
+        await self.operator().sockets_join(*rooms)
 
     async def sockets_leave(self, *rooms: str | Iterable[str]) -> None:
         """Make every socket leave ``rooms``."""
-        await BroadcastOperator(self).sockets_leave(*rooms)
+        await self.operator().sockets_leave(*rooms)
 
     async def disconnect_sockets(self, close: bool = False) -> None:
         """Disconnect every socket."""
-        await BroadcastOperator(self).disconnect_sockets(close)
+        await self.operator().disconnect_sockets(close)
+
+    def recipients(
+        self,
+        rooms: Collection[str],
+        except_rooms: Collection[str] = (),
+        except_sids: Collection[str] = (),
+    ) -> Collection[Socket]:
+        """This node's sockets of the namespace in any of ``rooms`` (all when empty), minus
+        the members of ``except_rooms`` and the sockets named in ``except_sids``."""
+        return self.registry.recipients(rooms, except_rooms, except_sids)
+
+    def sids(self) -> Container[str]:
+        """The sids of this node's sockets of the namespace."""
+        return self.sockets
 
     def rooms(self) -> dict[Room, int]:
         """Rooms with members on this node, with their local sizes."""
@@ -434,11 +457,11 @@ class Namespace:
         if not socket.connected:
             return
         for room in rooms:
-            if room != socket.sid and self.server.names_a_socket(room):
+            if room != socket.sid and self.services.adapter.names_a_socket(room):
                 # It would shadow a socket's own room (and eavesdrop on that socket).
                 raise RoomRefusedError(room)
         new = list(dict.fromkeys(r for r in rooms if r not in socket.rooms))
-        limit = self.server.settings.limits.max_rooms_per_socket
+        limit = self.services.limits.max_rooms_per_socket
         if len(socket.rooms) - 1 + len(new) > limit:
             socket.conn.close(reasons.TOO_MANY_ROOMS, f"limit {limit}")
             raise DisconnectedError(reasons.TOO_MANY_ROOMS)
@@ -446,7 +469,7 @@ class Namespace:
             socket.rooms.add(room)
             self.registry.add(socket, Room(room))
         if new:
-            await self.server.membership_changed(self, joined=new, left=[])
+            await self._rooms_changed(joined=new, left=[])
 
     async def remove_from_rooms(self, socket: Socket, rooms: list[str]) -> None:
         """Remove ``socket`` from ``rooms``; rooms left empty are deleted."""
@@ -458,15 +481,22 @@ class Namespace:
             self.registry.discard(socket, Room(room))
             left.append(room)
         if left:
-            await self.server.membership_changed(self, joined=[], left=left)
+            await self._rooms_changed(joined=[], left=left)
+
+    async def _rooms_changed(self, joined: list[str], left: list[str]) -> None:
+        """Tell the adapter the rooms' new local sizes; returns once the rooms joined are
+        live (see :meth:`Adapter.rooms_changed`)."""
+        registry = self.registry
+        counts = {r: registry.size(r) for r in (*joined, *left)}
+        await self.services.adapter.rooms_changed(self.name, counts, joined, left)
 
     async def remove_socket(self, socket: Socket, reason: str) -> None:
         """Forget a disconnected socket: leave its rooms, run the ``disconnect`` handler."""
         self.sockets.pop(socket.sid, None)
-        self.server.stats.sockets -= 1
-        self.server.namespace_exited(self)
+        self.services.stats.sockets -= 1
+        self.services.adapter.namespace_exited(self.name)
         await self.remove_from_rooms(socket, [r for r in socket.rooms if r != socket.sid])
-        self.server.namespace_maybe_empty(self)
+        self.services.maybe_empty(self)
         handler = self.handler("disconnect")
         if handler is not None:
             try:
@@ -497,14 +527,14 @@ class Namespace:
         if conn.closed or self.name in conn.sockets:
             return
         # Namespace-wide emits must reach the socket as soon as it is told it is connected.
-        await self.server.namespace_entered(self)
+        await self.services.adapter.namespace_entered(self.name)
         if conn.closed or self.name in conn.sockets:
-            self.server.namespace_exited(self)
+            self.services.adapter.namespace_exited(self.name)
             return
         socket.connected = True
         self.sockets[socket.sid] = socket
         conn.sockets[self.name] = socket
-        self.server.stats.sockets += 1
+        self.services.stats.sockets += 1
         if conn.connect_timer is not None:
             conn.connect_timer.cancel()
             conn.connect_timer = None

@@ -1,0 +1,296 @@
+"""The Adapter contract: how a node's broadcasts and socket operations reach their sockets.
+
+This is Socket.IO's own seam (its ``Adapter`` class, which the Redis, Postgres and cluster
+adapters implement; centrifuge's ``Broker`` and Phoenix.PubSub's adapter are the same idea). The
+rest of the node never asks whether it is clustered: namespaces, sockets and broadcast operators
+hand every operation that may reach beyond this node's own sockets to the adapter.
+
+Two implementations: :class:`~roomcast.node.local.LocalAdapter` (a standalone node) and
+:class:`~roomcast.node.cluster.ClusterAdapter` (interest routing over the bus, requests to the
+involved nodes only). One contract test suite runs against both
+(``tests/test_adapter_contract.py``).
+
+The adapter reaches this node's sockets through :class:`LocalSockets` (the node's namespaces),
+never through the node's server object, and knows a socket only as a :class:`Member`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Container, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from roomcast.cluster.routing import Target
+from roomcast.ids import Namespace, NodeId, NodeTag
+from roomcast.protocol.frames import Frames
+
+#: A server-to-server event handler: ``handler(*args)``, sync or async; its result is the answer.
+ServerEventHandler = Callable[..., Any]
+#: Runs a coroutine as a task the node owns (cancelled at shutdown, its errors logged).
+Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
+#: (namespace, room) -> {node: local member count}.
+RoomTable = dict[tuple[str, str], dict[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """What the client presented when its socket connected (socket.io's ``socket.handshake``)."""
+
+    headers: dict[str, str]
+    query: dict[str, str]
+    auth: dict[str, Any]
+    address: str | None
+    time: float
+    url: str
+    secure: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SocketInfo:
+    """A snapshot of a socket, local or on another node (socket.io's ``RemoteSocket``)."""
+
+    id: str
+    namespace: str
+    rooms: frozenset[str]
+    data: Any
+    handshake: Handshake | None
+    node: str
+
+
+class Collector:
+    """Collects the acks of one broadcast with acks until every recipient answered."""
+
+    __slots__ = ("ack_id", "expected", "future", "recipients", "responses")
+
+    def __init__(self, future: asyncio.Future[list[Any]], ack_id: int = -1) -> None:
+        self.future = future
+        self.ack_id = ack_id
+        self.expected = 0
+        self.responses: list[Any] = []
+        self.recipients: list[Member] = []
+
+    def release(self) -> None:
+        """Forget the ack ids of recipients that never answered (the wait is over)."""
+        for member in self.recipients:
+            member.forget_ack(self.ack_id, self)
+        self.recipients.clear()
+
+    def ack(self, args: list[Any]) -> None:
+        """A recipient answered ``args`` (its first argument is the response)."""
+        self.responses.append(args[0] if args else None)
+        self.check()
+
+    def forget(self) -> None:
+        """A recipient disconnected: it will never answer."""
+        self.expected -= 1
+        self.check()
+
+    def check(self) -> None:
+        """Resolve the future once every expected answer is in."""
+        if len(self.responses) >= self.expected and not self.future.done():
+            self.future.set_result(self.responses)
+
+
+class Member(Protocol):
+    """A socket of this node, as the adapter sees it."""
+
+    @property
+    def sid(self) -> str:
+        """The socket id (also its private room)."""
+        ...
+
+    def write(self, frames: Frames, volatile: bool = False) -> bool:
+        """Send a pre-built packet; returns whether the socket took it."""
+        ...
+
+    def expect_ack(self, ack_id: int, collector: Collector) -> None:
+        """Route the ack ``ack_id`` from this socket to ``collector``."""
+        ...
+
+    def forget_ack(self, ack_id: int, collector: Collector) -> None:
+        """Stop routing ``ack_id`` to ``collector`` (the wait is over)."""
+        ...
+
+    def info(self) -> SocketInfo:
+        """A snapshot of the socket."""
+        ...
+
+    async def join(self, *rooms: str | Iterable[str]) -> None:
+        """Join rooms (returns once traffic to them reaches the socket)."""
+        ...
+
+    async def leave(self, *rooms: str | Iterable[str]) -> None:
+        """Leave rooms."""
+        ...
+
+    def disconnect(self, close: bool = False) -> None:
+        """Disconnect from the namespace (``close``: the whole connection)."""
+        ...
+
+
+class LocalNamespace(Protocol):
+    """One namespace of this node, as the adapter sees it."""
+
+    def recipients(
+        self,
+        rooms: Collection[str],
+        except_rooms: Collection[str] = (),
+        except_sids: Collection[str] = (),
+    ) -> Collection[Member]:
+        """This node's sockets in any of ``rooms`` (all when empty), minus the members of
+        ``except_rooms`` and the sockets named in ``except_sids``, each once."""
+        ...
+
+    def sids(self) -> Container[str]:
+        """The sids of this node's sockets in the namespace."""
+        ...
+
+    def next_ack_id(self) -> int:
+        """A fresh ack id of the namespace (shared with its sockets' own emits)."""
+        ...
+
+
+class LocalSockets(Protocol):
+    """This node's namespaces, as the adapter sees them."""
+
+    def namespace(self, name: str) -> LocalNamespace | None:
+        """The existing namespace ``name``."""
+        ...
+
+    def room_counts(self, namespace: str | None) -> dict[tuple[str, str], int]:
+        """(namespace, room) -> local member count, for one namespace or all."""
+        ...
+
+
+class Adapter(ABC):
+    """The contract every adapter keeps.
+
+    Delivery
+        :meth:`broadcast` delivers a packet to every socket the target reaches, cluster-wide,
+        **once each** (a socket in several targeted rooms, or targeted through several topics,
+        gets one copy), and to nobody else; this node's recipients get it before the call
+        returns. Messages from one publisher to one target arrive in the order published.
+        Volatile broadcasts may skip recipients that cannot take them right now; nothing else
+        is dropped silently (a bus gap is counted). ``target.local`` restricts every operation
+        to this node's sockets.
+    Membership
+        The node's namespaces report their sockets' room changes (:meth:`rooms_changed`) and
+        namespace entries and exits. When :meth:`rooms_changed` returns for a join, a message
+        published to those rooms afterwards by anyone, on any node, reaches the socket (a join
+        is exact); in a cluster without a live router the join still succeeds locally, and
+        the subscription goes live when a router comes back.
+    Cluster-wide operations
+        :meth:`broadcast_with_ack`, :meth:`fetch_sockets`, :meth:`add_sockets`,
+        :meth:`del_sockets`, :meth:`disconnect_sockets` and :meth:`server_side_emit` act on
+        this node's sockets and on the other nodes that may hold targeted sockets, asking only
+        those (never every node to be safe), with an explicit set of expected responders and a
+        deadline: a node that goes down while asked stops being waited for; one that does not
+        answer in time makes the call raise :class:`~roomcast.errors.ClusterTimeoutError`
+        (with the answers that did come) or, for acks, :class:`~roomcast.errors.
+        AckTimeoutError` (with the responses so far). App data that cannot travel raises
+        ``TypeError`` at the caller; a node that failed to serve a request answers with its
+        error, raised at the caller as :class:`~roomcast.errors.ClusterRequestError`.
+    Reads
+        :meth:`room_table` and :meth:`names_a_socket` answer from local state (this node's
+        registry and its replica of the others), never with a request.
+    Lifecycle
+        :meth:`start` returns once the adapter is ready (or raises, having undone everything it
+        started); :meth:`stop` undoes it.
+    """
+
+    node_id: NodeId
+    tag: NodeTag
+
+    def __init__(self) -> None:
+        self._server_handlers: dict[str, ServerEventHandler] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @abstractmethod
+    async def start(self, address: str) -> None:
+        """Start serving; ``address`` is the URL other nodes and tools know this node by."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stop serving (idempotent)."""
+
+    # -- membership reports from this node's sockets ------------------------------------------
+
+    @abstractmethod
+    async def rooms_changed(
+        self, namespace: Namespace, counts: dict[str, int], joined: list[str], left: list[str]
+    ) -> None:
+        """A socket joined or left rooms; ``counts`` are the rooms' new local sizes. Returns
+        once the rooms joined receive every message published to them from now on."""
+
+    @abstractmethod
+    async def namespace_entered(self, namespace: Namespace) -> None:
+        """A socket is about to connect to ``namespace``: returns once namespace-wide
+        broadcasts reach it."""
+
+    @abstractmethod
+    def namespace_exited(self, namespace: Namespace) -> None:
+        """A socket of ``namespace`` is gone."""
+
+    # -- delivery and cluster-wide operations -------------------------------------------------
+
+    @abstractmethod
+    def broadcast(self, target: Target, frames: Frames) -> None:
+        """Deliver a pre-encoded packet to every socket ``target`` reaches, once each."""
+
+    @abstractmethod
+    async def broadcast_with_ack(
+        self, target: Target, event: str, args: tuple[Any, ...], timeout: float | None
+    ) -> list[Any]:
+        """Broadcast an event with an ack id; returns every recipient's answer."""
+
+    @abstractmethod
+    async def fetch_sockets(self, target: Target) -> list[SocketInfo]:
+        """Every socket ``target`` reaches, as a snapshot."""
+
+    @abstractmethod
+    async def add_sockets(self, target: Target, rooms: list[str]) -> None:
+        """Make every socket ``target`` reaches join ``rooms``."""
+
+    @abstractmethod
+    async def del_sockets(self, target: Target, rooms: list[str]) -> None:
+        """Make every socket ``target`` reaches leave ``rooms``."""
+
+    @abstractmethod
+    async def disconnect_sockets(self, target: Target, close: bool) -> None:
+        """Disconnect every socket ``target`` reaches (``close``: their whole connections)."""
+
+    @abstractmethod
+    async def server_side_emit(
+        self, event: str, args: tuple[Any, ...], timeout: float | None = None
+    ) -> list[Any]:
+        """Run ``event``'s server-event handler on every other node; returns their answers."""
+
+    def on_server_event(self, event: str, handler: ServerEventHandler) -> None:
+        """Answer ``event`` from other nodes with ``handler(*args)``."""
+        self._server_handlers[event] = handler
+
+    def server_event_handler(self, event: str) -> ServerEventHandler | None:
+        """The handler registered for ``event``."""
+        return self._server_handlers.get(event)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def names_a_socket(self, name: str) -> bool:
+        """Whether ``name`` is (or could be) the sid of a socket of a node this adapter knows:
+        such a name is that socket's private room, never a room to join."""
+
+    @abstractmethod
+    def room_table(self, namespace: str | None = None) -> RoomTable:
+        """Every room with members (in ``namespace``, or all), cluster-wide."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """The adapter's view for the admin API (``standalone`` or the cluster's replica)."""
+
+    def freshness(self) -> float:
+        """Age in seconds of the stalest view of another node (0 when there is none)."""
+        return 0.0

@@ -1,0 +1,310 @@
+"""Node-to-node requests and their replies: frozen types, one kind number each.
+
+The cluster adapter sends a request to exactly the nodes that may hold targeted sockets and
+waits for one reply from each. Every request type has one handler in
+:class:`~roomcast.node.cluster.ClusterAdapter`, the same local function the origin runs for its
+own sockets. On the bus a request travels as ``wire.Request(request_id, reply_to, kind,
+fields)`` and a reply as ``wire.Reply(request_id, [kind, *fields])``; :func:`decode_request` and
+:func:`decode_reply` refuse anything malformed with :class:`RequestError` (the receiver counts
+it and answers :class:`Failed`).
+
+App data (event arguments, ``socket.data``, handshake fields) must be what msgpack carries:
+anything else is a ``TypeError`` where it is sent, never silently turned into a string.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from roomcast.cluster.routing import Target
+from roomcast.ids import Namespace
+
+from .adapter import Handshake, SocketInfo
+
+
+class RequestError(ValueError):
+    """A request or reply from another node that does not have its kind's shape."""
+
+
+class Kind(enum.IntEnum):
+    """Request kinds (and the kinds of their replies)."""
+
+    SERVER_SIDE_EMIT = 1
+    FETCH_SOCKETS = 2
+    ADD_SOCKETS = 3
+    DEL_SOCKETS = 4
+    DISCONNECT_SOCKETS = 5
+    BROADCAST_WITH_ACK = 6
+
+
+class ReplyKind(enum.IntEnum):
+    """Reply kinds."""
+
+    ANSWER = 1
+    SOCKETS = 2
+    APPLIED = 3
+    ACKS = 4
+    FAILED = 5
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSideEmit:
+    """Run the server-event handler of ``event`` with ``args``."""
+
+    event: str
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchSockets:
+    """Snapshot the targeted sockets."""
+
+    target: Target
+
+
+@dataclass(frozen=True, slots=True)
+class AddSockets:
+    """Make the targeted sockets join ``rooms``."""
+
+    target: Target
+    rooms: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DelSockets:
+    """Make the targeted sockets leave ``rooms``."""
+
+    target: Target
+    rooms: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DisconnectSockets:
+    """Disconnect the targeted sockets (``close``: their whole connections)."""
+
+    target: Target
+    close: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastWithAck:
+    """Emit ``event`` to the targeted sockets with an ack id; collect acks for ``timeout`` s."""
+
+    target: Target
+    event: str
+    args: tuple[Any, ...]
+    timeout: float
+
+
+Request = (
+    ServerSideEmit | FetchSockets | AddSockets | DelSockets | DisconnectSockets | BroadcastWithAck
+)
+
+# --- replies ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A server-event handler's answer."""
+
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Sockets:
+    """The targeted sockets of one node."""
+
+    sockets: tuple[SocketInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """How many targeted sockets took a join, leave or disconnect, and how many refused."""
+
+    count: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Acks:
+    """The acks one node collected, of ``expected`` recipients."""
+
+    responses: tuple[Any, ...]
+    expected: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The node could not serve the request: ``error`` names why."""
+
+    error: str
+
+
+Reply = Answer | Sockets | Applied | Acks | Failed
+
+# --- encoding ---------------------------------------------------------------------------------
+
+
+def _target_out(t: Target) -> list[Any]:
+    return [t.namespace, sorted(t.rooms), sorted(t.except_rooms), sorted(t.except_sids), t.volatile]
+
+
+def _strs(value: Any) -> tuple[str, ...]:
+    if type(value) is not list or any(type(v) is not str for v in value):
+        raise RequestError("expected a list of strings")
+    return tuple(value)
+
+
+def _str(value: Any) -> str:
+    if type(value) is not str:
+        raise RequestError("expected a string")
+    return value
+
+
+def _target_in(value: Any) -> Target:
+    if type(value) is not list or len(value) != 5 or type(value[4]) is not bool:
+        raise RequestError("bad target")
+    ns, rooms, except_rooms, except_sids, volatile = value
+    return Target(
+        Namespace(_str(ns)),
+        frozenset(_strs(rooms)),
+        frozenset(_strs(except_rooms)),
+        frozenset(_strs(except_sids)),
+        volatile,
+    )
+
+
+def encode_request(request: Request) -> tuple[Kind, list[Any]]:
+    """The kind and fields of ``request`` as msgpack-ready values."""
+    if isinstance(request, ServerSideEmit):
+        return Kind.SERVER_SIDE_EMIT, [request.event, list(request.args)]
+    if isinstance(request, FetchSockets):
+        return Kind.FETCH_SOCKETS, [_target_out(request.target)]
+    if isinstance(request, AddSockets):
+        return Kind.ADD_SOCKETS, [_target_out(request.target), list(request.rooms)]
+    if isinstance(request, DelSockets):
+        return Kind.DEL_SOCKETS, [_target_out(request.target), list(request.rooms)]
+    if isinstance(request, DisconnectSockets):
+        return Kind.DISCONNECT_SOCKETS, [_target_out(request.target), request.close]
+    return Kind.BROADCAST_WITH_ACK, [
+        _target_out(request.target),
+        request.event,
+        list(request.args),
+        request.timeout,
+    ]
+
+
+def decode_request(kind: int, fields: Any) -> Request:
+    """The request of ``kind`` with ``fields``; RequestError when they do not fit."""
+    if type(fields) is not list:
+        raise RequestError("request fields are not a list")
+    try:
+        k = Kind(kind)
+    except ValueError:
+        raise RequestError(f"unknown request kind {kind}") from None
+    try:
+        if k is Kind.SERVER_SIDE_EMIT:
+            event, args = fields
+            if type(args) is not list:
+                raise RequestError("bad arguments")
+            return ServerSideEmit(_str(event), tuple(args))
+        if k is Kind.FETCH_SOCKETS:
+            (target,) = fields
+            return FetchSockets(_target_in(target))
+        if k is Kind.ADD_SOCKETS or k is Kind.DEL_SOCKETS:
+            target, rooms = fields
+            cls = AddSockets if k is Kind.ADD_SOCKETS else DelSockets
+            return cls(_target_in(target), _strs(rooms))
+        if k is Kind.DISCONNECT_SOCKETS:
+            target, close = fields
+            if type(close) is not bool:
+                raise RequestError("bad close flag")
+            return DisconnectSockets(_target_in(target), close)
+        target, event, args, timeout = fields
+        if type(args) is not list or type(timeout) not in (int, float) or timeout < 0:
+            raise RequestError("bad ack broadcast")
+        return BroadcastWithAck(_target_in(target), _str(event), tuple(args), float(timeout))
+    except (TypeError, ValueError) as exc:  # wrong number of fields
+        if isinstance(exc, RequestError):
+            raise
+        raise RequestError(f"bad {k.name} fields") from None
+
+
+def _info_out(info: SocketInfo) -> list[Any]:
+    h = info.handshake
+    hs = None if h is None else [h.headers, h.query, h.auth, h.address, h.time, h.url, h.secure]
+    return [info.id, info.namespace, sorted(info.rooms), info.data, hs, info.node]
+
+
+def _info_in(value: Any) -> SocketInfo:
+    if type(value) is not list or len(value) != 6:
+        raise RequestError("bad socket info")
+    sid, ns, rooms, data, hs, node = value
+    handshake = None
+    if hs is not None:
+        if type(hs) is not list or len(hs) != 7:
+            raise RequestError("bad handshake")
+        headers, query, auth, address, time, url, secure = hs
+        if not (
+            type(headers) is dict
+            and type(query) is dict
+            and type(auth) is dict
+            and (address is None or type(address) is str)
+            and type(time) in (int, float)
+            and type(secure) is bool
+        ):
+            raise RequestError("bad handshake")
+        handshake = Handshake(headers, query, auth, address, float(time), _str(url), secure)
+    return SocketInfo(_str(sid), _str(ns), frozenset(_strs(rooms)), data, handshake, _str(node))
+
+
+def encode_reply(reply: Reply) -> list[Any]:
+    """``reply`` as msgpack-ready values, its kind first."""
+    if isinstance(reply, Answer):
+        return [ReplyKind.ANSWER, reply.value]
+    if isinstance(reply, Sockets):
+        return [ReplyKind.SOCKETS, [_info_out(i) for i in reply.sockets]]
+    if isinstance(reply, Applied):
+        return [ReplyKind.APPLIED, reply.count, reply.failed]
+    if isinstance(reply, Acks):
+        return [ReplyKind.ACKS, list(reply.responses), reply.expected]
+    return [ReplyKind.FAILED, reply.error]
+
+
+def decode_reply(value: Any) -> Reply:
+    """The reply encoded as ``value``; RequestError when it does not fit its kind."""
+    if type(value) is not list or not value or type(value[0]) is not int:
+        raise RequestError("reply is not a list")
+    kind, *fields = value
+    try:
+        if kind == ReplyKind.ANSWER:
+            (answer,) = fields
+            return Answer(answer)
+        if kind == ReplyKind.SOCKETS:
+            (infos,) = fields
+            if type(infos) is not list:
+                raise RequestError("bad sockets")
+            return Sockets(tuple(_info_in(i) for i in infos))
+        if kind == ReplyKind.APPLIED:
+            count, failed = fields
+            if type(count) is not int or type(failed) is not int:
+                raise RequestError("bad counts")
+            return Applied(count, failed)
+        if kind == ReplyKind.ACKS:
+            responses, expected = fields
+            if type(responses) is not list or type(expected) is not int:
+                raise RequestError("bad acks")
+            return Acks(tuple(responses), expected)
+        if kind == ReplyKind.FAILED:
+            (error,) = fields
+            return Failed(_str(error))
+    except ValueError as exc:  # wrong number of fields
+        if isinstance(exc, RequestError):
+            raise
+        raise RequestError("bad reply fields") from None
+    raise RequestError(f"unknown reply kind {kind}")

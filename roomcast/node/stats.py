@@ -1,0 +1,18 @@
+"""The counters of one node, served by ``/health`` and the admin API."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+
+@dataclass
+class NodeStats:
+    """Counters of one node (every part of the node that counts is handed this object)."""
+
+    connections_opened: int = 0
+    sockets: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    volatile_dropped: int = 0
+    closed_by_reason: collections.Counter[str] = field(default_factory=collections.Counter)

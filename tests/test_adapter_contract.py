@@ -1,0 +1,287 @@
+"""The Adapter contract (roomcast/node/adapter.py), one suite run against both adapters.
+
+``local``: one standalone node (:class:`~roomcast.node.local.LocalAdapter`). ``cluster``: two
+nodes in this process joined through a real router on port 0
+(:class:`~roomcast.node.cluster.ClusterAdapter`), with the clients spread over both. The clients
+are python-socketio's ``AsyncClient`` over WebSocket; nothing here sleeps.
+
+Proving that a socket did *not* get a broadcast: every test ends a broadcast with a namespace-
+wide broadcast with acks (the *fence*) from the same node. With one router, what a node
+publishes reaches each other node in order, and each node writes to a connection in order, so a
+client that acked the fence would have recorded the broadcast before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import socketio
+from conftest import node_settings
+from python_client_harness import TIMEOUT, Inbox, join, sid_of
+
+from roomcast.cluster.routing import Target
+from roomcast.errors import AckTimeoutError, RoomRefusedError
+from roomcast.ids import ROOT_NAMESPACE, Namespace
+from roomcast.node.adapter import Adapter
+from roomcast.node.server import Server
+from roomcast.node.sockets import Socket
+from roomcast.protocol import socketio as sio
+from roomcast.protocol.frames import Frames
+from roomcast.router.router import Router
+
+NAMES = ("a", "b", "c", "d")  # a, b on node 0; c, d on the last node
+ROOMS = {"a": ["red"], "b": ["blue"], "c": ["red", "blue"], "d": []}
+
+
+@dataclass
+class World:
+    """Nodes, and one client per name with its inbox."""
+
+    nodes: list[Server]
+    clients: dict[str, socketio.AsyncClient] = field(default_factory=dict)
+    sids: dict[str, str] = field(default_factory=dict)
+    inbox: Inbox = field(default_factory=Inbox)
+
+    def adapter(self, i: int = 0) -> Adapter:
+        return self.nodes[i].adapter
+
+    def target(self, *rooms: str, **kw: Any) -> Target:
+        return Target(ROOT_NAMESPACE, frozenset(rooms), **kw)
+
+    def broadcast(self, target: Target, event: str, *args: Any, node: int = 0) -> None:
+        frames = Frames(sio.encode_event(target.namespace, event, args))
+        self.adapter(node).broadcast(target, frames)
+
+    async def fence(self, node: int = 0) -> None:
+        """Every client acks a namespace-wide broadcast from ``node``: what that node
+        broadcast before has reached everyone it was going to reach."""
+        acks = await self.adapter(node).broadcast_with_ack(self.target(), "fence", (), TIMEOUT)
+        assert acks == ["fenced"] * len(self.clients)
+
+    def got(self, event: str) -> dict[str, list[tuple[Any, ...]]]:
+        return {n: self.inbox.got(n, event) for n in NAMES if self.inbox.got(n, event)}
+
+
+async def _settle(world: World) -> None:
+    """Until every node's replica shows every other node's rooms (gossip is asynchronous)."""
+    if len(world.nodes) == 1:
+        return
+    expected = world.adapter(0).room_table()
+    async with asyncio.timeout(TIMEOUT):
+        while any(
+            {k: v for k, v in n.adapter.room_table().items()} != expected for n in world.nodes
+        ) or len({str(n) for v in expected.values() for n in v}) < len(world.nodes):
+            await asyncio.sleep(0.01)
+            expected = world.adapter(0).room_table()
+
+
+@contextlib.asynccontextmanager
+async def _world(kind: str) -> AsyncIterator[World]:
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "local":
+            settings = [node_settings()]
+        else:
+            router = await stack.enter_async_context(
+                Router("127.0.0.1", 0, 0, 0, router_id="contract")
+            )
+            routers = [{"xsub": router.xsub_endpoint, "xpub": router.xpub_endpoint}]
+            settings = [
+                node_settings(
+                    **{
+                        "node.id": f"n{i}",
+                        "cluster.enabled": True,
+                        "cluster.gossip_interval_ms": 5,
+                        "discovery.routers": routers,
+                    }
+                )
+                for i in range(2)
+            ]
+        nodes: list[Server] = []
+        for s in settings:
+            server = Server(s)
+
+            @server.on_server_event("whoami")
+            def whoami(server: Server = server) -> str:
+                return server.node_id
+
+            nodes.append(await stack.enter_async_context(server))
+        world = World(nodes)
+        for i, name in enumerate(NAMES):
+            node = nodes[0] if i < 2 else nodes[-1]
+            client = socketio.AsyncClient(reconnection=False)
+            for event in ("news", "fence", "ask"):
+                client.on(event, _recorder(world.inbox, name, event))
+            await client.connect(node.url, transports=["websocket"], wait_timeout=TIMEOUT)
+            stack.push_async_callback(client.disconnect)
+            world.clients[name] = client
+            world.sids[name] = sid_of(client)
+            if ROOMS[name]:
+                await join(client, *ROOMS[name])
+        await _settle(world)
+        yield world
+
+
+def _recorder(inbox: Inbox, name: str, event: str) -> Any:
+    record = inbox.handler(name, event)
+
+    def handler(*args: Any) -> str:
+        record(*args)
+        return "fenced" if event == "fence" else f"{name} got it"
+
+    return handler
+
+
+@pytest.fixture(params=["local", "cluster"])
+async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
+    async with _world(str(request.param)) as w:
+        yield w
+
+
+async def test_broadcast_reaches_each_member_once_and_nobody_else(world: World) -> None:
+    """A broadcast to two rooms reaches every member of either, once (c is in both), from
+    whichever node it starts."""
+    for node in range(len(world.nodes)):
+        world.inbox.events.clear()
+        world.broadcast(world.target("red", "blue"), "news", node, node=node)
+        await world.fence(node)
+        assert world.got("news") == {"a": [(node,)], "b": [(node,)], "c": [(node,)]}
+
+
+async def test_broadcast_exceptions_and_sid_rooms(world: World) -> None:
+    """``except_rooms`` and ``except_sids`` remove sockets wherever they are; a sid is a room
+    holding that socket alone; an empty room set is the whole namespace."""
+    target = world.target(
+        except_rooms=frozenset({"blue"}), except_sids=frozenset({world.sids["a"]})
+    )
+    world.broadcast(target, "news", "not blue, not a")
+    world.broadcast(world.target(world.sids["d"]), "news", "to d")
+    await world.fence()
+    assert world.got("news") == {"d": [("not blue, not a",), ("to d",)]}
+
+
+async def test_local_target_stays_on_this_node(world: World) -> None:
+    """``local``: only this node's sockets."""
+    world.broadcast(world.target("red", local=True), "news", "here")
+    await world.fence()
+    local = {"a": [("here",)]} if len(world.nodes) > 1 else {"a": [("here",)], "c": [("here",)]}
+    assert world.got("news") == local
+
+
+async def test_broadcast_with_ack_collects_every_answer(world: World) -> None:
+    """One answer per recipient, cluster-wide."""
+    answers = await world.adapter().broadcast_with_ack(world.target("red"), "ask", (), TIMEOUT)
+    assert sorted(answers) == ["a got it", "c got it"]
+
+
+async def test_broadcast_with_ack_times_out_with_partial_answers(world: World) -> None:
+    """A recipient that never answers makes the call raise, carrying the answers that came."""
+    silent = asyncio.Event()
+
+    async def never(*args: Any) -> str:
+        silent.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    world.clients["c"].on("ask", never)
+    with pytest.raises(AckTimeoutError) as caught:
+        await world.adapter().broadcast_with_ack(world.target("red"), "ask", (), 0.5)
+    assert silent.is_set()
+    assert caught.value.responses == ["a got it"]
+
+
+async def test_fetch_sockets_sees_every_targeted_socket(world: World) -> None:
+    """Snapshots of the targeted sockets, with their rooms and their node, cluster-wide."""
+    infos = await world.adapter().fetch_sockets(world.target("blue"))
+    by_id = {i.id: i for i in infos}
+    assert set(by_id) == {world.sids["b"], world.sids["c"]}
+    c = by_id[world.sids["c"]]
+    assert c.rooms == {world.sids["c"], "red", "blue"}
+    assert c.node == world.nodes[-1].node_id
+    assert c.handshake is not None and c.handshake.query["transport"] == "websocket"
+
+
+async def test_add_and_del_sockets_change_membership_everywhere(world: World) -> None:
+    """Sockets made to join a room get its broadcasts from any node at once; made to leave,
+    they stop getting them."""
+    await world.adapter().add_sockets(world.target("red"), ["green"])
+    world.broadcast(world.target("green"), "news", "green 1", node=len(world.nodes) - 1)
+    await world.fence(len(world.nodes) - 1)
+    assert world.got("news") == {"a": [("green 1",)], "c": [("green 1",)]}
+    await world.adapter().del_sockets(world.target(world.sids["c"]), ["green"])
+    world.inbox.events.clear()
+    world.broadcast(world.target("green"), "news", "green 2")
+    await world.fence()
+    assert world.got("news") == {"a": [("green 2",)]}
+
+
+async def test_add_sockets_refuses_a_sid_room(world: World) -> None:
+    """Joining a room named like a socket's sid is refused (it would eavesdrop on it)."""
+    with pytest.raises(RoomRefusedError):
+        await world.adapter().add_sockets(world.target(world.sids["a"]), [world.sids["b"]])
+
+
+async def test_disconnect_sockets_disconnects_only_the_targeted(world: World) -> None:
+    """Targeted sockets are disconnected wherever they are; the others stay."""
+    gone = {n: asyncio.Event() for n in NAMES}
+    for name in NAMES:
+        world.clients[name].on("disconnect", lambda *a, name=name: gone[name].set())
+    await world.adapter().disconnect_sockets(world.target("blue"), False)
+    async with asyncio.timeout(TIMEOUT):
+        await gone["b"].wait()
+        await gone["c"].wait()
+    assert world.clients["a"].connected and world.clients["d"].connected
+    acks = await world.adapter().broadcast_with_ack(world.target(), "fence", (), TIMEOUT)
+    assert acks == ["fenced", "fenced"]
+
+
+async def test_server_side_emit_asks_every_other_node(world: World) -> None:
+    """The answers of every other node's handler (none for a standalone node)."""
+    others = sorted(n.node_id for n in world.nodes[1:])
+    assert sorted(await world.adapter().server_side_emit("whoami", ())) == others
+
+
+async def test_room_table_and_sid_names(world: World) -> None:
+    """The room table is a local read of every node's rooms; sids of known nodes are socket
+    names, other names are not."""
+    table = world.adapter().room_table()
+    n0, n1 = world.nodes[0].node_id, world.nodes[-1].node_id
+    if n0 == n1:
+        assert table == {("/", "red"): {n0: 2}, ("/", "blue"): {n0: 2}}
+    else:
+        assert table == {("/", "red"): {n0: 1, n1: 1}, ("/", "blue"): {n0: 1, n1: 1}}
+    for name in NAMES:
+        assert world.adapter().names_a_socket(world.sids[name])
+    assert not world.adapter().names_a_socket("red")
+    assert not world.adapter().names_a_socket("A" * 24)
+
+
+async def test_join_is_exact(world: World) -> None:
+    """When a join returns, a broadcast from any node right after reaches the new member."""
+    d: Socket | None = None
+    for node in world.nodes:
+        ns = node.namespace(Namespace("/"))
+        assert ns is not None
+        d = ns.sockets.get(world.sids["d"], d)
+    assert d is not None
+    for i in range(5):
+        room = f"fresh-{i}"
+        await d.join(room)
+        world.broadcast(world.target(room), "news", room, node=0)
+    await world.fence(0)
+    assert world.got("news") == {"d": [(f"fresh-{i}",) for i in range(5)]}
+
+
+async def test_app_data_that_cannot_travel_is_a_type_error(world: World) -> None:
+    """Server-event arguments msgpack cannot carry raise TypeError at the caller, in a
+    cluster (a standalone node sends them nowhere)."""
+    if len(world.nodes) == 1:
+        assert await world.adapter().server_side_emit("whoami", ({1, 2},)) == []
+        return
+    with pytest.raises(TypeError):
+        await world.adapter().server_side_emit("whoami", ({1, 2},))
+    assert sorted(await world.adapter().server_side_emit("whoami", ())) == ["n1"]
