@@ -16,7 +16,6 @@ import asyncio
 from typing import Any
 
 import roomcast
-from roomcast.node.endpoint import EngineEndpoint
 from roomcast.node.engine import Connection
 from roomcast.node.server import Server
 from roomcast.protocol import engineio as eio
@@ -32,11 +31,24 @@ SETTINGS = roomcast.Settings().replace(
 )
 
 
-class EchoServer(Server):
-    """A bare Engine.IO endpoint: every MESSAGE is sent straight back."""
+class Echo:
+    """A bare Engine.IO client: every MESSAGE is sent straight back."""
 
-    def on_engine_message(self, conn: Connection, data: str | bytes) -> None:
-        conn.send_engine(eio.Packet(eio.PacketType.MESSAGE, data))
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def on_message(self, data: str | bytes) -> None:
+        self.conn.send_engine(eio.Packet(eio.PacketType.MESSAGE, data))
+
+    def on_close(self, reason: str) -> None:
+        pass
+
+
+class EchoServer(Server):
+    """A bare Engine.IO endpoint (no Socket.IO on top)."""
+
+    def new_client(self, conn: Connection) -> Echo:
+        return Echo(conn)
 
 
 def setup(server: Server) -> None:
@@ -62,7 +74,7 @@ async def main() -> None:
     server = Server(SETTINGS)
     setup(server)
     echo = EchoServer(SETTINGS.replace(**{"node.path": "/engine.io/"}))
-    server.app.router.add_route("*", "/engine.io/", EngineEndpoint(echo).handle)
+    server.app.router.add_route("*", "/engine.io/", echo.endpoint.handle)
     async with server:
         await server.serve_forever()
 

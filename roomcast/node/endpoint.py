@@ -21,18 +21,20 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable
 from email.utils import formatdate
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from aiohttp import WSCloseCode, hdrs, web
 from aiohttp.http import SERVER_SOFTWARE, HttpRequestParser, HttpVersion11, RawRequestMessage
 
+from roomcast.config import Settings
 from roomcast.ids import new_engine_sid
 from roomcast.protocol import engineio as eio
-from roomcast.protocol import reasons
 from roomcast.protocol import websocket as wsp
 from roomcast.protocol.frames import ws_text
 
+from .adapter import Spawn
 from .engine import (
     BAD_SESSION,
     ERR_BAD_HANDSHAKE_METHOD,
@@ -42,14 +44,13 @@ from .engine import (
     ERR_UNKNOWN_SID,
     ERR_UNSUPPORTED_VERSION,
     Connection,
+    EngineClient,
     RequestInfo,
+    Sessions,
     http_error,
     payload_response,
 )
 from .websocket import AiohttpWebSocket, ClosingWebSockets, NodeWebSocket
-
-if TYPE_CHECKING:
-    from .server import Server
 
 log = logging.getLogger("roomcast.node")
 
@@ -58,21 +59,32 @@ class EngineEndpoint:
     """The aiohttp handler of the Engine.IO path (handshakes, polling and WebSocket), and the
     WebSocket handshakes the listener answers itself (:meth:`take_websocket`)."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        s = server.settings.engineio
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: Sessions,
+        new_client: Callable[[Connection], EngineClient],
+        spawn: Spawn,
+        draining: Callable[[], bool],
+    ) -> None:
+        self.sessions = sessions
+        self.new_client = new_client
+        self.spawn = spawn
+        #: Whether the node takes no new sessions.
+        self.draining = draining
+        s = settings.engineio
         self.transports = frozenset(s.transports)
         self.engine_settings = eio.EngineSettings(
             ping_interval_ms=s.ping_interval_ms,
             ping_timeout_ms=s.ping_timeout_ms,
             max_payload=s.max_payload,
-            max_packets_per_body=server.settings.limits.max_packets_per_body,
-            max_buffered_packets=server.settings.limits.max_buffered_packets,
-            max_buffered_bytes=server.settings.limits.send_buffer_bytes,
+            max_packets_per_body=settings.limits.max_packets_per_body,
+            max_buffered_packets=settings.limits.max_buffered_packets,
+            max_buffered_bytes=settings.limits.send_buffer_bytes,
             upgrade_timeout_ms=s.upgrade_timeout_ms,
             allow_upgrades=s.allow_upgrades and "websocket" in self.transports,
         )
-        path = server.settings.node.path
+        path = settings.node.path
         #: The paths the Engine.IO routes answer (see ``http.py``).
         self.paths = frozenset((path, path.rstrip("/")))
         #: The node's WebSockets in their closing handshake.
@@ -89,7 +101,7 @@ class EngineEndpoint:
         if transport not in self.transports:
             return http_error(ERR_TRANSPORT_UNKNOWN)
         sid = query.get("sid")
-        if sid is None and self.server.draining:
+        if sid is None and self.draining():
             # A draining node takes no new sessions; the load balancer sends them elsewhere.
             return http_error(ERR_DRAINING, status=503)
         if transport == "websocket":
@@ -99,13 +111,13 @@ class EngineEndpoint:
                 return http_error(ERR_BAD_HANDSHAKE_METHOD)
             opened = self._open(RequestInfo.of(request), eio.TransportKind.POLLING)
             return payload_response(opened.session.open_packet())
-        conn = self.server.connections.get(sid)
+        conn = self.sessions.live.get(sid)
         if conn is not None:
             conn.catch_up()  # a heartbeat deadline that passed counts, late timer or not
             if conn.closed:
                 conn = None
         if conn is None:
-            closed = self.server.lingering.pop(sid, None)
+            closed = self.sessions.lingering.pop(sid, None)
             if closed is not None and request.method == "GET":
                 return closed.last_words()
             return http_error(ERR_UNKNOWN_SID)
@@ -118,23 +130,20 @@ class EngineEndpoint:
         return http_error(ERR_BAD_REQUEST)
 
     def _open(self, info: RequestInfo, kind: eio.TransportKind) -> Connection:
-        server = self.server
-        now = server.loop.time()
+        sessions = self.sessions
+        now = sessions.loop.time()
         session = eio.EngineSession(new_engine_sid(), kind, self.engine_settings, now)
-        conn = Connection(server, session, info)
-        server.connections[session.sid] = conn
-        server.stats.connections_opened += 1
+        conn = Connection(sessions, session, info, self.new_client)
+        sessions.live[session.sid] = conn
+        sessions.stats.connections_opened += 1
         conn.start_timer()
-        conn.connect_timer = server.loop.call_at(
-            now + server.settings.engineio.connect_timeout_ms / 1000, _connect_timeout, conn
-        )
         return conn
 
     async def _websocket(self, request: web.Request, sid: str | None) -> web.StreamResponse:
         """A WebSocket handshake aiohttp serves (one the listener did not take)."""
         conn: Connection | None = None
         if sid is not None:
-            conn = self.server.connections.get(sid)
+            conn = self.sessions.live.get(sid)
         ws = web.WebSocketResponse(
             max_msg_size=self.engine_settings.max_payload, compress=False, autoping=True
         )
@@ -149,7 +158,7 @@ class EngineEndpoint:
         transport = request.transport
         if transport is None:
             return ws
-        link = AiohttpWebSocket(ws, transport, self.server.spawn)
+        link = AiohttpWebSocket(ws, transport, self.spawn)
         if conn is not None:
             await conn.upgrade(link, transport)
         else:
@@ -190,14 +199,13 @@ class EngineEndpoint:
         query = message.url.query
         if query.get("EIO") != eio.PROTOCOL_VERSION or query.get("transport") != "websocket":
             return False
-        server = self.server
         sid = query.get("sid")
         conn: Connection | None = None
         if sid is None:
-            if server.draining:
+            if self.draining():
                 return False
         else:
-            conn = server.connections.get(sid)
+            conn = self.sessions.live.get(sid)
             if conn is None or not conn.can_upgrade():
                 return False
         link = NodeWebSocket(transport, self.engine_settings.max_payload, self.closing)
@@ -219,14 +227,8 @@ class EngineEndpoint:
         else:
             transport.write(response)
             link.hold(tail)
-            server.spawn(conn.upgrade(link, transport))
+            self.spawn(conn.upgrade(link, transport))
         return True
-
-
-def _connect_timeout(conn: Connection) -> None:
-    conn.connect_timer = None
-    if not conn.sockets and not conn.closed:
-        conn.close(reasons.CONNECT_TIMEOUT)
 
 
 class _HttpDate:

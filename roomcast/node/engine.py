@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from aiohttp import web
 from yarl import URL
@@ -32,9 +32,7 @@ from roomcast.protocol import reasons
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames, ws_frame, ws_text
 
-if TYPE_CHECKING:
-    from roomcast.node.server import Server
-    from roomcast.node.sockets import Socket
+from .stats import NodeStats
 
 log = logging.getLogger("roomcast.node")
 
@@ -110,6 +108,70 @@ class WebSocketLink(Protocol):
         ...
 
 
+class EngineClient(Protocol):
+    """What a connection hands its messages to: the Socket.IO layer
+    (:class:`~roomcast.node.client.Client`), or anything that speaks over raw Engine.IO."""
+
+    def on_message(self, data: str | bytes) -> None:
+        """An Engine.IO MESSAGE arrived."""
+        ...
+
+    def on_close(self, reason: str) -> None:
+        """The connection ended with ``reason`` (called once)."""
+        ...
+
+
+class Sessions:
+    """The node's Engine.IO sessions: live ones by sid, closed polling ones whose last packets
+    await one more GET, and the end-of-pass flush of WebSocket frames."""
+
+    def __init__(self, stats: NodeStats, send_buffer_bytes: int) -> None:
+        self.stats = stats
+        #: A WebSocket whose write buffer grows past this is closed (``send buffer full``).
+        self.send_buffer_bytes = send_buffer_bytes
+        self.live: dict[str, Connection] = {}
+        #: Polling connections closed on purpose whose last packets await one more GET.
+        self.lingering: dict[str, Connection] = {}
+        self._linger_timers: dict[str, asyncio.TimerHandle] = {}
+        self._dirty: list[Connection] = []  # connections with WebSocket frames to write
+        self._flush_handle: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the sessions run on."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def linger(self, conn: Connection) -> None:
+        """Keep a closed polling connection's last packets for its next GET, for at most one
+        ping timeout (engine.io keeps them as long)."""
+        seconds = conn.session.settings.ping_timeout_ms / 1000
+        sid = conn.sid
+        old = self._linger_timers.pop(sid, None)
+        if old is not None:
+            old.cancel()
+        self.lingering[sid] = conn
+        self._linger_timers[sid] = self.loop.call_later(seconds, self._forget_lingering, sid)
+
+    def _forget_lingering(self, sid: str) -> None:
+        self.lingering.pop(sid, None)
+        self._linger_timers.pop(sid, None)
+
+    def schedule_flush(self, conn: Connection) -> None:
+        """Have ``conn``'s queued frames written at the end of this loop pass."""
+        self._dirty.append(conn)
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush_all)
+
+    def _flush_all(self) -> None:
+        self._flush_handle = None
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
+
+
 class Connection:
     """One client connection: an Engine.IO session and the Socket.IO sockets multiplexed on it."""
 
@@ -123,25 +185,23 @@ class Connection:
         "_upgrader",
         "_ws",
         "_ws_transport",
-        "connect_timer",
-        "connecting",
-        "decoder",
+        "client",
         "info",
-        "server",
         "session",
-        "sockets",
+        "sessions",
     )
 
-    def __init__(self, server: Server, session: eio.EngineSession, info: RequestInfo) -> None:
-        self.server = server
+    def __init__(
+        self,
+        sessions: Sessions,
+        session: eio.EngineSession,
+        info: RequestInfo,
+        new_client: Callable[[Connection], EngineClient],
+    ) -> None:
+        self.sessions = sessions
         self.session = session
         #: What ``socket.handshake`` shows of the request that opened the session.
         self.info = info
-        self.decoder = sio.Decoder(server.decoder_limits)
-        self.sockets: dict[str, Socket] = {}
-        #: Namespaces whose connect (middleware) is under way: a tuple, as a connection rarely
-        #: has one for long, and the empty tuple costs it nothing.
-        self.connecting: tuple[str, ...] = ()
         self._ws: WebSocketLink | None = None
         self._ws_transport: asyncio.Transport | None = None
         self._out: list[bytes] | None = None  # WebSocket frames to write at the end of the pass
@@ -151,7 +211,8 @@ class Connection:
         self._poll_waiter: asyncio.Future[eio.Packet | None] | None = None
         self._posting = False
         self._timer: asyncio.TimerHandle | None = None
-        self.connect_timer: asyncio.TimerHandle | None = None
+        #: Where the session's messages go (the Socket.IO layer).
+        self.client = new_client(self)
 
     @property
     def sid(self) -> str:
@@ -181,14 +242,14 @@ class Connection:
         transport = self._ws_transport
         if transport is not None:
             if volatile and transport.get_write_buffer_size():
-                self.server.stats.volatile_dropped += 1
+                self.sessions.stats.volatile_dropped += 1
                 return False
             self._queue_ws(frames.ws)
             return True
         if self.session.closed:
             return False
         if volatile and (self._poll_waiter is None or self.session.upgrading):
-            self.server.stats.volatile_dropped += 1
+            self.sessions.stats.volatile_dropped += 1
             return False
         return self._buffer_poll(frames.poll)
 
@@ -211,7 +272,7 @@ class Connection:
         out = self._out
         if out is None:
             self._out = [data]
-            self.server.schedule_flush(self)
+            self.sessions.schedule_flush(self)
         else:
             out.append(data)
 
@@ -236,7 +297,7 @@ class Connection:
         transport = self._ws_transport
         if transport is None or transport.is_closing():
             return
-        if transport.get_write_buffer_size() > self.server.settings.limits.send_buffer_bytes:
+        if transport.get_write_buffer_size() > self.sessions.send_buffer_bytes:
             self.close(reasons.SEND_BUFFER_FULL)  # the client stopped reading
             return
         transport.write(data)
@@ -253,13 +314,13 @@ class Connection:
         if self._timer is not None:
             self._timer.cancel()
         if not self.session.closed:
-            loop = self.server.loop
+            loop = self.sessions.loop
             self._timer = loop.call_at(self.session.next_deadline, self._on_timer)
 
     def catch_up(self) -> None:
         """Run the heartbeat now if its deadline has passed (the loop may be late with the
         timer; a request must not find alive a session whose ping timed out)."""
-        if not self.session.closed and self.server.loop.time() >= self.session.next_deadline:
+        if not self.session.closed and self.sessions.loop.time() >= self.session.next_deadline:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -267,7 +328,7 @@ class Connection:
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.handle(self.session.on_timer(self.server.loop.time()))
+        self.handle(self.session.on_timer(self.sessions.loop.time()))
         self.start_timer()
 
     def handle(self, events: Iterable[eio.EngineEvent]) -> None:
@@ -290,7 +351,7 @@ class Connection:
     def receive(self, packet: eio.Packet) -> None:
         """Feed one packet from the current transport (errors close this session only)."""
         try:
-            events = self.session.receive(packet, self.server.loop.time())
+            events = self.session.receive(packet, self.sessions.loop.time())
         except RemoteProtocolError as exc:
             self.close(exc.reason, exc.detail)
             return
@@ -299,8 +360,8 @@ class Connection:
         self.handle(events)
 
     def on_message(self, data: str | bytes) -> None:
-        """An Engine.IO MESSAGE: hand it to the server (which decodes it as Socket.IO)."""
-        self.server.on_engine_message(self, data)
+        """An Engine.IO MESSAGE: hand it to the client (which decodes it as Socket.IO)."""
+        self.client.on_message(data)
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -324,17 +385,17 @@ class Connection:
         if flush and self._ws_transport is None and self._poll_waiter is None:
             # No GET is waiting: keep the last words for the next one (engine.io does the
             # same), for at most one ping timeout.
-            self.server.linger(self)
+            self.sessions.linger(self)
         self._finish_close(event, code)
 
     def _finish_close(self, event: eio.SessionClosed, code: int | None = None) -> None:
-        server = self.server
-        server.stats.closed_by_reason[event.reason] += 1
-        server.connections.pop(self.sid, None)
-        for handle in (self._timer, self.connect_timer, self._upgrade_timer):
+        sessions = self.sessions
+        sessions.stats.closed_by_reason[event.reason] += 1
+        sessions.live.pop(self.sid, None)
+        for handle in (self._timer, self._upgrade_timer):
             if handle is not None:
                 handle.cancel()
-        self._timer = self.connect_timer = self._upgrade_timer = None
+        self._timer = self._upgrade_timer = None
         self._close_notify = event.notify_poll
         if (
             event.notify_poll is eio.NOOP
@@ -344,7 +405,7 @@ class Connection:
         ):
             # The client closed (a POSTed CLOSE) while no GET was pending: a GET it had
             # already sent may still arrive; it gets NOOP, as it would have if first.
-            server.linger(self)
+            sessions.linger(self)
         self._wake_poll(event.notify_poll)
         upgrader = self._upgrader
         if upgrader is not None:
@@ -362,9 +423,7 @@ class Connection:
                 ws.close(event.reason, code)
             self._ws = None
         self._ws_transport = None
-        for socket in list(self.sockets.values()):
-            socket._on_close(event.reason)
-        self.sockets.clear()
+        self.client.on_close(event.reason)
 
     # -- transports ---------------------------------------------------------------------------
 
@@ -377,7 +436,7 @@ class Connection:
         if not session.has_outbox():
             if session.upgrading:
                 return payload_response(eio.encode_text(eio.NOOP))
-            waiter: asyncio.Future[eio.Packet | None] = self.server.loop.create_future()
+            waiter: asyncio.Future[eio.Packet | None] = self.sessions.loop.create_future()
             self._poll_waiter = waiter
             try:
                 notify = await waiter
@@ -404,7 +463,7 @@ class Connection:
         so a CLOSE in the same payload would overtake the DISCONNECTs before it)."""
         out = self.session.take_outbox()
         if out:
-            self.server.linger(self)
+            self.sessions.linger(self)
             return payload_response(eio.encode_payload(out))
         return payload_response(eio.encode_text(self._close_notify or eio.CLOSE))
 
@@ -429,7 +488,7 @@ class Connection:
             return http_error(ERR_UNKNOWN_SID)
         try:
             text = body.decode("utf-8")
-            events = self.session.receive_payload(text, self.server.loop.time())
+            events = self.session.receive_payload(text, self.sessions.loop.time())
         except (RemoteProtocolError, UnicodeDecodeError) as exc:
             reason = exc.reason if isinstance(exc, RemoteProtocolError) else reasons.PARSE_ERROR
             self.close(reason, getattr(exc, "detail", "invalid UTF-8"))
@@ -462,7 +521,7 @@ class Connection:
             link.close(BAD_SESSION)
             return
         self._upgrader = link
-        self._upgrade_timer = self.server.loop.call_later(
+        self._upgrade_timer = self.sessions.loop.call_later(
             self.session.settings.upgrade_timeout_ms / 1000,
             self._upgrade_failed,
             link,
@@ -481,7 +540,7 @@ class Connection:
             if data[:1] == "4" and self.session.state is eio.EngineState.OPEN:
                 # The hot path: a MESSAGE on an open session changes no Engine.IO state, so it
                 # goes straight to Socket.IO.
-                self.server.on_engine_message(self, data[1:])
+                self.client.on_message(data[1:])
                 return
             try:
                 packet = eio.decode_text(data)

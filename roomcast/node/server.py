@@ -30,7 +30,6 @@ from typing import Any
 from aiohttp import web
 
 from roomcast.config import Settings
-from roomcast.errors import RemoteProtocolError
 from roomcast.ids import NodeId, node_tag
 from roomcast.protocol import reasons
 from roomcast.protocol import socketio as sio
@@ -38,9 +37,10 @@ from roomcast.protocol import socketio as sio
 from . import relay
 from .adapter import Adapter, RoomTable
 from .broadcast import BroadcastOperator
+from .client import Client, ClientServices
 from .cluster import ClusterAdapter
 from .endpoint import EngineEndpoint, Listener
-from .engine import Connection
+from .engine import Connection, EngineClient, Sessions
 from .health import Health
 from .http import build_app
 from .local import LocalAdapter
@@ -57,20 +57,15 @@ class Server:
     def __init__(self, settings: Settings | None = None, *, node_id: str | None = None) -> None:
         self.settings = settings or Settings()
         self.node_id = node_id or self.settings.node.id or f"node-{secrets.token_hex(3)}"
-        self.connections: dict[str, Connection] = {}
-        #: Polling connections closed on purpose whose last packets await one more GET.
-        self.lingering: dict[str, Connection] = {}
-        self._linger_timers: dict[str, asyncio.TimerHandle] = {}
         self.stats = NodeStats()
         limits = self.settings.limits
-        self.decoder_limits = sio.DecoderLimits(limits.max_attachments, limits.max_ack_id)
+        #: The node's Engine.IO sessions.
+        self.sessions = Sessions(self.stats, limits.send_buffer_bytes)
         self._tasks: set[asyncio.Task[Any]] = set()
         #: True once :meth:`drain` started: new sessions are refused.
         self.draining = False
         #: Why the node must not get clients ("deaf", "draining"), and who is told.
         self.health_state = Health()
-        self._dirty: list[Connection] = []  # connections with WebSocket frames to write
-        self._flush_handle: asyncio.Handle | None = None
         #: This run of the node: a restarted node is a new incarnation.
         self.incarnation = time.time_ns() // 1000
         self.tag = node_tag(self.node_id, self.incarnation)
@@ -88,8 +83,18 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
         self.port: int = self.settings.node.port
+        self._client_services = ClientServices(
+            self.namespace_registry,
+            limits,
+            sio.DecoderLimits(limits.max_attachments, limits.max_ack_id),
+            self.stats,
+            self.spawn,
+            self.settings.engineio.connect_timeout_ms / 1000,
+        )
         #: The Engine.IO endpoint: handshakes, polling, WebSocket.
-        self.endpoint = EngineEndpoint(self)
+        self.endpoint = EngineEndpoint(
+            self.settings, self.sessions, self.new_client, self.spawn, lambda: self.draining
+        )
         self.app = build_app(self)
         for policy in self.settings.namespaces:
             relay.install(self.of(policy.name), policy, limits)
@@ -147,69 +152,17 @@ class Server:
         """Emit to every socket of the root namespace."""
         self.of("/").emit(event, *args)
 
-    # -- packets from connections -------------------------------------------------------------
+    # -- connections --------------------------------------------------------------------------
 
-    def on_engine_message(self, conn: Connection, data: str | bytes) -> None:
-        """An Engine.IO MESSAGE from ``conn``: decode it as Socket.IO and dispatch."""
-        self.stats.messages_in += 1
-        try:
-            packet = conn.decoder.feed(data)
-            if packet is not None:
-                self.dispatch(conn, packet)
-        except RemoteProtocolError as exc:
-            conn.close(exc.reason, exc.detail)
-        except Exception:
-            # A peer's garbage must never kill the read loop: whatever it provoked, only its
-            # own session ends.
-            log.exception("packet from %s could not be handled", conn.sid)
-            conn.close(reasons.PARSE_ERROR, "unhandled packet")
+    @property
+    def connections(self) -> dict[str, Connection]:
+        """The live Engine.IO sessions by sid."""
+        return self.sessions.live
 
-    def dispatch(self, conn: Connection, packet: sio.Packet) -> None:
-        """Route one decoded Socket.IO packet from ``conn``."""
-        kind = packet.type
-        if kind is sio.PacketType.EVENT or kind is sio.PacketType.BINARY_EVENT:
-            socket = conn.sockets.get(packet.namespace)
-            if socket is not None:
-                socket._on_event(packet.data, packet.id)
-        elif kind is sio.PacketType.ACK or kind is sio.PacketType.BINARY_ACK:
-            socket = conn.sockets.get(packet.namespace)
-            if socket is not None and packet.id is not None:
-                socket._on_ack(packet.id, packet.data)
-        elif kind is sio.PacketType.CONNECT:
-            self._connect(conn, packet)
-        elif kind is sio.PacketType.DISCONNECT:
-            socket = conn.sockets.get(packet.namespace)
-            if socket is not None:
-                socket._on_close(reasons.CLIENT_NAMESPACE_DISCONNECT)
-        else:
-            conn.close(reasons.PARSE_ERROR, f"client sent {kind.name}")
-
-    def _connect(self, conn: Connection, packet: sio.Packet) -> None:
-        name = packet.namespace
-        if name in conn.sockets or name in conn.connecting:
-            return
-        # Connects still under way count: a burst of CONNECTs must not get past the limit.
-        limit = self.settings.limits.max_namespaces_per_connection
-        if len(conn.sockets) + len(conn.connecting) >= limit:
-            conn.close(reasons.TOO_MANY_NAMESPACES)
-            return
-        ns = self.namespace_registry.resolve(name)
-        if ns is None:
-            conn.send_packet(
-                sio.Packet(sio.PacketType.CONNECT_ERROR, name, {"message": "Invalid namespace"})
-            )
-            return
-        conn.connecting += (name,)
-        ns.connecting += 1  # now, so that the namespace cannot be removed before it starts
-        self.spawn(self._connect_socket(conn, ns, packet.data or {}))
-
-    async def _connect_socket(self, conn: Connection, ns: Namespace, auth: Any) -> None:
-        try:
-            await ns.connect(conn, auth)
-        finally:
-            conn.connecting = tuple(n for n in conn.connecting if n != ns.name)
-            ns.connecting -= 1
-            self.namespace_registry.maybe_empty(ns)
+    def new_client(self, conn: Connection) -> EngineClient:
+        """The Socket.IO side of a new connection (a subclass may speak something else over
+        raw Engine.IO)."""
+        return Client(conn, self._client_services)
 
     # -- server-to-server events --------------------------------------------------------------
 
@@ -228,33 +181,6 @@ class Server:
     ) -> list[Any]:
         """Send ``event`` to every other node; returns their handlers' answers."""
         return await self.adapter.server_side_emit(event, args, timeout)
-
-    def linger(self, conn: Connection) -> None:
-        """Keep a closed polling connection's last packets for its next GET, for at most one
-        ping timeout (engine.io keeps them as long)."""
-        seconds = conn.session.settings.ping_timeout_ms / 1000
-        sid = conn.sid
-        old = self._linger_timers.pop(sid, None)
-        if old is not None:
-            old.cancel()
-        self.lingering[sid] = conn
-        self._linger_timers[sid] = self.loop.call_later(seconds, self._forget_lingering, sid)
-
-    def _forget_lingering(self, sid: str) -> None:
-        self.lingering.pop(sid, None)
-        self._linger_timers.pop(sid, None)
-
-    def schedule_flush(self, conn: Connection) -> None:
-        """Have ``conn``'s queued frames written at the end of this loop pass."""
-        self._dirty.append(conn)
-        if self._flush_handle is None:
-            self._flush_handle = self.loop.call_soon(self._flush_all)
-
-    def _flush_all(self) -> None:
-        self._flush_handle = None
-        dirty, self._dirty = self._dirty, []
-        for conn in dirty:
-            conn.flush()
 
     # -- tasks --------------------------------------------------------------------------------
 

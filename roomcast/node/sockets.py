@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Container, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from roomcast import ids
 from roomcast.cluster.routing import Target
@@ -34,17 +34,53 @@ from roomcast.protocol.frames import Frames
 
 from .adapter import Adapter, Collector, Handshake, SocketInfo, Spawn
 from .broadcast import BroadcastOperator
+from .engine import RequestInfo
 from .rooms import RoomRegistry
 from .stats import NodeStats
-
-if TYPE_CHECKING:
-    from roomcast.node.engine import Connection
 
 log = logging.getLogger("roomcast.node")
 
 Handler = Callable[..., Any]
 Middleware = Callable[["Socket", Any], Any]
 NamespaceMatcher = str | re.Pattern[str] | Callable[[str], bool]
+
+
+class ClientLink(Protocol):
+    """The connection a socket lives on, as the socket sees it (a
+    :class:`~roomcast.node.client.Client`)."""
+
+    @property
+    def sockets(self) -> dict[str, Socket]:
+        """The connection's sockets by namespace."""
+        ...
+
+    @property
+    def info(self) -> RequestInfo:
+        """What ``socket.handshake`` shows of the request that opened the connection."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection has ended."""
+        ...
+
+    def write(self, frames: Frames, volatile: bool = False) -> bool:
+        """Send a pre-built packet; returns whether it was queued."""
+        ...
+
+    def send_packet(self, packet: sio.Packet) -> None:
+        """Encode and send one packet."""
+        ...
+
+    def close(
+        self, reason: str, detail: str = "", *, flush: bool = False, code: int | None = None
+    ) -> None:
+        """Close the whole connection with a named reason."""
+        ...
+
+    def attach(self, socket: Socket) -> None:
+        """``socket`` is connected: packets for its namespace go to it from now on."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +121,7 @@ class Socket:
         "sid",
     )
 
-    def __init__(self, namespace: Namespace, conn: Connection, auth: dict[str, Any]) -> None:
+    def __init__(self, namespace: Namespace, conn: ClientLink, auth: dict[str, Any]) -> None:
         self.namespace = namespace
         self.conn = conn
         self.sid = new_sid(namespace.services.adapter.tag)
@@ -329,7 +365,7 @@ class Namespace:
         self.name = ids.Namespace(name)
         self.parent = parent
         self.sockets: dict[str, Socket] = {}
-        self.registry = RoomRegistry(self.sockets)
+        self.registry: RoomRegistry[Socket] = RoomRegistry(self.sockets)
         self._handlers: dict[str, Handler] = {}
         self._middlewares: list[Middleware] = []
         self._ack_ids = itertools.count(0)
@@ -506,7 +542,7 @@ class Namespace:
             except Exception:
                 log.exception("disconnect handler of %s failed", self.name)
 
-    async def connect(self, conn: Connection, auth: dict[str, Any]) -> None:
+    async def connect(self, conn: ClientLink, auth: dict[str, Any]) -> None:
         """Run middleware, then connect a new socket for ``conn`` (§Connection to a namespace).
 
         The caller counts the connect in ``connecting`` from the moment it resolved the name.
@@ -533,11 +569,8 @@ class Namespace:
             return
         socket.connected = True
         self.sockets[socket.sid] = socket
-        conn.sockets[self.name] = socket
+        conn.attach(socket)
         self.services.stats.sockets += 1
-        if conn.connect_timer is not None:
-            conn.connect_timer.cancel()
-            conn.connect_timer = None
         conn.send_packet(sio.Packet(sio.PacketType.CONNECT, self.name, {"sid": socket.sid}))
         handler = self.handler("connect")
         if handler is None:
@@ -551,7 +584,7 @@ class Namespace:
         except Exception:
             log.exception("connect handler of %s failed", self.name)
 
-    def _refuse(self, conn: Connection, exc: ConnectRefusedError) -> None:
+    def _refuse(self, conn: ClientLink, exc: ConnectRefusedError) -> None:
         body: dict[str, Any] = {"message": exc.message}
         if exc.data is not None:
             body["data"] = exc.data
