@@ -9,29 +9,63 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from roomcast.cluster.routing import Target
+from roomcast.config import Settings
 from roomcast.ids import namespace_name
 
-if TYPE_CHECKING:
-    from .server import Server
+from .adapter import Adapter, RoomTable
+from .endpoint import EngineEndpoint
+from .engine import Connection
+from .namespaces import Namespaces
+from .stats import NodeStats
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def build_app(server: Server) -> web.Application:
-    """The aiohttp application of ``server``: Engine.IO path, health, admin API."""
-    return NodeHTTP(server).build()
+class AdminNode(Protocol):
+    """What the health check and the admin API read of a node (and the one thing they do to
+    it: drain)."""
+
+    node_id: str
+    settings: Settings
+    stats: NodeStats
+    adapter: Adapter
+    endpoint: EngineEndpoint
+    namespace_registry: Namespaces
+    draining: bool
+
+    @property
+    def connections(self) -> dict[str, Connection]: ...
+
+    @property
+    def public_url(self) -> str: ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+    def room_table(self, namespace: str | None = None) -> RoomTable: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> Any: ...
+
+    async def drain(self, window: float) -> None: ...
+
+
+def build_app(node: AdminNode) -> web.Application:
+    """The aiohttp application of ``node``: Engine.IO path, health, admin API."""
+    return NodeHTTP(node).build()
 
 
 class NodeHTTP:
-    """Request handlers bound to one server."""
+    """Request handlers bound to one node."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: AdminNode) -> None:
         self.server = server
 
     def build(self) -> web.Application:

@@ -8,24 +8,31 @@ never costs a registry entry, nor, in a cluster, a subscription.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
 from roomcast.ids import Room
 
-if TYPE_CHECKING:
-    from roomcast.node.sockets import Socket
+
+class HasSid(Protocol):
+    """A room member: anything with a socket id."""
+
+    @property
+    def sid(self) -> str: ...
 
 
-class RoomRegistry:
+M = TypeVar("M", bound=HasSid)  #: the member type (the node's Socket)
+
+
+class RoomRegistry(Generic[M]):
     """Room → member sockets, for one namespace on this node."""
 
     __slots__ = ("_rooms", "_sockets")
 
-    def __init__(self, sockets: dict[str, Socket]) -> None:
-        self._rooms: dict[Room, set[Socket]] = {}
+    def __init__(self, sockets: dict[str, M]) -> None:
+        self._rooms: dict[Room, set[M]] = {}
         self._sockets = sockets  # the namespace's sid → socket map (the implicit sid rooms)
 
-    def add(self, socket: Socket, room: Room) -> bool:
+    def add(self, socket: M, room: Room) -> bool:
         """Put ``socket`` in ``room``; returns True when this created the room."""
         members = self._rooms.get(room)
         if members is None:
@@ -34,7 +41,7 @@ class RoomRegistry:
         members.add(socket)
         return False
 
-    def discard(self, socket: Socket, room: Room) -> bool:
+    def discard(self, socket: M, room: Room) -> bool:
         """Take ``socket`` out of ``room``; returns True when this deleted the room."""
         members = self._rooms.get(room)
         if members is None or socket not in members:
@@ -45,7 +52,7 @@ class RoomRegistry:
             return True
         return False
 
-    def members(self, room: str) -> Collection[Socket]:
+    def members(self, room: str) -> Collection[M]:
         """The local members of ``room`` (a sid names its own socket, and only that)."""
         socket = self._sockets.get(room)
         if socket is not None:
@@ -68,22 +75,22 @@ class RoomRegistry:
         rooms: Collection[str],
         except_rooms: Collection[str] = (),
         except_sids: Collection[str] = (),
-    ) -> Collection[Socket]:
+    ) -> Collection[M]:
         """Local sockets in any of ``rooms`` (all when empty), minus those in ``except_rooms``
         or named in ``except_sids``; each socket once."""
         if not rooms:
-            selected: Collection[Socket] = self._sockets.values()
+            selected: Collection[M] = self._sockets.values()
         elif len(rooms) == 1:
             (room,) = rooms
             selected = self.members(room)
         else:
-            union: set[Socket] = set()
+            union: set[M] = set()
             for room in rooms:
                 union.update(self.members(room))
             selected = union
         if not except_rooms and not except_sids:
             return list(selected)
-        excluded: set[Socket] = set()
+        excluded: set[M] = set()
         for room in except_rooms:
             excluded.update(self.members(room))
         return [s for s in selected if s not in excluded and s.sid not in except_sids]
