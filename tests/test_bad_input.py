@@ -305,6 +305,52 @@ async def test_too_many_namespaces(make_node: NodeMaker, open_raw: OpenRaw) -> N
     await node.assert_healthy()
 
 
+async def test_second_connect_to_a_namespace(make_node: NodeMaker, open_raw: OpenRaw) -> None:
+    """A CONNECT for a namespace the connection is already in closes it with ``duplicate
+    connect`` (its socket there disconnects with that reason)."""
+    node = await make_node()
+    raw = await open_raw(node.server)
+    a_sid = await raw.connect_namespace("/a")
+    await raw.send("40/a,")
+    await assert_closed(node, raw, reasons.DUPLICATE_CONNECT)
+    assert await node.reason(a_sid) == reasons.DUPLICATE_CONNECT
+    await node.assert_healthy()
+
+
+@pytest.mark.parametrize("packet", ['42/elsewhere,["x"]', '43/elsewhere,1["x"]', "41/elsewhere,"])
+async def test_packet_for_a_namespace_not_connected(
+    make_node: NodeMaker, open_raw: OpenRaw, packet: str
+) -> None:
+    """An EVENT, ACK or DISCONNECT for a namespace the client never connected closes the
+    connection with ``namespace not connected``."""
+    node = await make_node()
+    raw = await open_raw(node.server)
+    await raw.send(packet)
+    await assert_closed(node, raw, reasons.NAMESPACE_NOT_CONNECTED)
+    await node.assert_healthy()
+
+
+async def test_packets_after_a_server_disconnect_are_dropped_and_counted(
+    make_node: NodeMaker, open_raw: OpenRaw
+) -> None:
+    """An event for a namespace the server has just disconnected is late, not an offence:
+    dropped and counted; the connection and its other namespaces carry on."""
+    node = await make_node()
+    raw = await open_raw(node.server)
+    a_sid = await raw.connect_namespace("/a")
+    socket = node.server.of("/a").sockets[a_sid]
+    socket.disconnect()
+    before = node.server.stats.late_packets
+    await raw.send('42/a,["echo","late"]', '427["echo","still here"]')
+    received: list[str] = []
+    while '437["still here"]' not in received:
+        received += await raw.receive()
+    assert received == ["41/a,", '437["still here"]']
+    assert node.server.stats.late_packets == before + 1
+    assert raw.eio_sid in node.server.connections
+    await node.assert_healthy()
+
+
 async def test_too_many_namespaces_in_one_burst(
     make_node: NodeMaker, http: aiohttp.ClientSession
 ) -> None:

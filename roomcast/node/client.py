@@ -1,9 +1,11 @@
 """The Socket.IO side of one connection (socket.io's ``Client``).
 
-A :class:`Client` sits on one Engine.IO :class:`~roomcast.node.engine.Connection`: it decodes
-the connection's messages as Socket.IO packets, keeps the connection's sockets by namespace and
-the namespace connects under way, and closes a connection that connects to no namespace within
-``engineio.connect_timeout_ms``. Its sockets write through it.
+A :class:`Client` sits on one Engine.IO :class:`~roomcast.node.engine.Connection`. The
+protocol's rules for the connection (namespace states, the connect deadline, the namespace
+limit, the pending-ack table) live in its pure
+:class:`~roomcast.protocol.sio_session.SocketIOSession`; the client runs what the session's
+events ask for (a namespace's middleware, a socket's handlers) and keeps the connected sockets.
+Its sockets write through it.
 """
 
 from __future__ import annotations
@@ -13,16 +15,28 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from roomcast.config import LimitSettings
+from roomcast import ids
 from roomcast.errors import RemoteProtocolError
 from roomcast.protocol import reasons
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
+from roomcast.protocol.sio_session import (
+    AckReceived,
+    ConnectRequested,
+    ConnectTimedOut,
+    DisconnectReceived,
+    EventReceived,
+    LatePacket,
+    NamespaceState,
+    SessionLimits,
+    SocketIOEvent,
+    SocketIOSession,
+)
 
 from .adapter import Spawn
 from .engine import Connection, RequestInfo
 from .namespaces import Namespaces
-from .sockets import Namespace, Socket
+from .sockets import AckWaiter, Namespace, Socket, resolve_ack
 from .stats import NodeStats
 
 log = logging.getLogger("roomcast.node")
@@ -33,30 +47,25 @@ class ClientServices:
     """What every client of a node uses (handed to it: a client never reaches for a server)."""
 
     namespaces: Namespaces
-    limits: LimitSettings
-    decoder_limits: sio.DecoderLimits
+    limits: SessionLimits
     stats: NodeStats
     spawn: Spawn
-    #: Seconds a connection may stay connected to no namespace.
-    connect_timeout: float
 
 
 class Client:
-    """One connection's Socket.IO state: its decoder, sockets, connects under way."""
+    """One connection's Socket.IO side: the pure session, and the sockets it connected."""
 
-    __slots__ = ("_connect_timer", "_services", "conn", "connecting", "decoder", "sockets")
+    __slots__ = ("_services", "_timer", "conn", "session", "sockets")
 
     def __init__(self, conn: Connection, services: ClientServices) -> None:
         self.conn = conn
         self._services = services
-        self.decoder = sio.Decoder(services.decoder_limits)
-        self.sockets: dict[str, Socket] = {}
-        #: Namespaces whose connect (middleware) is under way: a tuple, as a connection rarely
-        #: has one for long, and the empty tuple costs it nothing.
-        self.connecting: tuple[str, ...] = ()
         loop = asyncio.get_running_loop()
-        self._connect_timer: asyncio.TimerHandle | None = loop.call_later(
-            services.connect_timeout, self._connect_timeout
+        self.session: SocketIOSession[AckWaiter] = SocketIOSession(services.limits, loop.time())
+        self.sockets: dict[str, Socket] = {}
+        deadline = self.session.next_deadline
+        self._timer: asyncio.TimerHandle | None = (
+            None if deadline is None else loop.call_at(deadline, self._on_timer)
         )
 
     # -- what its sockets use -----------------------------------------------------------------
@@ -92,20 +101,34 @@ class Client:
 
     def attach(self, socket: Socket) -> None:
         """``socket`` is connected: packets for its namespace go to it from now on."""
-        self.sockets[socket.namespace.name] = socket
-        if self._connect_timer is not None:
-            self._connect_timer.cancel()
-            self._connect_timer = None
+        name = socket.namespace.name
+        self.session.connected(name)
+        self.sockets[name] = socket
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def detach(self, namespace: str) -> list[AckWaiter]:
+        """The socket of ``namespace`` is gone; returns the waiters of its pending acks."""
+        self.sockets.pop(namespace, None)
+        return self.session.disconnected(namespace)
+
+    def expect_ack(self, namespace: str, ack_id: int, waiter: AckWaiter) -> None:
+        """Route the client's ack ``ack_id`` on ``namespace`` to ``waiter``."""
+        self.session.expect_ack(namespace, ack_id, waiter)
+
+    def forget_ack(self, namespace: str, ack_id: int, waiter: AckWaiter) -> None:
+        """Stop waiting for ``ack_id`` with ``waiter``."""
+        self.session.forget_ack(namespace, ack_id, waiter)
 
     # -- what the connection tells it ---------------------------------------------------------
 
     def on_message(self, data: str | bytes) -> None:
-        """An Engine.IO MESSAGE: decode it as Socket.IO and dispatch it."""
+        """An Engine.IO MESSAGE: feed it to the session and act on what it means."""
         self._services.stats.messages_in += 1
         try:
-            packet = self.decoder.feed(data)
-            if packet is not None:
-                self.dispatch(packet)
+            for event in self.session.receive(data):
+                self._handle(event)
         except RemoteProtocolError as exc:
             self.close(exc.reason, exc.detail)
         except Exception:
@@ -116,64 +139,56 @@ class Client:
 
     def on_close(self, reason: str) -> None:
         """The connection ended: every socket on it disconnects with ``reason``."""
-        if self._connect_timer is not None:
-            self._connect_timer.cancel()
-            self._connect_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for socket in list(self.sockets.values()):
             socket._on_close(reason)
         self.sockets.clear()
 
-    def dispatch(self, packet: sio.Packet) -> None:
-        """Route one decoded Socket.IO packet."""
-        kind = packet.type
-        if kind is sio.PacketType.EVENT or kind is sio.PacketType.BINARY_EVENT:
-            socket = self.sockets.get(packet.namespace)
-            if socket is not None:
-                socket._on_event(packet.data, packet.id)
-        elif kind is sio.PacketType.ACK or kind is sio.PacketType.BINARY_ACK:
-            socket = self.sockets.get(packet.namespace)
-            if socket is not None and packet.id is not None:
-                socket._on_ack(packet.id, packet.data)
-        elif kind is sio.PacketType.CONNECT:
-            self._connect(packet)
-        elif kind is sio.PacketType.DISCONNECT:
-            socket = self.sockets.get(packet.namespace)
+    def _handle(self, event: SocketIOEvent) -> None:
+        if isinstance(event, EventReceived):
+            self.sockets[event.namespace]._on_event(event.args, event.ack_id)
+        elif isinstance(event, AckReceived):
+            resolve_ack(event.waiter, event.args)
+        elif isinstance(event, ConnectRequested):
+            self._connect(event.namespace, event.auth)
+        elif isinstance(event, DisconnectReceived):
+            socket = self.sockets.get(event.namespace)
             if socket is not None:
                 socket._on_close(reasons.CLIENT_NAMESPACE_DISCONNECT)
-        else:
-            self.close(reasons.PARSE_ERROR, f"client sent {kind.name}")
+        elif isinstance(event, LatePacket):
+            self._services.stats.late_packets += 1
+        elif isinstance(event, ConnectTimedOut):
+            self.close(reasons.CONNECT_TIMEOUT)
 
-    def _connect(self, packet: sio.Packet) -> None:
-        name = packet.namespace
-        if name in self.sockets or name in self.connecting:
-            return
-        # Connects still under way count: a burst of CONNECTs must not get past the limit.
+    def _connect(self, name: str, auth: Any) -> None:
         services = self._services
-        if (
-            len(self.sockets) + len(self.connecting)
-            >= services.limits.max_namespaces_per_connection
-        ):
-            self.close(reasons.TOO_MANY_NAMESPACES)
-            return
         ns = services.namespaces.resolve(name)
         if ns is None:
+            self.session.refused(name)
             self.send_packet(
-                sio.Packet(sio.PacketType.CONNECT_ERROR, name, {"message": "Invalid namespace"})
+                sio.Packet(
+                    sio.PacketType.CONNECT_ERROR,
+                    ids.Namespace(name),
+                    {"message": "Invalid namespace"},
+                )
             )
             return
-        self.connecting += (name,)
         ns.connecting += 1  # now, so that the namespace cannot be removed before it starts
-        services.spawn(self._connect_socket(ns, packet.data or {}))
+        services.spawn(self._connect_socket(ns, auth))
 
     async def _connect_socket(self, ns: Namespace, auth: Any) -> None:
         try:
             await ns.connect(self, auth)
         finally:
-            self.connecting = tuple(n for n in self.connecting if n != ns.name)
+            if self.session.state(ns.name) is NamespaceState.CONNECTING:
+                self.session.refused(ns.name)  # refused by middleware, or the connection closed
             ns.connecting -= 1
             self._services.namespaces.maybe_empty(ns)
 
-    def _connect_timeout(self) -> None:
-        self._connect_timer = None
-        if not self.sockets and not self.conn.closed:
-            self.close(reasons.CONNECT_TIMEOUT)
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self.conn.closed:
+            for event in self.session.on_timer(self.conn.sessions.loop.time()):
+                self._handle(event)

@@ -140,6 +140,7 @@ class NodeHTTP:
                 "messages_in": s.messages_in,
                 "messages_out": s.messages_out,
                 "volatile_dropped": s.volatile_dropped,
+                "late_packets": s.late_packets,
                 "closed_by_reason": dict(s.closed_by_reason),
             }
         )

@@ -33,6 +33,7 @@ from roomcast.config import Settings
 from roomcast.ids import NodeId, node_tag
 from roomcast.protocol import reasons
 from roomcast.protocol import socketio as sio
+from roomcast.protocol.sio_session import SessionLimits
 
 from . import relay
 from .adapter import Adapter, RoomTable
@@ -83,13 +84,13 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
         self.port: int = self.settings.node.port
+        session_limits = SessionLimits(
+            max_namespaces=limits.max_namespaces_per_connection,
+            connect_timeout=self.settings.engineio.connect_timeout_ms / 1000,
+            decoder=sio.DecoderLimits(limits.max_attachments, limits.max_ack_id),
+        )
         self._client_services = ClientServices(
-            self.namespace_registry,
-            limits,
-            sio.DecoderLimits(limits.max_attachments, limits.max_ack_id),
-            self.stats,
-            self.spawn,
-            self.settings.engineio.connect_timeout_ms / 1000,
+            self.namespace_registry, session_limits, self.stats, self.spawn
         )
         #: The Engine.IO endpoint: handshakes, polling, WebSocket.
         self.endpoint = EngineEndpoint(

@@ -45,6 +45,25 @@ Middleware = Callable[["Socket", Any], Any]
 NamespaceMatcher = str | re.Pattern[str] | Callable[[str], bool]
 
 
+#: What waits for a client's ack: an emit's callback, a broadcast's collector, or the future of
+#: an ``emit_with_ack``.
+AckWaiter = Callable[[list[Any]], None] | Collector | asyncio.Future[list[Any]]
+
+
+def resolve_ack(waiter: AckWaiter, args: list[Any]) -> None:
+    """Hand the client's ack ``args`` to ``waiter``."""
+    if isinstance(waiter, Collector):
+        waiter.ack(args)
+    elif isinstance(waiter, asyncio.Future):
+        if not waiter.done():
+            waiter.set_result(args)
+    else:
+        try:
+            waiter(args)
+        except Exception:
+            log.exception("ack callback failed")
+
+
 class ClientLink(Protocol):
     """The connection a socket lives on, as the socket sees it (a
     :class:`~roomcast.node.client.Client`)."""
@@ -82,6 +101,18 @@ class ClientLink(Protocol):
         """``socket`` is connected: packets for its namespace go to it from now on."""
         ...
 
+    def detach(self, namespace: str) -> list[AckWaiter]:
+        """The socket of ``namespace`` is gone; returns the waiters of its pending acks."""
+        ...
+
+    def expect_ack(self, namespace: str, ack_id: int, waiter: AckWaiter) -> None:
+        """Route the client's ack ``ack_id`` on ``namespace`` to ``waiter``."""
+        ...
+
+    def forget_ack(self, namespace: str, ack_id: int, waiter: AckWaiter) -> None:
+        """Stop waiting for ``ack_id`` with ``waiter``."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class NamespaceServices:
@@ -108,7 +139,6 @@ class Socket:
 
     __slots__ = (
         "__weakref__",
-        "_acks",
         "_auth",
         "_handshake",
         "_pending",
@@ -133,11 +163,7 @@ class Socket:
         #: The rooms this socket is in, its own sid room included.
         self.rooms: set[str] = {self.sid}
         self.connected = False
-        #: Pending acks: a callback, a broadcast's collector, or an emit_with_ack's future.
         self._pending = 0  # async handlers of this socket still running
-        self._acks: dict[
-            int, Callable[[list[Any]], None] | Collector | asyncio.Future[list[Any]]
-        ] = {}
 
     def __repr__(self) -> str:
         return f"<Socket {self.namespace.name}#{self.sid}>"
@@ -172,17 +198,17 @@ class Socket:
     # -- emitting -----------------------------------------------------------------------------
 
     def write(self, frames: Frames, volatile: bool = False) -> bool:
-        """Send a pre-built packet to this client; returns whether it was queued."""
-        return self.conn.write(frames, volatile)
+        """Send a pre-built packet to this client; returns whether it was queued (a socket
+        that is disconnected takes nothing)."""
+        return self.connected and self.conn.write(frames, volatile)
 
     def expect_ack(self, ack_id: int, collector: Collector) -> None:
         """Route the ack ``ack_id`` of a broadcast to its collector."""
-        self._acks[ack_id] = collector
+        self.conn.expect_ack(self.namespace.name, ack_id, collector)
 
     def forget_ack(self, ack_id: int, collector: Collector) -> None:
         """Stop routing ``ack_id`` to ``collector``."""
-        if self._acks.get(ack_id) is collector:
-            del self._acks[ack_id]
+        self.conn.forget_ack(self.namespace.name, ack_id, collector)
 
     def emit(
         self,
@@ -199,7 +225,7 @@ class Socket:
             ack_id = self.namespace.next_ack_id()
         enc = sio.encode_event(self.namespace.name, event, args, ack_id)
         if self.conn.write(Frames(enc), volatile) and ack_id is not None and callback is not None:
-            self._acks[ack_id] = lambda a: callback(*a)
+            self.conn.expect_ack(self.namespace.name, ack_id, lambda a: callback(*a))
 
     async def emit_with_ack(self, event: str, *args: Any, timeout: float | None = None) -> Any:
         """Send ``event`` and wait for the client's ack; returns its first argument.
@@ -211,12 +237,13 @@ class Socket:
             raise DisconnectedError(self.sid)
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         ack_id = self.namespace.next_ack_id()
-        self._acks[ack_id] = future  # resolved by _on_ack, failed by _on_close
-        self.conn.write(Frames(sio.encode_event(self.namespace.name, event, args, ack_id)))
+        name = self.namespace.name
+        self.conn.expect_ack(name, ack_id, future)  # resolved by the ack, failed by _on_close
+        self.conn.write(Frames(sio.encode_event(name, event, args, ack_id)))
         try:
             result = await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            self._acks.pop(ack_id, None)
+            self.conn.forget_ack(name, ack_id, future)
             raise AckTimeoutError(f"no ack for {event!r} from {self.sid}") from None
         return result[0] if result else None
 
@@ -324,34 +351,16 @@ class Socket:
                 sio.Packet(sio.PacketType.ACK, self.namespace.name, _ack_args(result), ack_id)
             )
 
-    def _on_ack(self, ack_id: int, args: list[Any]) -> None:
-        pending = self._acks.pop(ack_id, None)
-        if pending is None:
-            return
-        if isinstance(pending, Collector):
-            pending.ack(args)
-            return
-        if isinstance(pending, asyncio.Future):
-            if not pending.done():
-                pending.set_result(args)
-            return
-        try:
-            pending(args)
-        except Exception:
-            log.exception("ack callback failed")
-
     def _on_close(self, reason: str) -> None:
         if not self.connected:
             return
         self.connected = False
         ns = self.namespace
-        for pending in self._acks.values():
-            if isinstance(pending, Collector):
-                pending.forget()
-            elif isinstance(pending, asyncio.Future) and not pending.done():
-                pending.set_exception(DisconnectedError(self.sid))
-        self._acks.clear()
-        self.conn.sockets.pop(ns.name, None)
+        for waiter in self.conn.detach(ns.name):
+            if isinstance(waiter, Collector):
+                waiter.forget()
+            elif isinstance(waiter, asyncio.Future) and not waiter.done():
+                waiter.set_exception(DisconnectedError(self.sid))
         ns.services.spawn(ns.remove_socket(self, reason))
 
 

@@ -15,4 +15,6 @@ class NodeStats:
     messages_in: int = 0
     messages_out: int = 0
     volatile_dropped: int = 0
+    #: Packets for a namespace the server had disconnected (sent before the client knew).
+    late_packets: int = 0
     closed_by_reason: collections.Counter[str] = field(default_factory=collections.Counter)

@@ -32,3 +32,6 @@ TOO_MANY_PENDING_HANDLERS: Final = "too many pending handlers"
 DUPLICATE_POLL: Final = "duplicate poll"
 POLL_ABORTED: Final = "poll aborted"
 UPGRADE_FAILED: Final = "upgrade failed"
+# Packets the Socket.IO state machine forbids (roomcast.protocol.sio_session).
+DUPLICATE_CONNECT: Final = "duplicate connect"
+NAMESPACE_NOT_CONNECTED: Final = "namespace not connected"
