@@ -323,11 +323,36 @@ def test_noop_from_client_is_ignored() -> None:
 
 
 def test_client_close_notifies_poll_with_noop() -> None:
-    """A client CLOSE ends the session with ``transport close``; a pending GET gets NOOP."""
+    """A client CLOSE ends the session with ``transport close``; a pending GET gets NOOP, and
+    with no GET pending the session lingers for one that may still come."""
     session = make_session()
-    assert session.receive(eio.CLOSE, T0) == [SessionClosed(reasons.TRANSPORT_CLOSE, eio.NOOP)]
+    closed = SessionClosed(reasons.TRANSPORT_CLOSE, eio.NOOP, linger=True)
+    assert session.receive(eio.CLOSE, T0) == [closed]
     assert session.state is EngineState.CLOSED
     assert session.close_reason == reasons.TRANSPORT_CLOSE
+    waiting = make_session()
+    assert waiting.begin_get() is None
+    assert waiting.receive(eio.CLOSE, T0) == [SessionClosed(reasons.TRANSPORT_CLOSE, eio.NOOP)]
+
+
+def test_deliberate_close_of_an_idle_polling_session_lingers() -> None:
+    """A flushed close keeps the last words for the next GET unless one is waiting for them,
+    or the session is on WebSocket."""
+    assert make_session().close(reasons.SERVER_SHUTTING_DOWN, flush=True).linger
+    assert not make_session().close(reasons.SERVER_SHUTTING_DOWN).linger
+    waiting = make_session()
+    waiting.begin_get()
+    assert not waiting.close(reasons.SERVER_SHUTTING_DOWN, flush=True).linger
+    ws = make_session(TransportKind.WEBSOCKET)
+    assert not ws.close(reasons.SERVER_SHUTTING_DOWN, flush=True).linger
+
+
+def test_one_upgrade_offer_at_a_time() -> None:
+    session = make_session()
+    assert session.offer_upgrade()
+    assert not session.can_upgrade() and not session.offer_upgrade()
+    session.abort_upgrade()
+    assert session.offer_upgrade()
 
 
 @pytest.mark.parametrize(
@@ -356,7 +381,10 @@ def test_payload_handling_stops_at_close() -> None:
     """Packets after a CLOSE in the same body are not handled."""
     session = make_session()
     events = session.receive_payload("4a\x1e1\x1e4b", T0)
-    assert events == [MessageReceived("a"), SessionClosed(reasons.TRANSPORT_CLOSE, eio.NOOP)]
+    assert events == [
+        MessageReceived("a"),
+        SessionClosed(reasons.TRANSPORT_CLOSE, eio.NOOP, linger=True),
+    ]
     assert session.closed
 
 
@@ -443,10 +471,18 @@ PROBE = Packet(PacketType.PING, "probe")
 UPGRADE = Packet(PacketType.UPGRADE)
 
 
+def offered_session() -> EngineSession:
+    """A polling session a WebSocket has offered to upgrade (its probe may come)."""
+    session = make_session()
+    assert session.offer_upgrade()
+    return session
+
+
 def test_upgrade_probe_then_5_switches_to_websocket() -> None:
     """``2probe`` is answered ``3probe``, then ``5`` completes the upgrade (§Upgrade)."""
     session = make_session()
     assert session.can_upgrade()
+    assert session.offer_upgrade()
     assert session.receive_probe(PROBE) == [SendPacket(Packet(PacketType.PONG, "probe"))]
     assert session.state is EngineState.UPGRADING
     assert session.upgrading
@@ -460,7 +496,7 @@ def test_upgrade_probe_then_5_switches_to_websocket() -> None:
 
 def test_polling_keeps_working_while_upgrading() -> None:
     """Between probe and ``5`` the polling transport still carries messages and heartbeats."""
-    session = make_session()
+    session = offered_session()
     session.receive_probe(PROBE)
     assert session.receive(Packet(PacketType.MESSAGE, "x"), T0) == [MessageReceived("x")]
     assert session.on_timer(session.next_deadline) == [SendPacket(eio.PING)]
@@ -470,7 +506,7 @@ def test_polling_keeps_working_while_upgrading() -> None:
 
 def test_outbox_survives_upgrade_in_order() -> None:
     """Packets queued for polling are handed over, in order, once the WebSocket takes over."""
-    session = make_session()
+    session = offered_session()
     session.buffer("4a")
     session.receive_probe(PROBE)
     session.buffer("4b")
@@ -481,18 +517,19 @@ def test_outbox_survives_upgrade_in_order() -> None:
 
 def test_aborted_upgrade_stays_on_polling_and_may_retry() -> None:
     """If the upgrading WebSocket goes away before ``5`` the session stays on polling."""
-    session = make_session()
+    session = offered_session()
     session.receive_probe(PROBE)
     session.abort_upgrade()
     assert session.state is EngineState.OPEN
     assert session.transport is TransportKind.POLLING
     assert session.can_upgrade()
+    assert session.offer_upgrade()
     assert session.receive_probe(PROBE) == [SendPacket(Packet(PacketType.PONG, "probe"))]
 
 
 def test_abort_upgrade_after_completion_changes_nothing() -> None:
     """``abort_upgrade`` after a completed upgrade leaves the session on WebSocket."""
-    session = make_session()
+    session = offered_session()
     session.receive_probe(PROBE)
     session.receive_probe(UPGRADE)
     session.abort_upgrade()
@@ -508,9 +545,14 @@ def assert_upgrade_failed(session: EngineSession, packet: Packet) -> None:
 
 def test_second_probe_while_upgrading_fails() -> None:
     """A second ``2probe`` during an upgrade is ``upgrade failed``."""
-    session = make_session()
+    session = offered_session()
     session.receive_probe(PROBE)
     assert_upgrade_failed(session, PROBE)
+
+
+def test_probe_without_an_offer_fails() -> None:
+    """Only a WebSocket the node let start an upgrade may probe."""
+    assert_upgrade_failed(make_session(), PROBE)
 
 
 def test_upgrade_packet_without_probe_fails() -> None:
@@ -522,7 +564,7 @@ def test_upgrade_packet_without_probe_fails() -> None:
 
 def test_second_upgrade_fails() -> None:
     """After an upgrade, another probe for the same session is ``upgrade failed`` (§WebSocket)."""
-    session = make_session()
+    session = offered_session()
     session.receive_probe(PROBE)
     session.receive_probe(UPGRADE)
     assert_upgrade_failed(session, PROBE)
@@ -555,7 +597,7 @@ def test_anything_but_probe_on_upgrading_socket_fails(packet: Packet) -> None:
 
 def test_message_during_upgrade_on_the_probe_socket_fails() -> None:
     """Between ``3probe`` and ``5`` only UPGRADE is accepted on the new WebSocket."""
-    session = make_session()
+    session = offered_session()
     session.receive_probe(PROBE)
     assert_upgrade_failed(session, Packet(PacketType.MESSAGE, "x"))
 
@@ -584,3 +626,89 @@ def test_outbox_limit_is_send_buffer_full() -> None:
     assert info.value.reason == reasons.SEND_BUFFER_FULL
     assert session.take_outbox() == ["40", "41", "42"]
     session.buffer("4again")  # draining the outbox makes room again
+
+
+# --- HTTP long-polling requests ----------------------------------------------------------------
+
+
+def test_get_waits_then_is_answered_with_what_was_written() -> None:
+    s = make_session()
+    assert s.begin_get() is None
+    assert s.get_waiting
+    s.buffer("42[1]")
+    assert s.end_get(None) == eio.HttpReply.payload("42[1]")
+    assert not s.get_waiting
+
+
+def test_get_with_a_full_outbox_is_answered_at_once() -> None:
+    s = make_session()
+    s.buffer("42[1]")
+    s.buffer("42[2]")
+    assert s.begin_get() == eio.HttpReply.payload("42[1]\x1e42[2]")
+
+
+def test_second_get_is_refused_and_closes_with_duplicate_poll() -> None:
+    s = make_session()
+    assert s.begin_get() is None
+    refusal = s.begin_get()
+    assert isinstance(refusal, eio.Refusal)
+    assert refusal.reason == reasons.DUPLICATE_POLL
+    assert refusal.reply.status == 400
+    assert json.loads(refusal.reply.body) == {"code": 3, "message": "Bad request"}
+
+
+def test_get_during_an_upgrade_gets_noop() -> None:
+    s = offered_session()
+    s.receive_probe(Packet(PacketType.PING, "probe"))
+    assert s.begin_get() == eio.HttpReply.payload("6")
+
+
+def test_closed_session_gets_its_last_words_then_close() -> None:
+    """A deliberate close keeps the outbox for the next GET (the session lingers), and CLOSE
+    comes in the GET after."""
+    s = make_session()
+    s.buffer("41")
+    s.close(reasons.SERVER_SHUTTING_DOWN, flush=True)
+    assert s.begin_get() == eio.HttpReply.payload("41", linger=True)
+    assert s.begin_get() == eio.HttpReply.payload("1")
+
+
+def test_waiting_get_of_a_session_the_client_closed_gets_noop() -> None:
+    s = make_session()
+    assert s.begin_get() is None
+    s.receive(Packet(PacketType.CLOSE), 0.0)
+    assert s.end_get(eio.NOOP) == eio.HttpReply.payload("6")
+
+
+def test_abandoned_get_ends_the_session_with_poll_aborted() -> None:
+    s = make_session()
+    assert s.begin_get() is None
+    assert s.abort_get() == reasons.POLL_ABORTED
+    assert not s.get_waiting
+
+
+def test_post_rules() -> None:
+    """One POST at a time; a declared or actual body past max_payload is 413; a body that is
+    not UTF-8 or not Engine.IO is 400 with a named reason; a good one is "ok" with its events."""
+    s = make_session(max_payload=10)
+    too_big = s.begin_post(11)
+    assert isinstance(too_big, eio.Refusal) and too_big.reason == reasons.PAYLOAD_TOO_LARGE
+    assert too_big.reply.status == 413
+    assert s.begin_post(None) is None
+    second = s.begin_post(None)
+    assert isinstance(second, eio.Refusal) and second.reason == reasons.DUPLICATE_POLL
+    assert s.end_post(b"4hello", 0.0) == (eio.POST_OK, [MessageReceived("hello")])
+    assert s.begin_post(None) is None
+    grew, _ = s.end_post(None, 0.0)
+    assert isinstance(grew, eio.Refusal) and grew.reason == reasons.PAYLOAD_TOO_LARGE
+    assert s.begin_post(None) is None
+    bad, _ = s.end_post(b"\xff\xfe", 0.0)
+    assert isinstance(bad, eio.Refusal) and bad.reason == reasons.PARSE_ERROR
+    assert s.begin_post(None) is None
+    garbage, _ = s.end_post(b"9", 0.0)
+    assert isinstance(garbage, eio.Refusal) and garbage.reply.status == 400
+    s.abort_post()
+    s.close(reasons.FORCED_CLOSE)
+    assert s.begin_post(None) is None
+    late, events = s.end_post(b"4x", 0.0)
+    assert late == eio.HttpReply.error(eio.UNKNOWN_SID) and events == []

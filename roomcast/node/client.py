@@ -34,8 +34,9 @@ from roomcast.protocol.sio_session import (
 )
 
 from .adapter import Spawn
-from .engine import Connection, RequestInfo
+from .engine import Connection
 from .namespaces import Namespaces
+from .sessions import RequestInfo
 from .sockets import AckWaiter, Namespace, Socket, resolve_ack
 from .stats import NodeStats
 

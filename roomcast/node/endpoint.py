@@ -37,19 +37,12 @@ from roomcast.protocol.frames import ws_text
 from .adapter import Spawn
 from .engine import (
     BAD_SESSION,
-    ERR_BAD_HANDSHAKE_METHOD,
-    ERR_BAD_REQUEST,
-    ERR_DRAINING,
-    ERR_TRANSPORT_UNKNOWN,
-    ERR_UNKNOWN_SID,
-    ERR_UNSUPPORTED_VERSION,
     Connection,
     EngineClient,
-    RequestInfo,
-    Sessions,
     http_error,
-    payload_response,
+    http_reply,
 )
+from .sessions import RequestInfo, Sessions
 from .websocket import AiohttpWebSocket, ClosingWebSockets, NodeWebSocket
 
 log = logging.getLogger("roomcast.node")
@@ -62,7 +55,7 @@ class EngineEndpoint:
     def __init__(
         self,
         settings: Settings,
-        sessions: Sessions,
+        sessions: Sessions[Connection],
         new_client: Callable[[Connection], EngineClient],
         spawn: Spawn,
         draining: Callable[[], bool],
@@ -96,21 +89,21 @@ class EngineEndpoint:
             return web.Response(status=204)
         query = request.query
         if query.get("EIO") != eio.PROTOCOL_VERSION:
-            return http_error(ERR_UNSUPPORTED_VERSION)
+            return http_error(eio.UNSUPPORTED_VERSION)
         transport = query.get("transport")
         if transport not in self.transports:
-            return http_error(ERR_TRANSPORT_UNKNOWN)
+            return http_error(eio.TRANSPORT_UNKNOWN)
         sid = query.get("sid")
         if sid is None and self.draining():
             # A draining node takes no new sessions; the load balancer sends them elsewhere.
-            return http_error(ERR_DRAINING, status=503)
+            return http_error(eio.DRAINING)
         if transport == "websocket":
             return await self._websocket(request, sid)
         if sid is None:
             if request.method != "GET":
-                return http_error(ERR_BAD_HANDSHAKE_METHOD)
+                return http_error(eio.BAD_HANDSHAKE_METHOD)
             opened = self._open(RequestInfo.of(request), eio.TransportKind.POLLING)
-            return payload_response(opened.session.open_packet())
+            return http_reply(eio.HttpReply.payload(opened.session.open_packet()))
         conn = self.sessions.live.get(sid)
         if conn is not None:
             conn.catch_up()  # a heartbeat deadline that passed counts, late timer or not
@@ -120,14 +113,14 @@ class EngineEndpoint:
             closed = self.sessions.lingering.pop(sid, None)
             if closed is not None and request.method == "GET":
                 return closed.last_words()
-            return http_error(ERR_UNKNOWN_SID)
+            return http_error(eio.UNKNOWN_SID)
         if conn.session.transport is not eio.TransportKind.POLLING:
-            return http_error(ERR_BAD_REQUEST)
+            return http_error(eio.BAD_REQUEST)
         if request.method == "GET":
             return await conn.poll()
         if request.method == "POST":
             return await conn.post(request)
-        return http_error(ERR_BAD_REQUEST)
+        return http_error(eio.BAD_REQUEST)
 
     def _open(self, info: RequestInfo, kind: eio.TransportKind) -> Connection:
         sessions = self.sessions
@@ -148,7 +141,7 @@ class EngineEndpoint:
             max_msg_size=self.engine_settings.max_payload, compress=False, autoping=True
         )
         if not ws.can_prepare(request).ok:
-            return http_error(ERR_BAD_REQUEST)
+            return http_error(eio.BAD_REQUEST)
         await ws.prepare(request)
         if sid is not None and (conn is None or not conn.can_upgrade()):
             # Unknown sid, or a second WebSocket for a session (§Transports, WebSocket): the

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from aiohttp import web
-from yarl import URL
 
 from roomcast.errors import ProtocolError, RemoteProtocolError
 from roomcast.protocol import engineio as eio
@@ -32,52 +31,12 @@ from roomcast.protocol import reasons
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames, ws_frame, ws_text
 
-from .stats import NodeStats
+from .sessions import RequestInfo, Sessions
 
 log = logging.getLogger("roomcast.node")
 
-# Engine.IO's HTTP error codes (engine.io's Server.errors).
-ERR_TRANSPORT_UNKNOWN = (0, "Transport unknown")
-ERR_UNKNOWN_SID = (1, "Session ID unknown")
-ERR_BAD_HANDSHAKE_METHOD = (2, "Bad handshake method")
-ERR_BAD_REQUEST = (3, "Bad request")
-ERR_UNSUPPORTED_VERSION = (5, "Unsupported protocol version")
-ERR_DRAINING = (4, "Forbidden: node draining")
-
-_TEXT_PLAIN = "text/plain; charset=UTF-8"
-
 #: The close message of a WebSocket that names a session it cannot upgrade.
 BAD_SESSION = "bad session"
-
-
-class RequestInfo:
-    """What a session keeps of the HTTP request that opened it: the fields of
-    ``socket.handshake``. The headers and the query are turned into dicts only when a handshake
-    is asked for (aiohttp's parse of them is kept as it is)."""
-
-    __slots__ = ("_headers", "address", "secure", "url")
-
-    def __init__(
-        self, headers: Mapping[str, str], url: str, address: str | None, secure: bool
-    ) -> None:
-        self._headers = headers  # as aiohttp parsed them (its read-only multidict)
-        #: The request target, path and query (``str(request.rel_url)``).
-        self.url = url
-        self.address = address
-        self.secure = secure
-
-    @classmethod
-    def of(cls, request: web.BaseRequest) -> RequestInfo:
-        """The fields of an aiohttp request."""
-        return cls(request.headers, str(request.rel_url), request.remote, request.secure)
-
-    def headers(self) -> dict[str, str]:
-        """The headers as a dict (as ``dict(request.headers)``)."""
-        return dict(self._headers)
-
-    def query(self) -> dict[str, str]:
-        """The query parameters as a dict (as ``dict(request.query)``)."""
-        return dict(URL(self.url, encoded=True).query)
 
 
 class WebSocketLink(Protocol):
@@ -121,68 +80,14 @@ class EngineClient(Protocol):
         ...
 
 
-class Sessions:
-    """The node's Engine.IO sessions: live ones by sid, closed polling ones whose last packets
-    await one more GET, and the end-of-pass flush of WebSocket frames."""
-
-    def __init__(self, stats: NodeStats, send_buffer_bytes: int) -> None:
-        self.stats = stats
-        #: A WebSocket whose write buffer grows past this is closed (``send buffer full``).
-        self.send_buffer_bytes = send_buffer_bytes
-        self.live: dict[str, Connection] = {}
-        #: Polling connections closed on purpose whose last packets await one more GET.
-        self.lingering: dict[str, Connection] = {}
-        self._linger_timers: dict[str, asyncio.TimerHandle] = {}
-        self._dirty: list[Connection] = []  # connections with WebSocket frames to write
-        self._flush_handle: asyncio.Handle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The event loop the sessions run on."""
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        return self._loop
-
-    def linger(self, conn: Connection) -> None:
-        """Keep a closed polling connection's last packets for its next GET, for at most one
-        ping timeout (engine.io keeps them as long)."""
-        seconds = conn.session.settings.ping_timeout_ms / 1000
-        sid = conn.sid
-        old = self._linger_timers.pop(sid, None)
-        if old is not None:
-            old.cancel()
-        self.lingering[sid] = conn
-        self._linger_timers[sid] = self.loop.call_later(seconds, self._forget_lingering, sid)
-
-    def _forget_lingering(self, sid: str) -> None:
-        self.lingering.pop(sid, None)
-        self._linger_timers.pop(sid, None)
-
-    def schedule_flush(self, conn: Connection) -> None:
-        """Have ``conn``'s queued frames written at the end of this loop pass."""
-        self._dirty.append(conn)
-        if self._flush_handle is None:
-            self._flush_handle = self.loop.call_soon(self._flush_all)
-
-    def _flush_all(self) -> None:
-        self._flush_handle = None
-        dirty, self._dirty = self._dirty, []
-        for conn in dirty:
-            conn.flush()
-
-
 class Connection:
     """One client connection: an Engine.IO session and the Socket.IO sockets multiplexed on it."""
 
     __slots__ = (
-        "_close_notify",
         "_out",
         "_poll_waiter",
-        "_posting",
         "_timer",
-        "_upgrade_timer",
-        "_upgrader",
+        "_upgrade",
         "_ws",
         "_ws_transport",
         "client",
@@ -193,7 +98,7 @@ class Connection:
 
     def __init__(
         self,
-        sessions: Sessions,
+        sessions: Sessions[Connection],
         session: eio.EngineSession,
         info: RequestInfo,
         new_client: Callable[[Connection], EngineClient],
@@ -205,11 +110,8 @@ class Connection:
         self._ws: WebSocketLink | None = None
         self._ws_transport: asyncio.Transport | None = None
         self._out: list[bytes] | None = None  # WebSocket frames to write at the end of the pass
-        self._close_notify: eio.Packet | None = None  # what a GET answers once closed
-        self._upgrader: WebSocketLink | None = None  # the one WebSocket upgrading us
-        self._upgrade_timer: asyncio.TimerHandle | None = None
+        self._upgrade: Upgrade | None = None  # the one WebSocket upgrading us
         self._poll_waiter: asyncio.Future[eio.Packet | None] | None = None
-        self._posting = False
         self._timer: asyncio.TimerHandle | None = None
         #: Where the session's messages go (the Socket.IO layer).
         self.client = new_client(self)
@@ -381,36 +283,22 @@ class Connection:
             log.info("closing session %s: %s (%s)", self.sid, reason, detail)
         else:
             log.debug("closing session %s: %s", self.sid, reason)
-        event = self.session.close(reason, flush=flush)
-        if flush and self._ws_transport is None and self._poll_waiter is None:
-            # No GET is waiting: keep the last words for the next one (engine.io does the
-            # same), for at most one ping timeout.
-            self.sessions.linger(self)
-        self._finish_close(event, code)
+        self._finish_close(self.session.close(reason, flush=flush), code)
 
     def _finish_close(self, event: eio.SessionClosed, code: int | None = None) -> None:
         sessions = self.sessions
         sessions.stats.closed_by_reason[event.reason] += 1
         sessions.live.pop(self.sid, None)
-        for handle in (self._timer, self._upgrade_timer):
-            if handle is not None:
-                handle.cancel()
-        self._timer = self._upgrade_timer = None
-        self._close_notify = event.notify_poll
-        if (
-            event.notify_poll is eio.NOOP
-            and self._ws_transport is None
-            and self._poll_waiter is None
-            and self._upgrader is None
-        ):
-            # The client closed (a POSTed CLOSE) while no GET was pending: a GET it had
-            # already sent may still arrive; it gets NOOP, as it would have if first.
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if event.linger:
             sessions.linger(self)
         self._wake_poll(event.notify_poll)
-        upgrader = self._upgrader
-        if upgrader is not None:
-            self._upgrader = None
-            upgrader.close(event.reason)
+        upgrade = self._upgrade
+        if upgrade is not None:
+            self._upgrade = None
+            upgrade.end(event.reason)
         ws = self._ws
         if ws is not None:
             if event.reason == reasons.SEND_BUFFER_FULL:
@@ -428,81 +316,54 @@ class Connection:
     # -- transports ---------------------------------------------------------------------------
 
     async def poll(self) -> web.Response:
-        """Serve one polling GET: answer with the outbox, or wait for something to send."""
-        session = self.session
-        if self._poll_waiter is not None:
-            self.close(reasons.DUPLICATE_POLL)
-            return http_error(ERR_BAD_REQUEST)
-        if not session.has_outbox():
-            if session.upgrading:
-                return payload_response(eio.encode_text(eio.NOOP))
+        """Serve one polling GET (the rules are :meth:`EngineSession.begin_get`'s)."""
+        answer = self.session.begin_get()
+        if answer is None:
             waiter: asyncio.Future[eio.Packet | None] = self.sessions.loop.create_future()
             self._poll_waiter = waiter
             try:
-                notify = await waiter
+                woken_by = await waiter
             except asyncio.CancelledError:
-                # The client went away with the GET pending (§HTTP long-polling: the session
-                # cannot know what was delivered, so it ends).
-                self.close(reasons.POLL_ABORTED)
+                self.close(self.session.abort_get())
                 raise
             finally:
                 self._poll_waiter = None
-            if session.closed:
-                # Woken by a write, then closed in the same pass: the close still counts.
-                notify = self._close_notify
-            if notify is not None:
-                if notify.type is eio.PacketType.CLOSE:
-                    return self.last_words()
-                out = session.take_outbox()
-                return payload_response(eio.encode_payload(out or [eio.encode_text(notify)]))
-        return payload_response(eio.encode_payload(session.take_outbox()))
+            answer = self.session.end_get(woken_by)
+        return self._answer(answer)
 
     def last_words(self) -> web.Response:
-        """Answer a GET of a closed session: what a deliberate close left queued, and CLOSE in
-        the GET after it, as engine.io does (socket.io-client handles packets a tick late,
-        so a CLOSE in the same payload would overtake the DISCONNECTs before it)."""
-        out = self.session.take_outbox()
-        if out:
-            self.sessions.linger(self)
-            return payload_response(eio.encode_payload(out))
-        return payload_response(eio.encode_text(self._close_notify or eio.CLOSE))
+        """Answer a GET of this closed session (see :meth:`EngineSession.last_words`)."""
+        return self._answer(self.session.last_words())
 
     async def post(self, request: web.Request) -> web.Response:
-        """Serve one polling POST: decode the payload and feed every packet."""
-        if self._posting:
-            self.close(reasons.DUPLICATE_POLL, "concurrent POST")
-            return http_error(ERR_BAD_REQUEST)
-        limit = self.session.settings.max_payload
-        if request.content_length is not None and request.content_length > limit:
-            self.close(reasons.PAYLOAD_TOO_LARGE)
-            return web.Response(status=413, text="payload too large")
-        self._posting = True
+        """Serve one polling POST (the rules are :meth:`EngineSession.begin_post`'s)."""
+        refused = self.session.begin_post(request.content_length)
+        if refused is not None:
+            return self._answer(refused)
         try:
-            body = await _read_limited(request, limit)
-        finally:
-            self._posting = False
-        if body is None:
-            self.close(reasons.PAYLOAD_TOO_LARGE)
-            return web.Response(status=413, text="payload too large")
-        if self.session.closed:
-            return http_error(ERR_UNKNOWN_SID)
-        try:
-            text = body.decode("utf-8")
-            events = self.session.receive_payload(text, self.sessions.loop.time())
-        except (RemoteProtocolError, UnicodeDecodeError) as exc:
-            reason = exc.reason if isinstance(exc, RemoteProtocolError) else reasons.PARSE_ERROR
-            self.close(reason, getattr(exc, "detail", "invalid UTF-8"))
-            return http_error(ERR_BAD_REQUEST)
-        self.start_timer()
-        self.handle(events)
-        return web.Response(text="ok", content_type="text/html")
+            body = await _read_limited(request, self.session.settings.max_payload)
+        except BaseException:
+            self.session.abort_post()
+            raise
+        answer, events = self.session.end_post(body, self.sessions.loop.time())
+        if answer is eio.POST_OK:
+            self.start_timer()  # a PONG in the body moved the heartbeat deadline
+            self.handle(events)
+        return self._answer(answer)
+
+    def _answer(self, answer: eio.HttpReply | eio.Refusal) -> web.Response:
+        if isinstance(answer, eio.Refusal):
+            self.close(answer.reason, answer.detail)
+            answer = answer.reply
+        elif answer.linger:
+            self.sessions.linger(self)
+        return http_reply(answer)
 
     # -- WebSocket (the links of roomcast.node.websocket call these) ---------------------------
 
     def can_upgrade(self) -> bool:
-        """Whether a WebSocket presenting this session's sid may start an upgrade (a second
-        one, while another is upgrading, may not)."""
-        return self._upgrader is None and self.session.can_upgrade()
+        """Whether a WebSocket presenting this session's sid may start an upgrade."""
+        return self.session.can_upgrade()
 
     def attach_websocket(self, link: WebSocketLink) -> None:
         """``link`` carries this session from its start (a WebSocket handshake)."""
@@ -515,26 +376,21 @@ class Connection:
         it has ``engineio.upgrade_timeout_ms`` from now to send its probe and the UPGRADE
         packet. The link reads nothing before this."""
         assert transport is link.transport
-        if not self.can_upgrade():
+        if not self.session.offer_upgrade():
             # The session closed, or another WebSocket started upgrading it, since this one's
             # handshake was answered: refused like an unknown sid (§Transports, WebSocket).
             link.close(BAD_SESSION)
             return
-        self._upgrader = link
-        self._upgrade_timer = self.sessions.loop.call_later(
-            self.session.settings.upgrade_timeout_ms / 1000,
-            self._upgrade_failed,
-            link,
-            "upgrade timeout",
-        )
+        self._upgrade = Upgrade(self, link)
         link.bind(self)
 
     def ws_message(self, link: WebSocketLink, data: str | bytes) -> None:
         """A message arrived on ``link``: the session's WebSocket or the one upgrading it.
         Messages of a link the session no longer uses (it closed) are ignored."""
         if link is not self._ws:
-            if link is self._upgrader:
-                self._probe(link, data)
+            upgrade = self._upgrade
+            if upgrade is not None and link is upgrade.link:
+                upgrade.probe(data)
             return
         if isinstance(data, str):
             if data[:1] == "4" and self.session.state is eio.EngineState.OPEN:
@@ -559,47 +415,75 @@ class Connection:
         The session ends with it; an upgrading link only fails its upgrade."""
         if link is self._ws:
             self.close(reason, code=code)
-        elif link is self._upgrader:
-            self._upgrade_failed(link, reason, code)
+        elif self._upgrade is not None and link is self._upgrade.link:
+            self._upgrade.fail(reason, code)
 
-    def _probe(self, link: WebSocketLink, data: str | bytes) -> None:
-        """A message on the upgrading link: ``2probe``, then ``5`` (§Upgrade)."""
-        session = self.session
-        try:
-            if not isinstance(data, str):
-                raise RemoteProtocolError(reasons.UPGRADE_FAILED, "probe not text")
-            events = session.receive_probe(eio.decode_text(data))
-        except ProtocolError as exc:
-            self._upgrade_failed(link, exc.detail or exc.reason)
-            return
-        if not any(isinstance(e, eio.UpgradeCompleted) for e in events):
-            # "2probe" answered with "3probe"; the pending GET gets a NOOP.
-            link.transport.write(ws_text("3probe"))
-            self._wake_poll(eio.NOOP)
-            return
-        self._upgrader = None
-        if self._upgrade_timer is not None:
-            self._upgrade_timer.cancel()
-            self._upgrade_timer = None
-        self._ws = link
+    def upgraded(self, upgrade: Upgrade) -> None:
+        """``upgrade`` completed: its WebSocket carries the session from now on, starting with
+        what the polling outbox still held."""
+        self._upgrade = None
+        self._ws = link = upgrade.link
         self._ws_transport = transport = link.transport
-        outbox = session.take_outbox()
+        outbox = self.session.take_outbox()
         if outbox:
             transport.write(b"".join(_poll_text_to_ws(t) for t in outbox))
         self._wake_poll(eio.NOOP)
 
-    def _upgrade_failed(self, link: WebSocketLink, detail: str, code: int | None = None) -> None:
-        """The upgrade on ``link`` failed: the session stays on polling, the link is closed."""
-        if link is not self._upgrader:
+    def upgrade_failed(self, upgrade: Upgrade) -> None:
+        """``upgrade`` failed: the session stays on polling."""
+        if self._upgrade is upgrade:
+            self._upgrade = None
+            if not self.session.closed:
+                self.session.abort_upgrade()
+
+
+class Upgrade:
+    """One WebSocket's attempt to take a polling session over (§Upgrade): ``2probe`` is
+    answered ``3probe`` (and the pending GET NOOP), then ``5`` completes it; anything else, the
+    link's end, or ``engineio.upgrade_timeout_ms`` fails it, and the session stays on polling."""
+
+    __slots__ = ("_timer", "conn", "link")
+
+    def __init__(self, conn: Connection, link: WebSocketLink) -> None:
+        self.conn = conn
+        self.link = link
+        seconds = conn.session.settings.upgrade_timeout_ms / 1000
+        self._timer: asyncio.TimerHandle | None = conn.sessions.loop.call_later(
+            seconds, self.fail, "upgrade timeout"
+        )
+
+    def probe(self, data: str | bytes) -> None:
+        """A message on the upgrading link."""
+        try:
+            if not isinstance(data, str):
+                raise RemoteProtocolError(reasons.UPGRADE_FAILED, "probe not text")
+            events = self.conn.session.receive_probe(eio.decode_text(data))
+        except ProtocolError as exc:
+            self.fail(exc.detail or exc.reason)
             return
-        self._upgrader = None
-        if self._upgrade_timer is not None:
-            self._upgrade_timer.cancel()
-            self._upgrade_timer = None
-        if not self.session.closed:
-            self.session.abort_upgrade()
-        log.debug("upgrade of %s failed: %s", self.sid, detail)
-        link.close(reasons.UPGRADE_FAILED, code)
+        if not any(isinstance(e, eio.UpgradeCompleted) for e in events):
+            self.link.transport.write(ws_text("3probe"))
+            self.conn._wake_poll(eio.NOOP)
+            return
+        self._stop_timer()
+        self.conn.upgraded(self)
+
+    def fail(self, detail: str, code: int | None = None) -> None:
+        """The upgrade failed: the link is closed, the session stays on polling."""
+        self._stop_timer()
+        log.debug("upgrade of %s failed: %s", self.conn.sid, detail)
+        self.conn.upgrade_failed(self)
+        self.link.close(reasons.UPGRADE_FAILED, code)
+
+    def end(self, reason: str) -> None:
+        """The session closed during the upgrade: the link goes with it."""
+        self._stop_timer()
+        self.link.close(reason)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def _poll_text_to_ws(text: str) -> bytes:
@@ -621,12 +505,13 @@ async def _read_limited(request: web.Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def payload_response(text: str) -> web.Response:
-    """A polling answer: Engine.IO packets as UTF-8 text."""
-    return web.Response(text=text, content_type="text/plain", charset="UTF-8")
+def http_reply(reply: eio.HttpReply) -> web.Response:
+    """An Engine.IO HTTP answer as an aiohttp response."""
+    return web.Response(
+        status=reply.status, text=reply.body, content_type=reply.content_type, charset="UTF-8"
+    )
 
 
-def http_error(err: tuple[int, str], status: int = 400) -> web.Response:
+def http_error(err: eio.HttpError) -> web.Response:
     """An Engine.IO error answer: ``{"code": ..., "message": ...}`` (engine.io's Server.errors)."""
-    code, message = err
-    return web.json_response({"code": code, "message": message}, status=status)
+    return http_reply(eio.HttpReply.error(err))

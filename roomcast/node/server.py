@@ -41,11 +41,12 @@ from .broadcast import BroadcastOperator
 from .client import Client, ClientServices
 from .cluster import ClusterAdapter
 from .endpoint import EngineEndpoint, Listener
-from .engine import Connection, EngineClient, Sessions
+from .engine import Connection, EngineClient
 from .health import Health
 from .http import build_app
 from .local import LocalAdapter
 from .namespaces import Namespaces
+from .sessions import Sessions
 from .sockets import Namespace, NamespaceMatcher, NamespaceServices
 from .stats import NodeStats
 
@@ -61,7 +62,7 @@ class Server:
         self.stats = NodeStats()
         limits = self.settings.limits
         #: The node's Engine.IO sessions.
-        self.sessions = Sessions(self.stats, limits.send_buffer_bytes)
+        self.sessions: Sessions[Connection] = Sessions(self.stats, limits.send_buffer_bytes)
         self._tasks: set[asyncio.Task[Any]] = set()
         #: True once :meth:`drain` started: new sessions are refused.
         self.draining = False

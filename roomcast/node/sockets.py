@@ -34,8 +34,8 @@ from roomcast.protocol.frames import Frames
 
 from .adapter import Adapter, Collector, Handshake, SocketInfo, Spawn
 from .broadcast import BroadcastOperator
-from .engine import RequestInfo
 from .rooms import RoomRegistry
+from .sessions import RequestInfo
 from .stats import NodeStats
 
 log = logging.getLogger("roomcast.node")

@@ -111,6 +111,70 @@ def decode_payload(body: str, *, max_packets: int) -> list[Packet]:
     return [decode_text(part) for part in body.split(RECORD_SEPARATOR)]
 
 
+# --- HTTP answers (§Transports, HTTP long-polling) ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HttpError:
+    """One of engine.io's HTTP error answers (its ``Server.errors``)."""
+
+    code: int
+    message: str
+    status: int = 400
+
+
+TRANSPORT_UNKNOWN: Final = HttpError(0, "Transport unknown")
+UNKNOWN_SID: Final = HttpError(1, "Session ID unknown")
+BAD_HANDSHAKE_METHOD: Final = HttpError(2, "Bad handshake method")
+BAD_REQUEST: Final = HttpError(3, "Bad request")
+DRAINING: Final = HttpError(4, "Forbidden: node draining", 503)
+UNSUPPORTED_VERSION: Final = HttpError(5, "Unsupported protocol version")
+
+TEXT_PLAIN: Final = "text/plain"
+APPLICATION_JSON: Final = "application/json"
+TEXT_HTML: Final = "text/html"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    """What an HTTP request of the Engine.IO path is answered with.
+
+    ``linger``: the session is closed, and keeps what it still has to say (or its CLOSE) for
+    one more GET.
+    """
+
+    status: int
+    body: str
+    content_type: str = TEXT_PLAIN
+    linger: bool = False
+
+    @classmethod
+    def payload(cls, text: str, *, linger: bool = False) -> HttpReply:
+        """A polling answer: packets as UTF-8 text."""
+        return cls(200, text, TEXT_PLAIN, linger)
+
+    @classmethod
+    def error(cls, err: HttpError) -> HttpReply:
+        """``{"code": ..., "message": ...}`` with the error's status."""
+        body = json.dumps({"code": err.code, "message": err.message})
+        return cls(err.status, body, APPLICATION_JSON)
+
+
+#: What a POST the session accepted is answered with (engine.io's "ok").
+POST_OK: Final = HttpReply(200, "ok", TEXT_HTML)
+#: What a POST over ``max_payload`` is answered with.
+TOO_LARGE: Final = HttpReply(413, "payload too large")
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The request breaks a rule: the session closes with ``reason``; ``reply`` answers it."""
+
+    reason: str
+    reply: HttpReply
+    detail: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     """The Engine.IO parameters one server hands to each session (§Handshake)."""
@@ -162,11 +226,16 @@ class SessionClosed:
     """The session ended; ``reason`` is one of :mod:`roomcast.protocol.reasons`.
 
     ``notify_poll`` is what a pending polling GET must be answered with (CLOSE when the server
-    ends the session, NOOP when the client asked to close, §Close).
+    ends the session, NOOP when the client asked to close, §Close); engine.io keeps the last
+    words of a polling session for one more GET, for at most one ping timeout (``linger``).
     """
 
     reason: str
     notify_poll: Packet | None = None
+    #: Keep the closed session for one more GET: a deliberate close left packets for it, or
+    #: the client POSTed CLOSE while no GET was pending (one it had sent may still arrive,
+    #: and gets NOOP as it would have had it come first).
+    linger: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +258,13 @@ class EngineSession:
 
     __slots__ = (
         "_awaiting_pong",
+        "_getting",
         "_next_deadline",
+        "_notify",
+        "_offered",
         "_outbox",
         "_outbox_size",
+        "_posting",
         "close_reason",
         "settings",
         "sid",
@@ -211,6 +284,10 @@ class EngineSession:
         self._outbox_size = 0
         self._awaiting_pong = False
         self._next_deadline = now + settings.ping_interval_ms / 1000
+        self._getting = False  # a polling GET is held open
+        self._posting = False  # a polling POST is being read
+        self._notify: Packet | None = None  # what a GET gets once the session is closed
+        self._offered = False  # a WebSocket offered to take this polling session over
 
     # -- handshake ----------------------------------------------------------------------------
 
@@ -263,29 +340,40 @@ class EngineSession:
     # -- upgrade (§Upgrade) -------------------------------------------------------------------
 
     def can_upgrade(self) -> bool:
-        """Whether a WebSocket presenting this sid may start an upgrade."""
+        """Whether a WebSocket presenting this sid may start an upgrade (not while another
+        one is upgrading it)."""
         return (
             self.state is EngineState.OPEN
             and self.transport is TransportKind.POLLING
             and self.settings.allow_upgrades
+            and not self._offered
         )
+
+    def offer_upgrade(self) -> bool:
+        """A WebSocket offers to take the session over; returns whether it may try."""
+        if not self.can_upgrade():
+            return False
+        self._offered = True
+        return True
 
     def receive_probe(self, packet: Packet) -> list[EngineEvent]:
         """Feed a packet that arrived on the WebSocket that is upgrading this session."""
         self._require_live()
         if packet.type is PacketType.PING and packet.data == "probe":
-            if not self.can_upgrade():  # the same rule the node checks before accepting a WS
+            if not self._offered or self.state is not EngineState.OPEN:
                 raise RemoteProtocolError(reasons.UPGRADE_FAILED, "probe in wrong state")
             self.state = EngineState.UPGRADING
             return [SendPacket(Packet(PacketType.PONG, "probe"))]
         if packet.type is PacketType.UPGRADE and self.state is EngineState.UPGRADING:
             self.state = EngineState.OPEN
             self.transport = TransportKind.WEBSOCKET
+            self._offered = False
             return [UpgradeCompleted()]
         raise RemoteProtocolError(reasons.UPGRADE_FAILED, f"{packet.type.name} during upgrade")
 
     def abort_upgrade(self) -> None:
         """The upgrading WebSocket went away before ``5``: stay on polling."""
+        self._offered = False
         if self.state is EngineState.UPGRADING:
             self.state = EngineState.OPEN
 
@@ -320,6 +408,91 @@ class EngineSession:
         out, self._outbox = self._outbox, []
         self._outbox_size = 0
         return out
+
+    # -- HTTP long-polling requests -----------------------------------------------------------
+    #
+    # One GET and one POST at a time: a second of either closes the session (``duplicate
+    # poll``). A GET is answered at once with the outbox, or with NOOP while a WebSocket is
+    # upgrading the session; otherwise it waits for something to send. Once the session is
+    # closed, a GET gets what a deliberate close left queued, then CLOSE in the GET after
+    # (engine.io does the same: socket.io-client handles packets a tick late, so a CLOSE in the
+    # same payload would overtake the DISCONNECTs before it).
+
+    def begin_get(self) -> HttpReply | Refusal | None:
+        """A polling GET arrived: its answer now, a refusal, or None (it waits; answer it with
+        :meth:`end_get` when woken)."""
+        if self._getting:
+            return Refusal(reasons.DUPLICATE_POLL, HttpReply.error(BAD_REQUEST))
+        if self.state is EngineState.CLOSED:
+            return self.last_words()
+        if self._outbox:
+            return HttpReply.payload(encode_payload(self.take_outbox()))
+        if self.state is EngineState.UPGRADING:
+            return HttpReply.payload(encode_text(NOOP))
+        self._getting = True
+        return None
+
+    def end_get(self, woken_by: Packet | None) -> HttpReply:
+        """Answer the waiting GET, woken by a write (None) or with a packet to send (NOOP for
+        an upgrade, CLOSE or NOOP when the session closed)."""
+        self._getting = False
+        notify = self._notify if self.state is EngineState.CLOSED else woken_by
+        if notify is not None:
+            if notify.type is PacketType.CLOSE:
+                return self.last_words()
+            out = self.take_outbox()
+            return HttpReply.payload(encode_payload(out or [encode_text(notify)]))
+        return HttpReply.payload(encode_payload(self.take_outbox()))
+
+    def abort_get(self) -> str:
+        """The client went away with its GET pending: the session cannot know what was
+        delivered, so it ends; returns the reason."""
+        self._getting = False
+        return reasons.POLL_ABORTED
+
+    @property
+    def get_waiting(self) -> bool:
+        """Whether a GET is held open."""
+        return self._getting
+
+    def last_words(self) -> HttpReply:
+        """A GET of a closed session: what a deliberate close left queued (the session lingers
+        for the GET after), else its CLOSE (or NOOP when the client closed)."""
+        out = self.take_outbox()
+        if out:
+            return HttpReply.payload(encode_payload(out), linger=True)
+        return HttpReply.payload(encode_text(self._notify or CLOSE))
+
+    def begin_post(self, content_length: int | None) -> Refusal | None:
+        """A polling POST arrived: a refusal, or None (read its body, then :meth:`end_post`)."""
+        if self._posting:
+            return Refusal(reasons.DUPLICATE_POLL, HttpReply.error(BAD_REQUEST), "concurrent POST")
+        if content_length is not None and content_length > self.settings.max_payload:
+            return Refusal(reasons.PAYLOAD_TOO_LARGE, TOO_LARGE)
+        self._posting = True
+        return None
+
+    def abort_post(self) -> None:
+        """The POST's body never came whole (the client went away)."""
+        self._posting = False
+
+    def end_post(
+        self, body: bytes | None, now: float
+    ) -> tuple[HttpReply | Refusal, list[EngineEvent]]:
+        """The POST's body (None: it grew past ``max_payload``): its answer, and the events its
+        packets make."""
+        self._posting = False
+        if body is None:
+            return Refusal(reasons.PAYLOAD_TOO_LARGE, TOO_LARGE), []
+        if self.state is EngineState.CLOSED:
+            return HttpReply.error(UNKNOWN_SID), []
+        try:
+            events = self.receive_payload(body.decode("utf-8"), now)
+        except RemoteProtocolError as exc:
+            return Refusal(exc.reason, HttpReply.error(BAD_REQUEST), exc.detail), []
+        except UnicodeDecodeError:
+            return Refusal(reasons.PARSE_ERROR, HttpReply.error(BAD_REQUEST), "invalid UTF-8"), []
+        return POST_OK, events
 
     # -- time ---------------------------------------------------------------------------------
 
@@ -356,12 +529,16 @@ class EngineSession:
         return self.state is EngineState.CLOSED
 
     def _close(self, reason: str, notify: Packet, keep_outbox: bool = False) -> SessionClosed:
+        idle_poll = self.transport is TransportKind.POLLING and not self._getting
+        client_closed = notify is NOOP and not self._offered
+        linger = idle_poll and (keep_outbox or client_closed)
         self.state = EngineState.CLOSED
         self.close_reason = reason
+        self._notify = notify
         if not keep_outbox:
             self._outbox.clear()
             self._outbox_size = 0
-        return SessionClosed(reason, notify)
+        return SessionClosed(reason, notify, linger)
 
     def _require_live(self) -> None:
         if self.state is EngineState.CLOSED:
