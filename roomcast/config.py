@@ -133,6 +133,13 @@ class ClusterSettings:
     move_idle_ms: int = 250  #: a topic moves to a returning router only after this long idle
     hwm: int = 100_000  #: ZeroMQ high-water marks of the node's PUB and SUB sockets
     dedup_window: int = 65_536  #: message ids remembered to drop copies from several topics
+    seq_topics: int = 65_536  #: topics a publisher numbers at once (the idlest restarts at 1)
+    owner_topics: int = 65_536  #: topics whose router a publisher remembers
+    origins_per_topic: int = 1_024  #: senders per topic whose order a receiver tracks
+    leave_linger_ms: int = 500  #: how long a stopping node may take to get its LEAVE out
+    max_buffered_deltas: int = 1_024  #: deltas kept per node while its snapshot is awaited
+    snapshot_retry_ms: int = 1_000  #: an unanswered snapshot request is repeated after this
+    forget_after_downs: int = 10  #: a node down this many down_after periods is forgotten
 
 
 @dataclass(frozen=True)

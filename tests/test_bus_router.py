@@ -92,6 +92,7 @@ async def make_bus(router: Router) -> AsyncIterator[BusFactory]:
         routers: list[tuple[str, str, str]] | None = None,
         origin: str | None = None,
         usable: list[str] | None = None,
+        **options: Any,
     ) -> tuple[Bus, Inbox]:
         n = next(counter)
         inbox = Inbox()
@@ -101,6 +102,7 @@ async def make_bus(router: Router) -> AsyncIterator[BusFactory]:
             n,
             routers or [("router", router.xsub_endpoint, router.xpub_endpoint)],
             inbox,
+            **options,
         )
         await bus.__aenter__()
         buses.append(bus)
@@ -566,3 +568,21 @@ async def test_a_router_that_goes_away_loses_its_topics_at_once(make_bus: BusFac
         a.publish(topic, room(2))
         await inbox.wait_for(is_msg(topic, 2))
         assert b.stats.gaps == 0 and b.stats.late == 0
+
+
+async def test_senders_remembered_per_topic_are_bounded(make_bus: BusFactory) -> None:
+    """Every emitter run and node restart is a new sender on a topic; a receiver tracks the
+    order of at most ``origins_per_topic`` of them (the one first seen longest ago goes), and a
+    forgotten sender that speaks again starts a fresh sequence: nothing is lost or refused."""
+    receiver, inbox = await make_bus(origins_per_topic=3)
+    topic = fresh_topic()
+    await receiver.subscribe(topic, TIMEOUT)
+    senders = [(await make_bus())[0] for _ in range(6)]
+    for i, sender in enumerate(senders):
+        sender.publish(topic, room(i))
+        await inbox.wait_for(is_msg(topic, i))
+    assert len(receiver._last_seen[topic]) == 3
+    senders[0].publish(topic, room(100))  # forgotten: its seq 2 is taken as a fresh start
+    await inbox.wait_for(is_msg(topic, 100))
+    assert receiver.stats.gaps == 0 and receiver.stats.late == 0
+    assert len(receiver._last_seen[topic]) == 3

@@ -78,9 +78,7 @@ _ASK_FIRST = 4  # messages read per pass after checking ZMQ_EVENTS, before relyi
 _EVENTS = int(zmq.EVENTS)  # plain ints: pyzmq's enums cost a lookup per call
 _POLLIN = int(zmq.POLLIN)
 _PROBE: int = wire.Kind.PROBE
-_MAX_SEQ_TOPICS = 65_536  # per-topic sequence counters kept by a publisher
 _BATCH_BYTES = 256 * 1024  # a batch this large is sent at once, not at the end of the pass
-_MAX_OWNERS = 65_536  # topics whose router is remembered
 
 
 @dataclass
@@ -128,6 +126,9 @@ class Bus:
         link_timeout_ms: int = 0,
         move_idle_ms: int = 250,
         on_links: Callable[[], None] | None = None,
+        seq_topics: int = 65_536,
+        owner_topics: int = 65_536,
+        origins_per_topic: int = 1_024,
     ) -> None:
         self.origin = origin
         self.incarnation = incarnation
@@ -136,6 +137,11 @@ class Bus:
         self.on_message = on_message
         self.stats = BusStats()
         self._hwm = hwm
+        # Memory bounds: topics numbered at once, topics whose owner is remembered, and
+        # senders per topic whose order is tracked (each table drops its oldest past these).
+        self._max_seq_topics = seq_topics
+        self._max_owners = owner_topics
+        self._max_origins = origins_per_topic
         # How long closing may wait to hand queued envelopes to the router: 0 drops them; an
         # emitter (or a node's LEAVE) wants a short bound instead, so its last words go out.
         self._linger_ms = linger_ms
@@ -393,7 +399,7 @@ class Bus:
             )
             link = self._links[best]
         owners = self._owners
-        if entry is None and len(owners) >= _MAX_OWNERS:
+        if entry is None and len(owners) >= self._max_owners:
             # Forget the topics idle long enough to move anyway; if none is, start over.
             idle = [t for t, e in owners.items() if now - e.last >= self._move_idle]
             for t in idle or list(owners):
@@ -423,7 +429,7 @@ class Bus:
             message = topic + self._encoder.encode(seq, body)
             seqs.pop(topic, None)
             seqs[topic] = seq  # most recently used last
-            if len(seqs) > _MAX_SEQ_TOPICS:
+            if len(seqs) > self._max_seq_topics:
                 # Forget the idlest topic: should it be used again, its numbering restarts at
                 # 1, which receivers take as a fresh sequence (not a gap, not a late message).
                 del seqs[next(iter(seqs))]
@@ -709,6 +715,10 @@ class Bus:
             seen = self._last_seen[topic] = {}
         key = (origin, incarnation)
         last = seen.get(key)
+        if last is None and len(seen) >= self._max_origins:
+            # Every emitter run and node restart is a new sender: forget the one first seen
+            # longest ago (should it speak again, its next message starts a fresh sequence).
+            del seen[next(iter(seen))]
         if last is not None and seq != 1:
             if seq <= last:
                 # Older than one already delivered: it took a slower path (a router that was

@@ -106,10 +106,22 @@ class _View:
 class Replica:
     """Everyone else's facts, as this node knows them."""
 
-    def __init__(self, self_id: str, suspect_after: float, down_after: float) -> None:
+    def __init__(
+        self,
+        self_id: str,
+        suspect_after: float,
+        down_after: float,
+        *,
+        max_buffered_deltas: int = MAX_BUFFERED_DELTAS,
+        snapshot_retry: float = SNAPSHOT_RETRY,
+        forget_after_downs: int = FORGET_AFTER_DOWNS,
+    ) -> None:
         self.self_id = self_id
         self.suspect_after = suspect_after
         self.down_after = down_after
+        self.max_buffered_deltas = max_buffered_deltas
+        self.snapshot_retry = snapshot_retry
+        self.forget_after_downs = forget_after_downs
         self._views: dict[NodeId, _View] = {}
         #: (namespace, room) -> {node: count}, for alive nodes only.
         self._room_index: dict[RoomKey, dict[NodeId, int]] = {}
@@ -173,7 +185,7 @@ class Replica:
     def _on_delta(self, view: _View, delta: wire.Delta, now: float, actions: list[Action]) -> None:
         view.connections = delta.connections
         if not view.synced:
-            if len(view.buffered) < MAX_BUFFERED_DELTAS:
+            if len(view.buffered) < self.max_buffered_deltas:
                 view.buffered[delta.facts_seq] = delta
             self._ask_snapshot(view, now, actions)
             return
@@ -211,7 +223,7 @@ class Replica:
         view.buffered = {s: d for s, d in view.buffered.items() if s > view.facts_seq}
 
     def _ask_snapshot(self, view: _View, now: float, actions: list[Action]) -> None:
-        if view.snapshot_asked is not None and now - view.snapshot_asked < SNAPSHOT_RETRY:
+        if view.snapshot_asked is not None and now - view.snapshot_asked < self.snapshot_retry:
             return
         view.snapshot_asked = now
         actions.append(RequestSnapshot(view.node, view.tag))
@@ -221,7 +233,7 @@ class Replica:
     def tick(self, now: float) -> list[Action]:
         """Advance suspicion timers; returns NodeDown events and snapshot retries."""
         actions: list[Action] = []
-        forget_after = self.down_after * FORGET_AFTER_DOWNS
+        forget_after = self.down_after * self.forget_after_downs
         for view in list(self._views.values()):
             if view.status is NodeStatus.DOWN:
                 if now - view.last_seen >= forget_after:

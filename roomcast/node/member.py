@@ -81,11 +81,14 @@ class ClusterMember:
             self._on_message,
             hwm=self.cs.hwm,
             probe_retry=self.cs.probe_retry_ms / 1000,
-            linger_ms=500,  # the LEAVE announcement must get out
+            linger_ms=self.cs.leave_linger_ms,  # the LEAVE announcement must get out
             heartbeat_ms=self.cs.link_heartbeat_ms,
             link_timeout_ms=self.cs.link_timeout_ms,
             move_idle_ms=self.cs.move_idle_ms,
             on_links=self._links_changed,
+            seq_topics=self.cs.seq_topics,
+            owner_topics=self.cs.owner_topics,
+            origins_per_topic=self.cs.origins_per_topic,
         )
         self.discovery: Discovery = make_discovery(settings)
         self.consul = settings.discovery.backend == "consul"
