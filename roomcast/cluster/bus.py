@@ -207,8 +207,11 @@ class Bus:
             self._sub_fd = None
         for future in self._probes.values():
             future.cancel()
-        for task in self._live.values():
+        first_probes = list(self._live.values())
+        for task in first_probes:
             task.cancel()
+        # Awaited, so none is left pending (or logs "Task was destroyed") once we return.
+        await asyncio.gather(*first_probes, return_exceptions=True)
         if self._sub is not None:
             self._unwatch(self._sub, self._sub_monitor)
             self._sub.close(linger=0)

@@ -126,17 +126,23 @@ class Router:
             target=self._forward, args=(xsub, xpub), name="roomcast-router", daemon=True
         )
         self._thread.start()
-        await asyncio.get_running_loop().run_in_executor(None, self._ready.wait, 5.0)
-        app = web.Application()
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/stats", self._stats)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.http_port, reuse_address=True)
-        await site.start()
-        server = site._server
-        if server is not None and server.sockets:  # type: ignore[attr-defined]
-            self.http_port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._ready.wait, 5.0)
+            app = web.Application()
+            app.router.add_get("/health", self._health)
+            app.router.add_get("/stats", self._stats)
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.host, self.http_port, reuse_address=True)
+            await site.start()
+        except BaseException:
+            # A busy HTTP port (or anything else): the forwarding thread, its sockets and the
+            # ZeroMQ context go too, as they would at a normal exit.
+            await self.__aexit__(None, None, None)
+            raise
+        address = self._runner.addresses[0] if self._runner.addresses else None
+        if isinstance(address, tuple):
+            self.http_port = int(address[1])
         log.info(
             "router %s: publish to %s, subscribe at %s, stats at %s",
             self.router_id,
