@@ -6,17 +6,33 @@ client tests (defined in ``js_harness.py``; one process serves every JS client t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import uvloop
 from js_harness import js_process_fixture  # noqa: F401 (a fixture, taken as ``js_process``)
 
 from roomcast.config import Settings
 from roomcast.node.server import Server
 
 NodeFactory = Callable[..., Any]
+
+#: Test modules whose every test also runs on uvloop, the loop ``roomcast`` runs on from the
+#: CLI (transports differ: bad input must be closed with the same named reasons on both).
+BOTH_LOOPS = frozenset({"test_bad_input"})
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """asyncio's default loop everywhere; uvloop as well for the modules in BOTH_LOOPS."""
+    module = getattr(item, "module", None)
+    if module is not None and module.__name__ in BOTH_LOOPS:
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 def node_settings(**overrides: Any) -> Settings:

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import uvloop
 from aiohttp import WSMsgType
 from bad_input_harness import (
     LIMITS,
@@ -37,6 +38,7 @@ from bad_input_harness import (
 
 from roomcast.node.server import Server
 from roomcast.node.sockets import Socket
+from roomcast.node.websocket import AiohttpWebSocket
 from roomcast.protocol import reasons
 
 NodeFactory = Callable[..., Awaitable[Server]]  # the ``start_node`` fixture (tests/conftest.py)
@@ -543,3 +545,36 @@ async def test_failed_upgrade_keeps_polling_session(
     assert await raw.receive() == ['431["still here"]']
     assert sum(node.server.stats.closed_by_reason.values()) == 0
     await node.assert_healthy()
+
+
+# --- the WebSocket aiohttp serves, and the loops --------------------------------------------
+
+
+async def test_websocket_served_by_aiohttp(
+    make_node: NodeMaker, http: aiohttp.ClientSession
+) -> None:
+    """A WebSocket handshake the node's listener leaves to aiohttp (here: it names a
+    sub-protocol) is served through aiohttp's WebSocketResponse, while roomcast writes its
+    frames straight to the transport (AiohttpWebSocket.write). They must reach the client
+    intact, and bad input must close it with 1008 and the named reason. This fails if an
+    aiohttp upgrade changes how it writes to a transport it owns."""
+    node = await make_node()
+    ws = await http.ws_connect(eio_url(node.server, "websocket"), protocols=("chat",))
+    opened = await ws.receive_str(timeout=TIMEOUT)
+    assert opened.startswith("0{"), opened
+    raw = RawWebSocket(ws, json.loads(opened[1:])["sid"])
+    link = node.server.connections[raw.eio_sid]._ws
+    assert isinstance(link, AiohttpWebSocket)
+    raw.sid = await raw.connect_namespace("/")
+    for i in range(20):  # several end-of-pass flushes, each a direct transport write
+        await raw.send(f'42{i}["echo",{i}]')
+        assert await raw.receive() == [f"43{i}[{i}]"]
+    await raw.send("42[oops")
+    await assert_closed(node, raw, reasons.PARSE_ERROR)
+    await node.assert_healthy()
+
+
+async def test_each_test_here_runs_on_the_loop_it_names(request: pytest.FixtureRequest) -> None:
+    """The ``[uvloop]`` variants really run on uvloop (guards the parametrisation)."""
+    on_uvloop = isinstance(asyncio.get_running_loop(), uvloop.Loop)
+    assert on_uvloop == ("uvloop" in request.node.name)

@@ -56,6 +56,10 @@ class WebSocketLink(Protocol):
         """Deliver messages to ``conn`` from now on (a link reads none before)."""
         ...
 
+    def write(self, data: bytes) -> None:
+        """Write pre-built WebSocket frames."""
+        ...
+
     def close(self, reason: str, code: int | None = None) -> None:
         """Start the closing handshake: a close frame carrying ``reason`` (or ``code`` alone),
         then the TCP connection is closed once the client answers, or dropped after a timeout.
@@ -202,7 +206,8 @@ class Connection:
         if transport.get_write_buffer_size() > self.sessions.send_buffer_bytes:
             self.close(reasons.SEND_BUFFER_FULL)  # the client stopped reading
             return
-        transport.write(data)
+        assert self._ws is not None
+        self._ws.write(data)
 
     def _wake_poll(self, result: eio.Packet | None) -> None:
         waiter = self._poll_waiter
@@ -423,10 +428,10 @@ class Connection:
         what the polling outbox still held."""
         self._upgrade = None
         self._ws = link = upgrade.link
-        self._ws_transport = transport = link.transport
+        self._ws_transport = link.transport
         outbox = self.session.take_outbox()
         if outbox:
-            transport.write(b"".join(_poll_text_to_ws(t) for t in outbox))
+            link.write(b"".join(_poll_text_to_ws(t) for t in outbox))
         self._wake_poll(eio.NOOP)
 
     def upgrade_failed(self, upgrade: Upgrade) -> None:
@@ -462,7 +467,7 @@ class Upgrade:
             self.fail(exc.detail or exc.reason)
             return
         if not any(isinstance(e, eio.UpgradeCompleted) for e in events):
-            self.link.transport.write(ws_text("3probe"))
+            self.link.write(ws_text("3probe"))
             self.conn._wake_poll(eio.NOOP)
             return
         self._stop_timer()

@@ -55,6 +55,10 @@ class NodeWebSocket(asyncio.Protocol):
         self._closing = closing  # where this waits out its closing handshake
         self._held = b""  # read before the link was bound
 
+    def write(self, data: bytes) -> None:
+        """Write pre-built frames (the transport is this link's own)."""
+        self.transport.write(data)
+
     def hold(self, data: bytes) -> None:
         """Read nothing until :meth:`bind`; ``data`` (read already) is handed over then."""
         self.transport.pause_reading()
@@ -198,6 +202,17 @@ class AiohttpWebSocket:
     def bind(self, conn: Connection) -> None:
         """Deliver this WebSocket's messages to ``conn`` (once :meth:`run` runs)."""
         self._conn = conn
+
+    def write(self, data: bytes) -> None:
+        """Write pre-built frames straight to the TCP transport, around aiohttp's writer.
+
+        The one place roomcast writes to a transport aiohttp owns. It relies on what aiohttp's
+        ``WebSocketResponse`` does with compression off: it writes each of its own frames
+        (pongs, its close frame) whole, in one ``transport.write``, so frames never
+        interleave. ``test_websocket_served_by_aiohttp`` (tests/test_bad_input.py) fails if
+        an aiohttp upgrade changes that, on asyncio's loop and on uvloop.
+        """
+        self.transport.write(data)
 
     async def run(self) -> None:
         """Pump the WebSocket's messages into its connection until it ends (run by the
