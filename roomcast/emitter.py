@@ -81,7 +81,7 @@ class Emitter:
         """Emit to every socket of the root namespace."""
         self.of("/").emit(event, *args)
 
-    def publish(self, target: Target, event: str, args: tuple[Any, ...]) -> int:
+    def broadcast(self, target: Target, event: str, args: tuple[Any, ...]) -> int:
         """Encode once and publish on each target topic; returns the number of envelopes."""
         frames = Frames(sio.encode_event(target.namespace, event, args))
         body = routing.room_message(next(self._msg_ids), target, frames.ws)
@@ -104,4 +104,4 @@ class EmitterOperator(TargetChain):
 
     def emit(self, event: str, *args: Any) -> None:
         """Send ``event`` with ``args`` to every targeted socket, once each."""
-        self.emitter.publish(self.target, event, args)
+        self.emitter.broadcast(self.target, event, args)

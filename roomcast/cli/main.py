@@ -237,7 +237,7 @@ async def _supervise(children: list[tuple[str, list[str]]], env: dict[str, str])
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``roomcast`` command line."""
-    from roomcast.cli import inspect as inspect_cmds
+    from roomcast.cli import observe
 
     parser = argparse.ArgumentParser(
         prog="roomcast",
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, help="how many nodes (default: up.nodes)")
     p.set_defaults(func=cmd_up)
 
-    inspect_cmds.add_commands(sub)
+    observe.add_commands(sub)
     # ``--config`` is also accepted after the command (``roomcast up --config cluster.toml``, as
     # ``make run`` and ``up``'s own children use it); given there, it wins.
     for command in sub.choices.values():

@@ -250,7 +250,7 @@ class ViewHub:
         self._changed = asyncio.Event()
         self._closed = False
 
-    def publish(
+    def show(
         self,
         routers: tuple[RouterEndpoint, ...],
         nodes: tuple[NodeEndpoint, ...],

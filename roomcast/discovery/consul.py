@@ -326,7 +326,7 @@ class ConsulDiscovery(HubReads):
             except Exception as error:  # a Consul failure never leaves this task (STYLE.md #7)
                 failures.failed(error)
                 self._read_ok[kind] = False
-                self._publish()
+                self._show_view()
                 self._first_read[kind].set()
                 index = 0  # read afresh once Consul answers: its index may have restarted
                 await asyncio.sleep(backoff.next())
@@ -338,7 +338,7 @@ class ConsulDiscovery(HubReads):
             else:
                 self._nodes = tuple(e for e in endpoints if isinstance(e, NodeEndpoint))
             self._read_ok[kind] = True
-            self._publish()
+            self._show_view()
             self._first_read[kind].set()
             # Consul's rules for blocking queries: reset an index that went backwards, treat
             # an index below 1 as 1, and rate-limit a loop whose queries do not block.
@@ -346,10 +346,10 @@ class ConsulDiscovery(HubReads):
             if index == previous and loop.time() - started < self._cfg.retry_min_ms / 1000:
                 await asyncio.sleep(self._cfg.retry_min_ms / 1000)
 
-    def _publish(self) -> None:
+    def _show_view(self) -> None:
         source_ok = all(self._read_ok.values())
         was_ok = self._hub.current.source_ok
-        self._hub.publish(self._routers, self._nodes, source_ok)
+        self._hub.show(self._routers, self._nodes, source_ok)
         if source_ok and not was_ok:
             log.info("consul: catalogue read (%d routers, %d nodes)", *self._counts())
         elif was_ok and not source_ok:

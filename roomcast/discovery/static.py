@@ -70,7 +70,7 @@ class StaticDiscovery(HubReads):
             return
         self._state = Lifecycle.CLOSED
         self._instance = None
-        self._publish()
+        self._show_view()
         self._hub.close()
 
     async def register(self, instance: ServiceInstance) -> None:
@@ -78,7 +78,7 @@ class StaticDiscovery(HubReads):
         require_running(self._state, "register")
         self._instance = instance
         log.info("static discovery: %s %s registered locally", instance.kind, instance.id)
-        self._publish()
+        self._show_view()
 
     async def set_healthy(self, passing: bool, note: str = "") -> None:
         """Record the instance's health; this Discovery's own view follows it."""
@@ -86,15 +86,15 @@ class StaticDiscovery(HubReads):
         if passing != self._passing:
             log.info("static discovery: %s (%s)", "passing" if passing else "failing", note)
         self._passing = passing
-        self._publish()
+        self._show_view()
 
     async def deregister(self) -> None:
         """Withdraw the local registration, if any."""
         require_running(self._state, "deregister")
         self._instance = None
-        self._publish()
+        self._show_view()
 
-    def _publish(self) -> None:
+    def _show_view(self) -> None:
         routers, nodes = self._config_routers, self._config_nodes
         inst = self._instance
         if inst is not None and inst.kind == "router":
@@ -104,4 +104,4 @@ class StaticDiscovery(HubReads):
             own = NodeEndpoint(NodeId(inst.id), inst.http, self._passing)
             url = inst.http.rstrip("/")
             nodes = (*(n for n in nodes if n.http.rstrip("/") != url), own)
-        self._hub.publish(routers, nodes, True)
+        self._hub.show(routers, nodes, True)
