@@ -581,8 +581,8 @@ async def test_senders_remembered_per_topic_are_bounded(make_bus: BusFactory) ->
     for i, sender in enumerate(senders):
         sender.publish(topic, room(i))
         await inbox.wait_for(is_msg(topic, i))
-    assert len(receiver._last_seen[topic]) == 3
+    assert receiver._order.senders(topic) == 3
     senders[0].publish(topic, room(100))  # forgotten: its seq 2 is taken as a fresh start
     await inbox.wait_for(is_msg(topic, 100))
     assert receiver.stats.gaps == 0 and receiver.stats.late == 0
-    assert len(receiver._last_seen[topic]) == 3
+    assert receiver._order.senders(topic) == 3

@@ -49,60 +49,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from roomcast.cluster import wire
+from roomcast.cluster.inbound import BusStats, Handler, Inbound
+from roomcast.cluster.links import RouterLink, TopicOwners, set_heartbeats, unwatch, watch
+from roomcast.cluster.ordering import SequenceTracker
 from roomcast.cluster.wire import Topic
 from roomcast.ids import TAG_BYTES
 
 log = logging.getLogger("roomcast.cluster")
 
-Handler = Callable[[Topic, wire.Header, wire.Body], None]
-_LINK_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
-_SENDER_BYTES = wire.SENDER_BYTES  # module globals: read once per message on the hot path
-_split = wire.split_message
-_decode = wire.decode
 
-_READ_BATCH = 4096  # messages handled per loop pass before yielding to other work
-_ASK_FIRST = 4  # messages read per pass after checking ZMQ_EVENTS, before relying on EAGAIN
-_EVENTS = int(zmq.EVENTS)  # plain ints: pyzmq's enums cost a lookup per call
-_POLLIN = int(zmq.POLLIN)
-_PROBE: int = wire.Kind.PROBE
 _BATCH_BYTES = 256 * 1024  # a batch this large is sent at once, not at the end of the pass
-
-
-@dataclass
-class BusStats:
-    """Counters of one bus endpoint."""
-
-    published: int = 0
-    batches: int = 0  #: batch frames handed to routers (several messages each)
-    received: int = 0
-    bytes_out: int = 0
-    bytes_in: int = 0
-    undecodable: int = 0
-    gaps: int = 0  #: messages known lost (sequence jumps)
-    gaps_by_topic: dict[str, int] = field(default_factory=dict)  #: by topic kind ("room", ...)
-    probes_sent: int = 0
-    send_dropped: int = 0  #: not sent: the outgoing queue was at its high-water mark
-    no_router: int = 0  #: not sent: no router known at all
-    late: int = 0  #: dropped: older than one already delivered from the same (origin, topic)
-    link_lost: int = 0  #: connections to a router lost (either direction)
-    link_dropped: int = 0  #: not sent: the topic's router had no connection
-    own: int = 0  #: our own envelopes back from the router, dropped undecoded
-    subscriptions: int = 0
-    last_received: float = 0.0
-    errors_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 class Bus:
@@ -133,29 +99,22 @@ class Bus:
         self.origin = origin
         self.incarnation = incarnation
         self._encoder = wire.Encoder(origin, incarnation)
-        self._sender = self._encoder.sender
-        self.on_message = on_message
         self.stats = BusStats()
         self._hwm = hwm
         # Memory bounds: topics numbered at once, topics whose owner is remembered, and
         # senders per topic whose order is tracked (each table drops its oldest past these).
         self._max_seq_topics = seq_topics
-        self._max_owners = owner_topics
-        self._max_origins = origins_per_topic
         # How long closing may wait to hand queued envelopes to the router: 0 drops them; an
         # emitter (or a node's LEAVE) wants a short bound instead, so its last words go out.
         self._linger_ms = linger_ms
         self._probe_retry = probe_retry
         self._heartbeat_ms = heartbeat_ms
         self._link_timeout_ms = link_timeout_ms
-        self._move_idle = move_idle_ms / 1000
         self.on_links = on_links
         self._wanted = list(routers)  # (id, xsub endpoint, xpub endpoint)
-        self._links: dict[str, _Link] = {}
+        self._links: dict[str, RouterLink] = {}
         self._usable: list[str] = []  # what set_usable named (routers every node hears)
-        self._owner_ids: list[str] = []  # of those, the ones topics go to now
-        self._owners: dict[bytes, _Owner] = {}
-        self._generation = 0  # bumped whenever _owner_ids changes
+        self._owners = TopicOwners(move_idle_ms / 1000, owner_topics)
         self._sub_monitor: zmq.Socket[bytes] | None = None
         self._subscribe_ops = 0  # subscriptions made (a router's proof must cover them)
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
@@ -163,13 +122,31 @@ class Bus:
         self._sub_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_handle: asyncio.Handle | None = None
-        self._read_handle: asyncio.Handle | None = None
         self._seqs: dict[bytes, int] = {}
-        self._last_seen: dict[bytes, dict[tuple[str, int], int]] = {}
+        self._order = SequenceTracker(origins_per_topic)
         self._subscribed: dict[bytes, int] = {}
         self._nonces = itertools.count(1)
         self._probes: dict[int, asyncio.Future[None]] = {}
         self._live: dict[bytes, asyncio.Future[None]] = {}  # first probes still under way
+        self._inbound = Inbound(
+            origin,
+            incarnation,
+            self._encoder.sender,
+            on_message,
+            self.stats,
+            self._probes,
+            self._order,
+        )
+        self._kick = self._inbound.kick
+
+    @property
+    def on_message(self) -> Handler:
+        """What is called for every decoded envelope that is not this endpoint's own."""
+        return self._inbound.on_message
+
+    @on_message.setter
+    def on_message(self, handler: Handler) -> None:
+        self._inbound.on_message = handler
 
     async def __aenter__(self) -> Bus:
         self._loop = loop = asyncio.get_running_loop()
@@ -178,17 +155,11 @@ class Bus:
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, self._hwm)
-        self._heartbeats(sub)
+        set_heartbeats(sub, self._heartbeat_ms, self._link_timeout_ms)
         self._sub = sub
-        self._sub_monitor = self._watch(sub, self._on_sub_events)
+        self._sub_monitor = watch(loop, sub, self._on_sub_events)
+        self._sub_fd = self._inbound.start(loop, sub)
         self.set_routers(self._wanted)
-        # ZeroMQ's FD signals "something may have changed" (edge-triggered): every reader
-        # pass drains until EAGAIN, and anything that touches the socket schedules one.
-        fd = sub.getsockopt(zmq.FD)
-        assert isinstance(fd, int)
-        self._sub_fd = fd
-        loop.add_reader(fd, self._read)
-        self._kick()
         return self
 
     async def __aexit__(
@@ -198,13 +169,11 @@ class Bus:
         tb: TracebackType | None,
     ) -> None:
         self.flush()  # last words (a LEAVE) go out with the linger the links close with
-        for handle in (self._flush_handle, self._read_handle):
-            if handle is not None:
-                handle.cancel()
-        self._flush_handle = self._read_handle = None
-        if self._sub_fd is not None and self._loop is not None:
-            self._loop.remove_reader(self._sub_fd)
-            self._sub_fd = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._inbound.stop(self._sub_fd)
+        self._sub_fd = None
         for future in self._probes.values():
             future.cancel()
         first_probes = list(self._live.values())
@@ -213,10 +182,10 @@ class Bus:
         # Awaited, so none is left pending (or logs "Task was destroyed") once we return.
         await asyncio.gather(*first_probes, return_exceptions=True)
         if self._sub is not None:
-            self._unwatch(self._sub, self._sub_monitor)
+            unwatch(self._loop, self._sub, self._sub_monitor)
             self._sub.close(linger=0)
         for link in self._links.values():
-            self._unwatch(link.pub, link.monitor)
+            unwatch(self._loop, link.pub, link.monitor)
             link.close(self._linger_ms)
         self._links.clear()
         if self._ctx is not None:
@@ -225,49 +194,6 @@ class Bus:
         self._sub_monitor = None
 
     # -- links --------------------------------------------------------------------------------
-
-    def _heartbeats(self, sock: zmq.Socket[bytes]) -> None:
-        if self._heartbeat_ms > 0:
-            sock.setsockopt(zmq.HEARTBEAT_IVL, self._heartbeat_ms)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self._link_timeout_ms or 3 * self._heartbeat_ms)
-            sock.setsockopt(zmq.HEARTBEAT_TTL, self._link_timeout_ms or 3 * self._heartbeat_ms)
-
-    def _watch(
-        self, sock: zmq.Socket[bytes], handler: Callable[[str, int], None]
-    ) -> zmq.Socket[bytes]:
-        """A socket monitor on ``sock`` whose events go to ``handler(endpoint, event)``."""
-        monitor: zmq.Socket[bytes] = sock.get_monitor_socket(_LINK_EVENTS)
-        fd = monitor.getsockopt(zmq.FD)
-        assert isinstance(fd, int) and self._loop is not None
-
-        def drain() -> None:
-            while True:
-                try:
-                    message = recv_monitor_message(monitor, zmq.NOBLOCK)
-                except zmq.Again:
-                    return
-                except zmq.ZMQError:
-                    return  # closed under us (shutdown)
-                endpoint = message["endpoint"]
-                handler(
-                    endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint),
-                    int(message["event"]),
-                )
-
-        self._loop.add_reader(fd, drain)
-        self._loop.call_soon(drain)  # events may be queued already (edge-triggered FD)
-        return monitor
-
-    def _unwatch(self, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes] | None) -> None:
-        if monitor is None:
-            return
-        with contextlib.suppress(zmq.ZMQError, ValueError, OSError):
-            fd = monitor.getsockopt(zmq.FD)
-            if self._loop is not None and isinstance(fd, int):
-                self._loop.remove_reader(fd)
-        with contextlib.suppress(zmq.ZMQError):
-            sock.disable_monitor()
-        monitor.close(0)
 
     def _on_pub_events(self, rid: str) -> Callable[[str, int], None]:
         def handler(endpoint: str, event: int) -> None:
@@ -290,17 +216,12 @@ class Bus:
                 self._link_event(link, "sub", event)
                 return
 
-    def _link_event(self, link: _Link, side: str, event: int) -> None:
+    def _link_event(self, link: RouterLink, side: str, event: int) -> None:
         up = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
-        if side == "pub":
-            changed, link.pub_up = link.pub_up != up, up
-        else:
-            changed, link.sub_up = link.sub_up != up, up
-        if not changed:
+        if not link.mark(side, up):
             return
         if not up:
             self.stats.link_lost += 1
-            link.proven = False
             log.warning("router %s: %s link lost", link.id, side)
         else:
             log.info("router %s: %s link up", link.id, side)
@@ -323,7 +244,7 @@ class Bus:
                 with contextlib.suppress(zmq.ZMQError):  # never connected: nothing to undo
                     self._sub.disconnect(link.xpub)
                 self.stats.send_dropped += len(link.queue)
-                self._unwatch(link.pub, link.monitor)
+                unwatch(self._loop, link.pub, link.monitor)
                 link.close(0)
                 log.info("router %s removed", rid)
         for rid, (_, xsub, xpub) in wanted.items():
@@ -335,9 +256,10 @@ class Bus:
             # Queue nothing for a router we are not connected to, and drop what was queued
             # with a connection that is lost: never replay it into a router that comes back.
             pub.setsockopt(zmq.IMMEDIATE, 1)
-            self._heartbeats(pub)
-            link = self._links[rid] = _Link(rid, xsub, xpub, pub)
-            link.monitor = self._watch(pub, self._on_pub_events(rid))
+            set_heartbeats(pub, self._heartbeat_ms, self._link_timeout_ms)
+            link = self._links[rid] = RouterLink(rid, xsub, xpub, pub)
+            assert self._loop is not None
+            link.monitor = watch(self._loop, pub, self._on_pub_events(rid))
             pub.connect(xsub)
             self._sub.connect(xpub)
         self._usable = [r for r in self._usable if r in self._links]
@@ -352,63 +274,17 @@ class Bus:
             self._update_owners()
 
     def _update_owners(self) -> None:
-        """The routers topics go to: the usable ones this endpoint is connected to; failing
-        that, the live ones; failing that, any connected one (ZeroMQ drops the rest)."""
-        links = self._links
-        ids = [r for r in self._usable if links[r].pub_up]
-        if not ids:
-            ids = sorted(r for r, link in links.items() if link.live)
-        if not ids:
-            ids = sorted(r for r, link in links.items() if link.pub_up)
-        if not ids:
-            ids = sorted(links)
-        if ids != self._owner_ids:
-            self._owner_ids = ids
-            self._generation += 1
+        self._owners.update(self._links, self._usable)
 
     @property
     def router_ids(self) -> list[str]:
         """Every router this bus is connected to."""
         return sorted(self._links)
 
-    def owner(self, topic: bytes) -> _Link | None:
-        """The router that carries ``topic``: rendezvous hashing over the routers topics go
-        to, except that a topic stays with its router, while that one is still usable, until
-        it has been idle for ``move_idle_ms`` (its last messages could otherwise be overtaken
-        on the new path and dropped as late)."""
+    def owner(self, topic: bytes) -> RouterLink | None:
+        """The router that carries ``topic`` (see :meth:`TopicOwners.owner`)."""
         assert self._loop is not None
-        now = self._loop.time()
-        entry = self._owners.get(topic)
-        if entry is not None:
-            if entry.generation == self._generation:
-                entry.last = now
-                return entry.link
-            link = entry.link
-            if (
-                now - entry.last < self._move_idle
-                and link.id in self._owner_ids
-                and self._links.get(link.id) is link
-            ):
-                entry.last = now  # busy: stays (and is looked at again at its next publish)
-                return link
-        ids = self._owner_ids
-        if not ids:
-            return None
-        if len(ids) == 1:
-            link = self._links[ids[0]]
-        else:
-            best = max(
-                ids, key=lambda rid: hashlib.blake2b(topic + rid.encode(), digest_size=8).digest()
-            )
-            link = self._links[best]
-        owners = self._owners
-        if entry is None and len(owners) >= self._max_owners:
-            # Forget the topics idle long enough to move anyway; if none is, start over.
-            idle = [t for t, e in owners.items() if now - e.last >= self._move_idle]
-            for t in idle or list(owners):
-                del owners[t]
-        owners[topic] = _Owner(link, now, self._generation)
-        return link
+        return self._owners.owner(topic, self._links, self._loop.time())
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -451,7 +327,7 @@ class Bus:
             if link.queue:
                 self._send(link)
 
-    def _send(self, link: _Link) -> None:
+    def _send(self, link: RouterLink) -> None:
         queue, count = link.queue, len(link.queue)
         frame = wire.encode_batch(queue) if link.pub_up else b""
         queue.clear()
@@ -484,7 +360,7 @@ class Bus:
             self._sub.setsockopt(zmq.SUBSCRIBE, topic)
             self._subscribe_ops += 1
             self._kick()
-            self._last_seen.pop(topic, None)
+            self._order.forget(topic)
             self.stats.subscriptions += 1
             if not self._links:
                 return  # no router known yet: ZeroMQ sends the subscription when one connects
@@ -506,7 +382,7 @@ class Bus:
             if count == 1 and self._sub is not None:
                 self._sub.setsockopt(zmq.UNSUBSCRIBE, topic)
                 self._kick()
-                self._last_seen.pop(topic, None)
+                self._order.forget(topic)
                 self.stats.subscriptions -= 1
         else:
             self._subscribed[topic] = count - 1
@@ -648,102 +524,6 @@ class Bus:
         """Routers both of whose links are up, proven or not."""
         return sorted(rid for rid, link in self._links.items() if link.connected)
 
-    # -- reading ------------------------------------------------------------------------------
-
-    def _kick(self) -> None:
-        """Schedule a read pass: any call on the SUB socket may have consumed the edge of its
-        file descriptor, so a message already queued would otherwise wait for the next one."""
-        if self._read_handle is None and self._loop is not None and self._sub is not None:
-            self._read_handle = self._loop.call_soon(self._read)
-
-    def _read(self) -> None:
-        """Handle every message queued on the SUB socket (at most ``_READ_BATCH`` per pass)."""
-        self._read_handle = None
-        sub = self._sub
-        if sub is None:
-            return
-        recv = sub.recv
-        handle = self._handle
-        n = 0
-        try:
-            # A bus message is one frame; the frames of a multi-frame message (never sent by
-            # a router of ours) are taken one by one and fail to decode. The first few are
-            # taken after asking whether one is there (cheap), the rest until ZeroMQ says
-            # there are no more (an exception, dearer, but once per pass): a pass with one
-            # message, the usual case at moderate rates, then raises nothing.
-            while n < _ASK_FIRST:
-                if not cast(int, sub.get(_EVENTS)) & _POLLIN:
-                    break
-                handle(recv(zmq.NOBLOCK))
-                n += 1
-            else:
-                while n < _READ_BATCH:
-                    handle(recv(zmq.NOBLOCK))
-                    n += 1
-                self._kick()  # more may be queued: go on in the next pass, after other work
-        except zmq.Again:
-            pass
-        except zmq.ZMQError as exc:  # closed under us (shutdown)
-            log.debug("bus read stopped: %s", exc)
-            return
-        if n:
-            self.stats.last_received = self._loop.time() if self._loop is not None else 0.0
-
-    def _handle(self, frame: bytes) -> None:
-        stats = self.stats
-        stats.received += 1
-        stats.bytes_in += len(frame)
-        try:
-            topic, size = _split(frame)
-            if len(frame) <= size + _SENDER_BYTES:
-                raise wire.WireError("not an envelope")
-            if frame.startswith(self._sender, size) and frame[size + _SENDER_BYTES] != _PROBE:
-                stats.own += 1  # our own envelope back from the router: already delivered
-                return
-            header, body = _decode(frame, size)
-        except wire.WireError as exc:
-            self._count_error(exc.reason)
-            return
-        origin, incarnation, seq = header.origin, header.incarnation, header.seq
-        if type(body) is wire.Probe:
-            if origin == self.origin and incarnation == self.incarnation:
-                future = self._probes.get(body.nonce)
-                if future is not None and not future.done():
-                    future.set_result(None)
-            return  # another endpoint's probe: it is not part of its numbering (seq 0)
-        if origin == self.origin and incarnation == self.incarnation:
-            return
-        seen = self._last_seen.get(topic)
-        if seen is None:
-            seen = self._last_seen[topic] = {}
-        key = (origin, incarnation)
-        last = seen.get(key)
-        if last is None and len(seen) >= self._max_origins:
-            # Every emitter run and node restart is a new sender: forget the one first seen
-            # longest ago (should it speak again, its next message starts a fresh sequence).
-            del seen[next(iter(seen))]
-        if last is not None and seq != 1:
-            if seq <= last:
-                # Older than one already delivered: it took a slower path (a router that was
-                # stalled, or the topic's previous owner). Delivering it now would break the
-                # order of (origin, topic); its loss was counted as a gap when the newer came.
-                stats.late += 1
-                return
-            if seq > last + 1:
-                stats.gaps += seq - last - 1
-                kind = wire.TOPIC_KINDS[frame[0]][0]
-                stats.gaps_by_topic[kind] = stats.gaps_by_topic.get(kind, 0) + seq - last - 1
-        seen[key] = seq
-        try:
-            self.on_message(topic, header, body)
-        except Exception:
-            log.exception("bus handler failed on %s", header.kind.name)
-
-    def _count_error(self, reason: str) -> None:
-        self.stats.undecodable += 1
-        errors = self.stats.errors_by_reason
-        errors[reason] = errors.get(reason, 0) + 1
-
     def stats_dict(self) -> dict[str, Any]:
         """The counters as JSON-able values."""
         s = self.stats
@@ -763,63 +543,9 @@ class Bus:
             "link_lost": s.link_lost,
             "link_dropped": s.link_dropped,
             "connected_routers": self.connected_routers(),
-            "routers_in_use": list(self._owner_ids),
+            "routers_in_use": list(self._owners.ids),
             "routers": self.router_ids,
             "live_routers": self.live_routers(),
             "subscriptions": s.subscriptions,
             "errors": dict(s.errors_by_reason),
         }
-
-
-class _Link:
-    """One router as this endpoint uses it: the PUB socket towards its XSUB side, the state of
-    both connections, and the messages queued for it during this loop pass."""
-
-    __slots__ = (
-        "id",
-        "monitor",
-        "proven",
-        "pub",
-        "pub_up",
-        "queue",
-        "queued_bytes",
-        "sub_up",
-        "xpub",
-        "xsub",
-    )
-
-    def __init__(self, rid: str, xsub: str, xpub: str, pub: zmq.Socket[bytes]) -> None:
-        self.id = rid
-        self.xsub = xsub
-        self.xpub = xpub
-        self.pub = pub
-        self.monitor: zmq.Socket[bytes] | None = None
-        self.queue: list[bytes] = []
-        self.queued_bytes = 0
-        self.pub_up = False  # our PUB's connection to its XSUB side completed its handshake
-        self.sub_up = False  # its XPUB side's connection to our SUB, likewise
-        self.proven = False  # a check saw our probe come back through it since they came up
-
-    @property
-    def connected(self) -> bool:
-        """Both connections are up (proven or not)."""
-        return self.pub_up and self.sub_up
-
-    @property
-    def live(self) -> bool:
-        """Connected both ways and proven to deliver our subscriptions."""
-        return self.connected and self.proven
-
-    def close(self, linger_ms: int) -> None:
-        self.pub.close(linger=linger_ms)
-
-
-class _Owner:
-    """The router a topic is published through, and when it was last used."""
-
-    __slots__ = ("generation", "last", "link")
-
-    def __init__(self, link: _Link, last: float, generation: int) -> None:
-        self.link = link
-        self.last = last
-        self.generation = generation
