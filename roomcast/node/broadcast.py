@@ -81,3 +81,60 @@ class BroadcastOperator(TargetChain):
     async def disconnect_sockets(self, close: bool = False) -> None:
         """Disconnect every targeted socket (``close=True`` closes their connections)."""
         await self.adapter.disconnect_sockets(self.target, close)
+
+
+class Broadcasts:
+    """socket.io's shortcuts from a namespace (or the server, for its root namespace) to a
+    broadcast operator over all of its sockets: ``ns.to(room).emit(...)``, ``ns.emit(...)``."""
+
+    __slots__ = ()
+
+    def operator(self) -> BroadcastOperator:
+        """A broadcast to every socket, to narrow down."""
+        raise NotImplementedError
+
+    def to(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
+        """Broadcast to ``rooms``."""
+        return self.operator().to(*rooms)
+
+    in_ = to
+
+    def except_(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
+        """Broadcast to the namespace except ``rooms``."""
+        return self.operator().except_(*rooms)
+
+    @property
+    def volatile(self) -> BroadcastOperator:
+        """A volatile namespace-wide broadcast."""
+        return self.operator().volatile
+
+    @property
+    def local(self) -> BroadcastOperator:
+        """A namespace-wide broadcast to this node's sockets only."""
+        return self.operator().local
+
+    def emit(self, event: str, *args: Any) -> None:
+        """Send ``event`` to every socket of the namespace."""
+        self.operator().emit(event, *args)
+
+    async def emit_with_ack(
+        self, event: str, *args: Any, timeout: float | None = None
+    ) -> list[Any]:
+        """Send ``event`` to every socket and collect their acks."""
+        return await self.operator().emit_with_ack(event, *args, timeout=timeout)
+
+    async def fetch_sockets(self) -> list[SocketInfo]:
+        """Every socket of the namespace."""
+        return await self.operator().fetch_sockets()
+
+    async def sockets_join(self, *rooms: str | Iterable[str]) -> None:
+        """Make every socket join ``rooms``."""
+        await self.operator().sockets_join(*rooms)
+
+    async def sockets_leave(self, *rooms: str | Iterable[str]) -> None:
+        """Make every socket leave ``rooms``."""
+        await self.operator().sockets_leave(*rooms)
+
+    async def disconnect_sockets(self, close: bool = False) -> None:
+        """Disconnect every socket."""
+        await self.operator().disconnect_sockets(close)

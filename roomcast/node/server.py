@@ -23,7 +23,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
@@ -37,7 +37,7 @@ from roomcast.protocol.sio_session import SessionLimits
 
 from . import relay
 from .adapter import Adapter, RoomTable
-from .broadcast import BroadcastOperator
+from .broadcast import BroadcastOperator, Broadcasts
 from .client import Client, ClientServices
 from .cluster import ClusterAdapter
 from .endpoint import EngineEndpoint, Listener
@@ -53,7 +53,7 @@ from .stats import NodeStats
 log = logging.getLogger("roomcast.node")
 
 
-class Server:
+class Server(Broadcasts):
     """One edge node: namespaces, connections and their rooms, served over HTTP."""
 
     def __init__(self, settings: Settings | None = None, *, node_id: str | None = None) -> None:
@@ -144,15 +144,10 @@ class Server:
         """Add a middleware to the root namespace."""
         return self.of("/").use(middleware)
 
-    def to(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
-        """Broadcast to rooms of the root namespace."""
-        return self.of("/").to(*rooms)
-
-    in_ = to
-
-    def emit(self, event: str, *args: Any) -> None:
-        """Emit to every socket of the root namespace."""
-        self.of("/").emit(event, *args)
+    def operator(self) -> BroadcastOperator:
+        """A broadcast to every socket of the root namespace (``to``, ``emit``... on the
+        server act on the root namespace)."""
+        return self.of("/").operator()
 
     # -- connections --------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
 
 from .adapter import Adapter, Collector, Handshake, SocketInfo, Spawn
-from .broadcast import BroadcastOperator
+from .broadcast import BroadcastOperator, Broadcasts
 from .rooms import RoomRegistry
 from .sessions import RequestInfo
 from .stats import NodeStats
@@ -364,7 +364,7 @@ class Socket:
         ns.services.spawn(ns.remove_socket(self, reason))
 
 
-class Namespace:
+class Namespace(Broadcasts):
     """A namespace: its handlers, middleware, sockets and rooms on this node."""
 
     def __init__(
@@ -430,52 +430,6 @@ class Namespace:
     def operator(self) -> BroadcastOperator:
         """A broadcast to every socket of the namespace, to narrow down."""
         return BroadcastOperator(self.services.adapter, Target(self.name))
-
-    def to(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
-        """Broadcast to ``rooms``."""
-        return self.operator().to(*rooms)
-
-    in_ = to
-
-    def except_(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
-        """Broadcast to the namespace except ``rooms``."""
-        return self.operator().except_(*rooms)
-
-    @property
-    def volatile(self) -> BroadcastOperator:
-        """A volatile namespace-wide broadcast."""
-        return self.operator().volatile
-
-    @property
-    def local(self) -> BroadcastOperator:
-        """A namespace-wide broadcast to this node's sockets only."""
-        return self.operator().local
-
-    def emit(self, event: str, *args: Any) -> None:
-        """Send ``event`` to every socket of the namespace."""
-        self.operator().emit(event, *args)
-
-    async def emit_with_ack(
-        self, event: str, *args: Any, timeout: float | None = None
-    ) -> list[Any]:
-        """Send ``event`` to every socket and collect their acks."""
-        return await self.operator().emit_with_ack(event, *args, timeout=timeout)
-
-    async def fetch_sockets(self) -> list[SocketInfo]:
-        """Every socket of the namespace."""
-        return await self.operator().fetch_sockets()
-
-    async def sockets_join(self, *rooms: str | Iterable[str]) -> None:
-        """Make every socket join ``rooms``."""
-        await self.operator().sockets_join(*rooms)
-
-    async def sockets_leave(self, *rooms: str | Iterable[str]) -> None:
-        """Make every socket leave ``rooms``."""
-        await self.operator().sockets_leave(*rooms)
-
-    async def disconnect_sockets(self, close: bool = False) -> None:
-        """Disconnect every socket."""
-        await self.operator().disconnect_sockets(close)
 
     def recipients(
         self,
