@@ -117,14 +117,14 @@ def test_connect_deadline() -> None:
     idle: SocketIOSession[str] = SocketIOSession(LIMITS, 100.0)
     assert idle.next_deadline == 110.0
     assert idle.on_timer(109.9) == []
-    assert idle.on_timer(110.0) == [ConnectTimedOut()]
+    assert idle.on_timer(110.0) == [ConnectTimedOut(110.0)]
     assert idle.next_deadline is None
     busy = connected("/")
     assert busy.next_deadline is None
     assert busy.on_timer(1e9) == []
     slow: SocketIOSession[str] = SocketIOSession(LIMITS, 0.0)
     slow.receive("0")  # middleware still running at the deadline
-    assert slow.on_timer(10.0) == [ConnectTimedOut()]
+    assert slow.on_timer(10.0) == [ConnectTimedOut(10.0)]
 
 
 def test_ack_table_is_per_namespace_and_forgettable() -> None:

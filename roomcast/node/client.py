@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from roomcast import ids
 from roomcast.errors import RemoteProtocolError
@@ -43,6 +43,12 @@ from .stats import NodeStats
 log = logging.getLogger("roomcast.node")
 
 
+class Writer(Protocol):
+    """Writes a pre-built packet; returns whether it was queued."""
+
+    def __call__(self, frames: Frames, volatile: bool = False) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ClientServices:
     """What every client of a node uses (handed to it: a client never reaches for a server)."""
@@ -56,10 +62,13 @@ class ClientServices:
 class Client:
     """One connection's Socket.IO side: the pure session, and the sockets it connected."""
 
-    __slots__ = ("_services", "_timer", "conn", "session", "sockets")
+    __slots__ = ("_services", "_timer", "conn", "session", "sockets", "write")
 
     def __init__(self, conn: Connection, services: ClientServices) -> None:
         self.conn = conn
+        #: Send a pre-built packet; returns whether it was queued (the connection's own
+        #: method, bound once: it is called for every delivery).
+        self.write: Writer = conn.write
         self._services = services
         loop = asyncio.get_running_loop()
         self.session: SocketIOSession[AckWaiter] = SocketIOSession(services.limits, loop.time())
@@ -85,10 +94,6 @@ class Client:
     def transport_name(self) -> str:
         """``"polling"`` or ``"websocket"``."""
         return self.conn.transport_name
-
-    def write(self, frames: Frames, volatile: bool = False) -> bool:
-        """Send a pre-built packet; returns whether it was queued."""
-        return self.conn.write(frames, volatile)
 
     def send_packet(self, packet: sio.Packet) -> None:
         """Encode and send one Socket.IO packet to this client only."""

@@ -25,7 +25,7 @@ import inspect
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from roomcast.cluster import routing, wire
@@ -325,7 +325,7 @@ class ClusterAdapter(LocalAdapter):
     async def _answer(self, request: rq.Request) -> rq.Reply:
         if isinstance(request, rq.ServerSideEmit):
             return rq.Answer(await self.run_server_event(request.event, request.args))
-        target = replace(request.target, local=True)
+        target = request.target._replace(local=True)
         if isinstance(request, rq.FetchSockets):
             return rq.Sockets(tuple(self.snapshot(target)))
         if isinstance(request, rq.BroadcastWithAck):

@@ -1,8 +1,9 @@
 """The Socket.IO state of one connection (socket.io's ``Client``), as a pure state machine.
 
 Sans-I/O, like :class:`~roomcast.protocol.engineio.EngineSession`: :class:`SocketIOSession`
-takes the connection's Engine.IO messages and the time in, and hands typed events out. It owns
-what the protocol says about a connection: which namespaces are connecting or connected, the
+takes the connection's Engine.IO messages and the time in, and hands typed events out
+(NamedTuples: one is made per packet, and a tuple is cheap to build). It owns what the protocol
+says about a connection: which namespaces are connecting or connected, the
 connect deadline, the per-connection namespace limit, and the table of acks the server waits
 for. What the node runs (middleware, handlers) and what an ack resolves (a callback, a
 broadcast's collector, a future) are the node's; the session keeps the latter as opaque
@@ -28,7 +29,7 @@ from __future__ import annotations
 import collections
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from roomcast.errors import LocalProtocolError, RemoteProtocolError
 from roomcast.protocol import reasons
@@ -55,8 +56,7 @@ class SessionLimits:
     decoder: sio.DecoderLimits = field(default_factory=sio.DecoderLimits)
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectRequested:
+class ConnectRequested(NamedTuple):
     """The client asks to connect to ``namespace``; the node answers with :meth:`connected`
     or :meth:`refused`."""
 
@@ -64,8 +64,7 @@ class ConnectRequested:
     auth: Any
 
 
-@dataclass(frozen=True, slots=True)
-class EventReceived:
+class EventReceived(NamedTuple):
     """An EVENT on a connected namespace; ``ack_id`` when the client wants an answer."""
 
     namespace: str
@@ -73,8 +72,7 @@ class EventReceived:
     ack_id: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class AckReceived(Generic[W]):
+class AckReceived(NamedTuple, Generic[W]):
     """The client acknowledged an emit the server waits for: ``waiter`` gets ``args``."""
 
     namespace: str
@@ -82,25 +80,24 @@ class AckReceived(Generic[W]):
     args: list[Any]
 
 
-@dataclass(frozen=True, slots=True)
-class DisconnectReceived:
+class DisconnectReceived(NamedTuple):
     """The client left a connected namespace."""
 
     namespace: str
 
 
-@dataclass(frozen=True, slots=True)
-class LatePacket:
+class LatePacket(NamedTuple):
     """A packet for a namespace the server disconnected, sent before the client knew."""
 
     namespace: str
     type: sio.PacketType
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectTimedOut:
+class ConnectTimedOut(NamedTuple):
     """No namespace was connected within the connect timeout: the connection must close
     with ``connect timeout``."""
+
+    after: float  #: the deadline that passed
 
 
 SocketIOEvent = (
@@ -245,4 +242,4 @@ class SocketIOSession(Generic[W]):
         self._deadline = None
         if self._count(NamespaceState.CONNECTED):
             return []
-        return [ConnectTimedOut()]
+        return [ConnectTimedOut(now)]
