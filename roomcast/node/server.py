@@ -314,6 +314,10 @@ class Server(Broadcasts):
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()  # the adapter (cluster membership), the listener, aiohttp
+        # Transports closed or aborted above release their sockets in a callback of a later
+        # loop pass: let it run, so that an embedding app's loop may close right after
+        # without leaving a socket to the garbage collector.
+        await asyncio.sleep(0)
         self._listener = None
         if self._stopped is not None:
             self._stopped.set()
