@@ -118,14 +118,33 @@ async def make_bus(router: Router) -> AsyncIterator[BusFactory]:
             await bus.__aexit__(None, None, None)
 
 
+class RawSockets:
+    """Raw ZeroMQ sockets for a test, each kept (so none is collected unclosed while the test
+    runs) and closed with linger 0 at its end."""
+
+    def __init__(self) -> None:
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.sockets: list[zmq.Socket[bytes]] = []
+
+    def socket(self, kind: int) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = self.ctx.socket(kind)
+        self.sockets.append(sock)
+        return sock
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close(linger=0)
+        self.ctx.term()
+
+
 @pytest.fixture
-def zmq_context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    """A context for raw sockets; every socket is closed with linger 0 at the end."""
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+def zmq_context() -> Iterator[RawSockets]:
+    """Raw sockets (``zmq_context.socket(zmq.PUB)``), closed at the end of the test."""
+    raw = RawSockets()
     try:
-        yield ctx
+        yield raw
     finally:
-        ctx.destroy(linger=0)
+        raw.close()
 
 
 def batch(*messages: bytes) -> bytes:
@@ -376,7 +395,7 @@ def _packb(*items: Any) -> bytes:
 
 
 async def test_garbage_through_the_router_is_counted_and_dropped(
-    make_bus: BusFactory, router: Router, zmq_context: zmq.Context[zmq.Socket[bytes]]
+    make_bus: BusFactory, router: Router, zmq_context: RawSockets
 ) -> None:
     """Frames that are not batches, broken batch framing and messages without a known topic
     stop at the router (malformed); undecodable envelopes are counted by the receiving bus by
@@ -426,7 +445,7 @@ async def test_garbage_through_the_router_is_counted_and_dropped(
 
 
 async def test_garbage_frames_reaching_a_bus_directly_are_counted(
-    make_bus: BusFactory, router: Router, zmq_context: zmq.Context[zmq.Socket[bytes]]
+    make_bus: BusFactory, router: Router, zmq_context: RawSockets
 ) -> None:
     """A second "router" that sends frames without a topic or an envelope, multi-frame
     messages or garbage envelopes to a bus is counted by the bus (by reason) and does not
@@ -465,7 +484,7 @@ async def test_garbage_frames_reaching_a_bus_directly_are_counted(
 
 
 async def test_sequence_gaps_are_counted(
-    make_bus: BusFactory, router: Router, zmq_context: zmq.Context[zmq.Socket[bytes]]
+    make_bus: BusFactory, router: Router, zmq_context: RawSockets
 ) -> None:
     """Skipped sequence numbers count as gaps per (origin, incarnation, topic); an older
     number than one delivered is late: dropped and counted, never delivered out of order (its
