@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 import uvloop
-from js_harness import js_process_fixture  # noqa: F401 (a fixture, taken as ``js_process``)
+from support.js_harness import js_process_fixture  # noqa: F401 (a fixture, taken as ``js_process``)
+from support.nodes import node_settings
 
-from roomcast.config import Settings
 from roomcast.node.server import Server
 
 NodeFactory = Callable[..., Any]
@@ -33,13 +33,6 @@ def pytest_asyncio_loop_factories(
     if module is not None and module.__name__ in BOTH_LOOPS:
         return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop}
-
-
-def node_settings(**overrides: Any) -> Settings:
-    """Default test settings (port 0, localhost) with dotted overrides."""
-    base = {"node.host": "127.0.0.1", "node.port": 0}
-    base.update(overrides)
-    return Settings().replace(**base)
 
 
 @pytest.fixture

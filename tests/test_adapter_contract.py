@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 import socketio
-from conftest import node_settings
-from python_client_harness import TIMEOUT, Inbox, join, sid_of
+from support.nodes import node_settings
+from support.python_client_harness import TIMEOUT, Inbox, join, sid_of
 
 from roomcast.cluster.routing import Target
 from roomcast.errors import AckTimeoutError, RoomRefusedError

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 import uvloop
 from aiohttp import WSMsgType
-from bad_input_harness import (
+from support.bad_input_harness import (
     LIMITS,
     TIMEOUT,
     Node,

@@ -17,6 +17,7 @@ import aiohttp
 import msgpack
 import pytest
 import zmq
+from support.timing import TIMEOUT
 
 from roomcast.cluster import wire
 from roomcast.cluster.bus import Bus
@@ -24,8 +25,6 @@ from roomcast.cluster.wire import Topic
 from roomcast.ids import node_tag
 from roomcast.protocol.frames import ws_text
 from roomcast.router.router import Router
-
-TIMEOUT = 5.0
 
 Message = tuple[Topic, wire.Header, wire.Body]
 

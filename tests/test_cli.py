@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from cluster_clients import Connect, clients
-from cluster_harness import (
+from support.cluster_clients import Connect, clients
+from support.cluster_harness import (
     ROUTER_READY,
     Cluster,
     consecutive_free_ports,

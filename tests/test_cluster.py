@@ -22,8 +22,8 @@ import pytest
 import pytest_asyncio
 import zmq
 import zmq.asyncio
-from cluster_clients import Connect, Peer, clients
-from cluster_harness import (
+from support.cluster_clients import Connect, Peer, clients
+from support.cluster_harness import (
     DOWN_MS,
     TIMEOUT,
     Cluster,

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from consul.exceptions import ACLPermissionDenied, BadRequest
-from consul_standin import ConsulStandin, StandinProcess, make_client, parse_duration
+from support.consul_standin import ConsulStandin, StandinProcess, make_client, parse_duration
 
 Entries = list[dict[str, Any]]
 

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from consul_standin import ConsulStandin, StandinProcess, make_client
-from discovery_sources import (
+from support.consul_standin import ConsulStandin, StandinProcess, make_client
+from support.discovery_sources import (
     FAST,
     NODE,
     ROUTER,

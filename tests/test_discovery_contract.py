@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
-from discovery_sources import (
+from support.discovery_sources import (
     NODE,
     OTHER_NODE,
     ROUTER,

@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 import pytest
 import socketio
-from cluster_clients import Connect, Peer, clients
-from cluster_harness import (
+from support.cluster_clients import Connect, Peer, clients
+from support.cluster_harness import (
     CONSUL_KINDS,
     HAVE_CONSUL,
     TIMEOUT,

@@ -12,7 +12,7 @@ import re
 import time
 from typing import Any
 
-from js_harness import (
+from support.js_harness import (
     JS_TEST_MARKS,
     Driver,
     Event,

@@ -12,7 +12,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from js_harness import (
+from support.js_harness import (
     JS_TEST_MARKS,
     Driver,
     Tracked,

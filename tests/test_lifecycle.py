@@ -7,7 +7,7 @@ import threading
 
 import pytest
 import zmq
-from conftest import node_settings
+from support.nodes import node_settings
 
 from roomcast.ids import NodeId
 from roomcast.node.local import LocalAdapter

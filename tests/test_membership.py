@@ -7,7 +7,7 @@ convergence properties are in ``test_membership_convergence.py``.
 
 from __future__ import annotations
 
-from membership_helpers import DOWN_AFTER, SUSPECT_AFTER, origin, replica
+from support.membership_helpers import DOWN_AFTER, SUSPECT_AFTER, origin, replica
 
 from roomcast.cluster import wire
 from roomcast.cluster.membership import (

@@ -14,7 +14,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from membership_helpers import DOWN_AFTER, origin, replica
+from support.membership_helpers import DOWN_AFTER, origin, replica
 
 from roomcast.cluster import wire
 from roomcast.cluster.membership import (

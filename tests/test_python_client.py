@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 import socketio.exceptions
-from python_client_harness import (
+from support.python_client_harness import (
     TIMEOUT,
     Connect,
     Inbox,

@@ -12,7 +12,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from python_client_harness import (
+from support.python_client_harness import (
     TIMEOUT,
     Connect,
     Inbox,

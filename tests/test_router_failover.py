@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_clients import Connect, Peer, clients
-from cluster_harness import Cluster, unique, wait_until
-from stall_proxy import StallProxy
+from support.cluster_clients import Connect, Peer, clients
+from support.cluster_harness import Cluster, unique, wait_until
+from support.stall_proxy import StallProxy
 
 pytestmark = [pytest.mark.multinode, pytest.mark.asyncio(loop_scope="function")]
 

@@ -16,7 +16,7 @@ from typing import Literal
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from ws_client_frames import (
+from support.ws_client_frames import (
     LIMIT,
     OP_BINARY,
     OP_CLOSE,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ws_client_frames import (
+from support.ws_client_frames import (
     LIMIT,
     OP_BINARY,
     OP_CLOSE,

@@ -4,8 +4,8 @@ and Consul agents, all on 127.0.0.1.
 :class:`Proc` pumps a process's output into a log file and into memory (so a test can wait for
 a line) and stops it with SIGTERM, then SIGKILL, then kills its whole process group; every
 child also gets SIGKILL when the test process dies (Linux). :func:`run_cli` runs the CLI to
-completion. :func:`consul_process` gives the stand-in of ``tests/consul_standin.py`` or a real
-``consul agent -dev``. :class:`cluster_harness.Cluster` builds on these.
+completion. :mod:`support.consul` launches Consul (the stand-in or a real ``consul agent
+-dev``). :class:`cluster_harness.Cluster` builds on these.
 """
 
 from __future__ import annotations
@@ -14,43 +14,15 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import signal
-import socket as socket_module
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import aiohttp
+from support.timing import PROCESS_TIMEOUT
 
 #: The bound of every single wait; reached only when something is broken.
-TIMEOUT = 10.0
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (the kernel's pick for port 0)."""
-    with socket_module.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def consecutive_free_ports(n: int) -> int:
-    """A base port such that ``base .. base + n - 1`` are all free now."""
-    for _ in range(100):
-        base = free_port()
-        if base + n > 65536:
-            continue
-        try:
-            for port in range(base + 1, base + n):
-                with socket_module.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise AssertionError(f"found no {n} consecutive free ports")
+TIMEOUT = PROCESS_TIMEOUT
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -69,7 +41,7 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
-_PREEXEC = _die_with_parent()
+PREEXEC = _die_with_parent()
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -113,7 +85,7 @@ class Proc:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_PREEXEC,
+            preexec_fn=PREEXEC,
         )
         self._pump = asyncio.get_running_loop().create_task(self._read())
 
@@ -222,83 +194,3 @@ async def run_cli(
 
 
 # --- Consul -----------------------------------------------------------------------------------
-
-
-class ConsulAgentProcess:
-    """A real ``consul agent -dev`` on a fixed HTTP port, which a test can kill (SIGKILL) and
-    start again on the same port with empty state (a dev agent keeps none): the same interface
-    as :class:`consul_standin.StandinProcess`."""
-
-    def __init__(self, port: int = 0) -> None:
-        self.port = port or free_port()
-        self._process: asyncio.subprocess.Process | None = None
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the agent
-
-    @property
-    def address(self) -> str:
-        """The HTTP API's base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self, timeout: float = 30.0) -> None:
-        """Start the agent and wait until it has elected itself leader."""
-        self._process = process = await asyncio.create_subprocess_exec(
-            *("consul", "agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1"),
-            f"-http-port={self.port}",
-            f"-serf-lan-port={free_port()}",
-            f"-serf-wan-port={free_port()}",
-            f"-server-port={free_port()}",
-            *("-dns-port=-1", "-grpc-port=-1", "-hcl", "ports { grpc_tls = -1 }"),
-            stdout=self._log,
-            stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=_PREEXEC,
-        )
-        url = f"{self.address}/v1/status/leader"
-        async with asyncio.timeout(timeout), aiohttp.ClientSession() as http:
-            while True:  # the agent offers no readiness event: poll its leader endpoint
-                if process.returncode is not None:
-                    self._log.seek(0)
-                    tail = self._log.read()[-2000:].decode(errors="replace")
-                    raise RuntimeError(f"consul agent -dev exited:\n{tail}")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(url) as response:
-                        if response.status == 200 and await response.json():
-                            return
-                await asyncio.sleep(0.1)
-
-    async def kill(self) -> None:
-        """SIGKILL the agent (a crash: nothing is deregistered, its state is gone)."""
-        process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            process.kill()
-            await process.wait()
-
-    async def close(self) -> None:
-        """Kill the agent and drop its log."""
-        await self.kill()
-        self._log.close()
-
-
-#: The Consul agents multi-node tests can run against: the stand-in always, a real
-#: ``consul agent -dev`` when the binary is on PATH.
-CONSUL_KINDS = ("standin", "agent")
-HAVE_CONSUL = shutil.which("consul") is not None
-
-
-@contextlib.asynccontextmanager
-async def consul_process(kind: str, port: int = 0, *, start: bool = True) -> AsyncIterator[Any]:
-    """A Consul agent as a process (``kind`` is ``"standin"`` or ``"agent"``) on ``port`` (0:
-    a free one), started unless ``start`` is False, always killed at the end. It has
-    ``address``, ``port``, ``start()`` and ``kill()``."""
-    from consul_standin import StandinProcess
-
-    port = port or free_port()  # known before the start: a test may start it later
-    agent: Any = ConsulAgentProcess(port) if kind == "agent" else StandinProcess(port)
-    try:
-        if start:
-            await agent.start()
-        yield agent
-    finally:
-        if kind == "agent":
-            await agent.close()
-        else:
-            await agent.kill()

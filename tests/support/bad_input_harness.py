@@ -19,10 +19,11 @@ import aiohttp
 import socketio
 from aiohttp import WSMsgType
 
+import support.timing as support_timing
 from roomcast.node.server import Server
 from roomcast.node.sockets import Socket
 
-TIMEOUT = 5.0
+TIMEOUT = support_timing.TIMEOUT
 SEP = "\x1e"  # Engine.IO's polling record separator
 
 #: Small limits so that each one is cheap to reach.

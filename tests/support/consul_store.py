@@ -1,4 +1,4 @@
-"""The catalogue of the Consul stand-in (``tests/consul_standin.py``), with Consul's semantics.
+"""The catalogue of the Consul stand-in (``support/consul_standin.py``), with Consul's semantics.
 
 One dev-mode agent's state: its services, their TTL checks, and the raft index. Registrations
 are validated and applied here, as Consul's agent and state store do; the stand-in's HTTP layer

@@ -33,7 +33,7 @@ import pytest
 
 from roomcast.node.sockets import Namespace, Socket
 
-JS_DIR = Path(__file__).parent / "js"
+JS_DIR = Path(__file__).resolve().parent.parent / "js"
 DRIVER = JS_DIR / "driver.mjs"
 
 #: The marks of every JS client test module (``pytestmark = JS_TEST_MARKS``).

@@ -7,7 +7,7 @@ stops every process it started, SIGKILL as the last resort. Nothing here sleeps 
 :func:`wait_until` polls an observable state (an admin endpoint, a client's inbox) until it
 holds, with a timeout that is only reached when something is broken.
 
-With ``consul=`` (a Consul agent's address: the stand-in of ``tests/consul_standin.py`` as a
+With ``consul=`` (a Consul agent's address: the stand-in of ``tests/support/consul_standin.py`` as a
 process, or a real ``consul agent -dev``, see :func:`consul_process`) the cluster uses the consul
 discovery backend, and the routers ``cluster.toml`` lists are a decoy nobody runs: nodes can find
 routers only through Consul. More routers, with their own ids and ports, start with
@@ -37,20 +37,24 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-from cluster_processes import (
-    CONSUL_KINDS,  # noqa: F401 (re-exported: tests import it from here)
-    HAVE_CONSUL,  # noqa: F401 (re-exported: tests import it from here)
+
+from roomcast.config import RouterAddress
+from support.cluster_processes import (
     TIMEOUT,
     Proc,
     clean_env,
-    consecutive_free_ports,  # noqa: F401 (re-exported: tests import it from here)
-    consul_process,  # noqa: F401 (re-exported: tests import it from here)
-    free_port,
     roomcast_argv,
     run_cli,
 )
-
-from roomcast.config import RouterAddress
+from support.consul import (
+    CONSUL_KINDS,  # noqa: F401 (re-exported: tests import it from here)
+    HAVE_CONSUL,  # noqa: F401 (re-exported: tests import it from here)
+    consul_process,  # noqa: F401 (re-exported: tests import it from here)
+)
+from support.ports import (
+    consecutive_free_ports,  # noqa: F401 (re-exported: tests import it from here)
+    free_port,
+)
 
 #: Gossip timings short enough that failure detection is quick in tests.
 HEARTBEAT_MS = 100

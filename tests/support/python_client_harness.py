@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 import socketio
 
+import support.timing as support_timing
 from roomcast.node.server import Server
 from roomcast.node.sockets import Namespace, Socket
 
 NodeFactory = Callable[..., Awaitable[Server]]  # the ``start_node`` fixture (tests/conftest.py)
-TIMEOUT = 5.0
+TIMEOUT = support_timing.TIMEOUT
 
 TRANSPORTS: dict[str, list[str] | None] = {
     "websocket": ["websocket"],

@@ -11,7 +11,7 @@ In-process::
 
 As a process, so that a test can kill and restart it (it prints one line when listening)::
 
-    python tests/consul_standin.py --port 8500 [--host 127.0.0.1] [--acl-token SECRET]
+    cd tests && python -m support.consul_standin --port 8500 [--host 127.0.0.1] [--acl-token SECRET]
 
 :class:`StandinProcess` drives that process from a test (start, SIGKILL, restart on the same
 port); :func:`make_client` builds the py-consul client tests use to play other processes.
@@ -71,11 +71,13 @@ import signal
 import sys
 import warnings
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
-from consul_store import (
+
+from support.consul_store import (
     CRITICAL,
     PASSING,
     WARNING,
@@ -450,11 +452,13 @@ class StandinProcess:
 
     async def start(self, timeout: float = 10.0) -> None:
         """Start the process and wait for its "listening" line."""
-        args = [sys.executable, __file__, "--port", str(self.port)]
+        args = [sys.executable, "-m", "support.consul_standin", "--port", str(self.port)]
         if self.acl_token:
             args += ["--acl-token", self.acl_token]
         self._process = process = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=Path(__file__).resolve().parent.parent,  # tests/: where ``support`` is found
         )
         assert process.stdout is not None
         async with asyncio.timeout(timeout):

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import socketio
-from cluster_harness import TIMEOUT, Cluster
+
+from support.cluster_harness import TIMEOUT, Cluster
 
 
 class Peer:

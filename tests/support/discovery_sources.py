@@ -1,7 +1,7 @@
 """The discovery backends' sources, fixtures and view predicates, for the discovery tests.
 
 ``test_discovery_contract.py`` runs one suite against each source: ``static``, ``consul`` on the
-stand-in of Consul's HTTP API (``tests/consul_standin.py``), and ``consul`` on a real ``consul
+stand-in of Consul's HTTP API (``support/consul_standin.py``), and ``consul`` on a real ``consul
 agent -dev`` when the binary is on PATH; ``test_discovery_consul.py`` holds the consul-only
 promises. The fixtures are defined as ``<name>_fixture`` and registered under ``<name>``: a test
 module imports the ones its tests take.
@@ -12,24 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-import aiohttp
 import pytest
-from consul_standin import ConsulStandin
 
 from roomcast.config import Settings
 from roomcast.discovery import Discovery, DiscoveryView, ServiceInstance, make_discovery
+from support.consul import ConsulAgentProcess
+from support.consul_standin import ConsulStandin
+from support.ports import free_port
+from support.timing import PROCESS_TIMEOUT
 
 ROUTER = ServiceInstance.router(
     "r1", "tcp://127.0.0.1:6555", "tcp://127.0.0.1:6556", "http://127.0.0.1:6557"
 )
 NODE = ServiceInstance.node("n1", "http://127.0.0.1:3101")
 OTHER_NODE = ServiceInstance.node("n2", "http://127.0.0.1:3102")
-TIMEOUT = 10.0
+TIMEOUT = PROCESS_TIMEOUT
 
 # Fast enough for tests, valid for a real agent too (whose reaping minimum is 1m).
 FAST = {
@@ -43,16 +43,8 @@ FAST = {
 
 NO_CONSUL = (
     "the consul binary is not on PATH (it cannot be installed on these machines); "
-    "the same tests run against tests/consul_standin.py"
+    "the same tests run against tests/support/consul_standin.py"
 )
-
-
-def free_port() -> int:
-    """A port nothing listens on (closed again at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Source(Protocol):
@@ -127,49 +119,19 @@ class StandinSource(ConsulSource):
 
 
 class AgentSource(ConsulSource):
-    """A real ``consul agent -dev`` on free ports."""
+    """A real ``consul agent -dev`` on free ports (:class:`support.consul.ConsulAgentProcess`)."""
 
     name = "consul-agent"
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.process: asyncio.subprocess.Process | None = None
-        # The agent's log, shown if it fails to start; it lives as long as the process.
-        self.output = tempfile.TemporaryFile()  # noqa: SIM115
+        self.agent = ConsulAgentProcess()
+        self.port = self.agent.port
 
     async def start(self) -> None:
-        self.output.close()
-        self.output = tempfile.TemporaryFile()  # noqa: SIM115
-        self.process = process = await asyncio.create_subprocess_exec(
-            *("consul", "agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1"),
-            f"-http-port={self.port}",
-            f"-serf-lan-port={free_port()}",
-            f"-serf-wan-port={free_port()}",
-            f"-server-port={free_port()}",
-            *("-dns-port=-1", "-grpc-port=-1", "-hcl", "ports { grpc_tls = -1 }"),
-            stdout=self.output,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        # Ready once it has elected itself leader (polling: the agent offers no event).
-        async with asyncio.timeout(30), aiohttp.ClientSession() as http:
-            while True:
-                if process.returncode is not None:
-                    self.output.seek(0)
-                    tail = self.output.read()[-2000:].decode(errors="replace")
-                    raise RuntimeError(f"consul agent -dev exited:\n{tail}")
-                with contextlib.suppress(aiohttp.ClientError):
-                    url = f"http://127.0.0.1:{self.port}/v1/status/leader"
-                    async with http.get(url) as response:
-                        if response.status == 200 and (await response.json()):
-                            return
-                await asyncio.sleep(0.1)
+        await self.agent.start()
 
     async def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.returncode is None:
-            process.kill()
-            await process.wait()
-        self.output.close()
+        await self.agent.close()
 
 
 SOURCES = [
