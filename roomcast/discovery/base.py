@@ -1,8 +1,8 @@
 """The discovery contract, its value types, and the pieces every backend shares.
 
 A backend (:mod:`~roomcast.discovery.static`, :mod:`~roomcast.discovery.consul`) implements
-:class:`Discovery`; ``tests/test_discovery_contract.py`` runs one suite against each of them
-(STYLE.md #4). The promises are written on :class:`Discovery`.
+:class:`Discovery`; ``tests/discovery/test_discovery_contract.py`` runs one suite against each
+of them (STYLE.md #4). The promises are written on :class:`Discovery`.
 """
 
 from __future__ import annotations

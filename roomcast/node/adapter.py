@@ -8,7 +8,7 @@ hand every operation that may reach beyond this node's own sockets to the adapte
 Two implementations: :class:`~roomcast.node.local.LocalAdapter` (a standalone node) and
 :class:`~roomcast.node.cluster.ClusterAdapter` (interest routing over the bus, requests to the
 involved nodes only). One contract test suite runs against both
-(``tests/test_adapter_contract.py``).
+(``tests/node/test_adapter_contract.py``).
 
 The adapter reaches this node's sockets through :class:`LocalSockets` (the node's namespaces),
 never through the node's server object, and knows a socket only as a :class:`Member`.

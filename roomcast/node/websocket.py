@@ -209,7 +209,7 @@ class AiohttpWebSocket:
         The one place roomcast writes to a transport aiohttp owns. It relies on what aiohttp's
         ``WebSocketResponse`` does with compression off: it writes each of its own frames
         (pongs, its close frame) whole, in one ``transport.write``, so frames never
-        interleave. ``test_websocket_served_by_aiohttp`` (tests/test_bad_input.py) fails if
+        interleave. ``test_websocket_served_by_aiohttp`` (tests/node/test_bad_input.py) fails if
         an aiohttp upgrade changes that, on asyncio's loop and on uvloop.
         """
         self.transport.write(data)
