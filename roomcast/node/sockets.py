@@ -83,6 +83,11 @@ class ClientLink(Protocol):
         """Whether the connection has ended."""
         ...
 
+    @property
+    def transport_name(self) -> str:
+        """``"polling"`` or ``"websocket"``."""
+        ...
+
     def write(self, frames: Frames, volatile: bool = False) -> bool:
         """Send a pre-built packet; returns whether it was queued."""
         ...

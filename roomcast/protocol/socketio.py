@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from roomcast.errors import RemoteProtocolError
-from roomcast.ids import ROOT_NAMESPACE, Namespace
+from roomcast.ids import ROOT_NAMESPACE as ROOT_NAMESPACE  # re-exported: part of this API
+from roomcast.ids import Namespace as Namespace
 from roomcast.protocol import reasons
 
 #: Event names a client may not emit (socket.io-parser's RESERVED_EVENTS).

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from roomcast import ids
 from roomcast.cluster import wire
 from roomcast.cluster.wire import Kind
-from roomcast.ids import node_tag
+from roomcast.ids import NodeId, NodeTag, node_tag
 from roomcast.protocol.frames import Frames
 from roomcast.protocol.socketio import Encoded
 
-TAG = bytes.fromhex("0102030405ff")
+TAG = NodeTag(bytes.fromhex("0102030405ff"))
 
 BODIES: list[wire.Body] = [
     wire.RoomMessage(
@@ -51,7 +51,7 @@ def test_round_trip(body: wire.Body) -> None:
     """Every envelope kind decodes to the header and body that were encoded."""
     data = wire.encode("node-1", 3, 99, body)
     header, decoded = wire.decode(data)
-    assert header == wire.Header(header.kind, wire.NodeId("node-1"), 3, 99)
+    assert header == wire.Header(header.kind, NodeId("node-1"), 3, 99)
     assert decoded == body
     assert type(decoded) is type(body)
 

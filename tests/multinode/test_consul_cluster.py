@@ -382,7 +382,7 @@ async def test_killed_node_is_dropped_through_consul(
             async def down(node: str = node) -> bool:
                 doc = await cluster.admin(node, "/admin/cluster")
                 status = {n["node"]: n["status"] for n in doc["cluster"]["nodes"]}
-                return status["n3"] == "down"
+                return bool(status["n3"] == "down")
 
             # Bounded well below suspect_after: only Consul can explain it.
             await wait_until(down, timeout=10, what=f"{node} to see n3 down")

@@ -218,7 +218,7 @@ async def test_router_killed_and_restarted_keeps_order_and_exact_joins(cluster: 
             before = await bus_counts(cluster)
 
             async def r1_carries() -> bool:
-                return (await cluster.router_stats())["messages_in"] > r1_before + 50
+                return bool((await cluster.router_stats())["messages_in"] > r1_before + 50)
 
             await wait_until(r1_carries, what="r1 to carry room traffic")
             killed = time.monotonic()
@@ -239,7 +239,7 @@ async def test_router_killed_and_restarted_keeps_order_and_exact_joins(cluster: 
 
             async def r1_carries_again() -> bool:
                 stats = await cluster.router_stats("r1")
-                return stats["messages_in"] > r1_stats["messages_in"] + 50
+                return bool(stats["messages_in"] > r1_stats["messages_in"] + 50)
 
             await wait_until(r1_carries_again, what="the restarted r1 to carry topics again")
             assert restart.running
@@ -283,7 +283,7 @@ async def test_stalled_link_keeps_order(cluster: Cluster) -> None:
                 r2_before = (await cluster.router_stats("r2"))["messages_in"]
 
                 async def r2_carries() -> bool:
-                    return (await cluster.router_stats("r2"))["messages_in"] > r2_before + 50
+                    return bool((await cluster.router_stats("r2"))["messages_in"] > r2_before + 50)
 
                 await wait_until(r2_carries, what="r2 to carry room traffic")
                 before = await bus_counts(cluster)
@@ -303,7 +303,7 @@ async def test_stalled_link_keeps_order(cluster: Cluster) -> None:
                 traffic.paused.clear()
 
                 async def r2_carries_again() -> bool:
-                    return (await cluster.router_stats("r2"))["messages_in"] > r2_back + 50
+                    return bool((await cluster.router_stats("r2"))["messages_in"] > r2_back + 50)
 
                 await wait_until(r2_carries_again, what="r2 to carry topics again")
             finally:

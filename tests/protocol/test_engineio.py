@@ -488,8 +488,8 @@ def test_upgrade_probe_then_5_switches_to_websocket() -> None:
     assert session.upgrading
     assert session.transport is TransportKind.POLLING
     assert session.receive_probe(UPGRADE) == [UpgradeCompleted()]
-    assert session.state is EngineState.OPEN
-    assert session.transport is TransportKind.WEBSOCKET
+    assert session.state.value == EngineState.OPEN.value  # (mypy narrowed it to UPGRADING)
+    assert session.transport.value == TransportKind.WEBSOCKET.value
     assert not session.upgrading
     assert not session.can_upgrade()
 
