@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 
@@ -10,7 +11,9 @@ import zmq
 from support.nodes import node_settings
 
 from roomcast.ids import NodeId
+from roomcast.node.health import Health
 from roomcast.node.local import LocalAdapter
+from roomcast.node.member import ClusterMember
 from roomcast.node.server import Server
 from roomcast.router.router import Router
 
@@ -72,3 +75,35 @@ async def test_node_whose_adapter_fails_to_start_releases_its_port() -> None:
     with pytest.raises(RuntimeError, match="cannot join"):
         await server.__aenter__()
     assert _port_is_free(port)
+
+
+async def test_cluster_member_whose_start_fails_undoes_what_it_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A start that fails after the member registered with discovery and opened its bus (here:
+    its first router check raises) deregisters, closes the bus, and leaves no health watcher
+    and no task behind."""
+    settings = node_settings(
+        **{
+            "cluster.enabled": True,
+            "discovery.routers": [{"xsub": "tcp://127.0.0.1:1", "xpub": "tcp://127.0.0.1:2"}],
+        }
+    )
+    health = Health()
+    member = ClusterMember(
+        settings, NodeId("n1"), 1, health, lambda: 0, lambda *_: None, lambda _: None
+    )
+
+    async def broken_check(timeout: float) -> dict[str, bool]:
+        assert member.bus._ctx is not None  # the bus is open by now
+        assert member.discovery.view().nodes  # and the node registered
+        raise RuntimeError("check failed")
+
+    monkeypatch.setattr(member.bus, "check_routers", broken_check)
+    tasks_before = asyncio.all_tasks()
+    with pytest.raises(RuntimeError, match="check failed"):
+        await member.start("http://127.0.0.1:1")
+    assert member.bus._ctx is None
+    assert member.discovery.view().nodes == ()
+    assert health.watchers == []
+    assert asyncio.all_tasks() == tasks_before
