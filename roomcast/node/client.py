@@ -37,7 +37,8 @@ from .adapter import Spawn
 from .engine import Connection
 from .namespaces import Namespaces
 from .sessions import RequestInfo
-from .sockets import AckWaiter, Namespace, Socket, resolve_ack
+from .sio_socket import AckWaiter, Socket, resolve_ack
+from .sockets import Namespace
 from .stats import NodeStats
 
 log = logging.getLogger("roomcast.node")
