@@ -17,6 +17,20 @@ from typing import Final
 
 from roomcast.errors import LocalProtocolError, RemoteProtocolError
 from roomcast.protocol import reasons
+from roomcast.protocol.engineio_http import APPLICATION_JSON as APPLICATION_JSON
+from roomcast.protocol.engineio_http import BAD_HANDSHAKE_METHOD as BAD_HANDSHAKE_METHOD
+from roomcast.protocol.engineio_http import BAD_REQUEST as BAD_REQUEST
+from roomcast.protocol.engineio_http import DRAINING as DRAINING
+from roomcast.protocol.engineio_http import POST_OK as POST_OK
+from roomcast.protocol.engineio_http import TEXT_HTML as TEXT_HTML
+from roomcast.protocol.engineio_http import TEXT_PLAIN as TEXT_PLAIN
+from roomcast.protocol.engineio_http import TOO_LARGE as TOO_LARGE
+from roomcast.protocol.engineio_http import TRANSPORT_UNKNOWN as TRANSPORT_UNKNOWN
+from roomcast.protocol.engineio_http import UNKNOWN_SID as UNKNOWN_SID
+from roomcast.protocol.engineio_http import UNSUPPORTED_VERSION as UNSUPPORTED_VERSION
+from roomcast.protocol.engineio_http import HttpError as HttpError
+from roomcast.protocol.engineio_http import HttpReply as HttpReply
+from roomcast.protocol.engineio_http import Refusal as Refusal
 
 PROTOCOL_VERSION: Final = "4"
 RECORD_SEPARATOR: Final = "\x1e"  # §Packet encoding / HTTP long-polling
@@ -109,70 +123,6 @@ def decode_payload(body: str, *, max_packets: int) -> list[Packet]:
     if body.count(RECORD_SEPARATOR) >= max_packets:
         raise RemoteProtocolError(reasons.TOO_MANY_PACKETS, f"more than {max_packets}")
     return [decode_text(part) for part in body.split(RECORD_SEPARATOR)]
-
-
-# --- HTTP answers (§Transports, HTTP long-polling) ---------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class HttpError:
-    """One of engine.io's HTTP error answers (its ``Server.errors``)."""
-
-    code: int
-    message: str
-    status: int = 400
-
-
-TRANSPORT_UNKNOWN: Final = HttpError(0, "Transport unknown")
-UNKNOWN_SID: Final = HttpError(1, "Session ID unknown")
-BAD_HANDSHAKE_METHOD: Final = HttpError(2, "Bad handshake method")
-BAD_REQUEST: Final = HttpError(3, "Bad request")
-DRAINING: Final = HttpError(4, "Forbidden: node draining", 503)
-UNSUPPORTED_VERSION: Final = HttpError(5, "Unsupported protocol version")
-
-TEXT_PLAIN: Final = "text/plain"
-APPLICATION_JSON: Final = "application/json"
-TEXT_HTML: Final = "text/html"
-
-
-@dataclass(frozen=True, slots=True)
-class HttpReply:
-    """What an HTTP request of the Engine.IO path is answered with.
-
-    ``linger``: the session is closed, and keeps what it still has to say (or its CLOSE) for
-    one more GET.
-    """
-
-    status: int
-    body: str
-    content_type: str = TEXT_PLAIN
-    linger: bool = False
-
-    @classmethod
-    def payload(cls, text: str, *, linger: bool = False) -> HttpReply:
-        """A polling answer: packets as UTF-8 text."""
-        return cls(200, text, TEXT_PLAIN, linger)
-
-    @classmethod
-    def error(cls, err: HttpError) -> HttpReply:
-        """``{"code": ..., "message": ...}`` with the error's status."""
-        body = json.dumps({"code": err.code, "message": err.message})
-        return cls(err.status, body, APPLICATION_JSON)
-
-
-#: What a POST the session accepted is answered with (engine.io's "ok").
-POST_OK: Final = HttpReply(200, "ok", TEXT_HTML)
-#: What a POST over ``max_payload`` is answered with.
-TOO_LARGE: Final = HttpReply(413, "payload too large")
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """The request breaks a rule: the session closes with ``reason``; ``reply`` answers it."""
-
-    reason: str
-    reply: HttpReply
-    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
