@@ -28,7 +28,6 @@ from aiohttp import web
 from roomcast.errors import ProtocolError, RemoteProtocolError
 from roomcast.protocol import engineio as eio
 from roomcast.protocol import reasons
-from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames, ws_frame, ws_text
 
 from .sessions import RequestInfo, Sessions
@@ -158,10 +157,6 @@ class Connection:
             self.sessions.stats.volatile_dropped += 1
             return False
         return self._buffer_poll(frames.poll)
-
-    def send_packet(self, packet: sio.Packet) -> None:
-        """Encode and send one Socket.IO packet to this client only."""
-        self.write(Frames(sio.encode(packet)))
 
     def send_engine(self, packet: eio.Packet) -> None:
         """Send one Engine.IO packet (a PING, or a raw MESSAGE) on the current transport."""

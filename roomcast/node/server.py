@@ -232,18 +232,9 @@ class Server(Broadcasts):
         self.health_state.set_problem(problem, detail)
 
     @property
-    def health_watchers(self) -> list[Callable[[bool, str], None]]:
-        """Callables told ``(healthy, note)`` whenever health changes."""
-        return self.health_state.watchers
-
-    @property
     def healthy(self) -> bool:
         """Whether load balancers should send this node clients."""
         return self.health_state.healthy
-
-    def health_note(self) -> str:
-        """Why the node is unhealthy (empty when it is not)."""
-        return self.health_state.note()
 
     def health(self) -> dict[str, Any]:
         """The node's health document."""
