@@ -10,6 +10,7 @@ published on.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Container, Iterable
 from typing import NamedTuple, Self
 
@@ -38,7 +39,7 @@ class Target(NamedTuple):
     local: bool = False
 
 
-class TargetChain:
+class TargetChain(ABC):
     """The chainable builder over a :class:`Target`: each call returns a new object, so a chain
     can be kept and reused. Subclasses say how to rebuild themselves around a new target."""
 
@@ -47,9 +48,9 @@ class TargetChain:
     #: What this chain targets so far (a subclass's field).
     target: Target
 
+    @abstractmethod
     def retarget(self, target: Target) -> Self:
         """The same object, around ``target``."""
-        raise NotImplementedError
 
     def to(self, *rooms: str | Iterable[str]) -> Self:
         """Also target ``rooms`` (a socket in several targeted rooms gets one copy)."""

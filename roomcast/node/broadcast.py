@@ -7,6 +7,7 @@ every targeted socket in the cluster, once each; ``.local`` only this node's.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
 
@@ -104,15 +105,15 @@ class BroadcastOperator(TargetChain):
         await self.adapter.disconnect_sockets(self.target, close)
 
 
-class Broadcasts:
+class Broadcasts(ABC):
     """socket.io's shortcuts from a namespace (or the server, for its root namespace) to a
     broadcast operator over all of its sockets: ``ns.to(room).emit(...)``, ``ns.emit(...)``."""
 
     __slots__ = ()
 
+    @abstractmethod
     def operator(self) -> BroadcastOperator:
         """A broadcast to every socket, to narrow down."""
-        raise NotImplementedError
 
     def to(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
         """Broadcast to ``rooms``."""
