@@ -74,10 +74,8 @@ class Client:
         loop = asyncio.get_running_loop()
         self.session: SocketIOSession[AckWaiter] = SocketIOSession(services.limits, loop.time())
         self.sockets: dict[str, Socket] = {}
-        deadline = self.session.next_deadline
-        self._timer: asyncio.TimerHandle | None = (
-            None if deadline is None else loop.call_at(deadline, self._on_timer)
-        )
+        self._timer: asyncio.TimerHandle | None = None
+        self._arm_timer(loop)
 
     # -- what its sockets use -----------------------------------------------------------------
 
@@ -194,8 +192,18 @@ class Client:
             ns.connecting -= 1
             self._services.namespaces.maybe_empty(ns)
 
+    def _arm_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        deadline = self.session.next_deadline
+        if deadline is not None:
+            self._timer = loop.call_at(deadline, self._on_timer)
+
     def _on_timer(self) -> None:
+        # A loop may run a timer a little before its time (uvloop rounds to milliseconds):
+        # the session then still has its deadline, and the timer is armed again for it.
         self._timer = None
         if not self.conn.closed:
-            for event in self.session.on_timer(self.conn.sessions.loop.time()):
+            loop = self.conn.sessions.loop
+            for event in self.session.on_timer(loop.time()):
                 self._handle(event)
+            if not self.conn.closed:
+                self._arm_timer(loop)

@@ -36,6 +36,7 @@ from support.bad_input_harness import (
     placeholder,
 )
 
+from roomcast.node.client import Client
 from roomcast.node.server import Server
 from roomcast.node.sockets import Socket
 from roomcast.node.websocket import AiohttpWebSocket
@@ -491,6 +492,25 @@ async def test_client_that_never_connects_a_namespace(
         reasons.CONNECT_TIMEOUT,
     )
     assert node.server.stats.closed_by_reason[reasons.CONNECT_TIMEOUT] == 1
+    await node.assert_healthy()
+
+
+async def test_connect_deadline_survives_a_timer_that_fires_early(
+    make_node: NodeMaker, http: aiohttp.ClientSession
+) -> None:
+    """A loop may run a timer before its time (uvloop rounds to milliseconds): the connect
+    deadline is then armed again, and the session still goes at its deadline."""
+    node = await make_node(**{"engineio.connect_timeout_ms": 300})
+    raw = await RawWebSocket.open(http, node.server, connect=False)
+    client = node.server.sessions.live[raw.eio_sid].client
+    assert isinstance(client, Client)
+    assert client._timer is not None
+    client._timer.cancel()
+    client._on_timer()  # what an early timer does: runs before the deadline
+    assert await raw.close_frame() == (
+        aiohttp.WSCloseCode.POLICY_VIOLATION,
+        reasons.CONNECT_TIMEOUT,
+    )
     await node.assert_healthy()
 
 
