@@ -35,13 +35,8 @@ from roomcast.protocol import websocket as wsp
 from roomcast.protocol.frames import ws_text
 
 from .adapter import Spawn
-from .engine import (
-    BAD_SESSION,
-    Connection,
-    EngineClient,
-    http_error,
-    http_reply,
-)
+from .engine import BAD_SESSION, Connection, EngineClient
+from .polling import http_error, http_reply
 from .sessions import RequestInfo, Sessions
 from .websocket import AiohttpWebSocket, ClosingWebSockets, NodeWebSocket
 
@@ -112,14 +107,14 @@ class EngineEndpoint:
         if conn is None:
             closed = self.sessions.lingering.pop(sid, None)
             if closed is not None and request.method == "GET":
-                return closed.last_words()
+                return closed.polling.last_words()
             return http_error(eio.UNKNOWN_SID)
         if conn.session.transport is not eio.TransportKind.POLLING:
             return http_error(eio.BAD_REQUEST)
         if request.method == "GET":
-            return await conn.poll()
+            return await conn.polling.get()
         if request.method == "POST":
-            return await conn.post(request)
+            return await conn.polling.post(request)
         return http_error(eio.BAD_REQUEST)
 
     def _open(self, info: RequestInfo, kind: eio.TransportKind) -> Connection:

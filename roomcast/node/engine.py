@@ -1,9 +1,10 @@
 """Engine.IO transports: a thin pump around :class:`EngineSession`.
 
 :class:`Connection` is one client (one Engine.IO session): it owns the session state machine,
-its heartbeat timer, the pending polling GET or the WebSocket, and the Socket.IO decoder. The
-HTTP handlers here and the WebSocket links of :mod:`roomcast.node.websocket` only move bytes
-between the network and the session; every protocol decision is made by
+its heartbeat timer, its WebSocket and its long-polling side (:mod:`roomcast.node.polling`),
+and the client its messages go to. The polling side, an upgrading WebSocket
+(:mod:`roomcast.node.upgrade`) and the WebSocket links of :mod:`roomcast.node.websocket` only
+move bytes between the network and the session; every protocol decision is made by
 :mod:`roomcast.protocol.engineio`.
 
 A session keeps nothing of the HTTP request that opened it but a :class:`RequestInfo` (what
@@ -23,51 +24,20 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from aiohttp import web
-
-from roomcast.errors import ProtocolError, RemoteProtocolError
+from roomcast.errors import RemoteProtocolError
 from roomcast.protocol import engineio as eio
 from roomcast.protocol import reasons
 from roomcast.protocol.frames import Frames, ws_frame, ws_text
 
+from .polling import Polling
 from .sessions import RequestInfo, Sessions
+from .upgrade import Upgrade, outbox_as_frames
+from .websocket import WebSocketLink
 
 log = logging.getLogger("roomcast.node")
 
 #: The close message of a WebSocket that names a session it cannot upgrade.
 BAD_SESSION = "bad session"
-
-
-class WebSocketLink(Protocol):
-    """What carries a session's WebSocket (see :mod:`roomcast.node.websocket`).
-
-    The link calls :meth:`Connection.ws_message` for each message and
-    :meth:`Connection.ws_ended` once when the WebSocket ends without the connection having
-    closed it.
-    """
-
-    @property
-    def transport(self) -> asyncio.Transport:
-        """The TCP transport: pre-built frames are written straight to it."""
-        ...
-
-    def bind(self, conn: Connection) -> None:
-        """Deliver messages to ``conn`` from now on (a link reads none before)."""
-        ...
-
-    def write(self, data: bytes) -> None:
-        """Write pre-built WebSocket frames."""
-        ...
-
-    def close(self, reason: str, code: int | None = None) -> None:
-        """Start the closing handshake: a close frame carrying ``reason`` (or ``code`` alone),
-        then the TCP connection is closed once the client answers, or dropped after a timeout.
-        Idempotent; the connection is not told about the end."""
-        ...
-
-    def abort(self) -> None:
-        """Drop the TCP connection at once (the client is not reading)."""
-        ...
 
 
 class EngineClient(Protocol):
@@ -88,13 +58,13 @@ class Connection:
 
     __slots__ = (
         "_out",
-        "_poll_waiter",
         "_timer",
         "_upgrade",
         "_ws",
         "_ws_transport",
         "client",
         "info",
+        "polling",
         "session",
         "sessions",
     )
@@ -114,7 +84,8 @@ class Connection:
         self._ws_transport: asyncio.Transport | None = None
         self._out: list[bytes] | None = None  # WebSocket frames to write at the end of the pass
         self._upgrade: Upgrade | None = None  # the one WebSocket upgrading us
-        self._poll_waiter: asyncio.Future[eio.Packet | None] | None = None
+        #: The long-polling transport (the pending GET, the POSTs).
+        self.polling = Polling(self)
         self._timer: asyncio.TimerHandle | None = None
         #: Where the session's messages go (the Socket.IO layer).
         self.client = new_client(self)
@@ -153,10 +124,10 @@ class Connection:
             return True
         if self.session.closed:
             return False
-        if volatile and (self._poll_waiter is None or self.session.upgrading):
+        if volatile and (self.polling.waiter is None or self.session.upgrading):
             self.sessions.stats.volatile_dropped += 1
             return False
-        return self._buffer_poll(frames.poll)
+        return self.polling.buffer(frames.poll)
 
     def send_engine(self, packet: eio.Packet) -> None:
         """Send one Engine.IO packet (a PING, or a raw MESSAGE) on the current transport."""
@@ -166,7 +137,7 @@ class Connection:
             else:
                 self._queue_ws(ws_text(eio.encode_text(packet)))
         elif not self.session.closed:
-            self._buffer_poll((eio.encode_text(packet),))
+            self.polling.buffer((eio.encode_text(packet),))
 
     def _queue_ws(self, data: bytes) -> None:
         """Queue WebSocket frames for the end of this loop pass (see :meth:`flush`)."""
@@ -176,17 +147,6 @@ class Connection:
             self.sessions.schedule_flush(self)
         else:
             out.append(data)
-
-    def _buffer_poll(self, texts: Iterable[str]) -> bool:
-        """Queue polling packets and wake the pending GET; a full outbox closes the session."""
-        try:
-            for text in texts:
-                self.session.buffer(text)
-        except RemoteProtocolError as exc:
-            self.close(exc.reason)
-            return False
-        self._wake_poll(None)
-        return True
 
     def flush(self) -> None:
         """Write the WebSocket frames queued in this loop pass, enforcing the send buffer."""
@@ -203,11 +163,6 @@ class Connection:
             return
         assert self._ws is not None
         self._ws.write(data)
-
-    def _wake_poll(self, result: eio.Packet | None) -> None:
-        waiter = self._poll_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(result)
 
     # -- session events -----------------------------------------------------------------------
 
@@ -241,7 +196,7 @@ class Connection:
         closed_by_peer = self.session.closed
         for event in events:
             if isinstance(event, eio.MessageReceived):
-                self.on_message(event.data)
+                self.client.on_message(event.data)
             elif isinstance(event, eio.SendPacket):
                 self.send_engine(event.packet)
             elif isinstance(event, eio.SessionClosed):
@@ -260,10 +215,6 @@ class Connection:
         if packet.type is eio.PacketType.PONG:
             self.start_timer()
         self.handle(events)
-
-    def on_message(self, data: str | bytes) -> None:
-        """An Engine.IO MESSAGE: hand it to the client (which decodes it as Socket.IO)."""
-        self.client.on_message(data)
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -294,7 +245,7 @@ class Connection:
             self._timer = None
         if event.linger:
             sessions.linger(self)
-        self._wake_poll(event.notify_poll)
+        self.polling.wake(event.notify_poll)
         upgrade = self._upgrade
         if upgrade is not None:
             self._upgrade = None
@@ -313,51 +264,9 @@ class Connection:
         self._ws_transport = None
         self.client.on_close(event.reason)
 
-    # -- transports ---------------------------------------------------------------------------
-
-    async def poll(self) -> web.Response:
-        """Serve one polling GET (the rules are :meth:`EngineSession.begin_get`'s)."""
-        answer = self.session.begin_get()
-        if answer is None:
-            waiter: asyncio.Future[eio.Packet | None] = self.sessions.loop.create_future()
-            self._poll_waiter = waiter
-            try:
-                woken_by = await waiter
-            except asyncio.CancelledError:
-                self.close(self.session.abort_get())
-                raise
-            finally:
-                self._poll_waiter = None
-            answer = self.session.end_get(woken_by)
-        return self._answer(answer)
-
-    def last_words(self) -> web.Response:
-        """Answer a GET of this closed session (see :meth:`EngineSession.last_words`)."""
-        return self._answer(self.session.last_words())
-
-    async def post(self, request: web.Request) -> web.Response:
-        """Serve one polling POST (the rules are :meth:`EngineSession.begin_post`'s)."""
-        refused = self.session.begin_post(request.content_length)
-        if refused is not None:
-            return self._answer(refused)
-        try:
-            body = await _read_limited(request, self.session.settings.max_payload)
-        except BaseException:
-            self.session.abort_post()
-            raise
-        answer, events = self.session.end_post(body, self.sessions.loop.time())
-        if answer is eio.POST_OK:
-            self.start_timer()  # a PONG in the body moved the heartbeat deadline
-            self.handle(events)
-        return self._answer(answer)
-
-    def _answer(self, answer: eio.HttpReply | eio.Refusal) -> web.Response:
-        if isinstance(answer, eio.Refusal):
-            self.close(answer.reason, answer.detail)
-            answer = answer.reply
-        elif answer.linger:
-            self.sessions.linger(self)
-        return http_reply(answer)
+    def linger(self) -> None:
+        """Keep this closed session's sid known for a while (see :meth:`Sessions.linger`)."""
+        self.sessions.linger(self)
 
     # -- WebSocket (the links of roomcast.node.websocket call these) ---------------------------
 
@@ -426,8 +335,8 @@ class Connection:
         self._ws_transport = link.transport
         outbox = self.session.take_outbox()
         if outbox:
-            link.write(b"".join(_poll_text_to_ws(t) for t in outbox))
-        self._wake_poll(eio.NOOP)
+            link.write(outbox_as_frames(outbox))
+        self.polling.wake(eio.NOOP)
 
     def upgrade_failed(self, upgrade: Upgrade) -> None:
         """``upgrade`` failed: the session stays on polling."""
@@ -435,83 +344,3 @@ class Connection:
             self._upgrade = None
             if not self.session.closed:
                 self.session.abort_upgrade()
-
-
-class Upgrade:
-    """One WebSocket's attempt to take a polling session over (§Upgrade): ``2probe`` is
-    answered ``3probe`` (and the pending GET NOOP), then ``5`` completes it; anything else, the
-    link's end, or ``engineio.upgrade_timeout_ms`` fails it, and the session stays on polling."""
-
-    __slots__ = ("_timer", "conn", "link")
-
-    def __init__(self, conn: Connection, link: WebSocketLink) -> None:
-        self.conn = conn
-        self.link = link
-        seconds = conn.session.settings.upgrade_timeout_ms / 1000
-        self._timer: asyncio.TimerHandle | None = conn.sessions.loop.call_later(
-            seconds, self.fail, "upgrade timeout"
-        )
-
-    def probe(self, data: str | bytes) -> None:
-        """A message on the upgrading link."""
-        try:
-            if not isinstance(data, str):
-                raise RemoteProtocolError(reasons.UPGRADE_FAILED, "probe not text")
-            events = self.conn.session.receive_probe(eio.decode_text(data))
-        except ProtocolError as exc:
-            self.fail(exc.detail or exc.reason)
-            return
-        if not any(isinstance(e, eio.UpgradeCompleted) for e in events):
-            self.link.write(ws_text("3probe"))
-            self.conn._wake_poll(eio.NOOP)
-            return
-        self._stop_timer()
-        self.conn.upgraded(self)
-
-    def fail(self, detail: str, code: int | None = None) -> None:
-        """The upgrade failed: the link is closed, the session stays on polling."""
-        self._stop_timer()
-        log.debug("upgrade of %s failed: %s", self.conn.sid, detail)
-        self.conn.upgrade_failed(self)
-        self.link.close(reasons.UPGRADE_FAILED, code)
-
-    def end(self, reason: str) -> None:
-        """The session closed during the upgrade: the link goes with it."""
-        self._stop_timer()
-        self.link.close(reason)
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-
-def _poll_text_to_ws(text: str) -> bytes:
-    if text.startswith("b"):
-        packet = eio.decode_text(text)
-        assert isinstance(packet.data, bytes)
-        return ws_frame(packet.data, 0x2)
-    return ws_text(text)
-
-
-async def _read_limited(request: web.Request, limit: int) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def http_reply(reply: eio.HttpReply) -> web.Response:
-    """An Engine.IO HTTP answer as an aiohttp response."""
-    return web.Response(
-        status=reply.status, text=reply.body, content_type=reply.content_type, charset="UTF-8"
-    )
-
-
-def http_error(err: eio.HttpError) -> web.Response:
-    """An Engine.IO error answer: ``{"code": ..., "message": ...}`` (engine.io's Server.errors)."""
-    return http_reply(eio.HttpReply.error(err))

@@ -1,4 +1,4 @@
-"""The links that carry a session's WebSocket (:class:`~roomcast.node.engine.WebSocketLink`).
+"""The links that carry a session's WebSocket (:class:`WebSocketLink`).
 
 :class:`NodeWebSocket` is the common case. The node answered the opening handshake itself
 (:mod:`roomcast.node.endpoint`) and took the TCP transport over as an ``asyncio.Protocol``, so
@@ -10,28 +10,70 @@ session's life, and a message costs a callback, not a task wake-up.
 had already served a request on (a kept-alive connection: only aiohttp can hand that one over),
 through aiohttp's ``WebSocketResponse``.
 
-Both call the same two methods of their connection: :meth:`~Connection.ws_message` for each
-message and :meth:`~Connection.ws_ended` when the WebSocket ends without the connection having
-closed it.
+Both call the same two methods of their connection (:class:`LinkOwner`): ``ws_message`` for
+each message and ``ws_ended`` when the WebSocket ends without the connection having closed it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 
 from roomcast.protocol import reasons
 from roomcast.protocol import websocket as wsp
 
-if TYPE_CHECKING:
-    from .engine import Connection
-
 #: Seconds a closing handshake may take before the TCP connection is dropped (a close must
 #: never hang on a client that does not read).
 CLOSE_TIMEOUT = 2.0
+
+
+class LinkOwner(Protocol):
+    """The connection a link delivers to (:class:`~roomcast.node.engine.Connection`)."""
+
+    def ws_message(self, link: WebSocketLink, data: str | bytes) -> None:
+        """A message arrived on ``link``."""
+        ...
+
+    def ws_ended(
+        self, link: WebSocketLink, reason: str = reasons.TRANSPORT_CLOSE, code: int | None = None
+    ) -> None:
+        """``link`` ended without the connection closing it (``reason``, close ``code``)."""
+        ...
+
+
+class WebSocketLink(Protocol):
+    """What carries a session's WebSocket.
+
+    The link calls :meth:`LinkOwner.ws_message` for each message and
+    :meth:`LinkOwner.ws_ended` once when the WebSocket ends without the connection having
+    closed it.
+    """
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        """The TCP transport: pre-built frames are written straight to it."""
+        ...
+
+    def bind(self, conn: LinkOwner) -> None:
+        """Deliver messages to ``conn`` from now on (a link reads none before)."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Write pre-built WebSocket frames."""
+        ...
+
+    def close(self, reason: str, code: int | None = None) -> None:
+        """Start the closing handshake: a close frame carrying ``reason`` (or ``code`` alone),
+        then the TCP connection is closed once the client answers, or dropped after a timeout.
+        Idempotent; the connection is not told about the end."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once (the client is not reading)."""
+        ...
 
 
 class NodeWebSocket(asyncio.Protocol):
@@ -50,7 +92,7 @@ class NodeWebSocket(asyncio.Protocol):
     ) -> None:
         self.transport = transport
         self._reader = wsp.FrameReader(max_message_size)
-        self._conn: Connection | None = None  # None once closing (or closed)
+        self._conn: LinkOwner | None = None  # None once closing (or closed)
         self._close_timer: asyncio.TimerHandle | None = None
         self._closing = closing  # where this waits out its closing handshake
         self._held = b""  # read before the link was bound
@@ -64,7 +106,7 @@ class NodeWebSocket(asyncio.Protocol):
         self.transport.pause_reading()
         self._held = data
 
-    def bind(self, conn: Connection) -> None:
+    def bind(self, conn: LinkOwner) -> None:
         """Deliver this WebSocket's messages to ``conn`` from now on."""
         if self.transport.is_closing():  # lost while held
             conn.ws_ended(self)
@@ -197,9 +239,9 @@ class AiohttpWebSocket:
         self.transport = transport
         self._spawn = spawn
         self._closing: asyncio.Task[Any] | None = None
-        self._conn: Connection | None = None
+        self._conn: LinkOwner | None = None
 
-    def bind(self, conn: Connection) -> None:
+    def bind(self, conn: LinkOwner) -> None:
         """Deliver this WebSocket's messages to ``conn`` (once :meth:`run` runs)."""
         self._conn = conn
 
@@ -223,7 +265,7 @@ class AiohttpWebSocket:
         if self._closing is not None:
             await self._closing
 
-    async def _pump(self, conn: Connection) -> None:
+    async def _pump(self, conn: LinkOwner) -> None:
         reason = reasons.TRANSPORT_CLOSE
         ws = self.ws
         try:
