@@ -31,7 +31,7 @@ topic moves back to it only after that topic was idle for ``move_idle_ms`` (noth
 be in flight through its current router any more). ``on_links`` is told of every change.
 
 **Batches.** What a node publishes during one event-loop pass is queued per router and handed
-to that router as one batch frame at the end of the pass (:func:`wire.encode_batch`); the
+to that router as one batch frame at the end of the pass (:mod:`roomcast.cluster.outbound`); the
 router splits it and forwards each message by topic. A pass of 50 publishes then wakes each
 ZeroMQ I/O thread on the way once instead of 50 times, which is most of what a message costs
 at moderate rates. Order is kept: a router forwards a batch's messages in order, and batches
@@ -62,13 +62,11 @@ from roomcast.cluster import wire
 from roomcast.cluster.inbound import BusStats, Handler, Inbound
 from roomcast.cluster.links import RouterLink, TopicOwners, set_heartbeats, unwatch, watch
 from roomcast.cluster.ordering import SequenceTracker
+from roomcast.cluster.outbound import Outbound
 from roomcast.cluster.wire import Topic
 from roomcast.ids import TAG_BYTES
 
 log = logging.getLogger("roomcast.cluster")
-
-
-_BATCH_BYTES = 256 * 1024  # a batch this large is sent at once, not at the end of the pass
 
 
 class Bus:
@@ -98,12 +96,9 @@ class Bus:
     ) -> None:
         self.origin = origin
         self.incarnation = incarnation
-        self._encoder = wire.Encoder(origin, incarnation)
+        encoder = wire.Encoder(origin, incarnation)
         self.stats = BusStats()
         self._hwm = hwm
-        # Memory bounds: topics numbered at once, topics whose owner is remembered, and
-        # senders per topic whose order is tracked (each table drops its oldest past these).
-        self._max_seq_topics = seq_topics
         # How long closing may wait to hand queued envelopes to the router: 0 drops them; an
         # emitter (or a node's LEAVE) wants a short bound instead, so its last words go out.
         self._linger_ms = linger_ms
@@ -121,8 +116,6 @@ class Bus:
         self._sub: zmq.Socket[bytes] | None = None
         self._sub_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._flush_handle: asyncio.Handle | None = None
-        self._seqs: dict[bytes, int] = {}
         self._order = SequenceTracker(origins_per_topic)
         self._subscribed: dict[bytes, int] = {}
         self._nonces = itertools.count(1)
@@ -131,13 +124,22 @@ class Bus:
         self._inbound = Inbound(
             origin,
             incarnation,
-            self._encoder.sender,
+            encoder.sender,
             on_message,
             self.stats,
             self._probes,
             self._order,
         )
         self._kick = self._inbound.kick
+        # Memory bounds: topics numbered at once, topics whose owner is remembered (above),
+        # and senders per topic whose order is tracked (each table drops its oldest past these).
+        self._outbound = Outbound(encoder, self._links, self._owners, self.stats, seq_topics)
+        #: See :meth:`Outbound.publish` (bound here: it is called for every message).
+        self.publish = self._outbound.publish
+        #: See :meth:`Outbound.flush`.
+        self.flush = self._outbound.flush
+        #: See :meth:`Outbound.owner`.
+        self.owner = self._outbound.owner
 
     @property
     def on_message(self) -> Handler:
@@ -159,6 +161,7 @@ class Bus:
         self._sub = sub
         self._sub_monitor = watch(loop, sub, self._on_sub_events)
         self._sub_fd = self._inbound.start(loop, sub)
+        self._outbound.start(loop)
         self.set_routers(self._wanted)
         return self
 
@@ -168,10 +171,7 @@ class Bus:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.flush()  # last words (a LEAVE) go out with the linger the links close with
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        self._outbound.stop()  # last words (a LEAVE) go out with the linger links close with
         self._inbound.stop(self._sub_fd)
         self._sub_fd = None
         for future in self._probes.values():
@@ -280,70 +280,6 @@ class Bus:
     def router_ids(self) -> list[str]:
         """Every router this bus is connected to."""
         return sorted(self._links)
-
-    def owner(self, topic: bytes) -> RouterLink | None:
-        """The router that carries ``topic`` (see :meth:`TopicOwners.owner`)."""
-        assert self._loop is not None
-        return self._owners.owner(topic, self._links, self._loop.time())
-
-    # -- publishing ---------------------------------------------------------------------------
-
-    def publish(self, topic: Topic, body: wire.Body, via: str | None = None) -> None:
-        """Send ``body`` on ``topic`` through its owner (or the router ``via``) at the end of
-        this loop pass, in one batch with everything else published meanwhile; never blocks
-        (ZeroMQ drops at the high-water mark, and receivers count the gap)."""
-        link = self._links.get(via) if via is not None else self.owner(topic)
-        if link is None:
-            self.stats.no_router += 1
-            return
-        if type(body) is wire.Probe:
-            # Probes are sent through each router in turn and some never come back: they are
-            # not numbered (seq 0), so they can neither open a gap nor come late.
-            message = topic + self._encoder.encode(0, body)
-        else:
-            seqs = self._seqs
-            seq = seqs.get(topic, 0) + 1
-            # Encoded before the number is taken: a body msgpack cannot carry (a TypeError for
-            # the caller) must not open a gap.
-            message = topic + self._encoder.encode(seq, body)
-            seqs.pop(topic, None)
-            seqs[topic] = seq  # most recently used last
-            if len(seqs) > self._max_seq_topics:
-                # Forget the idlest topic: should it be used again, its numbering restarts at
-                # 1, which receivers take as a fresh sequence (not a gap, not a late message).
-                del seqs[next(iter(seqs))]
-        link.queue.append(message)
-        link.queued_bytes += len(message)
-        self.stats.published += 1
-        if link.queued_bytes >= _BATCH_BYTES:
-            self._send(link)
-        elif self._flush_handle is None and self._loop is not None:
-            self._flush_handle = self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        """Hand every router its batch now (normally done at the end of each loop pass)."""
-        self._flush_handle = None
-        for link in self._links.values():
-            if link.queue:
-                self._send(link)
-
-    def _send(self, link: RouterLink) -> None:
-        queue, count = link.queue, len(link.queue)
-        frame = wire.encode_batch(queue) if link.pub_up else b""
-        queue.clear()
-        link.queued_bytes = 0
-        if not frame:
-            # ZeroMQ would drop it (IMMEDIATE): say so. Only probes and last words (sent
-            # through every router) and a bus with no connected router at all get here.
-            self.stats.link_dropped += count
-            return
-        try:
-            link.pub.send(frame, flags=zmq.NOBLOCK, copy=len(frame) < 65_536)
-        except zmq.ZMQError:  # Again: at the high-water mark; else closed under us (shutdown)
-            self.stats.send_dropped += count
-            return
-        self.stats.batches += 1
-        self.stats.bytes_out += len(frame)
 
     # -- subscriptions ------------------------------------------------------------------------
 
