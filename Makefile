@@ -35,6 +35,7 @@ run: install
 
 test: install-test
 	$(VENV)/bin/ruff check roomcast tests bench examples
+	$(VENV)/bin/ruff format --check roomcast tests bench examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 
