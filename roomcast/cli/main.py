@@ -117,8 +117,11 @@ def cmd_router(args: argparse.Namespace) -> int:
                     r.id, router.xsub_endpoint, router.xpub_endpoint, router.http_url
                 )
             )
+            # The bound endpoints (ports given as 0 are the kernel's picks): whoever started
+            # the router reads where it is from this line.
             print(
-                f"router {r.id} ready: xsub {router.xsub_endpoint} xpub {router.xpub_endpoint}",
+                f"router {r.id} ready: xsub {router.xsub_endpoint} xpub {router.xpub_endpoint}"
+                f" http {router.http_url}",
                 flush=True,
             )
             healthy = True
@@ -251,9 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("router", help="run a router")
     p.add_argument("--id")
     p.add_argument("--host")
-    p.add_argument("--xsub-port", type=int)
-    p.add_argument("--xpub-port", type=int)
-    p.add_argument("--http-port", type=int)
+    any_port = "0: one the system picks (the ready line says which)"
+    p.add_argument("--xsub-port", type=int, help=any_port)
+    p.add_argument("--xpub-port", type=int, help=any_port)
+    p.add_argument("--http-port", type=int, help=any_port)
     p.set_defaults(func=cmd_router)
 
     p = sub.add_parser("node", help="run an edge node")

@@ -21,13 +21,12 @@ from support.cluster_clients import Connect, clients
 from support.cluster_harness import (
     ROUTER_READY,
     Cluster,
-    consecutive_free_ports,
-    free_port,
     run_cli,
     running_cluster,
     unique,
     wait_until,
 )
+from support.ports import consecutive_free_ports, free_port, refused_ports
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -187,10 +186,10 @@ async def test_emit_reaches_clients_on_both_nodes(cluster: Cluster, connect: Con
 async def test_nothing_reachable_is_a_clear_error(tmp_path: Path, args: list[str]) -> None:
     """With no node and no router listening, a command explains what it could not reach on
     stderr, without a traceback, and exits 1."""
-    ports = [free_port() for _ in range(4)]
-    config = tmp_path / "cluster.toml"
-    config.write_text(
-        f"""\
+    with refused_ports(4) as ports:
+        config = tmp_path / "cluster.toml"
+        config.write_text(
+            f"""\
 [discovery]
 nodes = ["http://127.0.0.1:{ports[0]}"]
 
@@ -199,8 +198,8 @@ xsub = "tcp://127.0.0.1:{ports[1]}"
 xpub = "tcp://127.0.0.1:{ports[2]}"
 http = "http://127.0.0.1:{ports[3]}"
 """
-    )
-    code, out, err = await run_cli(config, *args, cwd=tmp_path)
+        )
+        code, out, err = await run_cli(config, *args, cwd=tmp_path)
     assert code == 1, (out, err)
     assert out == ""
     assert err.startswith("roomcast: no ")
@@ -242,14 +241,23 @@ def alive(pid: int) -> bool:
 async def test_up_serves_and_stops_on_sigint(tmp_path: Path, connect: Connect, to: str) -> None:
     """``roomcast up`` starts a router and two nodes that relay across nodes, and SIGINT (to it,
     or to its whole process group as Ctrl-C does) stops it with exit code 0 and no child left."""
-    cluster = Cluster(tmp_path, up_nodes=2, up_base_port=consecutive_free_ports(2))
+    # Picked, not bound to port 0: ``up`` starts the router and the nodes from one cluster.toml,
+    # so the nodes read the router's ports there before it has bound them, and node i takes
+    # base_port + i (which this test checks).
+    base_port = consecutive_free_ports(2)
+    cluster = Cluster(
+        tmp_path,
+        up_nodes=2,
+        up_base_port=base_port,
+        router_ports=(free_port(), free_port(), free_port()),
+    )
     try:
         up = cluster.spawn("up", "up")
         await up.start()
         await up.wait_line(ROUTER_READY)
         for i, name in enumerate(("n1", "n2")):
             match = await up.wait_line(re.compile(rf"^\[{name} *\] node {name} ready: (\S+)"))
-            assert match.group(1) == f"http://127.0.0.1:{cluster.up_base_port + i}"
+            assert match.group(1) == f"http://127.0.0.1:{base_port + i}"
             cluster.add_node(name, match.group(1), up)
         await cluster.converged()
 

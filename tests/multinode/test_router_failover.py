@@ -99,7 +99,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     c = Cluster(tmp_path, router_id="r1", static_routers=2, cluster_settings=TIMINGS)
     try:
         await c.start_router()
-        await c.start_extra_router("r2", c.static_routers["r2"])
+        await c.start_extra_router("r2")
         await asyncio.gather(c.start_node("n1"), c.start_node("n2"))
         yield c
     finally:

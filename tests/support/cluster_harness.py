@@ -1,25 +1,29 @@
 """Real routers and nodes as processes on 127.0.0.1, and the helpers multi-node tests share.
 
-A :class:`Cluster` writes its own ``cluster.toml`` in a temporary directory (free ports, short
-gossip timings), starts ``python -m roomcast router`` and ``... node`` as subprocesses, waits
-for each one's ``ready`` line (nodes listen on port 0 and announce their URL there), and always
-stops every process it started, SIGKILL as the last resort. Nothing here sleeps to synchronise:
-:func:`wait_until` polls an observable state (an admin endpoint, a client's inbox) until it
-holds, with a timeout that is only reached when something is broken.
+A :class:`Cluster` writes its own ``cluster.toml`` in a temporary directory (short gossip
+timings), starts ``python -m roomcast router`` and ``... node`` as subprocesses, waits for each
+one's ``ready`` line, and always stops every process it started, SIGKILL as the last resort.
+Routers and nodes listen on port 0 and announce where they are in that line (a router its xsub,
+xpub and http endpoints, a node its URL); the routers' ports go into ``cluster.toml`` once they
+are known, before any node starts, and a router restarted "where it was" gets them back.
+Nothing here sleeps to synchronise: :func:`wait_until` polls an observable state (an admin
+endpoint, a client's inbox) until it holds, with a timeout that is only reached when something
+is broken.
 
 With ``consul=`` (a Consul agent's address: the stand-in of ``tests/support/consul_standin.py`` as a
 process, or a real ``consul agent -dev``, see :func:`consul_process`) the cluster uses the consul
-discovery backend, and the routers ``cluster.toml`` lists are a decoy nobody runs: nodes can find
-routers only through Consul. More routers, with their own ids and ports, start with
-:meth:`Cluster.start_extra_router`.
+discovery backend, and ``cluster.toml`` lists one decoy router, at a port the harness holds
+bound and nothing listens on: nodes can find routers only through Consul. More routers, with
+their own ids and ports, start with :meth:`Cluster.start_extra_router`.
 
 Test modules wrap :func:`running_cluster` (and :func:`cluster_clients.clients`) in fixtures and
 run their tests
 and fixtures on one event loop per module (``pytest.mark.asyncio(loop_scope="module")``), so
 that a module-scoped cluster can be shared by the tests that do not destroy it.
 
-The process machinery (:class:`Proc`, free ports, :func:`run_cli`, :func:`consul_process`)
-lives in ``cluster_processes.py``; the names tests use are importable from here as well.
+The process machinery (:class:`Proc`, :func:`run_cli`, :func:`consul_process`) lives in
+``cluster_processes.py`` and ``consul.py``, ports in ``ports.py``; the names tests use are
+importable from here as well.
 """
 
 from __future__ import annotations
@@ -29,12 +33,13 @@ import contextlib
 import inspect
 import os
 import re
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 
@@ -51,10 +56,7 @@ from support.consul import (
     HAVE_CONSUL,  # noqa: F401 (re-exported: tests import it from here)
     consul_process,  # noqa: F401 (re-exported: tests import it from here)
 )
-from support.ports import (
-    consecutive_free_ports,  # noqa: F401 (re-exported: tests import it from here)
-    free_port,
-)
+from support.ports import hold_port
 
 #: Gossip timings short enough that failure detection is quick in tests.
 HEARTBEAT_MS = 100
@@ -74,8 +76,18 @@ CONSUL_TIMINGS = {
     "retry_max_ms": 500,
 }
 
-ROUTER_READY = re.compile(r"router \S+ ready: xsub (\S+) xpub (\S+)")
+#: A router's ready line: its id and the endpoints it bound (``roomcast router``).
+ROUTER_READY = re.compile(
+    r"router (?P<id>\S+) ready: xsub (?P<xsub>\S+) xpub (?P<xpub>\S+) http (?P<http>\S+)"
+)
 NODE_READY = re.compile(r"node (\S+) ready: (\S+)")
+
+
+def announced_ports(match: re.Match[str]) -> tuple[int, int, int]:
+    """The (xsub, xpub, http) ports a :data:`ROUTER_READY` line names."""
+    xsub, xpub, http = (urlsplit(match.group(name)).port for name in ("xsub", "xpub", "http"))
+    assert xsub and xpub and http, f"a port missing in {match.group(0)!r}"
+    return xsub, xpub, http
 
 
 def unique(prefix: str) -> str:
@@ -120,7 +132,8 @@ class NodeProc:
 
 @dataclass
 class RouterProc:
-    """A router started by :meth:`Cluster.start_extra_router`: its id, ports and process."""
+    """A router started by :meth:`Cluster.start_extra_router`: its id, the ports it bound and
+    its process."""
 
     id: str
     xsub_port: int
@@ -144,6 +157,7 @@ class Cluster:
         app_source: str | None = None,
         up_nodes: int = 2,
         up_base_port: int | None = None,
+        router_ports: tuple[int, int, int] | None = None,
         consul: str | None = None,
         router_id: str = "router",
         cluster_settings: dict[str, int] | None = None,
@@ -152,11 +166,13 @@ class Cluster:
     ) -> None:
         self.consul = consul  #: the Consul agent's address; None: static discovery
         self.router_id = router_id  #: the id ``[router]`` gives the first router
+        #: The first router's (xsub, xpub, http) ports: 0 until it announced the ones it bound
+        #: (:meth:`start_router`). ``router_ports`` names them beforehand, for a router this
+        #: harness does not start (``roomcast up`` reads them from ``cluster.toml``).
+        self.xsub_port, self.xpub_port, self.http_port = router_ports or (0, 0, 0)
         #: Routers ``cluster.toml`` lists after the first (static discovery): id -> (xsub, xpub,
-        #: http) ports; start them with :meth:`start_extra_router` and these ports.
-        self.static_routers = {
-            f"r{i}": (free_port(), free_port(), free_port()) for i in range(2, static_routers + 1)
-        }
+        #: http) ports, 0 until :meth:`start_extra_router` started the router and read its own.
+        self.static_routers = {f"r{i}": (0, 0, 0) for i in range(2, static_routers + 1)}
         self.cluster_settings = {
             "heartbeat_interval_ms": HEARTBEAT_MS,
             "suspect_after_ms": SUSPECT_MS,
@@ -164,7 +180,10 @@ class Cluster:
             **(cluster_settings or {}),
         }
         self.consul_settings = {**CONSUL_TIMINGS, **(consul_settings or {})}
-        self.decoy_port = free_port()  # consul clusters list a router here that nobody runs
+        # Consul clusters list a router at a decoy port: held bound (never listening) as long
+        # as the cluster lives, so nothing answers there, nor can.
+        self._decoy: socket.socket | None = hold_port() if consul is not None else None
+        self.decoy_port = self._decoy.getsockname()[1] if self._decoy is not None else 0
         self.extra_routers: dict[str, RouterProc] = {}
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -173,17 +192,14 @@ class Cluster:
         if app_source is not None:
             (self.dir / f"{APP_MODULE}.py").write_text(app_source)
         self.up_nodes = up_nodes
-        self.up_base_port = up_base_port or free_port()
+        self.up_base_port = up_base_port  #: ``[up] base_port`` (None: the default)
         self.router: Proc | None = None
         self.nodes: dict[str, NodeProc] = {}
         self.procs: list[Proc] = []
         self._routers_started = 0
-        self._pick_router_ports()
-        self.session = aiohttp.ClientSession()
-
-    def _pick_router_ports(self) -> None:
-        self.xsub_port, self.xpub_port, self.http_port = free_port(), free_port(), free_port()
+        # The routers read it too: written now, with the routers' ports once they are known.
         self.write_config()
+        self.session = aiohttp.ClientSession()
 
     @property
     def routers(self) -> list[RouterAddress]:
@@ -215,9 +231,10 @@ class Cluster:
     def write_config(
         self, path: Path | None = None, via: dict[str, tuple[int, int]] | None = None
     ) -> None:
-        """(Re)write ``cluster.toml`` (or another file, ``path``): router ports, short
-        timings, the live nodes' URLs. ``via`` reaches some routers through other ports
-        (router id -> xsub and xpub ports, e.g. a proxy's) in that file."""
+        """(Re)write ``cluster.toml`` (or another file, ``path``): router ports (0 for a
+        router not started yet: no node reads them before), short timings, the live nodes'
+        URLs. ``via`` reaches some routers through other ports (router id -> xsub and xpub
+        ports, e.g. a proxy's) in that file."""
         routers = self.routers
         if via:
             routers = [
@@ -242,6 +259,7 @@ class Cluster:
                 )
             ]
         nodes = ", ".join(f'"{self.nodes[name].url}"' for name in sorted(self.nodes))
+        up = f"\nbase_port = {self.up_base_port}" if self.up_base_port is not None else ""
         timings = "\n".join(f"{k} = {v}" for k, v in self.cluster_settings.items())
         discovery = 'backend = "static"'
         if self.consul is not None:
@@ -275,8 +293,7 @@ nodes = [{nodes}]
 
 {listed}
 [up]
-nodes = {self.up_nodes}
-base_port = {self.up_base_port}
+nodes = {self.up_nodes}{up}
 
 [namespaces."/"]
 
@@ -308,40 +325,42 @@ publish = "any"
     # -- starting and stopping ----------------------------------------------------------------
 
     async def start_router(self) -> Proc:
-        """Start a router on the configured ports and wait until it serves /health.
+        """Start the first router and wait until it serves /health.
 
-        The first start retries on fresh ports if another process took one in the meantime;
-        a restart must reuse the same ports (the nodes know them).
-        """
-        for attempt in range(3):
-            self._routers_started += 1
-            proc = self.spawn(f"router{self._routers_started}", "router")
-            await proc.start()
-            try:
-                await proc.wait_line(ROUTER_READY)
-            except AssertionError:
-                if self.nodes or attempt == 2 or proc.running:
-                    raise
-                self._pick_router_ports()  # a port was taken: pick others and try again
-                continue
-            self.router = proc
-            await wait_until(lambda: self._ok(self.router_http + "/health"), what="router health")
-            return proc
-        raise AssertionError("unreachable")
-
-    async def start_extra_router(self, rid: str, ports: tuple[int, int, int] | None = None) -> Proc:
-        """Start one more router ``rid`` (on fresh ports, or ``ports`` = (xsub, xpub, http) to
-        restart it where it was) and wait until it serves /health. With Consul it registers
-        itself there; static nodes never learn of it (``cluster.toml`` lists one router)."""
-        xsub, xpub, http = ports or (free_port(), free_port(), free_port())
+        Its first start binds port 0 (all three ports) and the ports its ready line announces
+        go into ``cluster.toml``; a restart reuses them, as an operator restarting a router
+        where it was would (the nodes know them)."""
+        self._routers_started += 1
         proc = self.spawn(
-            f"{rid}-{len(self.procs)}",
-            *("router", "--id", rid, "--xsub-port", str(xsub), "--xpub-port", str(xpub)),
-            *("--http-port", str(http)),
+            f"router{self._routers_started}",
+            *("router", *_port_args(self.xsub_port, self.xpub_port, self.http_port)),
         )
         await proc.start()
-        await proc.wait_line(ROUTER_READY)
-        router = self.extra_routers[rid] = RouterProc(rid, xsub, xpub, http, proc)
+        bound = _bound(
+            (self.xsub_port, self.xpub_port, self.http_port), await proc.wait_line(ROUTER_READY)
+        )
+        self.xsub_port, self.xpub_port, self.http_port = bound
+        self.router = proc
+        self.write_config()
+        await wait_until(lambda: self._ok(self.router_http + "/health"), what="router health")
+        return proc
+
+    async def start_extra_router(self, rid: str, ports: tuple[int, int, int] | None = None) -> Proc:
+        """Start one more router ``rid`` (on port 0, or on ``ports`` = (xsub, xpub, http) to
+        restart it where it was) and wait until it serves /health. With Consul it registers
+        itself there; static nodes know it only if it is one of :attr:`static_routers`, whose
+        ports (the ones it announced) go into ``cluster.toml`` then."""
+        proc = self.spawn(
+            f"{rid}-{len(self.procs)}", *("router", "--id", rid, *_port_args(*(ports or (0, 0, 0))))
+        )
+        await proc.start()
+        match = await proc.wait_line(ROUTER_READY)
+        assert match.group("id") == rid, match.group(0)
+        bound = _bound(ports or (0, 0, 0), match)
+        router = self.extra_routers[rid] = RouterProc(rid, *bound, proc)
+        if rid in self.static_routers:
+            self.static_routers[rid] = bound
+            self.write_config()
         await wait_until(lambda: self._ok(router.http + "/health"), what=f"{rid} health")
         return proc
 
@@ -351,6 +370,11 @@ publish = "any"
         """Start node ``name`` on a free port (it announces its URL) and wait for /health
         (unless ``wait_healthy`` is False: a node that reaches no router fails it); ``config``
         replaces the cluster's own ``cluster.toml`` for it."""
+        if self.consul is None:
+            listed = {self.router_id: self.xsub_port}
+            listed.update((rid, ports[0]) for rid, ports in self.static_routers.items())
+            unknown = sorted(rid for rid, port in listed.items() if not port)
+            assert not unknown, f"start {unknown} first: nodes read their ports in cluster.toml"
         args = ["node", "--id", name, "--host", "127.0.0.1", "--port", "0", *extra]
         if self.app is not None:
             args += ["--app", self.app]
@@ -365,10 +389,11 @@ publish = "any"
         return node
 
     async def start(self, *names: str) -> Cluster:
-        """Start the router, then the nodes (in parallel), and wait until all see each other."""
+        """Start the routers (the first, then the static ones; ``cluster.toml`` has all their
+        ports then), then the nodes (in parallel), and wait until all see each other."""
         await self.start_router()
-        for rid, ports in self.static_routers.items():
-            await self.start_extra_router(rid, ports)
+        for rid in self.static_routers:
+            await self.start_extra_router(rid)
         await asyncio.gather(*(self.start_node(n) for n in names))
         await self.converged()
         return self
@@ -377,6 +402,8 @@ publish = "any"
         """Stop every process ever started (SIGTERM, then SIGKILL), print logs of failures."""
         await asyncio.gather(*(p.stop() for p in self.procs))
         await self.session.close()
+        if self._decoy is not None:
+            self._decoy.close()
         for proc in self.procs:
             # Shown by pytest only when the test failed (captured output of the teardown).
             print(f"--- {proc.name} exited with {proc.process and proc.process.returncode}")
@@ -490,6 +517,18 @@ publish = "any"
     async def cli(self, *args: str, timeout: float = 30.0) -> tuple[int, str, str]:
         """Run ``roomcast --config <this cluster's> *args``; returns (exit code, out, err)."""
         return await run_cli(self.config, *args, cwd=self.dir, timeout=timeout)
+
+
+def _port_args(xsub: int, xpub: int, http: int) -> list[str]:
+    """``roomcast router``'s port flags (0: the system picks; the ready line says which)."""
+    return ["--xsub-port", str(xsub), "--xpub-port", str(xpub), "--http-port", str(http)]
+
+
+def _bound(asked: tuple[int, int, int], match: re.Match[str]) -> tuple[int, int, int]:
+    """The ports a router announced, checked against those it was asked to bind (0: any)."""
+    bound = announced_ports(match)
+    assert all(a in (0, b) for a, b in zip(asked, bound, strict=True)), (asked, match.group(0))
+    return bound
 
 
 @contextlib.asynccontextmanager

@@ -21,7 +21,10 @@ from support.timing import seconds
 class ConsulAgentProcess:
     """A real ``consul agent -dev`` on a fixed HTTP port, which a test can kill (SIGKILL) and
     start again on the same port with empty state (a dev agent keeps none): the same interface
-    as :class:`consul_standin.StandinProcess`."""
+    as :class:`consul_standin.StandinProcess`.
+
+    Its ports are picked with :func:`free_port` (racy, see ``support/ports.py``): we read no
+    port the agent reports, and its address is named before it starts."""
 
     def __init__(self, port: int = 0) -> None:
         self.port = port or free_port()
@@ -87,8 +90,14 @@ async def consul_process(kind: str, port: int = 0, *, start: bool = True) -> Asy
     ``address``, ``port``, ``start()`` and ``kill()``."""
     from support.consul_standin import StandinProcess
 
-    port = port or free_port()  # known before the start: a test may start it later
-    agent: Any = ConsulAgentProcess(port) if kind == "agent" else StandinProcess(port)
+    agent: Any
+    if kind == "agent":
+        agent = ConsulAgentProcess(port)
+    elif start:
+        agent = StandinProcess(port)  # port 0: it binds one and says which
+    else:
+        # A test that starts it later names its address first (to the nodes): picked now.
+        agent = StandinProcess(port or free_port())
     try:
         if start:
             await agent.start()

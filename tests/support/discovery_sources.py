@@ -21,7 +21,6 @@ from roomcast.config import Settings
 from roomcast.discovery import Discovery, DiscoveryView, ServiceInstance, make_discovery
 from support.consul import ConsulAgentProcess
 from support.consul_standin import ConsulStandin
-from support.ports import free_port
 from support.timing import PROCESS_TIMEOUT
 
 ROUTER = ServiceInstance.router(
@@ -101,16 +100,18 @@ class ConsulSource:
 
 
 class StandinSource(ConsulSource):
-    """The in-process Consul stand-in; a restart loses its state, as a dev agent's does."""
+    """The in-process Consul stand-in; a restart loses its state, as a dev agent's does. It
+    first binds port 0, and a restart takes the port it bound then."""
 
     name = "consul-standin"
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = 0
         self.agent: ConsulStandin | None = None
 
     async def start(self) -> None:
         self.agent = await ConsulStandin(port=self.port).__aenter__()
+        self.port = self.agent.port
 
     async def stop(self) -> None:
         agent, self.agent = self.agent, None
