@@ -70,6 +70,7 @@ class LimitSettings:
     max_buffered_packets: int = 10_000
     max_room_name_length: int = 256
     max_event_name_length: int = 128
+    max_rooms_per_publish: int = 256  #: rooms one relayed ``publish`` may name
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,8 @@ class ClusterSettings:
     max_buffered_deltas: int = 1_024  #: deltas kept per node while its snapshot is awaited
     snapshot_retry_ms: int = 1_000  #: an unanswered snapshot request is repeated after this
     forget_after_downs: int = 10  #: a node down this many down_after periods is forgotten
+    #: A broadcast to more rooms than this goes once on its namespace's topic, not once per room.
+    max_room_topics: int = 8
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,12 @@ class Emitter:
         *,
         origin: str | None = None,
         connect_timeout: float = 5.0,
+        max_room_topics: int = routing.MAX_ROOM_TOPICS,
     ) -> None:
         self.origin = origin or f"emitter-{secrets.token_hex(4)}"
         self.connect_timeout = connect_timeout
+        #: A broadcast to more rooms goes once on its namespace's topic (see routing.topics).
+        self.max_room_topics = max_room_topics
         self._topic = wire.probe_topic(secrets.token_bytes(TAG_BYTES))
         self._msg_ids = itertools.count(1)
         self.bus = Bus(
@@ -85,7 +88,8 @@ class Emitter:
         """Encode once and publish on each target topic; returns the number of envelopes."""
         frames = Frames(sio.encode_event(target.namespace, event, args))
         body = routing.room_message(next(self._msg_ids), target, frames.ws)
-        sent = routing.topics(target)  # the emitter knows no node: a sid goes both ways
+        # The emitter knows no node: a sid goes both ways.
+        sent = routing.topics(target, max_room_topics=self.max_room_topics)
         for topic in sent:
             self.bus.publish(topic, body)
         return len(sent)

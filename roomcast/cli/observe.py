@@ -264,7 +264,11 @@ def cmd_emit(args: argparse.Namespace) -> int:
             data = args.data  # plain text is sent as a string
         routers = settings.discovery.routers
         try:
-            async with Emitter(routers, connect_timeout=args.timeout) as emitter:
+            async with Emitter(
+                routers,
+                connect_timeout=args.timeout,
+                max_room_topics=settings.cluster.max_room_topics,
+            ) as emitter:
                 emitter.of(args.namespace or "/").to(args.room).emit(args.event, data)
         except ConnectionError:
             addresses = ", ".join(r.xsub for r in routers)

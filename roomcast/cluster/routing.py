@@ -70,22 +70,31 @@ class TargetChain(ABC):
         return self.retarget(self.target._replace(volatile=True))
 
 
+#: Rooms a broadcast may name and still go once per room topic (``cluster.max_room_topics``).
+MAX_ROOM_TOPICS = 8
+
+
 def topics(
     target: Target,
     *,
     local_sids: Container[str] = (),
     sid_node: Callable[[NodeTag], bool | None] = lambda tag: None,
+    max_room_topics: int = MAX_ROOM_TOPICS,
 ) -> list[Topic]:
     """The topics that carry a broadcast to ``target``'s sockets on other nodes.
 
-    A namespace-wide broadcast goes on the namespace's topic; a room on its room topic. A room
+    A namespace-wide broadcast goes on the namespace's topic; a room on its room topic. A
+    broadcast to more than ``max_room_topics`` rooms goes once on the namespace's topic too
+    (every node with a socket in the namespace holds that subscription, and picks the
+    recipients among its own sockets): the bus then carries its data and room list once per
+    receiving node, not once per room, at the price of reaching nodes with no member. A room
     named like a sid goes to the issuing node's direct topic when ``sid_node(tag)`` says that
     node is live (True), on its room topic alone when it says the tag is no node's (False), and
     on both when it cannot tell (None: an emitter knows no nodes; no node has members in a room
     named like a live node's sid, since nodes refuse to join such names). Sids in
     ``local_sids`` are delivered by the publisher itself and need no topic.
     """
-    if not target.rooms:
+    if not target.rooms or len(target.rooms) > max_room_topics:
         return [wire.namespace_topic(target.namespace)]
     out: list[Topic] = []
     tags: set[NodeTag] = set()

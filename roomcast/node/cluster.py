@@ -134,7 +134,12 @@ class ClusterAdapter(LocalAdapter):
         ns = self.sockets.namespace(target.namespace)
         local_sids = ns.sids() if ns is not None else ()
         body = routing.room_message(next(self._msg_ids), target, frames.ws)
-        for topic in routing.topics(target, local_sids=local_sids, sid_node=self._is_live_tag):
+        for topic in routing.topics(
+            target,
+            local_sids=local_sids,
+            sid_node=self._is_live_tag,
+            max_room_topics=self.cs.max_room_topics,
+        ):
             self.bus.publish(topic, body)
 
     def _is_live_tag(self, tag: NodeTag) -> bool:

@@ -173,7 +173,10 @@ class Relay:
             return _nack("publish not allowed")
         if not isinstance(message, dict):
             return _nack("publish takes {room, event, data}")
-        names = self._rooms_arg(socket, message.get("room"))
+        room = message.get("room")
+        if isinstance(room, list) and len(room) > self.limits.max_rooms_per_publish:
+            return _nack("too many rooms")
+        names = self._rooms_arg(socket, room)
         if isinstance(names, str):
             return _nack(names)
         event = message.get("event")

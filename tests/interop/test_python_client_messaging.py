@@ -63,6 +63,36 @@ async def test_relay_join_leave_publish(start_node: NodeFactory, connect: Connec
     assert refused == {"ok": False, "error": "not a member of r2"}
 
 
+async def test_relay_refusals_keep_the_session(start_node: NodeFactory, connect: Connect) -> None:
+    """The relay's request limits (room and event name lengths, rooms per publish) refuse that
+    one request with a named error; the session stays, and its next request goes through."""
+    server: Server = await start_node(
+        **{
+            "limits.max_room_name_length": 8,
+            "limits.max_event_name_length": 8,
+            "limits.max_rooms_per_publish": 3,
+            "namespaces": {"/": {"publish": "any"}},
+        }
+    )
+    inbox = Inbox()
+    a = await connect(server)
+    b = await connect(server, on={"news": inbox.handler("b", "news")})
+    await join(b, "r1")
+
+    refusals = {
+        "room name too long": ("join", "x" * 9),
+        "event name too long": ("publish", {"room": "r1", "event": "e" * 9, "data": 0}),
+        "too many rooms": ("publish", {"room": ["r1", "r2", "r3", "r4"], "event": "news"}),
+    }
+    for error, (event, arg) in refusals.items():
+        assert await a.call(event, arg, timeout=TIMEOUT) == {"ok": False, "error": error}
+    assert a.connected
+    message = {"room": ["r1", "r2", "r3"], "event": "news", "data": "after"}
+    assert await a.call("publish", message, timeout=TIMEOUT) == {"ok": True}
+    assert await inbox.wait("b", "news") == [("after",)]
+    assert server.stats.closed_by_reason == {}
+
+
 async def test_broadcast_excludes_sender(start_node: NodeFactory, connect: Connect) -> None:
     """``socket.broadcast.emit`` reaches every other socket of the namespace, not the sender."""
 

@@ -220,6 +220,37 @@ async def test_node_without_members_receives_no_room_traffic(
     assert final["n3"] == after["n3"]["received_rooms"] + 1  # the barrier, not the void
 
 
+async def test_a_broadcast_to_many_rooms_crosses_the_bus_once(
+    cluster: Cluster, connect: Connect
+) -> None:
+    """A broadcast to 2,000 rooms with a 34 KB payload costs the bus its data and room list
+    once (on the namespace topic), not once per room: members on other nodes get one copy,
+    a node's sockets outside those rooms get none."""
+    rooms = [unique("many") for _ in range(2_000)]
+    data = "x" * 34_000
+    sender = await connect(cluster, "n1", name="sender")
+    member = await connect(cluster, "n2", name="member")
+    outsider = await connect(cluster, "n3", name="outsider")
+    await member.join(rooms[5], rooms[1_500])
+    after_room = unique("after")
+    await sender.join(after_room)
+    await outsider.join(after_room)
+    await member.join(after_room)
+    before = await cluster.bus("n1")
+
+    assert await sender.call("emit_to", rooms, [], "big", data) is True
+    await member.wait_for("big")
+    await barrier(sender, after_room, member, outsider)
+
+    after = await cluster.bus("n1")
+    once = len(data) + sum(len(r) for r in rooms)
+    sent = after["bytes_out"] - before["bytes_out"]
+    # The broadcast once; the barrier, heartbeats and gossip meanwhile are small.
+    assert once < sent < 2 * once, sent
+    assert member.got("big") == [data]
+    assert outsider.got("big") == []
+
+
 #: A publisher that keeps the router busy with traffic nobody subscribes to (well-formed
 #: batches of one message on a room topic no node has: counted as unrouted, not malformed), so
 #: that the router reads subscription changes only between long runs of messages: that widens
