@@ -43,6 +43,20 @@ class NodeSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """``[http]``: the node's HTTP edge, what any TCP peer can reach before a session exists."""
+
+    #: A connection is closed when no whole request head has arrived this long after it
+    #: opened or after its last answer: idle keep-alive, a silent peer, a head sent slowly.
+    idle_timeout_ms: int = 30_000
+    #: A request body (a polling POST, an admin POST) must arrive whole this long after its
+    #: head did: else ``408`` and the connection is closed.
+    body_timeout_ms: int = 30_000
+    #: Request line and headers, in bytes: past this, ``431`` and the connection is closed.
+    max_head_bytes: int = 16_384
+
+
+@dataclass(frozen=True)
 class EngineIOSettings:
     """``[engineio]``: Engine.IO parameters sent in the handshake, in milliseconds."""
 
@@ -187,6 +201,7 @@ class Settings:
     """The whole, frozen configuration of a roomcast process."""
 
     node: NodeSettings = field(default_factory=NodeSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     engineio: EngineIOSettings = field(default_factory=EngineIOSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     namespaces: tuple[NamespacePolicy, ...] = (NamespacePolicy(),)
@@ -373,6 +388,7 @@ def _check(s: Settings) -> None:
         "upgrade_timeout_ms",
     )
     _positive(s.limits, "limits", *(f.name for f in dataclasses.fields(s.limits)))
+    _positive(s.http, "http", *(f.name for f in dataclasses.fields(s.http)))
     _positive(s.node, "node", "backlog")
     if not 0 <= s.node.port <= 65535:
         raise ConfigError("node.port: must be between 0 and 65535")

@@ -2,35 +2,27 @@
 
 Handshakes (polling and WebSocket), the error answers of §Handshake and §Transports, the upgrade
 of a polling session to a WebSocket, and the draining node's refusal of new sessions. The
-session's own pump is :class:`~roomcast.node.engine.Connection`.
-
-The node's TCP listener (:class:`Listener`) looks at the first request of each connection. A
-well-formed WebSocket handshake for the Engine.IO path that opens a session (or upgrades one) is
-answered right there, and the connection becomes a :class:`~roomcast.node.websocket.
-NodeWebSocket`: aiohttp never builds a request, a response or a handler task for it, so an idle
-WebSocket client costs the node a fraction of what it would. Every other connection (and any
-request this does not fully vouch for: an error answer, a draining node, an unknown sid, odd
-headers) is handed, with the bytes read so far, to aiohttp, which serves it as it always did,
-through :meth:`EngineEndpoint.handle` for the Engine.IO path.
+session's own pump is :class:`~roomcast.node.engine.Connection`. WebSocket handshakes that open
+a session on a new connection are answered by :meth:`EngineEndpoint.take_websocket`, for the
+node's listener (:mod:`roomcast.node.listener`); everything else comes through aiohttp, to
+:meth:`EngineEndpoint.handle`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 import time
 from collections.abc import Callable
 from email.utils import formatdate
-from typing import cast
 
 from aiohttp import WSCloseCode, hdrs, web
-from aiohttp.http import SERVER_SOFTWARE, HttpRequestParser, HttpVersion11, RawRequestMessage
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage
 
 from roomcast.config import Settings
 from roomcast.ids import new_engine_sid
 from roomcast.protocol import engineio as eio
+from roomcast.protocol import reasons
 from roomcast.protocol import websocket as wsp
 from roomcast.protocol.frames import ws_text
 
@@ -38,6 +30,7 @@ from .adapter import Spawn
 from .engine import BAD_SESSION, Connection, EngineClient
 from .polling import http_error, http_reply
 from .sessions import RequestInfo, Sessions
+from .stats import BODY_TIMEOUT
 from .websocket import AiohttpWebSocket, ClosingWebSockets, NodeWebSocket
 
 log = logging.getLogger("roomcast.node")
@@ -77,6 +70,8 @@ class EngineEndpoint:
         self.paths = frozenset((path, path.rstrip("/")))
         #: The node's WebSockets in their closing handshake.
         self.closing = ClosingWebSockets()
+        #: Seconds a polling POST's body may take to arrive (``http.body_timeout_ms``).
+        self.body_timeout = settings.http.body_timeout_ms / 1000
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Route one request by its ``EIO``, ``transport`` and ``sid`` query parameters."""
@@ -114,7 +109,16 @@ class EngineEndpoint:
         if request.method == "GET":
             return await conn.polling.get()
         if request.method == "POST":
-            return await conn.polling.post(request)
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    return await conn.polling.post(request)
+            except TimeoutError:
+                # A body that trickles in (or never comes) holds a socket and a session: both go.
+                self.sessions.stats.http_refused[BODY_TIMEOUT] += 1
+                conn.close(reasons.REQUEST_TIMEOUT, "body not received in time")
+                response = web.Response(status=408, text="Request Timeout")
+                response.force_close()
+                return response
         return http_error(eio.BAD_REQUEST)
 
     def _open(self, info: RequestInfo, kind: eio.TransportKind) -> Connection:
@@ -245,151 +249,3 @@ def _switching_protocols(accept: str) -> bytes:
         f"Date: {_HttpDate.now()}\r\n"
         f"Server: {SERVER_SOFTWARE}\r\n\r\n"
     ).encode()
-
-
-# --- the listener -----------------------------------------------------------------------------
-
-#: How long a connection may stay silent before its first request (aiohttp's keep-alive
-#: timeout, which applies to it once aiohttp has it).
-FIRST_REQUEST_TIMEOUT = 3630.0
-#: Bytes of a first request read here at most; a longer head goes to aiohttp as it is.
-_MAX_HEAD = 16 * 1024
-# aiohttp's limits on a request head (web_protocol.RequestHandler's defaults).
-_MAX_LINE_SIZE = 8190
-_MAX_FIELD_SIZE = 8190
-_MAX_HEADERS = 128
-
-
-class Listener:
-    """The node's TCP listener: answers WebSocket handshakes of new sessions itself, hands
-    every other connection to aiohttp (see the module's docstring)."""
-
-    def __init__(self, endpoint: EngineEndpoint, http: web.Server) -> None:
-        self.endpoint = endpoint
-        self.http = http  # aiohttp's protocol factory
-        #: Connections whose first request has not been seen whole yet.
-        self.pending: set[_FirstRequest] = set()
-        self._server: asyncio.Server | None = None
-
-    async def start(self, host: str, port: int, backlog: int) -> int:
-        """Listen on ``host:port``; returns the port (the one chosen when ``port`` is 0)."""
-        loop = asyncio.get_running_loop()
-        self._server = server = await loop.create_server(
-            lambda: _FirstRequest(self), host, port, reuse_address=True, backlog=backlog
-        )
-        return int(server.sockets[0].getsockname()[1]) if server.sockets else port
-
-    def stop(self) -> None:
-        """Stop listening and drop the connections that have sent no whole request."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for first in list(self.pending):
-            first.drop()
-
-
-class _FirstRequest(asyncio.Protocol):
-    """A new connection, until its first request is seen: then a :class:`NodeWebSocket` or
-    aiohttp's own protocol takes the transport over."""
-
-    __slots__ = ("_data", "_listener", "_parser", "_timer", "_transport")
-
-    def __init__(self, listener: Listener) -> None:
-        self._listener = listener
-        self._data = b""
-        self._parser: HttpRequestParser | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport = cast(asyncio.Transport, transport)  # uvloop's is not one
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # As aiohttp does for every connection it serves.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        self._listener.pending.add(self)
-        self._timer = asyncio.get_running_loop().call_later(FIRST_REQUEST_TIMEOUT, self.drop)
-
-    def data_received(self, data: bytes) -> None:
-        transport = self._transport
-        assert transport is not None
-        head = self._data + data if self._data else data
-        parser = self._parser
-        if parser is None:
-            # Only a GET asking for the websocket transport is worth parsing here.
-            line_end = head.find(b"\r\n")
-            if line_end < 0:
-                if len(head) > _MAX_LINE_SIZE:
-                    self._hand_over(head)
-                else:
-                    self._data = head
-                return
-            line = head[:line_end]
-            if not line.startswith(b"GET ") or b"transport=websocket" not in line:
-                self._hand_over(head)
-                return
-            self._parser = parser = HttpRequestParser(
-                None,  # no body is ever read here: a request with one goes to aiohttp
-                asyncio.get_running_loop(),
-                2**16,
-                max_line_size=_MAX_LINE_SIZE,
-                max_field_size=_MAX_FIELD_SIZE,
-                max_headers=_MAX_HEADERS,
-            )
-            data = head
-        try:
-            messages, upgraded, tail = parser.feed_data(data)
-        except Exception:  # aiohttp answers a bad request with the right error
-            self._hand_over(head)
-            return
-        if not messages:
-            if len(head) > _MAX_HEAD:
-                self._hand_over(head)
-            else:
-                self._data = head
-            return
-        self._done()
-        if len(messages) != 1 or not upgraded:
-            self._hand_over(head)
-            return
-        try:
-            taken = self._listener.endpoint.take_websocket(transport, messages[0][0], tail)
-        except Exception:
-            log.exception("WebSocket handshake failed")
-            transport.abort()
-            return
-        if not taken:
-            self._hand_over(head)
-
-    def eof_received(self) -> bool | None:
-        return None  # the transport closes itself
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._done()
-
-    def drop(self) -> None:
-        """Close the connection (silent for too long, or the node is stopping)."""
-        self._done()
-        if self._transport is not None:
-            self._transport.close()
-
-    def _done(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._parser = None
-        self._data = b""
-        self._listener.pending.discard(self)
-
-    def _hand_over(self, data: bytes) -> None:
-        """Give the connection, and the bytes read from it so far, to aiohttp."""
-        self._done()
-        transport = self._transport
-        assert transport is not None
-        self._transport = None
-        protocol = self._listener.http()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        if data:
-            protocol.data_received(data)

@@ -1,7 +1,9 @@
 """The node's HTTP surface besides Engine.IO: ``/health`` and the admin API.
 
 ``/admin/*`` answers loopback clients only, unless ``node.admin_token`` is set, in which case it
-needs that token as a bearer token (the CLI sends it). Everything here is a read of the node's
+needs that token as a bearer token (the CLI sends it). Requests after a connection's first
+(keep-alive) get the edge's head limit here (:meth:`NodeHTTP._edge_guard`); the first one got
+it from the listener (:mod:`roomcast.node.listener`). Everything here is a read of the node's
 state (its registry and its replica of the cluster) except ``POST /admin/drain``.
 """
 
@@ -22,7 +24,7 @@ from .adapter import Adapter, RoomTable
 from .endpoint import EngineEndpoint
 from .engine import Connection
 from .namespaces import Namespaces
-from .stats import NodeStats
+from .stats import HEAD_TOO_LARGE, NodeStats
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -69,7 +71,9 @@ class NodeHTTP:
         self.server = server
 
     def build(self) -> web.Application:
-        app = web.Application(middlewares=[self._cors_middleware, self._admin_guard])
+        app = web.Application(
+            middlewares=[self._edge_guard, self._cors_middleware, self._admin_guard]
+        )
         endpoint = self.server.endpoint
         path = self.server.settings.node.path
         app.router.add_route("*", path, endpoint.handle)
@@ -81,6 +85,17 @@ class NodeHTTP:
         app.router.add_get("/admin/cluster", self._admin_cluster)
         app.router.add_post("/admin/drain", self._admin_drain)
         return app
+
+    @web.middleware
+    async def _edge_guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A request whose line and headers exceed ``http.max_head_bytes`` is answered 431 and
+        its connection closed: nothing of it is kept."""
+        if head_bytes(request) > self.server.settings.http.max_head_bytes:
+            self.server.stats.http_refused[HEAD_TOO_LARGE] += 1
+            response = web.Response(status=431, text="Request Header Fields Too Large")
+            response.force_close()
+            return response
+        return await handler(request)
 
     @web.middleware
     async def _cors_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -101,16 +116,19 @@ class NodeHTTP:
     async def _admin_guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """``/admin/*`` needs ``node.admin_token`` as a bearer token. Without a token set, it
         answers loopback clients only, and not requests a browser or a proxy relays (they
-        carry ``Origin`` or forwarding headers): a web page open on the node's host must not
-        be able to drain it."""
+        carry ``Origin`` or forwarding headers) nor ones whose ``Host`` is not a loopback
+        name (a page of another site that rebound its DNS name to 127.0.0.1): a web page
+        open on the node's host must not be able to drain it."""
         if request.path.startswith("/admin/"):
             token = self.server.settings.node.admin_token
             if token:
                 given = request.headers.get("Authorization", "")
                 if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                     return web.json_response({"error": "unauthorized"}, status=401)
-            elif not _is_loopback(request.remote) or any(
-                h in request.headers for h in ("Origin", "X-Forwarded-For", "Forwarded")
+            elif (
+                not _is_loopback(request.remote)
+                or not _is_loopback_host(request.headers.get("Host", ""))
+                or any(h in request.headers for h in _RELAYED)
             ):
                 return web.json_response({"error": "admin API is loopback-only"}, status=403)
         return await handler(request)
@@ -142,6 +160,7 @@ class NodeHTTP:
                 "volatile_dropped": s.volatile_dropped,
                 "late_packets": s.late_packets,
                 "closed_by_reason": dict(s.closed_by_reason),
+                "http_refused": dict(s.http_refused),
             }
         )
 
@@ -199,6 +218,29 @@ class NodeHTTP:
                 {"id": i.id, "node": i.node, "rooms": sorted(i.rooms)} for i in infos
             ]
         return web.json_response(body)
+
+
+#: Headers that mark a request a browser or a proxy relayed.
+_RELAYED = ("Origin", "X-Forwarded-For", "X-Forwarded-Host", "Forwarded", "X-Real-IP")
+
+
+def head_bytes(request: web.BaseRequest) -> int:
+    """The size of ``request``'s line and headers as sent (give or take the spaces)."""
+    size = len(request.method) + len(request.raw_path) + 12  # "GET / HTTP/1.1\r\n"
+    for name, value in request.raw_headers:
+        size += len(name) + len(value) + 4  # ": " and "\r\n"
+    return size
+
+
+def _is_loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names this machine's loopback: ``localhost`` (or a name under
+    it), a loopback address, with or without a port."""
+    if host.startswith("["):  # an IPv6 literal, [::1]:port
+        name = host[1 : host.find("]")] if "]" in host else ""
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.lower().rstrip(".")
+    return name == "localhost" or name.endswith(".localhost") or _is_loopback(name)
 
 
 def _is_loopback(address: str | None) -> bool:

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+from aiohttp.log import server_logger as web_logger
 
 from roomcast.config import Settings
 from roomcast.ids import NodeId, node_tag
@@ -40,10 +41,11 @@ from .adapter import Adapter, RoomTable
 from .broadcast import BroadcastOperator, Broadcasts
 from .client import Client, ClientServices
 from .cluster import ClusterAdapter
-from .endpoint import EngineEndpoint, Listener
+from .endpoint import EngineEndpoint
 from .engine import Connection, EngineClient
 from .health import Health
 from .http import build_app
+from .listener import Listener, PeerErrors, handler_args
 from .local import LocalAdapter
 from .namespaces import Namespaces
 from .sessions import Sessions
@@ -261,15 +263,20 @@ class Server(Broadcasts):
         self._stopped = asyncio.Event()
         async with contextlib.AsyncExitStack() as stack:
             # Whatever fails on the way, everything started before it is undone.
+            edge = self.settings.http
             runner = web.AppRunner(
-                self.app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+                self.app,
+                handler_cancellation=True,
+                access_log=None,
+                shutdown_timeout=1.0,
+                **handler_args(edge, PeerErrors(web_logger, self.stats.http_refused)),
             )
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             node = self.settings.node
             http = runner.server
             assert http is not None
-            self._listener = listener = Listener(self.endpoint, http)
+            self._listener = listener = Listener(self.endpoint, http, edge, self.stats.http_refused)
             self.port = await listener.start(node.host, node.port, node.backlog)
             stack.callback(listener.stop)
             log.info(

@@ -5,6 +5,12 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
+#: Why the HTTP edge refused a connection (the keys of :attr:`NodeStats.http_refused`).
+HEAD_TIMEOUT = "head timeout"
+HEAD_TOO_LARGE = "head too large"
+BODY_TIMEOUT = "body timeout"
+BAD_REQUEST = "bad request"
+
 
 @dataclass
 class NodeStats:
@@ -18,3 +24,6 @@ class NodeStats:
     #: Packets for a namespace the server had disconnected (sent before the client knew).
     late_packets: int = 0
     closed_by_reason: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: Connections the HTTP edge refused or closed before any session, by reason
+    #: (``roomcast.node.listener``: head timeout, head too large, body timeout, bad request).
+    http_refused: collections.Counter[str] = field(default_factory=collections.Counter)

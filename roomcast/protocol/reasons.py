@@ -32,6 +32,7 @@ TOO_MANY_PENDING_HANDLERS: Final = "too many pending handlers"
 DUPLICATE_POLL: Final = "duplicate poll"
 POLL_ABORTED: Final = "poll aborted"
 UPGRADE_FAILED: Final = "upgrade failed"
+REQUEST_TIMEOUT: Final = "request timeout"  #: a polling POST's body did not arrive in time
 # Packets the Socket.IO state machine forbids (roomcast.protocol.sio_session).
 DUPLICATE_CONNECT: Final = "duplicate connect"
 NAMESPACE_NOT_CONNECTED: Final = "namespace not connected"
