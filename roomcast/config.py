@@ -54,6 +54,11 @@ class HttpSettings:
     body_timeout_ms: int = 30_000
     #: Request line and headers, in bytes: past this, ``431`` and the connection is closed.
     max_head_bytes: int = 16_384
+    #: PEM certificate chain and private key: with both, the node serves https and wss only.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: PEM file of the CA the CLI trusts when it asks nodes over https ("": the system's CAs).
+    tls_ca_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -388,7 +393,9 @@ def _check(s: Settings) -> None:
         "upgrade_timeout_ms",
     )
     _positive(s.limits, "limits", *(f.name for f in dataclasses.fields(s.limits)))
-    _positive(s.http, "http", *(f.name for f in dataclasses.fields(s.http)))
+    _positive(s.http, "http", "idle_timeout_ms", "body_timeout_ms", "max_head_bytes")
+    if bool(s.http.tls_cert_file) != bool(s.http.tls_key_file):
+        raise ConfigError("http.tls_key_file: tls_cert_file and tls_key_file go together")
     _positive(s.node, "node", "backlog")
     if not 0 <= s.node.port <= 65535:
         raise ConfigError("node.port: must be between 0 and 65535")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 from typing import Any
 
@@ -34,6 +35,15 @@ def _node_urls(args: argparse.Namespace, settings: config.Settings) -> list[str]
 #: Headers of every admin request (the bearer token of ``node.admin_token``); set by ``_main``,
 #: once per CLI process.
 _HEADERS: dict[str, str] = {}
+#: The CA file trusted for nodes served over https (``http.tls_ca_file``); set by ``_main``.
+_CA_FILE: list[str] = []
+
+
+def _session() -> aiohttp.ClientSession:
+    """An HTTP client for nodes and routers: https is verified against ``http.tls_ca_file``
+    when it is set, else against the system's CAs."""
+    tls = ssl.create_default_context(cafile=_CA_FILE[0] if _CA_FILE else None)
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls))
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> Any:
@@ -44,7 +54,7 @@ async def _get(session: aiohttp.ClientSession, url: str) -> Any:
 
 async def _ask_any(urls: list[str], path: str) -> tuple[str, Any]:
     errors = []
-    async with aiohttp.ClientSession() as session:
+    async with _session() as session:
         for base in urls:
             try:
                 return base, await _get(session, base + path)
@@ -62,7 +72,7 @@ async def _routers(settings: config.Settings, doc: dict[str, Any]) -> list[dict[
     else:
         urls = [r.http for r in settings.discovery.routers]
     out = []
-    async with aiohttp.ClientSession() as session:
+    async with _session() as session:
         for url in urls:
             try:
                 out.append(await _get(session, url.rstrip("/") + "/stats"))
@@ -301,7 +311,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
                 )
             url = addresses[target]
         window = args.window if args.window is not None else settings.node.drain_window_ms / 1000
-        async with aiohttp.ClientSession() as session:
+        async with _session() as session:
             try:
                 async with session.post(
                     f"{url}/admin/drain?window_ms={int(window * 1000)}",
@@ -326,6 +336,8 @@ def _main(args: argparse.Namespace, fetch: Any, show: Any) -> int:
     settings = config.load(args.config) if args.config else _default_settings()
     if settings.node.admin_token:
         _HEADERS["Authorization"] = f"Bearer {settings.node.admin_token}"
+    if settings.http.tls_ca_file:
+        _CA_FILE[:] = [settings.http.tls_ca_file]
     try:
         doc = asyncio.run(fetch(args, settings))
     except Unreachable as exc:

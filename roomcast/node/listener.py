@@ -26,6 +26,7 @@ import collections
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, cast
@@ -35,6 +36,7 @@ from aiohttp.http import HttpRequestParser
 from aiohttp.http_exceptions import HttpProcessingError
 
 from roomcast.config import HttpSettings
+from roomcast.errors import ConfigError
 
 from .endpoint import EngineEndpoint
 from .stats import BAD_REQUEST, HEAD_TIMEOUT, HEAD_TOO_LARGE
@@ -47,6 +49,24 @@ _MAX_FIELD_SIZE = 8190
 _MAX_HEADERS = 128
 #: Seconds the rest of an unread body is read after an early answer (at most).
 _LINGERING_TIME = 2.0
+
+
+def tls_context(settings: HttpSettings) -> ssl.SSLContext | None:
+    """The server side of TLS from ``http.tls_cert_file`` and ``http.tls_key_file`` (None: plain
+    HTTP). TLS 1.2 at least; the certificate and key are read now, and a file that cannot be
+    read or does not hold what it should is a :class:`ConfigError` naming the setting."""
+    if not settings.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"http.tls_cert_file: cannot load {settings.tls_cert_file} with "
+            f"{settings.tls_key_file}: {exc}"
+        ) from exc
+    return context
 
 
 def handler_args(settings: HttpSettings, logger: PeerErrors) -> dict[str, Any]:
@@ -117,11 +137,21 @@ class Listener:
         self.pending: set[_FirstRequest] = set()
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int, backlog: int) -> int:
-        """Listen on ``host:port``; returns the port (the one chosen when ``port`` is 0)."""
+    async def start(
+        self, host: str, port: int, backlog: int, tls: ssl.SSLContext | None = None
+    ) -> int:
+        """Listen on ``host:port`` (TLS with ``tls``); returns the port (the one chosen when
+        ``port`` is 0)."""
         loop = asyncio.get_running_loop()
         self._server = server = await loop.create_server(
-            lambda: _FirstRequest(self), host, port, reuse_address=True, backlog=backlog
+            lambda: _FirstRequest(self),
+            host,
+            port,
+            reuse_address=True,
+            backlog=backlog,
+            ssl=tls,
+            # A TLS handshake is part of the head: it gets the same deadline.
+            ssl_handshake_timeout=self.settings.idle_timeout_ms / 1000 if tls else None,
         )
         return int(server.sockets[0].getsockname()[1]) if server.sockets else port
 

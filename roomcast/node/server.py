@@ -45,7 +45,7 @@ from .endpoint import EngineEndpoint
 from .engine import Connection, EngineClient
 from .health import Health
 from .http import build_app
-from .listener import Listener, PeerErrors, handler_args
+from .listener import Listener, PeerErrors, handler_args, tls_context
 from .local import LocalAdapter
 from .namespaces import Namespaces
 from .sessions import Sessions
@@ -84,6 +84,8 @@ class Server(Broadcasts):
         )
         self._stack: contextlib.AsyncExitStack | None = None
         self._listener: Listener | None = None
+        #: TLS for clients (``http.tls_cert_file``): read now, so a bad file fails at once.
+        self._tls = tls_context(self.settings.http)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
         self.port: int = self.settings.node.port
@@ -277,15 +279,9 @@ class Server(Broadcasts):
             http = runner.server
             assert http is not None
             self._listener = listener = Listener(self.endpoint, http, edge, self.stats.http_refused)
-            self.port = await listener.start(node.host, node.port, node.backlog)
+            self.port = await listener.start(node.host, node.port, node.backlog, self._tls)
             stack.callback(listener.stop)
-            log.info(
-                "node %s listening on http://%s:%d%s",
-                self.node_id,
-                node.host,
-                self.port,
-                node.path,
-            )
+            log.info("node %s listening on %s%s", self.node_id, self.url, node.path)
             await self.adapter.start(self.public_url)
             stack.push_async_callback(self.adapter.stop)
             self._stack = stack.pop_all()
@@ -328,8 +324,9 @@ class Server(Broadcasts):
 
     @property
     def url(self) -> str:
-        """The base URL clients connect to."""
-        return f"http://{self.settings.node.host}:{self.port}"
+        """The base URL clients connect to (``https`` with TLS)."""
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{self.settings.node.host}:{self.port}"
 
     async def serve_forever(self) -> None:
         """Wait until the server is stopped (by :meth:`stop` or cancellation)."""

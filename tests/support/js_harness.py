@@ -178,9 +178,11 @@ class Driver:
         namespace: str = "",
         auth: Any = None,
         replies: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> JsClient:
-        """Start a client with its own connection to ``url + namespace``."""
-        opts = dict(TRANSPORTS[transport])
+        """Start a client with its own connection to ``url + namespace`` (``options``: more of
+        socket.io-client's, such as ``ca`` for a TLS server)."""
+        opts = {**TRANSPORTS[transport], **(options or {})}
         if auth is not None:
             opts["auth"] = auth
         self.send(

@@ -1,0 +1,192 @@
+"""TLS for clients: a node started by the CLI (uvloop) with a certificate from a CA the test
+makes serves https and wss to the official clients (Node's socket.io-client and
+python-socketio), on every transport; a client that does not trust the CA, and a plain-HTTP
+peer, get nothing, and the node carries on. A certificate that cannot be loaded is a config
+error at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+import socketio
+import trustme
+from support.cluster_harness import NODE_READY
+from support.cluster_processes import TIMEOUT, Proc, clean_env, roomcast_argv, run_cli
+from support.js_harness import (
+    JS_TEST_MARKS,
+    Driver,
+    js_fixture,  # noqa: F401 (a fixture, taken as ``js``)
+    transport_fixture,  # noqa: F401 (a fixture, taken as ``transport``)
+)
+from support.python_client_harness import TRANSPORTS, Inbox
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Certificates:
+    """A CA and a certificate it issued for 127.0.0.1 and localhost, as PEM files."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    directory = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    paths = Certificates(directory / "ca.pem", directory / "node.pem", directory / "node.key")
+    ca.cert_pem.write_to_path(str(paths.ca))
+    for i, pem in enumerate(issued.cert_chain_pems):
+        pem.write_to_path(str(paths.cert), append=i > 0)
+    issued.private_key_pem.write_to_path(str(paths.key))
+    return paths
+
+
+def config(certs: Certificates) -> str:
+    return f"""
+[http]
+tls_cert_file = "{certs.cert}"
+tls_key_file = "{certs.key}"
+tls_ca_file = "{certs.ca}"
+
+[cluster]
+enabled = false
+"""
+
+
+@pytest.fixture
+async def node_url(certs: Certificates, tmp_path: Path) -> AsyncIterator[str]:
+    """A TLS node started by the CLI; its https URL. No traceback in its log at the end."""
+    path = tmp_path / "cluster.toml"
+    path.write_text(config(certs))
+    argv = roomcast_argv(path, "node", "--id", "tls", "--host", "127.0.0.1", "--port", "0")
+    proc = Proc("tls", argv, tmp_path, clean_env())
+    await proc.start()
+    try:
+        url = (await proc.wait_line(NODE_READY)).group(2)
+        assert url.startswith("https://127.0.0.1:")
+        yield url
+    finally:
+        await proc.stop()
+    assert not [line for line in proc.lines if "Traceback" in line], proc.tail(60)
+
+
+def trusting(certs: Certificates) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(certs.ca))
+
+
+async def python_client(
+    url: str, transport: str, context: ssl.SSLContext, inbox: Inbox, name: str
+) -> socketio.AsyncClient:
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+    client = socketio.AsyncClient(reconnection=False, http_session=session)
+    client.on("news", inbox.handler(name, "news"))
+    try:
+        await client.connect(url, transports=TRANSPORTS[transport], wait_timeout=TIMEOUT)
+    except BaseException:
+        await session.close()
+        raise
+    return client
+
+
+async def test_python_clients_over_tls(node_url: str, certs: Certificates, transport: str) -> None:
+    """python-socketio clients trusting the test's CA connect over https/wss and relay."""
+    inbox = Inbox()
+    a = await python_client(node_url, transport, trusting(certs), inbox, "a")
+    b = await python_client(node_url, transport, trusting(certs), inbox, "b")
+    try:
+        assert (
+            a.transport() == b.transport() == ("polling" if transport == "polling" else "websocket")
+        )
+        for client in (a, b):
+            assert await client.call("join", "r", timeout=TIMEOUT) == {"ok": True, "rooms": ["r"]}
+        message = {"room": "r", "event": "news", "data": "over tls"}
+        assert await a.call("publish", message, timeout=TIMEOUT) == {"ok": True}
+        assert await inbox.wait("b", "news") == [("over tls",)]
+    finally:
+        for client in (a, b):
+            await asyncio.wait_for(client.disconnect(), TIMEOUT)
+            await client.eio.http.close()
+
+
+def js_test(test: F) -> F:
+    """The JS harness's marks (skipped without Node and the lockfile's client) on one test."""
+    for mark in JS_TEST_MARKS:
+        test = mark(test)
+    return test
+
+
+@js_test
+async def test_js_clients_over_tls(
+    node_url: str, certs: Certificates, js: Driver, transport: str
+) -> None:
+    """Node's socket.io-client, given the test's CA (its ``ca`` option), connects over
+    https/wss and relays."""
+    ca = certs.ca.read_text()
+    a = js.connect("a", node_url, transport, options={"ca": ca})
+    b = js.connect("b", node_url, transport, options={"ca": ca})
+    await a.connected()
+    await b.connected()
+    for client in (a, b):
+        assert await client.call("join", "r") == [{"ok": True, "rooms": ["r"]}]
+    message = {"room": "r", "event": "news", "data": "js"}
+    assert await a.call("publish", message) == [{"ok": True}]
+    event = await b.event("news")
+    assert event["args"] == ["js"]
+
+
+async def test_untrusting_and_plain_peers_get_nothing(node_url: str, certs: Certificates) -> None:
+    """A client that does not trust the CA fails its handshake; a plain-HTTP request to the TLS
+    port is not answered; the node serves a trusting client afterwards."""
+    inbox = Inbox()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await python_client(node_url, "websocket", ssl.create_default_context(), inbox, "x")
+    port = urlsplit(node_url).port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    async with asyncio.timeout(TIMEOUT):
+        answer = await reader.read()
+    writer.close()
+    assert not answer.startswith(b"HTTP/")
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusting(certs))) as http,
+        http.get(node_url + "/health") as resp,
+    ):
+        assert resp.status == 200
+
+
+async def test_the_cli_asks_tls_nodes_trusting_the_configured_ca(
+    node_url: str, certs: Certificates, tmp_path: Path
+) -> None:
+    """``roomcast status`` reaches a TLS node through ``http.tls_ca_file``."""
+    path = tmp_path / "cli.toml"
+    path.write_text(config(certs) + f'\n[discovery]\nnodes = ["{node_url}"]\n')
+    code, out, err = await run_cli(path, "nodes", "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert "tls" in out
+
+
+async def test_a_certificate_that_cannot_be_loaded_is_a_config_error(
+    certs: Certificates, tmp_path: Path
+) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text(config(certs).replace(str(certs.key), str(tmp_path / "missing.key")))
+    code, _, err = await run_cli(path, "node", "--port", "0", cwd=tmp_path)
+    assert code == 2
+    assert "config error: http.tls_cert_file: cannot load" in err
+    path.write_text(f'[http]\ntls_cert_file = "{certs.cert}"\n')
+    code, _, err = await run_cli(path, "node", "--port", "0", cwd=tmp_path)
+    assert code == 2
+    assert "http.tls_key_file: tls_cert_file and tls_key_file go together" in err
