@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 PORT   ?= 3000
 PROTOCOL_SUITES ?=
 
-.PHONY: run test lint typecheck bench compliance compliance-server install install-test clean
+.PHONY: run test lint typecheck bench compliance compliance-server install install-test install-haproxy clean
 
 $(VENV)/.stamp-install: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,14 @@ tests/js/node_modules/.stamp: tests/js/package.json tests/js/package-lock.json
 
 install: $(VENV)/.stamp-install
 
-install-test: $(VENV)/.stamp-test tests/js/node_modules/.stamp
+# Debian's HAProxy: the load balancer of the tests that spread one Socket.IO session over several
+# nodes (tests/support/haproxy.py). Installed when missing, as `make bench` does redis-server
+# (CI runs as root on a clean Debian 12); checked on every run, so no stamp goes stale.
+install-haproxy:
+	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
+
+install-test: $(VENV)/.stamp-test tests/js/node_modules/.stamp install-haproxy
 
 run: install
 	$(VENV)/bin/roomcast up --config cluster.toml
@@ -37,7 +44,7 @@ test: install-test
 	$(VENV)/bin/ruff check roomcast tests bench examples
 	$(VENV)/bin/ruff format --check roomcast tests bench examples
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -q
+	ROOMCAST_TEST_REQUIRE_HAPROXY=1 $(VENV)/bin/pytest -q
 
 lint: install-test
 	$(VENV)/bin/ruff check roomcast tests bench examples

@@ -1,0 +1,286 @@
+"""A real load balancer, Debian's HAProxy, in front of several backends (roomcast nodes), with
+no stickiness: every HTTP request is balanced on its own (round-robin by default), so a test
+can prove that any node serves any request of a Socket.IO session.
+
+``async with balancer(["http://127.0.0.1:41234", ...], tmp_path) as lb:`` writes
+``haproxy.cfg`` into ``tmp_path``, runs ``haproxy -f haproxy.cfg -db`` (foreground) as a
+:class:`~support.cluster_processes.Proc` (its output, one ``httplog`` line per request, goes
+to ``tmp_path/haproxy.log``), waits until it answers, and stops it at the end (SIGTERM, then
+SIGKILL). Clients use ``lb.url``; ``await lb.request_counts()`` reads how many requests each
+backend was sent, from HAProxy's own statistics (served on a second port, so that nothing on
+``lb.url`` is intercepted and the readiness probe never reaches, nor shifts, the backends).
+
+What makes the distribution per request, and WebSocket work (see :func:`render_config`):
+
+* ``balance roundrobin`` and nothing that pins a client: no ``cookie``, no ``stick-table``,
+  no hashing algorithm, no ``option prefer-last-server``;
+* ``option http-server-close`` and ``http-reuse never``: the client's connection is kept alive
+  but every server-side connection carries one request and is closed after the response, so
+  the next request on the same client connection is balanced afresh (never sent down a
+  connection to the previous server);
+* WebSocket: HAProxy 2.6 forwards ``Upgrade: websocket`` in ``mode http`` and, after the
+  ``101``, tunnels the connection to the server that answered it; ``timeout tunnel 1h`` bounds
+  its idleness instead of ``timeout client``/``server``;
+* ``timeout client``/``server`` of 60 s outlast a long-polling GET (~30 s at most),
+  ``timeout http-keep-alive`` of 60 s outlasts aiohttp's 15 s client keep-alive (the client
+  closes an idle connection first, never reuses one HAProxy is closing), ``timeout connect`` is
+  2 s; there are no health checks (no request reaches a backend but the tests' own).
+
+The port. HAProxy cannot listen on port 0 and say which port it got, so the port is named
+before it starts. It is not picked with :func:`support.ports.free_port` (bind, close, hope
+nobody takes it first) but held for HAProxy's whole life by a socket of ours bound to port 0
+with ``SO_REUSEPORT`` and never listening (:func:`_hold_port`). HAProxy sets ``SO_REUSEPORT``
+(and ``SO_REUSEADDR``) on its listeners on Linux, so Linux lets it bind the same address while
+our socket holds it; our socket, not listening, is in no listening group, so every connection
+goes to HAProxy's socket (the tests check both). Meanwhile the kernel gives the port to nobody
+who binds port 0, and refuses it to anyone binding it by number without ``SO_REUSEPORT`` (our
+socket sets no ``SO_REUSEADDR``, so even one that sets that cannot); only a process of the same
+user that names this very port with ``SO_REUSEPORT`` could join, which no test does. After
+HAProxy has stopped, connections are refused until our socket closes. Handing HAProxy a
+listening socket (``bind fd@N``) would leave no gap at all, but needs ``pass_fds``, which
+:class:`Proc` (shared with every process the tests start) does not take.
+
+Whether HAProxy is required: tests mark themselves with :data:`needs_haproxy`, which skips them
+only when the binary is missing and neither ``CI`` nor ``ROOMCAST_TEST_REQUIRE_HAPROXY`` is set.
+``make test`` installs Debian's ``haproxy`` when it is missing and sets the latter, so there a
+missing HAProxy fails the tests instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import shutil
+import socket
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+
+from support.cluster_harness import wait_until
+from support.cluster_processes import TIMEOUT, Proc, clean_env
+
+
+def haproxy_path() -> str | None:
+    """The ``haproxy`` executable: on PATH, or where Debian puts it (``/usr/sbin``, which a
+    non-root PATH may lack)."""
+    found = shutil.which("haproxy")
+    if found is None and os.access("/usr/sbin/haproxy", os.X_OK):
+        found = "/usr/sbin/haproxy"
+    return found
+
+
+HAPROXY = haproxy_path()
+HAVE_HAPROXY = HAPROXY is not None
+#: A run where a missing HAProxy is a failure, not a skip: CI, and ``make test``.
+HAPROXY_REQUIRED = bool(os.environ.get("CI") or os.environ.get("ROOMCAST_TEST_REQUIRE_HAPROXY"))
+#: The mark of a test that runs HAProxy.
+needs_haproxy = pytest.mark.skipif(
+    not HAVE_HAPROXY and not HAPROXY_REQUIRED,
+    reason="haproxy is not installed (`make test` installs Debian's package; "
+    "under CI or make test its absence is a failure)",
+)
+
+#: Balancing algorithms that pin nothing to a client (no hashing of source, URI, headers...).
+Balance = Literal["roundrobin", "static-rr", "leastconn", "first", "random"]
+
+#: The path of HAProxy's statistics on ``Balancer.stats_url``'s port.
+STATS_PATH = "/stats"
+
+
+def server_address(url: str) -> str:
+    """HAProxy's ``address:port`` for a backend base URL such as ``http://127.0.0.1:41234``;
+    ValueError for anything but a plain ``http://host:port``."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        raise ValueError(
+            f"backend {url!r}: only http:// backends are supported by support.haproxy "
+            "(https would need `ssl verify ...` on its server lines)"
+        )
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"backend {url!r}: bad port") from exc
+    host = parts.hostname
+    if not host or port is None:
+        raise ValueError(f"backend {url!r}: needs a host and a port")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"backend {url!r}: only scheme://host:port, no path, query or user")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def render_config(
+    servers: dict[str, str], port: int, stats_port: int, balance: Balance = "roundrobin"
+) -> str:
+    """The text of ``haproxy.cfg``: ``servers`` maps server names to their ``address:port``."""
+    server_lines = "".join(f"    server {name} {addr}\n" for name, addr in servers.items())
+    return f"""\
+global
+    nbthread 2
+    maxconn 2000
+    log stdout format raw daemon
+
+defaults
+    mode http
+    log global
+    option httplog
+    option dontlognull
+    # Per-request balancing: the client side stays kept alive, each server-side connection
+    # carries one request and is closed, so no request follows its predecessor's server.
+    option http-server-close
+    http-reuse never
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 30s
+    timeout http-keep-alive 60s
+    # A WebSocket, once upgraded (101), is a tunnel: idle for up to an hour.
+    timeout tunnel 1h
+
+frontend balancer
+    bind 127.0.0.1:{port}
+    default_backend nodes
+
+frontend stats
+    bind 127.0.0.1:{stats_port}
+    stats enable
+    stats uri {STATS_PATH}
+
+backend nodes
+    balance {balance}
+{server_lines}"""
+
+
+def _hold_port() -> socket.socket:
+    """A socket on a port of 127.0.0.1 (the kernel's pick) with ``SO_REUSEPORT`` and without
+    ``SO_REUSEADDR``, bound and never listening: HAProxy can bind the port beside it, nobody
+    else can take it (see the module's docstring)."""
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", 0))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+@dataclass
+class Balancer:
+    """A running HAProxy: clients use :attr:`url`."""
+
+    #: ``http://127.0.0.1:PORT``: the balanced frontend.
+    url: str
+    port: int
+    #: HAProxy's statistics page (``;csv`` appended gives CSV); answered by HAProxy itself.
+    stats_url: str
+    #: The backend base URLs, in the order given (HAProxy's servers ``s0``, ``s1``, ...).
+    backends: list[str]
+    config_path: Path
+    proc: Proc
+    #: HAProxy's server names, by backend URL.
+    servers: dict[str, str] = field(default_factory=dict)
+
+    async def stats(self) -> list[dict[str, str]]:
+        """HAProxy's ``show stat`` rows (frontends, servers, backend) as dicts keyed by the
+        CSV header (``pxname``, ``svname``, ``stot``, ``req_tot``, ...)."""
+        timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(self.stats_url + ";csv") as response,
+        ):
+            response.raise_for_status()
+            text = await response.text()
+        return list(csv.DictReader(io.StringIO(text.removeprefix("# "))))
+
+    async def request_counts(self) -> dict[str, int]:
+        """How many HTTP requests HAProxy has sent to each backend, by backend URL (a
+        WebSocket counts once). Counters move when HAProxy has handled a request, not
+        necessarily before its client has the response: wait for the values expected
+        (``wait_until``) rather than read them once."""
+        names = {name: url for url, name in self.servers.items()}
+        counts = dict.fromkeys(self.backends, 0)
+        for row in await self.stats():
+            if row.get("pxname") == "nodes" and row.get("svname") in names:
+                counts[names[row["svname"]]] = int(row.get("req_tot") or 0)
+        return counts
+
+
+@contextlib.asynccontextmanager
+async def balancer(
+    backends: Sequence[str],
+    tmp_path: Path,
+    *,
+    balance: Balance = "roundrobin",
+    name: str = "haproxy",
+) -> AsyncIterator[Balancer]:
+    """HAProxy balancing ``backends`` (base URLs, ``http://host:port``) request by request,
+    started and ready (answering) on entry, stopped on exit. Its files (``{name}.cfg``,
+    ``{name}.log``) go into ``tmp_path``. ValueError for a backend that is not plain http or a
+    balance that would pin clients; RuntimeError when haproxy is not installed."""
+    if not backends:
+        raise ValueError("balancer() needs at least one backend")
+    if balance not in get_args(Balance):
+        raise ValueError(f"balance {balance!r} is not one of {get_args(Balance)}")
+    addresses = {url: server_address(url) for url in backends}
+    servers = {url: f"s{i}" for i, url in enumerate(backends)}
+    if len(servers) != len(backends):
+        raise ValueError(f"duplicate backends in {list(backends)}")
+    exe = haproxy_path()
+    if exe is None:
+        raise RuntimeError(
+            "haproxy is not installed: `make test` installs it (apt-get install haproxy)"
+        )
+    with _hold_port() as held, _hold_port() as stats_held:
+        port: int = held.getsockname()[1]
+        stats_port: int = stats_held.getsockname()[1]
+        config_path = tmp_path / f"{name}.cfg"
+        config_path.write_text(
+            render_config(
+                {servers[url]: addresses[url] for url in backends}, port, stats_port, balance
+            )
+        )
+        proc = Proc(name, [exe, "-f", str(config_path), "-db"], tmp_path, clean_env())
+        lb = Balancer(
+            url=f"http://127.0.0.1:{port}",
+            port=port,
+            stats_url=f"http://127.0.0.1:{stats_port}{STATS_PATH}",
+            backends=list(backends),
+            config_path=config_path,
+            proc=proc,
+            servers=servers,
+        )
+        try:
+            await proc.start()
+            await _wait_ready(lb)
+            yield lb
+        finally:
+            await proc.stop()
+
+
+async def _wait_ready(lb: Balancer) -> None:
+    """Wait until HAProxy answers its statistics page (it binds every listener before it
+    serves any, so then ``lb.url`` is served too); fail at once, with its output, if it
+    exits (a bad config, a port it could not bind)."""
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+
+        async def answers() -> bool:
+            if not lb.proc.running:
+                await lb.proc.wait()
+                raise AssertionError(
+                    f"haproxy exited before answering ({lb.config_path}):\n{lb.proc.tail()}"
+                )
+            try:
+                async with http.get(lb.stats_url + ";csv") as response:
+                    return response.status == 200
+            except aiohttp.ClientConnectionError:
+                return False  # not listening yet
+
+        await wait_until(answers, what=f"haproxy answering on {lb.stats_url}")
