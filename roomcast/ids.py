@@ -10,13 +10,15 @@ name                type     what it names
                              prefix of every socket id it issues
 :data:`Sid`         str      a Socket.IO socket: 24 URL-safe characters, the issuing node's tag
                              as text, then 16 random ones; also the socket's private room
-:data:`EngineSid`   str      an Engine.IO session (one client connection), 20 random characters
+:data:`EngineSid`   str      an Engine.IO session (one client connection): 28 URL-safe
+                             characters, the node's tag as text, then 20 random ones
 :data:`Namespace`   str      a Socket.IO namespace name, ``/`` first
 :data:`Room`        str      a room of a namespace
 ==================  =======  ====================================================================
 
 Because a sid starts with its node's tag, any node (or emitter) can tell which node holds a
-socket without asking anyone: :func:`tag_of_sid`.
+socket without asking anyone (:func:`tag_of_sid`), and any node which node holds an Engine.IO
+session (:func:`tag_of_engine_sid`): a request for it can be forwarded there.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ TAG_BYTES: Final = 6
 TAG_CHARS: Final = 8
 #: Characters of a sid: the tag's 8, then 16 random base64url characters.
 SID_CHARS: Final = 24
+#: Characters of an Engine.IO sid: the tag's 8, then 20 random ones (120 bits, as engine.io's).
+ENGINE_SID_CHARS: Final = 28
 
 ROOT_NAMESPACE: Final = Namespace("/")
 
@@ -62,9 +66,10 @@ def new_sid(tag: NodeTag) -> Sid:
     return Sid(tag_text(tag) + secrets.token_urlsafe(12))
 
 
-def new_engine_sid() -> EngineSid:
-    """A fresh, random, URL-safe, 20-character Engine.IO session id."""
-    return EngineSid(secrets.token_urlsafe(15))
+def new_engine_sid(tag: NodeTag) -> EngineSid:
+    """A fresh Engine.IO session id of the node with ``tag``: its tag, then 20 random
+    URL-safe characters."""
+    return EngineSid(tag_text(tag) + secrets.token_urlsafe(15))
 
 
 def is_sid_shaped(name: str) -> bool:
@@ -76,6 +81,18 @@ def tag_of_sid(sid: str) -> NodeTag | None:
     """The tag of the node that issued ``sid``, or None when ``sid`` is not one of ours."""
     if not is_sid_shaped(sid):
         return None
+    return _tag_prefix(sid)
+
+
+def tag_of_engine_sid(sid: str) -> NodeTag | None:
+    """The tag of the node that holds Engine.IO session ``sid``, or None when ``sid`` is not
+    shaped like one of ours."""
+    if len(sid) != ENGINE_SID_CHARS or not all(c in _SID_ALPHABET for c in sid):
+        return None
+    return _tag_prefix(sid)
+
+
+def _tag_prefix(sid: str) -> NodeTag | None:
     prefix = sid[:TAG_CHARS]
     try:
         tag = base64.urlsafe_b64decode(prefix)

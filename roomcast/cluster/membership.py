@@ -331,6 +331,13 @@ class Replica:
         """Whether ``tag`` is the tag of a node this replica knows, down or not."""
         return tag in self._by_tag
 
+    def address(self, node: str) -> str | None:
+        """The address ``node`` announced (its base URL), if it is known and not down."""
+        view = self._views.get(NodeId(node))
+        if view is None or view.status is NodeStatus.DOWN or not view.address:
+            return None
+        return view.address
+
     def node_of_tag(self, tag: NodeTag) -> NodeId | None:
         """The live node whose current incarnation has ``tag`` (None once it is down: there
         is nobody to ask)."""

@@ -284,6 +284,12 @@ class Adapter(ABC):
         such a name is that socket's private room, never a room to join."""
 
     @abstractmethod
+    def node_address(self, tag: NodeTag) -> str | None:
+        """The address (base URL) of the live node, other than this one, whose current
+        incarnation has ``tag``: where a request for one of its sessions is forwarded. None
+        for this node, an unknown tag, or a node that is down."""
+
+    @abstractmethod
     def room_table(self, namespace: str | None = None) -> RoomTable:
         """Every room with members (in ``namespace``, or all), cluster-wide."""
 

@@ -395,6 +395,12 @@ class ClusterAdapter(LocalAdapter):
         tag = tag_of_sid(name)
         return tag is not None and (tag == self.tag or self.replica.knows_tag(tag))
 
+    def node_address(self, tag: NodeTag) -> str | None:
+        if tag == self.tag:
+            return None
+        node = self.replica.node_of_tag(tag)
+        return self.replica.address(node) if node is not None else None
+
     def room_table(self, namespace: str | None = None) -> RoomTable:
         table: RoomTable = {
             key: {str(n): c for n, c in holders.items()}

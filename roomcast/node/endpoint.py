@@ -20,7 +20,7 @@ from aiohttp import WSCloseCode, hdrs, web
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage
 
 from roomcast.config import Settings
-from roomcast.ids import new_engine_sid
+from roomcast.ids import NodeTag, new_engine_sid
 from roomcast.protocol import engineio as eio
 from roomcast.protocol import reasons
 from roomcast.protocol import websocket as wsp
@@ -47,8 +47,11 @@ class EngineEndpoint:
         new_client: Callable[[Connection], EngineClient],
         spawn: Spawn,
         draining: Callable[[], bool],
+        tag: NodeTag,
     ) -> None:
         self.sessions = sessions
+        #: The node's tag: the prefix of every Engine.IO sid it issues.
+        self.tag = tag
         self.new_client = new_client
         self.spawn = spawn
         #: Whether the node takes no new sessions.
@@ -124,7 +127,7 @@ class EngineEndpoint:
     def _open(self, info: RequestInfo, kind: eio.TransportKind) -> Connection:
         sessions = self.sessions
         now = sessions.loop.time()
-        session = eio.EngineSession(new_engine_sid(), kind, self.engine_settings, now)
+        session = eio.EngineSession(new_engine_sid(self.tag), kind, self.engine_settings, now)
         conn = Connection(sessions, session, info, self.new_client)
         sessions.live[session.sid] = conn
         sessions.stats.connections_opened += 1

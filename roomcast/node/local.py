@@ -175,6 +175,9 @@ class LocalAdapter(Adapter):
     def names_a_socket(self, name: str) -> bool:
         return tag_of_sid(name) == self.tag
 
+    def node_address(self, tag: NodeTag) -> str | None:
+        return None  # there is no other node
+
     def room_table(self, namespace: str | None = None) -> RoomTable:
         return {
             key: {str(self.node_id): count}

@@ -99,7 +99,12 @@ class Server(Broadcasts):
         )
         #: The Engine.IO endpoint: handshakes, polling, WebSocket.
         self.endpoint = EngineEndpoint(
-            self.settings, self.sessions, self.new_client, self.spawn, lambda: self.draining
+            self.settings,
+            self.sessions,
+            self.new_client,
+            self.spawn,
+            lambda: self.draining,
+            self.tag,
         )
         self.app = build_app(self)
         for policy in self.settings.namespaces:

@@ -228,6 +228,23 @@ def test_tag_of_sid_rejects_foreign_sids(sid: str) -> None:
     assert ids.tag_of_sid(sid) is None
 
 
+@given(st.binary(min_size=6, max_size=6))
+def test_engine_sid_names_its_node(tag: bytes) -> None:
+    """A fresh Engine.IO sid is 28 URL-safe characters and yields its node's tag back."""
+    sid = ids.new_engine_sid(ids.NodeTag(tag))
+    assert len(sid) == ids.ENGINE_SID_CHARS
+    assert set(sid) <= set(_URLSAFE)
+    assert ids.tag_of_engine_sid(sid) == tag
+
+
+@pytest.mark.parametrize(
+    "sid", ["", "x" * 20, "A" * 27, "A" * 29, "AAAAAAAA" + "!" * 20, "AA+/AAAA" + "x" * 20]
+)
+def test_tag_of_engine_sid_rejects_foreign_sids(sid: str) -> None:
+    """Only a 28-character base64url name whose prefix is a tag's text names a node."""
+    assert ids.tag_of_engine_sid(sid) is None
+
+
 # --- garbage ----------------------------------------------------------------------------------
 
 

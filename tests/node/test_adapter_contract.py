@@ -26,7 +26,7 @@ from support.python_client_harness import TIMEOUT, Inbox, join, sid_of
 
 from roomcast.cluster.routing import Target
 from roomcast.errors import AckTimeoutError, RoomRefusedError
-from roomcast.ids import ROOT_NAMESPACE, Namespace
+from roomcast.ids import ROOT_NAMESPACE, Namespace, NodeTag
 from roomcast.node.adapter import Adapter
 from roomcast.node.server import Server
 from roomcast.node.sockets import Socket
@@ -258,6 +258,17 @@ async def test_room_table_and_sid_names(world: World) -> None:
         assert world.adapter().names_a_socket(world.sids[name])
     assert not world.adapter().names_a_socket("red")
     assert not world.adapter().names_a_socket("A" * 24)
+
+
+async def test_node_address_names_the_other_live_nodes_only(world: World) -> None:
+    """A node's tag leads to its address from every other node; a node's own tag, and a
+    tag no node has, lead nowhere."""
+    for i, node in enumerate(world.nodes):
+        assert node.adapter.node_address(node.tag) is None
+        assert node.adapter.node_address(NodeTag(bytes(6))) is None
+        for j, other in enumerate(world.nodes):
+            if j != i:
+                assert node.adapter.node_address(other.tag) == other.public_url
 
 
 async def test_join_is_exact(world: World) -> None:
