@@ -162,6 +162,8 @@ class ClusterSettings:
     forget_after_downs: int = 10  #: a node down this many down_after periods is forgotten
     #: A broadcast to more rooms than this goes once on its namespace's topic, not once per room.
     max_room_topics: int = 8
+    #: Requests for another node's session are forwarded there (no sticky sessions needed).
+    forward_requests: bool = True
 
 
 @dataclass(frozen=True)
@@ -407,7 +409,7 @@ def _check(s: Settings) -> None:
     _positive(
         s.cluster,
         "cluster",
-        *(f.name for f in dataclasses.fields(s.cluster) if f.name != "enabled"),
+        *(f.name for f in dataclasses.fields(s.cluster) if f.type == "int"),
     )
     if s.cluster.suspect_after_ms >= s.cluster.down_after_ms:
         raise ConfigError("cluster.down_after_ms: must be greater than cluster.suspect_after_ms")

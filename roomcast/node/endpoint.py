@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from email.utils import formatdate
 
 from aiohttp import WSCloseCode, hdrs, web
@@ -28,6 +28,7 @@ from roomcast.protocol.frames import ws_text
 
 from .adapter import Spawn
 from .engine import BAD_SESSION, Connection, EngineClient
+from .forward import Forwarder
 from .polling import http_error, http_reply
 from .sessions import RequestInfo, Sessions
 from .stats import BODY_TIMEOUT
@@ -48,10 +49,13 @@ class EngineEndpoint:
         spawn: Spawn,
         draining: Callable[[], bool],
         tag: NodeTag,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.sessions = sessions
         #: The node's tag: the prefix of every Engine.IO sid it issues.
         self.tag = tag
+        #: Where requests for other nodes' sessions go (None: answered here, 400).
+        self.forwarder = forwarder
         self.new_client = new_client
         self.spawn = spawn
         #: Whether the node takes no new sessions.
@@ -106,6 +110,9 @@ class EngineEndpoint:
             closed = self.sessions.lingering.pop(sid, None)
             if closed is not None and request.method == "GET":
                 return closed.polling.last_words()
+            owner = self._owner(sid, request.headers)
+            if owner is not None and request.method in ("GET", "POST"):
+                return await self._forward(request, owner)
             return http_error(eio.UNKNOWN_SID)
         if conn.session.transport is not eio.TransportKind.POLLING:
             return http_error(eio.BAD_REQUEST)
@@ -124,6 +131,14 @@ class EngineEndpoint:
                 return response
         return http_error(eio.BAD_REQUEST)
 
+    def _owner(self, sid: str, headers: Mapping[str, str]) -> str | None:
+        """The other live node that holds session ``sid`` (None: not forwarded)."""
+        return None if self.forwarder is None else self.forwarder.owner(sid, headers)
+
+    async def _forward(self, request: web.Request, owner: str) -> web.StreamResponse:
+        assert self.forwarder is not None
+        return await self.forwarder.polling(request, owner)
+
     def _open(self, info: RequestInfo, kind: eio.TransportKind) -> Connection:
         sessions = self.sessions
         now = sessions.loop.time()
@@ -139,6 +154,10 @@ class EngineEndpoint:
         conn: Connection | None = None
         if sid is not None:
             conn = self.sessions.live.get(sid)
+            owner = self._owner(sid, request.headers) if conn is None else None
+            if owner is not None:
+                assert self.forwarder is not None
+                return await self.forwarder.websocket(request, owner)
         ws = web.WebSocketResponse(
             max_msg_size=self.engine_settings.max_payload, compress=False, autoping=True
         )
@@ -164,12 +183,13 @@ class EngineEndpoint:
         return ws
 
     def take_websocket(
-        self, transport: asyncio.Transport, message: RawRequestMessage, tail: bytes
+        self, transport: asyncio.Transport, message: RawRequestMessage, tail: bytes, raw: bytes
     ) -> bool:
         """Answer the first request of a connection if it is a WebSocket handshake that opens
         a session or upgrades one, exactly as :meth:`handle` would have, and make the
-        connection a :class:`NodeWebSocket`. Returns False, having done nothing, for any other
-        request: aiohttp serves it."""
+        connection a :class:`NodeWebSocket`; splice it (``raw``: every byte read) to the node
+        that holds its session if that is another node. Returns False, having done nothing,
+        for any other request: aiohttp serves it."""
         if (
             message.method != "GET"
             or message.version != HttpVersion11
@@ -201,7 +221,14 @@ class EngineEndpoint:
                 return False
         else:
             conn = self.sessions.live.get(sid)
-            if conn is None or not conn.can_upgrade():
+            if conn is None:
+                owner = self._owner(sid, headers)
+                if owner is None:
+                    return False
+                assert self.forwarder is not None
+                self.spawn(self.forwarder.splice(transport, raw, owner))
+                return True
+            if not conn.can_upgrade():
                 return False
         link = NodeWebSocket(transport, self.engine_settings.max_payload, self.closing)
         transport.set_protocol(link)

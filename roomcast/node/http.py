@@ -161,6 +161,10 @@ class NodeHTTP:
                 "late_packets": s.late_packets,
                 "closed_by_reason": dict(s.closed_by_reason),
                 "http_refused": dict(s.http_refused),
+                "forwarded_requests": s.forwarded_requests,
+                "forwarded_bytes": s.forwarded_bytes,
+                "forward_failed": s.forward_failed,
+                "spliced_websockets": s.spliced_websockets,
             }
         )
 

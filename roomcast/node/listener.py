@@ -235,7 +235,7 @@ class _FirstRequest(asyncio.Protocol):
             self._hand_over(head)
             return
         try:
-            taken = self._listener.endpoint.take_websocket(transport, messages[0][0], tail)
+            taken = self._listener.endpoint.take_websocket(transport, messages[0][0], tail, head)
         except Exception:
             log.exception("WebSocket handshake failed")
             transport.abort()

@@ -43,6 +43,7 @@ from .client import Client, ClientServices
 from .cluster import ClusterAdapter
 from .endpoint import EngineEndpoint
 from .engine import Connection, EngineClient
+from .forward import Forwarder
 from .health import Health
 from .http import build_app
 from .listener import Listener, PeerErrors, handler_args, tls_context
@@ -97,6 +98,8 @@ class Server(Broadcasts):
         self._client_services = ClientServices(
             self.namespace_registry, session_limits, self.stats, self.spawn
         )
+        #: Requests for other nodes' sessions go there (``cluster.forward_requests``).
+        self.forwarder = self._make_forwarder()
         #: The Engine.IO endpoint: handshakes, polling, WebSocket.
         self.endpoint = EngineEndpoint(
             self.settings,
@@ -105,10 +108,27 @@ class Server(Broadcasts):
             self.spawn,
             lambda: self.draining,
             self.tag,
+            self.forwarder,
         )
         self.app = build_app(self)
         for policy in self.settings.namespaces:
             relay.install(self.of(policy.name), policy, limits)
+
+    def _make_forwarder(self) -> Forwarder | None:
+        s = self.settings
+        if not (s.cluster.enabled and s.cluster.forward_requests):
+            return None
+        return Forwarder(
+            self.node_id,
+            self.adapter.node_address,
+            self.stats,
+            max_payload=s.engineio.max_payload,
+            body_timeout=s.http.body_timeout_ms / 1000,
+            # The owner answers a long-poll within its ping interval; a ping timeout more is
+            # left for the hop.
+            poll_timeout=(s.engineio.ping_interval_ms + s.engineio.ping_timeout_ms) / 1000,
+            ca_file=s.http.tls_ca_file,
+        )
 
     def _make_adapter(self) -> Adapter:
         node_id = NodeId(self.node_id)
@@ -289,6 +309,8 @@ class Server(Broadcasts):
             log.info("node %s listening on %s%s", self.node_id, self.url, node.path)
             await self.adapter.start(self.public_url)
             stack.push_async_callback(self.adapter.stop)
+            if self.forwarder is not None:
+                stack.push_async_callback(self.forwarder.close)
             self._stack = stack.pop_all()
         return self
 

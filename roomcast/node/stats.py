@@ -27,3 +27,10 @@ class NodeStats:
     #: Connections the HTTP edge refused or closed before any session, by reason
     #: (``roomcast.node.listener``: head timeout, head too large, body timeout, bad request).
     http_refused: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: Requests for another node's session served by forwarding them there
+    #: (``roomcast.node.forward``), the bytes that crossed, the forwards that failed (the
+    #: client got 400), and WebSockets spliced or relayed to their session's node.
+    forwarded_requests: int = 0
+    forwarded_bytes: int = 0
+    forward_failed: int = 0
+    spliced_websockets: int = 0

@@ -163,6 +163,7 @@ class Cluster:
         cluster_settings: dict[str, int] | None = None,
         consul_settings: dict[str, int] | None = None,
         static_routers: int = 1,
+        extra_config: str = "",
     ) -> None:
         self.consul = consul  #: the Consul agent's address; None: static discovery
         self.router_id = router_id  #: the id ``[router]`` gives the first router
@@ -180,6 +181,8 @@ class Cluster:
             **(cluster_settings or {}),
         }
         self.consul_settings = {**CONSUL_TIMINGS, **(consul_settings or {})}
+        #: More TOML for ``cluster.toml`` (whole sections the harness does not write).
+        self.extra_config = extra_config
         # Consul clusters list a router at a decoy port: held bound (never listening) as long
         # as the cluster lives, so nothing answers there, nor can.
         self._decoy: socket.socket | None = hold_port() if consul is not None else None
@@ -299,6 +302,8 @@ nodes = {self.up_nodes}{up}
 
 [namespaces."/any"]
 publish = "any"
+
+{self.extra_config}
 """
         )
         os.replace(staging, target)
