@@ -174,6 +174,12 @@ def _print_status(doc: dict[str, Any]) -> None:
     if "rates" in s:
         r = s["rates"]
         print(f"rates: {r['messages_in']} messages/s in, {r['messages_out']} deliveries/s out")
+    if "forwarded_requests" in s and not doc.get("standalone"):
+        print(
+            f"forwarded for other nodes' sessions: {s['forwarded_requests']} requests, "
+            f"{s['spliced_websockets']} websockets, {s['forwarded_bytes']} bytes, "
+            f"{s['forward_failed']} failed"
+        )
     bus = doc.get("cluster", {}).get("bus")
     if bus:
         print(

@@ -102,6 +102,14 @@ async def test_polling_requests_of_a_session_served_by_every_node(
     assert after["n2"] - before["n2"] == 3
     assert after["n3"] - before["n3"] == 2
 
+    code, out, err = await cluster.cli("status", "--node", urls["n2"])
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if x.startswith("forwarded for other nodes"))
+    assert f": {after['n2']} requests, " in line, line
+    code, out, err = await cluster.cli("status", "--json", "--node", urls["n3"])
+    assert code == 0, err
+    assert json.loads(out)["stats"]["forwarded_requests"] == after["n3"]
+
 
 async def test_a_websocket_upgrade_on_another_node_is_spliced_to_the_owner(
     cluster: Cluster, http: aiohttp.ClientSession
