@@ -220,6 +220,7 @@ async def test_haproxy_is_gone_after_the_block(backends: Backends, tmp_path: Pat
         os.kill(pid, 0)
     assert "balance roundrobin" in lb.config_path.read_text()
     assert lb.proc.log_path.exists()
+    assert '"GET /who HTTP/1.1"' in lb.access_log.read_text()
 
 
 async def test_only_plain_http_backends_and_non_sticky_balancing_are_accepted(

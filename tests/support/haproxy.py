@@ -2,13 +2,15 @@
 no stickiness: every HTTP request is balanced on its own (round-robin by default), so a test
 can prove that any node serves any request of a Socket.IO session.
 
-``async with balancer(["http://127.0.0.1:41234", ...], tmp_path) as lb:`` writes
-``haproxy.cfg`` into ``tmp_path``, runs ``haproxy -f haproxy.cfg -db`` (foreground) as a
-:class:`~support.cluster_processes.Proc` (its output, one ``httplog`` line per request, goes
-to ``tmp_path/haproxy.log``), waits until it answers, and stops it at the end (SIGTERM, then
-SIGKILL). Clients use ``lb.url``; ``await lb.request_counts()`` reads how many requests each
-backend was sent, from HAProxy's own statistics (served on a second port, so that nothing on
-``lb.url`` is intercepted and the readiness probe never reaches, nor shifts, the backends).
+``async with balancer(["http://127.0.0.1:41234", ...], tmp_path) as lb:`` writes ``haproxy.cfg``
+into ``tmp_path``, runs ``haproxy -f haproxy.cfg -db`` (foreground) as a
+:class:`~support.cluster_processes.Proc` (its alerts go to ``tmp_path/haproxy.log``; its access
+log, one ``httplog`` line per request, to ``lb.access_log``, a file written directly: HAProxy
+drops a log line rather than wait for a full pipe, so a pipe would lose lines), waits until it
+answers, and stops it at the end (SIGTERM, then SIGKILL). Clients use ``lb.url``; ``await
+lb.request_counts()`` reads how many requests each backend was sent, from HAProxy's own
+statistics (served on a second port, so that nothing on ``lb.url`` is intercepted and the
+readiness probe never reaches, nor shifts, the backends).
 
 What makes the distribution per request, and WebSocket work (see :func:`render_config`):
 
@@ -24,7 +26,9 @@ What makes the distribution per request, and WebSocket work (see :func:`render_c
 * ``timeout client``/``server`` of 60 s outlast a long-polling GET (~30 s at most),
   ``timeout http-keep-alive`` of 60 s outlasts aiohttp's 15 s client keep-alive (the client
   closes an idle connection first, never reuses one HAProxy is closing), ``timeout connect`` is
-  2 s; there are no health checks (no request reaches a backend but the tests' own).
+  2 s; there are no health checks (no request reaches a backend but the tests' own);
+* ``retries 3`` and ``option redispatch 1``: a connection a server refuses (a node killed) is
+  retried on another server at once, as any node can serve any request.
 
 The port. HAProxy cannot listen on port 0 and say which port it got, so the port is named
 before it starts. It is not picked with :func:`support.ports.free_port` (bind, close, hope
@@ -135,6 +139,10 @@ defaults
     # carries one request and is closed, so no request follows its predecessor's server.
     option http-server-close
     http-reuse never
+    # A request whose server refuses the connection (a node killed) goes to another server:
+    # any node serves any request, so nothing is pinned to the dead one.
+    retries 3
+    option redispatch 1
     timeout connect 2s
     timeout client 60s
     timeout server 60s
@@ -184,6 +192,8 @@ class Balancer:
     backends: list[str]
     config_path: Path
     proc: Proc
+    #: HAProxy's access log: one ``option httplog`` line per request, once it has ended.
+    access_log: Path
     #: HAProxy's server names, by backend URL.
     servers: dict[str, str] = field(default_factory=dict)
 
@@ -246,7 +256,11 @@ async def balancer(
                 {servers[url]: addresses[url] for url in backends}, port, stats_port, balance
             )
         )
-        proc = Proc(name, [exe, "-f", str(config_path), "-db"], tmp_path, clean_env())
+        access_log = tmp_path / f"{name}-access.log"
+        # HAProxy logs to its stdout, made a file by the shell: a file never blocks a write.
+        argv = [exe, "-f", str(config_path), "-db"]
+        redirect = ["/bin/sh", "-c", 'log=$1; shift; exec "$@" >>"$log"', "sh", str(access_log)]
+        proc = Proc(name, redirect + argv, tmp_path, clean_env())
         lb = Balancer(
             url=f"http://127.0.0.1:{port}",
             port=port,
@@ -254,6 +268,7 @@ async def balancer(
             backends=list(backends),
             config_path=config_path,
             proc=proc,
+            access_log=access_log,
             servers=servers,
         )
         try:
