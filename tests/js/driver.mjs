@@ -19,7 +19,8 @@
 //   {"cmd": "retry", "id", "auth"}              set socket.auth and call socket.connect() again
 //   {"cmd": "disconnect", "id"}
 //
-// Output types (each with the client "id" it concerns): ready, connect, connect_error,
+// Output types (each with the client "id" it concerns): ready, connect (with the socket's "sid"
+// and its Engine.IO session's id, "engine"), connect_error,
 // disconnect, upgrade, ping, event (with "ackRef" when the server asked for an ack and no
 // automatic reply was configured), ack (the answer to an emit with "ref"), info, error.
 
@@ -116,7 +117,13 @@ class Session {
     const client = { socket, replies: cmd.replies ?? {} };
     this.clients.set(id, client);
     socket.on("connect", () =>
-      this.out({ id, type: "connect", sid: socket.id, transport: transportOf(socket) }),
+      this.out({
+        id,
+        type: "connect",
+        sid: socket.id,
+        engine: socket.io.engine?.id ?? null,
+        transport: transportOf(socket),
+      }),
     );
     socket.on("connect_error", (err) =>
       this.out({ id, type: "connect_error", message: err.message, data: encode(err.data ?? null) }),
