@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 import socketio
 import trustme
-from support.cluster_harness import NODE_READY
+from support.cluster_harness import NODE_READY, running_cluster
 from support.cluster_processes import TIMEOUT, Proc, clean_env, roomcast_argv, run_cli
 from support.js_harness import (
     JS_TEST_MARKS,
@@ -190,3 +190,34 @@ async def test_a_certificate_that_cannot_be_loaded_is_a_config_error(
     code, _, err = await run_cli(path, "node", "--port", "0", cwd=tmp_path)
     assert code == 2
     assert "http.tls_key_file: tls_cert_file and tls_key_file go together" in err
+
+
+@pytest.mark.multinode
+async def test_a_tls_cluster_forwards_requests_over_https(
+    certs: Certificates, tmp_path: Path
+) -> None:
+    """In a cluster of TLS nodes, a polling session opened on one node is served through the
+    other: the forward goes over https, the CA being ``http.tls_ca_file``; so does a
+    WebSocket upgrade spliced to the owner."""
+    tls = config(certs).replace("[cluster]\nenabled = false\n", "")
+    async with running_cluster(
+        tmp_path, "a", "b", extra_config=tls, ca_file=str(certs.ca)
+    ) as cluster:
+        a, b = cluster.nodes["a"].url, cluster.nodes["b"].url
+        assert a.startswith("https://") and b.startswith("https://")
+        trust = ssl.create_default_context(cafile=str(certs.ca))
+        eio = "/socket.io/?EIO=4&transport="
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as http:
+            async with http.get(a + eio + "polling") as resp:
+                sid = (await resp.text()).split('"sid":"')[1][:28]
+            async with http.post(f"{b}{eio}polling&sid={sid}", data=b"40") as resp:
+                assert (resp.status, await resp.text()) == (200, "ok")
+            async with http.get(f"{b}{eio}polling&sid={sid}") as resp:
+                assert (await resp.text()).startswith('40{"sid":"')
+            ws_url = b.replace("https", "wss") + f"{eio}websocket&sid={sid}"
+            async with http.ws_connect(ws_url) as ws:
+                await ws.send_str("2probe")
+                assert (await ws.receive(timeout=TIMEOUT)).data == "3probe"
+        stats = await cluster.admin("b", "/admin/stats")
+        assert stats["forwarded_requests"] == 2 and stats["spliced_websockets"] == 1
+        assert stats["forward_failed"] == 0

@@ -34,6 +34,7 @@ import inspect
 import os
 import re
 import socket
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -164,6 +165,7 @@ class Cluster:
         consul_settings: dict[str, int] | None = None,
         static_routers: int = 1,
         extra_config: str = "",
+        ca_file: str | None = None,
     ) -> None:
         self.consul = consul  #: the Consul agent's address; None: static discovery
         self.router_id = router_id  #: the id ``[router]`` gives the first router
@@ -202,7 +204,9 @@ class Cluster:
         self._routers_started = 0
         # The routers read it too: written now, with the routers' ports once they are known.
         self.write_config()
-        self.session = aiohttp.ClientSession()
+        # The harness's HTTP client; it trusts ``ca_file`` when nodes serve https (TLS tests).
+        tls = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls))
 
     @property
     def routers(self) -> list[RouterAddress]:
