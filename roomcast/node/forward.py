@@ -6,9 +6,9 @@ its membership replica (:meth:`Adapter.node_address`). So a load balancer needs 
 
 * a polling GET or POST for a session of another live node is **forwarded** there over HTTP
   and its answer (status, content type, body) given back; a long-poll waits through the
-  forward; the body is read here within ``http.body_timeout_ms`` and ``max_payload`` (one byte
-  more goes on, so the owner answers as it would have: 413), and the owner applies its limits
-  again;
+  forward; the body is read here within ``http.body_timeout_ms`` (else ``408``, as the owner
+  would answer) and ``max_payload`` (one byte more goes on, so the owner answers as it would
+  have: 413), and the owner applies its limits again;
 * a WebSocket handshake for such a session (an upgrade from polling) is **spliced** to the
   owner: the node opens a TCP connection to it, replays the handshake, and pipes bytes both
   ways for the life of the connection (:class:`Splice`), or, for a handshake aiohttp already
@@ -39,7 +39,7 @@ from roomcast.ids import NodeTag, tag_of_engine_sid
 from roomcast.protocol import engineio as eio
 
 from .polling import http_error
-from .stats import NodeStats
+from .stats import BODY_TIMEOUT, NodeStats
 
 log = logging.getLogger("roomcast.node")
 
@@ -101,7 +101,16 @@ class Forwarder:
         """Forward one polling GET or POST to ``owner`` and answer with what it answers."""
         body: bytes | None = None
         if request.method == "POST":
-            body = await self._read_body(request)
+            try:
+                body = await self._read_body(request)
+            except TimeoutError:
+                # As the owner answers a body that does not arrive in time; the owner never
+                # saw the request, so its session lives on until the client reconnects or
+                # its heartbeat deadline passes.
+                self.stats.http_refused[BODY_TIMEOUT] += 1
+                response = web.Response(status=408, text="Request Timeout")
+                response.force_close()
+                return response
         headers = {FORWARDED: self.node_id}
         content_type = request.headers.get("Content-Type")
         if content_type is not None:

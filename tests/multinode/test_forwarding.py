@@ -171,7 +171,10 @@ async def test_an_owner_that_stops_or_dies_costs_its_sessions_only(
     """A long-poll forwarded to an owner that stopped answering (SIGSTOP) gets the official
     400 after the forward's deadline; so does one for an owner killed with SIGKILL; the
     forwarding node keeps nothing of either, and serves its own sessions throughout."""
-    fast = "[engineio]\nping_interval_ms = 1000\nping_timeout_ms = 1000\n"
+    fast = (
+        "[engineio]\nping_interval_ms = 1000\nping_timeout_ms = 1000\n"
+        "[http]\nbody_timeout_ms = 500\n"
+    )
     directory = tmp_path_factory.mktemp("fwd-stop")
     async with running_cluster(directory, "a", "b", extra_config=fast) as small:
         a, b = small.nodes["a"], small.nodes["b"]
@@ -179,6 +182,18 @@ async def test_an_owner_that_stops_or_dies_costs_its_sessions_only(
         assert await post(http, a.url, sid, "40") == (200, "ok")
         await get(http, a.url, sid)
         failed = (await small.admin("b", "/admin/stats"))["forward_failed"]
+
+        # A POST to b whose body never arrives: b answers 408 as a itself would have.
+        port = int(b.url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"POST {EIO}polling&sid={sid} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+            "Content-Type: text/plain\r\n\r\n4x".encode()
+        )
+        head = await asyncio.wait_for(reader.read(), TIMEOUT)  # b closes after answering
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 408 "), head
+        assert (await small.admin("b", "/admin/stats"))["http_refused"]["body timeout"] == 1
 
         a.proc.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
         try:
