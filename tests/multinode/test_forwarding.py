@@ -132,6 +132,41 @@ async def test_a_websocket_upgrade_on_another_node_is_spliced_to_the_owner(
     assert (await forwards(cluster, "n2"))["spliced_websockets"] == spliced_before + 1
 
 
+async def test_a_websocket_handshake_on_a_kept_alive_connection_is_relayed(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """A WebSocket handshake that is not the first request of its connection (aiohttp parsed
+    it) is relayed message by message to the owner: text and binary, both ways."""
+    urls = {name: node.url for name, node in cluster.nodes.items()}
+    sid = await handshake(http, urls["n1"])
+    assert await post(http, urls["n1"], sid, "40") == (200, "ok")
+    await get(http, urls["n1"], sid)
+    relayed_before = (await forwards(cluster, "n3"))["spliced_websockets"]
+    connector = aiohttp.TCPConnector(limit=1)  # one connection: the handshake reuses it
+    async with aiohttp.ClientSession(connector=connector) as one:
+        async with one.get(urls["n3"] + "/health") as resp:
+            assert resp.status == 200
+        ws_url = urls["n3"].replace("http", "ws") + f"{EIO}websocket&sid={sid}"
+        async with one.ws_connect(ws_url) as ws:
+            await ws.send_str("2probe")
+            assert (await ws.receive(timeout=TIMEOUT)).data == "3probe"
+            await ws.send_str("5")
+            room = unique("kept")
+            await ws.send_str(f'421["join","{room}"]')
+            assert (
+                await ws.receive(timeout=TIMEOUT)
+            ).data == f'431[{{"ok":true,"rooms":["{room}"]}}]'
+            # A binary event: the placeholder text, then the attachment as a binary message.
+            await ws.send_str(
+                '451-2["publish",{"room":"'
+                + room
+                + '","event":"x","data":{"_placeholder":true,"num":0}}]'
+            )
+            await ws.send_bytes(b"\x00\x01\x02")
+            assert (await ws.receive(timeout=TIMEOUT)).data == '432[{"ok":true}]'
+    assert (await forwards(cluster, "n3"))["spliced_websockets"] == relayed_before + 1
+
+
 async def test_unknown_forged_and_foreign_sids_get_session_id_unknown(
     cluster: Cluster, http: aiohttp.ClientSession
 ) -> None:
