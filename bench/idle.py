@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from bench.loadgen import Client, ProtocolFailure, connect, now_us, run_worker, sleep_until
+from bench.loadgen import Client, ProtocolFailure, now_us, run_worker, sleep_until
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ async def open_idle(cfg: ConnectConfig, start: int) -> tuple[ConnectResult, list
         for client in pending:
             try:
                 async with asyncio.timeout(cfg.timeout):
-                    await connect(client)
+                    await client.open()
             except (OSError, ProtocolFailure, TimeoutError) as exc:
                 result.failed += 1
                 result.first_error = result.first_error or repr(exc)

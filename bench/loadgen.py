@@ -6,6 +6,11 @@ loop: no per-message task, future or queue. A chunk read from a socket is split 
 frames in place; the send timestamp of a delivered ``42["m",{"t":<µs>,...}]`` is read without
 a JSON parse (both servers write the compact JSON ``JSON.stringify`` writes).
 
+What a client does with the packets it reads (deliveries, acks, CONNECT, PING) is its
+:class:`Member` side, whatever carries them: :class:`Client` is the WebSocket one;
+bench/polling.py adds HTTP long-polling clients, and WebSocket clients whose session was
+opened by polling (a :class:`Worker` subclass picks the kind, :meth:`Worker.new_client`).
+
 Client frames are masked with the all-zero key (RFC 6455 §5.3 only asks the key to be
 unpredictable, which matters for proxies, not here), so sending costs no XOR in Python while the
 server still does its usual unmasking work.
@@ -32,6 +37,7 @@ a phase whose ``joins`` is set. The latency is from sending ``join`` to reading 
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import base64
 import contextlib
@@ -68,8 +74,9 @@ def client_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
     return head + ZERO_MASK + payload
 
 
-PONG_FRAME = client_frame(b"3")  # Engine.IO PONG
 CONNECT_FRAME = client_frame(b"40")  # Socket.IO CONNECT to "/"
+PROBE_FRAME = client_frame(b"2probe")  # Engine.IO PING probe (§Upgrade)
+UPGRADE_FRAME = client_frame(b"5")  # Engine.IO UPGRADE
 
 
 def now_us() -> int:
@@ -168,7 +175,7 @@ class Room:
     def __init__(self, index: int, payload: int) -> None:
         self.index = index
         self.name = f"room-{index}"
-        self.clients: list[Client] = []
+        self.clients: list[Member] = []
         body = json.dumps({"room": self.name, "event": "m"}, separators=(",", ":"))
         self.prefix = f'42["publish",{body[:-1]},"data":{{"t":'.encode()
         self.suffix = f',"p":"{"x" * payload}"}}}}]'.encode()
@@ -178,13 +185,11 @@ class Room:
 
     def publish(self, t: int) -> None:
         """Send one ``publish`` (no ack asked) stamped ``t``."""
-        transport = self.clients[0].transport
-        if transport is None or transport.is_closing():
+        if not self.clients[0].send_text(self.prefix + str(t).encode() + self.suffix):
             return
         rec = self.recorder
         if rec.t0 <= t < rec.t1:
             self.published_in_window += 1
-        transport.write(client_frame(self.prefix + str(t).encode() + self.suffix))
 
     def delivered(self) -> None:
         """The room's feedback client got a message: in closed loop, send the next one."""
@@ -196,9 +201,11 @@ class Room:
                 self.active = False
 
 
-class Client(asyncio.Protocol):
-    """One WebSocket client: Engine.IO session, Socket.IO socket on "/", member of one room
-    (or of none: ``room`` None, an idle client or the joiner)."""
+class Member(abc.ABC):
+    """One client, whatever carries its packets: its Engine.IO session and Socket.IO socket on
+    "/", member of one room (or of none: ``room`` None, an idle client or the joiner). A
+    transport (:class:`Client`, a WebSocket; :class:`bench.polling.PollingClient`, HTTP
+    long-polling) opens it and sends its packets; what it reads is handled here."""
 
     def __init__(self, host: str, port: int, room: Room | None, remote: bool = False) -> None:
         self.host = host
@@ -206,24 +213,124 @@ class Client(asyncio.Protocol):
         self.room = room
         self.remote = remote  #: on another server than the room's publisher
         self.feedback: Room | None = None  #: set on the room's closed-loop feedback client
+        self._acks: dict[int, asyncio.Future[Any]] = {}
+        self._next_ack = 1
+        self.acked_at = 0  #: when the last ack's packet was read (:func:`now_us`)
+        loop = asyncio.get_running_loop()
+        self.connected: asyncio.Future[str] = loop.create_future()
+        self.closed = False
+
+    @abc.abstractmethod
+    def send_text(self, payload: bytes) -> bool:
+        """Send one Engine.IO text packet; False when the session cannot send any more."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Open the session and connect to "/" (returns on the Socket.IO CONNECT ack)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """End the session (at the end of the run)."""
+
+    def _deliver(self, payload: bytes, now: int) -> None:
+        """A relayed message (the hot path): record its latency, drive the closed loop."""
+        if self.room is None:
+            return
+        t = int(payload[_PREFIX_LEN : payload.index(b",", _PREFIX_LEN)])
+        rec = self.room.recorder
+        if rec.t0 <= t < rec.t1:
+            (rec.remote_latencies if self.remote else rec.latencies).append(now - t)
+        if rec.t0 <= now < rec.t1:
+            rec.received_in_window += 1
+        if self.feedback is not None:
+            self.feedback.delivered()
+
+    def _on_text(self, payload: bytes, now: int) -> None:
+        """Any other packet the server sent (cold)."""
+        if payload.startswith(MESSAGE_PREFIX):  # reassembled from fragments
+            self._deliver(payload, now)
+        elif payload == b"2":  # Engine.IO PING
+            self.send_text(b"3")
+        elif payload.startswith(b"43"):  # Socket.IO ACK on "/"
+            self.acked_at = now
+            bracket = payload.index(b"[")
+            future = self._acks.pop(int(payload[2:bracket]), None)
+            if future is not None and not future.done():
+                args = json.loads(payload[bracket:])
+                future.set_result(args[0] if args else None)
+        elif payload.startswith(b"40"):  # Socket.IO CONNECT
+            if not self.connected.done():
+                self.connected.set_result(json.loads(payload[2:])["sid"])
+        elif payload.startswith(b"0"):  # Engine.IO OPEN
+            self._on_open(payload)
+        elif payload.startswith((b"44", b"41", b"1")):  # CONNECT_ERROR, DISCONNECT, CLOSE
+            self._fail(ProtocolFailure(f"server said {payload[:200]!r}"))
+        # NOOP (6) and anything else: nothing to do
+
+    def _on_open(self, payload: bytes) -> None:
+        """The Engine.IO OPEN packet: connect to "/"."""
+        self.send_text(b"40")
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.connected.done():
+            self.connected.set_exception(exc)
+        for future in self._acks.values():
+            if not future.done():
+                future.set_exception(exc)
+        self._acks.clear()
+
+    async def emit_with_ack(self, event: str, *args: Any) -> Any:
+        """``42<id>[event, ...args]``; returns the first argument of the ack."""
+        ack_id = self._next_ack
+        self._next_ack += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._acks[ack_id] = future
+        body = json.dumps([event, *args], separators=(",", ":"))
+        if not self.send_text(f"42{ack_id}{body}".encode()):
+            self._acks.pop(ack_id, None)
+            raise ProtocolFailure(f"{event}: the session is closed")
+        return await future
+
+
+class Client(Member, asyncio.Protocol):
+    """A WebSocket client. With a ``sid`` (a session opened by polling), its handshake upgrades
+    that session (Engine.IO §Upgrade: ``2probe``, ``3probe``, ``5``) instead of opening one."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        room: Room | None,
+        remote: bool = False,
+        sid: str | None = None,
+    ) -> None:
+        super().__init__(host, port, room, remote)
+        self.sid = sid
         self.transport: asyncio.Transport | None = None
         self._key = base64.b64encode(os.urandom(16))
         self._upgraded = False
         self._buf = b""
         self._fragments: list[bytes] = []
-        self._acks: dict[int, asyncio.Future[Any]] = {}
-        self._next_ack = 1
-        self.acked_at = 0  #: when the last ack's frame was read (:func:`now_us`)
+
+    async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        self.connected: asyncio.Future[str] = loop.create_future()
-        self.closed = False
+        await loop.create_connection(lambda: self, self.host, self.port)
+        await self.connected
+
+    def send_text(self, payload: bytes) -> bool:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(client_frame(payload))
+        return True
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
+        query = "" if self.sid is None else f"&sid={self.sid}"
         transport.write(
-            b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+            f"GET /socket.io/?EIO=4&transport=websocket{query} HTTP/1.1\r\n".encode()
             + f"Host: {self.host}:{self.port}\r\n".encode()
             + b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
             + b"Sec-WebSocket-Key: "
@@ -279,18 +386,6 @@ class Client(asyncio.Protocol):
         if pos < size:
             self._buf = data[pos:]
 
-    def _deliver(self, payload: bytes, now: int) -> None:
-        if self.room is None:
-            return
-        t = int(payload[_PREFIX_LEN : payload.index(b",", _PREFIX_LEN)])
-        rec = self.room.recorder
-        if rec.t0 <= t < rec.t1:
-            (rec.remote_latencies if self.remote else rec.latencies).append(now - t)
-        if rec.t0 <= now < rec.t1:
-            rec.received_in_window += 1
-        if self.feedback is not None:
-            self.feedback.delivered()
-
     # -- the rest of the protocol (cold) ------------------------------------------------------
 
     def _check_upgrade(self, head: bytes) -> None:
@@ -306,6 +401,8 @@ class Client(asyncio.Protocol):
             self._protocol_error("bad Sec-WebSocket-Accept")
             return
         self._upgraded = True
+        if self.sid is not None:
+            self._write(PROBE_FRAME)
 
     def _on_frame(self, b0: int, payload: bytes, now: int) -> None:
         opcode = b0 & 0x0F
@@ -327,24 +424,10 @@ class Client(asyncio.Protocol):
         # binary frames and pongs are not part of this scenario
 
     def _on_text(self, payload: bytes, now: int) -> None:
-        if payload.startswith(MESSAGE_PREFIX):  # reassembled from fragments
-            self._deliver(payload, now)
-        elif payload == b"2":  # Engine.IO PING
-            self._write(PONG_FRAME)
-        elif payload.startswith(b"43"):  # Socket.IO ACK on "/"
-            self.acked_at = now
-            bracket = payload.index(b"[")
-            future = self._acks.pop(int(payload[2:bracket]), None)
-            if future is not None and not future.done():
-                args = json.loads(payload[bracket:])
-                future.set_result(args[0] if args else None)
-        elif payload.startswith(b"40"):  # Socket.IO CONNECT
-            if not self.connected.done():
-                self.connected.set_result(json.loads(payload[2:])["sid"])
-        elif payload.startswith(b"0"):  # Engine.IO OPEN
-            self._write(CONNECT_FRAME)
-        elif payload.startswith((b"44", b"41", b"1")):  # CONNECT_ERROR, DISCONNECT, CLOSE
-            self._fail(ProtocolFailure(f"server said {payload[:200]!r}"))
+        if payload == b"3probe":  # the upgrade's probe answered: complete it, then connect
+            self._write(UPGRADE_FRAME + CONNECT_FRAME)
+        else:
+            super()._on_text(payload, now)
 
     def _write(self, frame: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -355,42 +438,17 @@ class Client(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _fail(self, exc: Exception) -> None:
-        if not self.connected.done():
-            self.connected.set_exception(exc)
-        for future in self._acks.values():
-            if not future.done():
-                future.set_exception(exc)
-        self._acks.clear()
-
-    async def emit_with_ack(self, event: str, *args: Any) -> Any:
-        """``42<id>[event, ...args]``; returns the first argument of the ack."""
-        ack_id = self._next_ack
-        self._next_ack += 1
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._acks[ack_id] = future
-        body = json.dumps([event, *args], separators=(",", ":"))
-        self._write(client_frame(f"42{ack_id}{body}".encode()))
-        return await future
-
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(client_frame(struct.pack("!H", 1000), OP_CLOSE))
             self.transport.close()
 
 
-async def connect(client: Client) -> None:
-    """Open the WebSocket and connect to "/" (returns on the Socket.IO CONNECT ack)."""
-    loop = asyncio.get_running_loop()
-    await loop.create_connection(lambda: client, client.host, client.port)
-    await client.connected
-
-
-async def connect_and_join(client: Client, timeout: float) -> None:
-    """Open the WebSocket, connect to "/", join the client's room and check the ack."""
+async def connect_and_join(client: Member, timeout: float) -> None:
+    """Open the session, connect to "/", join the client's room and check the ack."""
     assert client.room is not None
     async with asyncio.timeout(timeout):
-        await connect(client)
+        await client.open()
         ack = await client.emit_with_ack("join", client.room.name)
     if not isinstance(ack, dict) or ack.get("ok") is not True:
         raise ProtocolFailure(f"join {client.room.name} refused: {ack!r}")
@@ -402,26 +460,32 @@ class Worker:
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
         self.rooms = [Room(i, cfg.payload) for i in cfg.rooms]
-        self.clients: list[Client] = []
+        self.clients: list[Member] = []
         self.joiner: Client | None = None
         self._fresh = 0  #: fresh room names used by the joiner so far
         self._leaving: list[asyncio.Task[None]] = []  #: the joiner's leaves since last checked
 
+    def new_client(self, port: int, room: Room, remote: bool) -> Member:
+        """A member of ``room`` whose session is on the server at ``port`` (a WebSocket; a
+        subclass makes other kinds)."""
+        return Client(self.cfg.host, port, room, remote)
+
     async def connect(self) -> None:
+        """Open every client and join it to its room (and the joiner, if any)."""
         cfg = self.cfg
         if cfg.joiner:
             self.joiner = Client(cfg.host, cfg.ports[0], None)
             async with asyncio.timeout(cfg.connect_timeout):
-                await connect(self.joiner)
+                await self.joiner.open()
         for room in self.rooms:
             home = cfg.port_of(room.index, 0)
             for i in range(cfg.members):
                 port = cfg.port_of(room.index, i)
-                room.clients.append(Client(cfg.host, port, room, remote=port != home))
+                room.clients.append(self.new_client(port, room, remote=port != home))
             self.clients.extend(room.clients)
         gate = asyncio.Semaphore(cfg.connect_concurrency)
 
-        async def one(client: Client) -> None:
+        async def one(client: Member) -> None:
             async with gate:
                 await connect_and_join(client, cfg.connect_timeout)
 
@@ -610,10 +674,9 @@ async def sleep_until(t: int) -> None:
         await asyncio.sleep(delay)
 
 
-async def serve(conn: Connection, cfg: WorkerConfig) -> None:
+async def serve(conn: Connection, worker: Worker) -> None:
     """Connect, join, probe, say ``ready``, then run phases until told to ``quit``."""
     loop = asyncio.get_running_loop()
-    worker = Worker(cfg)
     try:
         await worker.connect()
     except Exception as exc:
@@ -670,4 +733,4 @@ def run_worker(main: Coroutine[Any, Any, None]) -> None:
 
 def worker_main(conn: Connection, cfg: WorkerConfig) -> None:
     """The entry point of a worker process."""
-    run_worker(serve(conn, cfg))
+    run_worker(serve(conn, Worker(cfg)))

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from array import array
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -130,33 +131,44 @@ def _sum_or_none(values: list[float | None]) -> float | None:
     return None if any(v is None for v in values) else sum(v for v in values if v is not None)
 
 
+def fanout_configs(
+    args: argparse.Namespace, ports: tuple[int, ...], joiner: bool = False
+) -> list[WorkerConfig]:
+    """The configs of a fan-out scenario's ``--workers`` load generator processes (and the
+    joiner's, when asked): every worker whole rooms, in turn."""
+    members = args.clients // args.rooms
+    configs = [
+        WorkerConfig(
+            HOST,
+            ports,
+            list(range(w, args.rooms, args.workers)),
+            members,
+            args.payload,
+            args.spread,
+        )
+        for w in range(args.workers)
+    ]
+    if joiner:
+        # A process of its own: a loop busy with room clients would delay reading its acks.
+        configs.append(WorkerConfig(HOST, ports, [], members, args.payload, joiner=True))
+    return configs
+
+
 class Workers:
-    """The load generator processes of one server's run (and the joiner's, when asked)."""
+    """The load generator processes of one server's run: one per config, each running
+    ``target`` (bench/loadgen.py's WebSocket workers unless told)."""
 
     def __init__(
-        self, args: argparse.Namespace, ports: tuple[int, ...], joiner: bool = False
+        self,
+        configs: Sequence[WorkerConfig],
+        target: Callable[[Connection, Any], None] = worker_main,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
-        members = args.clients // args.rooms
         self.procs: list[BaseProcess] = []
         self.conns: list[Connection] = []
-        configs = [
-            WorkerConfig(
-                HOST,
-                ports,
-                list(range(w, args.rooms, args.workers)),
-                members,
-                args.payload,
-                args.spread,
-            )
-            for w in range(args.workers)
-        ]
-        if joiner:
-            # A process of its own: a loop busy with room clients would delay reading its acks.
-            configs.append(WorkerConfig(HOST, ports, [], members, args.payload, joiner=True))
         for cfg in configs:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(child, cfg), daemon=True)
+            proc = ctx.Process(target=target, args=(child, cfg), daemon=True)
             proc.start()
             child.close()
             self.procs.append(proc)
@@ -369,7 +381,7 @@ def bench_fanout(
     with deploy(scenario, name, log_dir, nodes) as deployment:
         label = server_label(scenario, name, nodes if scenario == "scaleout" else 0)
         began = time.monotonic()
-        workers = Workers(args, deployment.ports, joiner=cluster and args.joins > 0)
+        workers = Workers(fanout_configs(args, deployment.ports, cluster and args.joins > 0))
         try:
             ready = workers.receive(90)
             clients = sum(n for _, (n, _) in ready)
