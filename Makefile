@@ -55,7 +55,8 @@ typecheck: install-test
 
 # Single-node and 2-node cluster fan-out, scale-out to --scale nodes, and idle connections,
 # roomcast vs Node socket.io@4 (+ the Redis adapter); the cluster scenarios install Debian's
-# redis-server when it is missing. See bench/__main__.py,
+# redis-server when it is missing. The balancer scenario prices roomcast's forwarding behind
+# HAProxy (installed by install-test) with no affinity. See bench/__main__.py,
 # e.g. BENCH_ARGS="--scenario cluster --repeat 3" or "--scenario scaleout --scale 2,4".
 bench: install-test $(VENV)/.stamp-bench
 	@test bench/js/node_modules/.package-lock.json -nt bench/js/package-lock.json || \

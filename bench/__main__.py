@@ -1,19 +1,21 @@
 """Fan-out benchmark: roomcast against the official Node socket.io server, on one node, on a
-cluster of two, scaled out to more nodes, and how fast they take connections.
+cluster of two, scaled out to more nodes, and how fast they take connections; and what
+roomcast's forwarding costs behind a load balancer with no affinity.
 
-    python -m bench [--scenario single,cluster,scaleout,connect]
+    python -m bench [--scenario single,cluster,scaleout,connect,balancer]
                     [--servers roomcast,node,python-socketio]
                     [--clients 1000] [--rooms 100] [--duration 10] [--modes max,rate]
                     [--rate 30] [--window 8] [--workers 1] [--repeat 1] [--profile DIR]
                     [--nodes 2] [--spread 0] [--joins 200]
                     [--scale 2,3,4] [--png bench-scaleout.png]
                     [--idle-clients 5000] [--connect-concurrency 100]
+                    [--balancer-clients 200] [--balancer-rooms 20] [--balancer-rate 5]
 
 Every server runs as processes of its own on 127.0.0.1; the load generator (bench/loadgen.py,
 ``--workers`` processes) opens ``--clients`` WebSockets, puts them in ``--rooms`` rooms of equal
 size through the relay's ``join`` event, and makes the first member of each room publish with
 the ``publish`` event. Every other member (publishers never receive their own messages, on any
-server) records the latency from the message's send timestamp. Four scenarios (all by default):
+server) records the latency from the message's send timestamp. Five scenarios (all by default):
 
 * ``single``: one server process (roomcast, Node socket.io@4, python-socketio).
 * ``cluster``: ``--nodes`` (2) server processes and what connects them. roomcast: the nodes and
@@ -38,6 +40,22 @@ server) records the latency from the message's send timestamp. Four scenarios (a
   per connection (VmRSS before and after, each settled 1s) and server CPU per connection.
   The bench raises its soft limit of open files to the hard limit (the servers inherit it)
   and says when a server's limit is below what the clients need.
+* ``balancer`` (roomcast only, bench/balancer.py): a cluster of ``--nodes`` nodes + 1 router
+  and Debian's HAProxy (``make install-haproxy``) in front of it, ``--balancer-clients``
+  clients in ``--balancer-rooms`` rooms spread over the nodes as in ``cluster``, the rate
+  phase at ``--balancer-rate`` messages per second per room. Two comparisons, side by side:
+  (1) Engine.IO long-polling clients (bench/polling.py), every request through HAProxy, either
+  *pinned* (a frontend per node sends everything to the node of the session: what sticky
+  sessions give) or *balanced* (round-robin, each request on its own, no affinity: a request
+  reaching another node than its session's, (N-1)/N of them, is forwarded there); the same
+  sessions carry both, each phase pinned then balanced. HAProxy runs in both, with the same
+  options (a server connection per request, as tests/support/haproxy.py), and its CPU is
+  reported apart from roomcast's. (2) WebSockets whose session was opened by a polling
+  handshake on its node, upgraded on a WebSocket straight to it (*direct*) or to the next node,
+  which splices the connection to the session's (*spliced*); no HAProxy. Besides the fan-out
+  figures: the polling clients' HTTP requests per second and the nodes' forward counters
+  (``/admin/stats``: forwarded requests and bytes per second, failed forwards, spliced
+  WebSockets).
 
 Before measuring, every room's publisher sends one probe message and the bench waits until all
 members of the room, on every node, got it; for roomcast it also waits until every node's
@@ -77,12 +95,20 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.balancer import bench_balancer
 from bench.measure import bench_server
 from bench.plot import plot_scaleout
-from bench.report import Results, print_connects, print_joins, print_scaleout, print_table
+from bench.report import (
+    Results,
+    print_balancer,
+    print_connects,
+    print_joins,
+    print_scaleout,
+    print_table,
+)
 from bench.servers import CLUSTER_SERVERS, JS_DIR, SINGLE_SERVERS
 
-SCENARIOS = ("single", "cluster", "scaleout", "connect")
+SCENARIOS = ("single", "cluster", "scaleout", "connect", "balancer")
 
 
 def _names(value: str) -> list[str]:
@@ -98,7 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scenario",
         default=",".join(SCENARIOS),
         help="single (one server process), cluster (2 nodes + router / + redis), scaleout "
-        "(--scale nodes), connect (--idle-clients idle clients); a comma-separated list",
+        "(--scale nodes), connect (--idle-clients idle clients), balancer (roomcast's "
+        "forwarding behind HAProxy); a comma-separated list",
     )
     parser.add_argument(
         "--servers",
@@ -143,6 +170,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=100,
         help="connect: handshakes in flight at most (all load generator processes together)",
     )
+    parser.add_argument(
+        "--balancer-clients", type=int, default=200, help="balancer: clients (polling, then ws)"
+    )
+    parser.add_argument("--balancer-rooms", type=int, default=20, help="balancer: rooms")
+    parser.add_argument(
+        "--balancer-rate", type=float, default=5.0, help="balancer: rate phase msgs/s per room"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="rounds over every server")
     parser.add_argument(
         "--profile",
@@ -182,6 +216,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.scale_text = ", ".join(str(n) for n in args.scale_counts)
     if args.idle_clients < args.workers or args.connect_concurrency < 1:
         parser.error("--idle-clients must be at least --workers; --connect-concurrency positive")
+    if "balancer" in args.scenarios:
+        rooms, clients = args.balancer_rooms, args.balancer_clients
+        if rooms < 1 or clients < 2 * rooms or clients % rooms:
+            parser.error(
+                "--balancer-clients must be a multiple of --balancer-rooms, with at least 2 "
+                "per room"
+            )
+        if args.workers > rooms or args.balancer_rate <= 0 or args.nodes < 2:
+            parser.error(
+                "balancer: --workers at most --balancer-rooms, --balancer-rate positive, "
+                "--nodes at least 2"
+            )
     return args
 
 
@@ -192,6 +238,12 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, int]] | None:
     for scenario in args.scenarios:
         if scenario in ("single", "connect"):
             runs += [(scenario, name, 0) for name in args.servers]
+            continue
+        if scenario == "balancer":
+            if "roomcast" in args.servers:
+                runs.append((scenario, "roomcast", args.nodes))
+            else:
+                print("balancer: a roomcast scenario (add roomcast to --servers)", file=sys.stderr)
             continue
         for name in args.servers:
             if name not in CLUSTER_SERVERS:
@@ -235,6 +287,7 @@ def print_report(args: argparse.Namespace, results: Results) -> None:
         title = f"{args.clients} clients in {args.rooms} rooms, each room on 2 nodes"
         print(plot_scaleout(results.rows, args.png, title))
     print_connects(args, results.connects)
+    print_balancer(args, results.rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
                     log_dir = Path(tmp) / scenario / where
                     log_dir.mkdir(parents=True, exist_ok=True)
                     try:
-                        bench_server(args, scenario, name, log_dir, results, nodes)
+                        if scenario == "balancer":
+                            bench_balancer(args, log_dir, results)
+                        else:
+                            bench_server(args, scenario, name, log_dir, results, nodes)
                     except RuntimeError as exc:
                         print(f"{scenario}/{where}: failed: {exc}", file=sys.stderr)
     except (KeyboardInterrupt, SystemExit):

@@ -119,6 +119,9 @@ class Phase:
     t1: int  #: measurement and publishing end
     drain: float  #: seconds to wait after t1 for messages still in flight
     joins: int = 0  #: join-latency samples spread over [t0, t1) (by the worker's joiner)
+    #: Where polling clients send their requests from ``start`` on (bench/polling.py):
+    #: "balanced" (round-robin over the nodes), else "pinned" (to their session's node).
+    route: str = ""
 
 
 @dataclass
@@ -134,6 +137,7 @@ class PhaseResult:
     closed_clients: int = 0
     join_latencies: array[int] = field(default_factory=lambda: array("q"))  #: µs, joiner only
     errors: list[str] = field(default_factory=list)
+    requests: int = 0  #: HTTP requests sent in [t0, t1) (polling clients only)
 
 
 class Recorder:

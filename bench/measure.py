@@ -1,7 +1,8 @@
 """Measuring one deployment: the load generator processes, the phases, and the CPU and
-write-syscall figures of the server processes read from /proc meanwhile; in a cluster also the
-bytes each node received from its bus (bench/traffic.py) and join latencies; in the connect
-scenario the connection rate and the server's memory per connection.
+write-syscall figures of the server processes read from /proc meanwhile (a load balancer's CPU
+apart); in a cluster also the bytes each node received from its bus (bench/traffic.py) and
+join latencies; behind a load balancer the requests the nodes forwarded to each other; in the
+connect scenario the connection rate and the server's memory per connection.
 """
 
 from __future__ import annotations
@@ -277,27 +278,33 @@ def run_phase(
     workers: Workers,
     deployment: Deployment,
     joins: list[JoinSample] | None = None,
+    route: str = "",
 ) -> Row:
-    """One phase on a deployment; join latencies measured meanwhile go to ``joins``."""
+    """One phase on a deployment; join latencies measured meanwhile go to ``joins``; polling
+    clients send their requests by ``route`` (bench/polling.py)."""
     start = now_us() + 300_000
     t0 = start + int(args.warmup * 1e6)
     t1 = t0 + int(args.duration * 1e6)
     # Join latency under load: during the max phase of the cluster scenario only.
     n_joins = args.joins if joins is not None and mode == "max" else 0
-    phase = Phase(mode, args.rate, args.window, start, t0, t1, args.drain, n_joins)
+    phase = Phase(mode, args.rate, args.window, start, t0, t1, args.drain, n_joins, route)
     workers.send(("phase", phase))
     sleep_until(t0)
     spies = start_profiles(args, scenario, name, mode, deployment)
-    pids = {label: proc.pid for label, proc in deployment.procs.items()}
-    cpu0 = {label: cpu_seconds(pid) for label, pid in pids.items()}
+    everyone = {label: proc.pid for label, proc in deployment.procs.items()}
+    pids = {label: pid for label, pid in everyone.items() if label not in deployment.side}
+    cpu0 = {label: cpu_seconds(pid) for label, pid in everyone.items()}
     busy0 = machine_busy_seconds()
     w0 = _sum_or_none([write_syscalls(pid) for pid in pids.values()])
     bus0 = traffic.sample(deployment) if scenario == "scaleout" else None
+    forwarding = scenario == "balancer"
+    fwd0 = traffic.forwarded(deployment.admin_urls) if forwarding else None
     sleep_until(t1)
-    cpu1 = {label: cpu_seconds(pid) for label, pid in pids.items()}
+    cpu1 = {label: cpu_seconds(pid) for label, pid in everyone.items()}
     busy1 = machine_busy_seconds()
     w1 = _sum_or_none([write_syscalls(pid) for pid in pids.values()])
     bus1 = traffic.sample(deployment) if scenario == "scaleout" else None
+    fwd1 = traffic.forwarded(deployment.admin_urls) if forwarding else None
     bus = traffic.per_second(bus0, bus1)
     if scenario == "scaleout" and bus is None:
         print(f"  [{name}/{mode}: the nodes' bus bytes could not be read]", file=sys.stderr)
@@ -317,15 +324,21 @@ def run_phase(
         print(f"  [{name}/{mode}: {closed} clients were disconnected]", file=sys.stderr)
     offered = f"window {args.window}/room" if mode == "max" else f"{args.rate * args.rooms:g} pub/s"
     parts: dict[str, float] = {}
-    for label in pids:
+    for label in everyone:
         before, after = cpu0[label], cpu1[label]
         if before is not None and after is not None:
             parts[label] = (after - before) / seconds
-    server_cpu = sum(parts.values()) if len(parts) == len(pids) else None
+    server_cpu = _sum_or_none([parts.get(label) for label in pids])
+    side_cpu = _sum_or_none([parts.pop(label, None) for label in deployment.side])
     loadgen_cpu = sum(r.cpu_seconds for r in results) / seconds
     other_cpu = None
     if busy0 is not None and busy1 is not None and server_cpu is not None:
-        other_cpu = max(0.0, (busy1 - busy0) / seconds - server_cpu - loadgen_cpu)
+        other_cpu = max(
+            0.0, (busy1 - busy0) / seconds - server_cpu - (side_cpu or 0.0) - loadgen_cpu
+        )
+    if forwarding and (fwd0 is None or fwd1 is None):
+        print(f"  [{name}/{mode}: the nodes' forward counters could not be read]", file=sys.stderr)
+    fwd = None if fwd0 is None or fwd1 is None else fwd1 - fwd0
     delivered = sum(r.received_in_window for r in results)
     writes = None if w0 is None or w1 is None or not delivered else (w1 - w0) / delivered
     return Row(
@@ -349,6 +362,12 @@ def run_phase(
         nodes=len(deployment.ports) if scenario == "scaleout" else 0,
         bus_in_per_node=None if bus is None else sum(bus) / len(bus),
         bus_in_max_node=None if bus is None else max(bus),
+        balancer_cpu=side_cpu if deployment.side else None,
+        requests_per_s=sum(r.requests for r in results) / seconds if route else None,
+        forwarded_per_s=None if fwd is None else fwd.requests / seconds,
+        forwarded_bytes_per_s=None if fwd is None else fwd.bytes / seconds,
+        forward_failed=None if fwd is None else fwd.failed,
+        spliced=None if fwd1 is None else fwd1.spliced,
     )
 
 

@@ -17,6 +17,10 @@ from typing import Generic, TypeVar
 LABELS = {
     ("cluster", "roomcast"): "roomcast 2+rtr",
     ("cluster", "node"): "node 2+redis",
+    ("balancer", "poll-pinned"): "polling pinned",
+    ("balancer", "poll-balanced"): "polling balanced",
+    ("balancer", "ws-direct"): "ws direct",
+    ("balancer", "ws-spliced"): "ws spliced",
 }
 
 
@@ -51,6 +55,15 @@ class Row:
     nodes: int = 0  #: edge nodes of a scale-out deployment (0: another scenario)
     bus_in_per_node: float | None = None  #: bytes/s each node received from its bus, mean
     bus_in_max_node: float | None = None  #: ... and the most any node received
+    #: The balancer scenario: cores HAProxy used (not in ``server_cpu``), the HTTP requests
+    #: the polling clients sent per second, what the nodes forwarded to each other per second
+    #: (requests, bytes), the forwards that failed, and the WebSockets spliced at the end.
+    balancer_cpu: float | None = None
+    requests_per_s: float | None = None
+    forwarded_per_s: float | None = None
+    forwarded_bytes_per_s: float | None = None
+    forward_failed: int | None = None
+    spliced: int | None = None
 
     @property
     def label(self) -> str:
@@ -172,6 +185,11 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
+def _max_or_none(values: list[int | None]) -> int | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
 def summarize(rows: list[Row]) -> list[Row]:
     """One row per (scenario, nodes, server, phase): the median of each figure over the
     repeats."""
@@ -206,6 +224,12 @@ def summarize(rows: list[Row]) -> list[Row]:
                 nodes=nodes,
                 bus_in_per_node=_median([r.bus_in_per_node for r in group]),
                 bus_in_max_node=_median([r.bus_in_max_node for r in group]),
+                balancer_cpu=_median([r.balancer_cpu for r in group]),
+                requests_per_s=_median([r.requests_per_s for r in group]),
+                forwarded_per_s=_median([r.forwarded_per_s for r in group]),
+                forwarded_bytes_per_s=_median([r.forwarded_bytes_per_s for r in group]),
+                forward_failed=_max_or_none([r.forward_failed for r in group]),
+                spliced=_max_or_none([r.spliced for r in group]),
             )
         )
     return out
@@ -306,6 +330,95 @@ def print_scaleout(args: argparse.Namespace, rows: list[Row]) -> None:
         "(/admin/cluster; ZeroMQ message bytes, its own envelopes\nback from the router "
         "included); node: TCP bytes its Redis connections received (ss -tinp, RESP framing\n"
         "included). See bench/traffic.py."
+    )
+
+
+# -- the balancer scenario --------------------------------------------------------------------
+
+
+def _per_delivery(cores: float | None, row: Row) -> str:
+    """CPU µs per delivered message of ``cores``."""
+    if cores is None or not row.delivered_per_s:
+        return "-"
+    return f"{cores * 1e6 / row.delivered_per_s:.2f}"
+
+
+def _forwarded_share(row: Row) -> str:
+    if row.forwarded_per_s is None or not row.requests_per_s:
+        return "-"
+    return f"{row.forwarded_per_s / row.requests_per_s * 100:.0f}%"
+
+
+BALANCER_COLUMNS: tuple[Column[Row], ...] = (
+    Column("clients", 16, lambda r: r.label, left=True),
+    *(col for col in _COMMON_HEAD[1:] if col.title != "max ms"),
+    Column("missing", 7, lambda r: str(r.missing)),
+    Column("srv CPU", 7, lambda r: _pct(r.server_cpu)),
+    Column("HAProxy", 7, lambda r: _pct(r.balancer_cpu)),
+    Column("gen CPU", 7, lambda r: _pct(r.loadgen_cpu)),
+    Column("other", 5, lambda r: _pct(r.other_cpu)),
+    _CPU_PER_DELIVERY,
+    Column("HAProxy µs/deliv", 16, lambda r: _per_delivery(r.balancer_cpu, r)),
+    Column("HTTP req/s", 10, lambda r: _int(r.requests_per_s)),
+    Column("fwd req/s", 9, lambda r: _int(r.forwarded_per_s)),
+    Column("fwd", 4, _forwarded_share),
+    Column("fwd KB/s", 8, lambda r: _kb(r.forwarded_bytes_per_s)),
+    Column("fwd failed", 10, lambda r: "-" if r.forward_failed is None else str(r.forward_failed)),
+    Column("spliced WS", 10, lambda r: "-" if r.spliced is None else str(r.spliced)),
+)
+
+#: The order of the balancer table's rows: polling (pinned, then balanced), then WebSocket.
+_BALANCER_ORDER = {"poll-pinned": 0, "poll-balanced": 1, "ws-direct": 2, "ws-spliced": 3}
+
+
+def balancer_rows(rows: list[Row]) -> list[Row]:
+    """The balancer rows (medians over the repeats): polling then WebSocket, each by phase,
+    the two ways to reach a session side by side."""
+    summary = [row for row in summarize(rows) if row.scenario == "balancer"]
+
+    def key(row: Row) -> tuple[int, str, int]:
+        rank = _BALANCER_ORDER.get(row.server, 4)
+        return rank // 2, row.mode, rank
+
+    return sorted(summary, key=key)
+
+
+def print_balancer(args: argparse.Namespace, rows: list[Row]) -> None:
+    """The balancer table: what forwarding a request, or splicing a WebSocket, to the node
+    of its session costs."""
+    summary = balancer_rows(rows)
+    if not summary:
+        return
+    members = args.balancer_clients // args.balancer_rooms
+    print()
+    print(
+        f"BALANCER: {args.nodes} roomcast nodes + 1 router, {args.balancer_clients} clients in "
+        f"{args.balancer_rooms} rooms of {members} (spread over the nodes as in the cluster "
+        f"scenario);\nrate phase: {args.balancer_rate:g} msgs/s per room. polling: Engine.IO "
+        "long-polling clients, through HAProxy in both rows (1 thread,\na server connection "
+        "per request): pinned = every request to the node of its session (an HAProxy "
+        "frontend per\nnode: what sticky sessions give); balanced = every request round-robin "
+        "over the nodes, no affinity: a node\nforwards a request for another's session there "
+        "(HTTP). The same sessions, opened on the same nodes, in both\nrows. ws: WebSockets "
+        "whose session was opened by polling on its node, then upgraded on a WebSocket to\n"
+        "that node (direct) or to the next one, which splices it to the session's node "
+        "(spliced); no HAProxy."
+    )
+    print(
+        f"{args.duration:g}s measured after {args.warmup:g}s warmup, {args.workers} load "
+        f"generator process(es), {os.cpu_count()} CPUs"
+        + (f", median of {args.repeat} runs" if args.repeat > 1 else "")
+    )
+    print_rows(BALANCER_COLUMNS, summary)
+    for row in summary:
+        print(f"  srv CPU of {row.label} {row.mode}: {format_cpu_parts(row)}")
+    print(
+        "srv CPU: the roomcast processes (nodes + router), HAProxy's apart (and its CPU µs per "
+        "delivery). HTTP req/s:\nthe requests the polling clients sent; fwd req/s, fwd KB/s: "
+        "what the nodes forwarded to each other\n(their forwarded_requests and forwarded_bytes "
+        "counters: bodies both ways, every byte of a spliced\nWebSocket); fwd: the share of "
+        "the requests forwarded; fwd failed: forwards that failed in the window\n(the client "
+        "got 400); spliced WS: WebSockets spliced so far."
     )
 
 

@@ -156,6 +156,9 @@ class Deployment:
     admin_urls: tuple[str, ...] = ()  #: roomcast nodes, whose /admin/rooms shows membership
     nodes: tuple[str, ...] = ()  #: labels of a cluster's edge nodes (in ``ports`` order)
     redis_port: int = 0  #: a Node cluster's redis-server (its nodes' bus), 0: none
+    #: Labels of processes in ``procs`` that are not the server's (a load balancer): their CPU
+    #: is reported apart.
+    side: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager

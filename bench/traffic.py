@@ -1,5 +1,9 @@
-"""What each edge node of a cluster received from its bus: a counter read at the start and at
-the end of a measured window (the scale-out scenario reports the difference per second).
+"""What crossed between the nodes of a cluster, read from counters at the start and at the end
+of a measured window: what each edge node received from its bus (the scale-out scenario
+reports the difference per second), and the requests the nodes forwarded to each other (the
+balancer scenario: :func:`forwarded`).
+
+The bus:
 
 * roomcast: the node's own count of the bus messages it read from its SUB socket,
   ``GET /admin/cluster`` → ``cluster.bus.bytes_in`` (ZeroMQ message bytes: topic + envelope;
@@ -21,6 +25,7 @@ import re
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 
 from bench.servers import Deployment, get_json
 
@@ -103,3 +108,47 @@ def per_second(
         return None
     seconds = last[0] - first[0]
     return [(b - a) / seconds for a, b in zip(first[1], last[1], strict=True)]
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """The forward counters of a roomcast cluster, every node's summed (``GET /admin/stats``:
+    what a node did for sessions another node holds, roomcast/node/forward.py)."""
+
+    requests: int  #: polling requests forwarded to their session's node
+    bytes: int  #: bytes forwarded, both directions (request and answer bodies; spliced bytes)
+    failed: int  #: forwards that failed (the client got 400)
+    spliced: int  #: WebSockets spliced or relayed to their session's node
+
+    def __add__(self, other: Forwarded) -> Forwarded:
+        return Forwarded(
+            self.requests + other.requests,
+            self.bytes + other.bytes,
+            self.failed + other.failed,
+            self.spliced + other.spliced,
+        )
+
+    def __sub__(self, other: Forwarded) -> Forwarded:
+        return Forwarded(
+            self.requests - other.requests,
+            self.bytes - other.bytes,
+            self.failed - other.failed,
+            self.spliced - other.spliced,
+        )
+
+
+def forwarded(admin_urls: tuple[str, ...]) -> Forwarded | None:
+    """The forward counters of the nodes at ``admin_urls``, summed; None if one fails."""
+    total = Forwarded(0, 0, 0, 0)
+    for url in admin_urls:
+        try:
+            body = get_json(f"{url}/admin/stats")
+            total += Forwarded(
+                int(body["forwarded_requests"]),
+                int(body["forwarded_bytes"]),
+                int(body["forward_failed"]),
+                int(body["spliced_websockets"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return total
