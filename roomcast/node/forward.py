@@ -19,7 +19,7 @@ its membership replica (:meth:`Adapter.node_address`). So a load balancer needs 
 
 A forwarded request carries ``X-Roomcast-Forwarded``: the owner never forwards it again.
 Counters: ``forwarded_requests``, ``forwarded_bytes`` (both directions), ``forward_failed``,
-``spliced_websockets``.
+``spliced_websockets``; a gauge: ``forwards_in_flight``.
 """
 
 from __future__ import annotations
@@ -89,7 +89,10 @@ class Forwarder:
     def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
             self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._tls),
+                # No connection limit (aiohttp's default is 100): each forwarded long-poll holds
+                # a connection for up to a ping interval, and a POST must never queue behind
+                # them. What is in flight is bounded by the requests this node accepted.
+                connector=aiohttp.TCPConnector(ssl=self._tls, limit=0),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
             )
@@ -118,6 +121,7 @@ class Forwarder:
         timeout = aiohttp.ClientTimeout(
             total=self.poll_timeout if request.method == "GET" else self.body_timeout
         )
+        self.stats.forwards_in_flight += 1
         try:
             async with self._client().request(
                 request.method,
@@ -133,6 +137,8 @@ class Forwarder:
             self.stats.forward_failed += 1
             log.info("forward of %s to %s failed: %r", request.rel_url, owner, exc)
             return http_error(eio.UNKNOWN_SID)
+        finally:
+            self.stats.forwards_in_flight -= 1
         self.stats.forwarded_requests += 1
         self.stats.forwarded_bytes += len(body or b"") + len(data)
         return web.Response(status=status, body=data, headers={"Content-Type": answer_type})

@@ -165,6 +165,7 @@ class NodeHTTP:
                 "forwarded_bytes": s.forwarded_bytes,
                 "forward_failed": s.forward_failed,
                 "spliced_websockets": s.spliced_websockets,
+                "forwards_in_flight": s.forwards_in_flight,
             }
         )
 

@@ -34,3 +34,5 @@ class NodeStats:
     forwarded_bytes: int = 0
     forward_failed: int = 0
     spliced_websockets: int = 0
+    #: Forwarded polling requests waiting for their owner's answer now (a gauge).
+    forwards_in_flight: int = 0

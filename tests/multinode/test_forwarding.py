@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from support.cluster_clients import Connect, clients
-from support.cluster_harness import TIMEOUT, Cluster, running_cluster, unique
+from support.cluster_harness import TIMEOUT, Cluster, running_cluster, unique, wait_until
 
 from roomcast.ids import node_tag, tag_text
 
@@ -109,6 +109,30 @@ async def test_polling_requests_of_a_session_served_by_every_node(
     code, out, err = await cluster.cli("status", "--json", "--node", urls["n3"])
     assert code == 0, err
     assert json.loads(out)["stats"]["forwarded_requests"] == after["n3"]
+
+
+async def test_many_waiting_long_polls_do_not_hold_up_other_forwards(cluster: Cluster) -> None:
+    """150 long-polls of n1's sessions wait through n2 (more than an HTTP client's usual
+    connection pool); a POST forwarded by n2 meanwhile is served at once, and wakes its
+    session's waiting GET."""
+    urls = {name: node.url for name, node in cluster.nodes.items()}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        sids = await asyncio.gather(*(handshake(http, urls["n1"]) for _ in range(150)))
+        polls = [asyncio.ensure_future(get(http, urls["n2"], sid)) for sid in sids]
+        try:
+
+            async def waiting() -> bool:
+                return bool((await forwards(cluster, "n2"))["forwards_in_flight"] == 150)
+
+            await wait_until(waiting, what="150 long-polls waiting through n2")
+            assert await post(http, urls["n2"], sids[0], "40") == (200, "ok")
+            status, text = await asyncio.wait_for(polls[0], TIMEOUT)
+            assert status == 200 and text.startswith('40{"sid":"'), text
+            assert not any(p.done() for p in polls[1:])
+        finally:
+            for p in polls:
+                p.cancel()
+            await asyncio.gather(*polls, return_exceptions=True)
 
 
 async def test_a_websocket_upgrade_on_another_node_is_spliced_to_the_owner(
