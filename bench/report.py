@@ -180,6 +180,20 @@ def print_rows(columns: tuple[Column[T], ...], rows: Iterable[T]) -> None:
         print(format_row(row, columns))
 
 
+def _print_measured(
+    args: argparse.Namespace, columns: tuple[Column[Row], ...], summary: list[Row]
+) -> None:
+    """How the figures were measured, the table, and each row's server CPU by process."""
+    print(
+        f"{args.duration:g}s measured after {args.warmup:g}s warmup, {args.workers} load "
+        f"generator process(es), {os.cpu_count()} CPUs"
+        + (f", median of {args.repeat} runs" if args.repeat > 1 else "")
+    )
+    print_rows(columns, summary)
+    for row in summary:
+        print(f"  srv CPU of {row.label} {row.mode}: {format_cpu_parts(row)}")
+
+
 def _median(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
@@ -316,14 +330,7 @@ def print_scaleout(args: argparse.Namespace, rows: list[Row]) -> None:
         f"+ {members // 2}), room r on\nnodes r and r+1 (mod N); the same {args.clients} "
         f"clients and {args.rooms} rooms at every N, so the offered load is the same."
     )
-    print(
-        f"{args.duration:g}s measured after {args.warmup:g}s warmup, {args.workers} load "
-        f"generator process(es), {os.cpu_count()} CPUs"
-        + (f", median of {args.repeat} runs" if args.repeat > 1 else "")
-    )
-    print_rows(SCALEOUT_COLUMNS, summary)
-    for row in summary:
-        print(f"  srv CPU of {row.label} {row.mode}: {format_cpu_parts(row)}")
+    _print_measured(args, SCALEOUT_COLUMNS, summary)
     print(
         "bus in = what one edge node received from its bus per second (mean over the nodes; "
         "busiest: the most any node\ngot). roomcast: the node's bus bytes_in counter "
@@ -404,14 +411,7 @@ def print_balancer(args: argparse.Namespace, rows: list[Row]) -> None:
         "that node (direct) or to the next one, which splices it to the session's node "
         "(spliced); no HAProxy."
     )
-    print(
-        f"{args.duration:g}s measured after {args.warmup:g}s warmup, {args.workers} load "
-        f"generator process(es), {os.cpu_count()} CPUs"
-        + (f", median of {args.repeat} runs" if args.repeat > 1 else "")
-    )
-    print_rows(BALANCER_COLUMNS, summary)
-    for row in summary:
-        print(f"  srv CPU of {row.label} {row.mode}: {format_cpu_parts(row)}")
+    _print_measured(args, BALANCER_COLUMNS, summary)
     print(
         "srv CPU: the roomcast processes (nodes + router), HAProxy's apart (and its CPU µs per "
         "delivery). HTTP req/s:\nthe requests the polling clients sent; fwd req/s, fwd KB/s: "
