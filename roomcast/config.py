@@ -10,6 +10,7 @@ be, else taken as strings.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from roomcast.errors import ConfigError
 
@@ -114,6 +116,8 @@ class RouterAddress:
     xpub: str = "tcp://127.0.0.1:5556"  #: nodes subscribe here
     http: str = "http://127.0.0.1:5557"  #: stats and health
     id: str = ""  #: empty: the xsub endpoint names the router
+    #: With ``bus.curve``: this router's public key file; empty: ``bus.router_public_key_file``.
+    public_key_file: str = ""
 
     @property
     def key(self) -> str:
@@ -132,6 +136,26 @@ class RouterSettings:
     xpub_port: int = 5556
     http_port: int = 5557
     hwm: int = 100_000
+    #: With ``bus.curve``: the router's key pair (``NAME.key_secret`` from ``roomcast keys``).
+    secret_key_file: str = ""
+    #: With ``bus.curve``: the public keys (``*.key`` files) of the nodes and emitters let in.
+    allowed_keys_dir: str = ""
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    """``[bus]``: who may use the cluster bus, and whether its traffic is encrypted (CURVE)."""
+
+    #: true: every connection to a router is authenticated and encrypted (ZeroMQ's CURVE);
+    #: routers let in only the keys of ``router.allowed_keys_dir``.
+    curve: bool = False
+    #: This node's (or emitter's) key pair: ``NAME.key_secret`` from ``roomcast keys``.
+    secret_key_file: str = ""
+    #: The routers' public key file (``NAME.key``), unless a router names its own.
+    router_public_key_file: str = ""
+    #: true: a bus without CURVE may leave this machine (a router bound, or routers reached,
+    #: beyond loopback); false: such a router or node refuses to start.
+    allow_open_bus: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,6 +237,7 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     namespaces: tuple[NamespacePolicy, ...] = (NamespacePolicy(),)
     router: RouterSettings = field(default_factory=RouterSettings)
+    bus: BusSettings = field(default_factory=BusSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
     up: UpSettings = field(default_factory=UpSettings)
@@ -446,3 +471,42 @@ def _check_consul(c: ConsulSettings) -> None:
     for name in ("node_service", "router_service"):
         if not re.fullmatch(r"[A-Za-z0-9_-]+", getattr(c, name)):
             raise ConfigError(f"{section}.{name}: letters, digits, '-' and '_' only")
+
+
+# --- the open-bus rule -----------------------------------------------------------------------
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` stays on this machine: a host, a ZeroMQ endpoint or a URL naming
+    127.0.0.0/8, ``::1`` or ``localhost``, or an ``ipc://`` / ``inproc://`` endpoint.
+
+    Names are not resolved: any other name (and a wildcard such as ``0.0.0.0`` or ``*``) counts
+    as reaching beyond the machine.
+    """
+    if address.startswith(("ipc://", "inproc://")):
+        return True
+    host = address
+    if "://" in address:
+        try:
+            host = urlsplit(address).hostname or ""
+        except ValueError:
+            return False
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_open_bus(key: str, address: str, *, curve: bool, allow_open_bus: bool) -> None:
+    """The open-bus rule: without CURVE the bus may not leave this machine unless the config
+    says so (``bus.allow_open_bus``); a :class:`ConfigError` naming ``key`` otherwise."""
+    if curve or allow_open_bus or is_loopback(address):
+        return
+    raise ConfigError(
+        f"{key}: {address} is not a loopback address and the bus is open (bus.curve = false): "
+        "set bus.curve = true with keys (see `roomcast keys`), or bus.allow_open_bus = true "
+        "to carry the bus unauthenticated and in the clear"
+    )

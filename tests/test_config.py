@@ -210,6 +210,8 @@ def test_env_bad_value_names_dotted_path() -> None:
         ("[limits]\nmax_attachment = 1", "limits.max_attachment"),
         ('[namespaces."/chat"]\nbogus = 1', "namespaces./chat.bogus"),
         ('[namespaces."/chat"]\nname = "/other"', "namespaces./chat.name"),
+        ("[bus]\ncurv = true", "bus.curv"),
+        ('[[discovery.routers]]\npublic_key = "r.key"', "discovery.routers[0].public_key"),
     ],
 )
 def test_unknown_keys_name_the_dotted_key(tmp_path: Path, text: str, key: str) -> None:
@@ -235,6 +237,10 @@ def test_unknown_keys_name_the_dotted_key(tmp_path: Path, text: str, key: str) -
         ('[namespaces."/chat"]\necho = "yes"', "namespaces./chat.echo"),
         ("node = 3", "node"),
         ('[namespaces]\n"/chat" = 1', "namespaces./chat"),
+        ('[bus]\ncurve = "yes"', "bus.curve"),
+        ("[bus]\nallow_open_bus = 1", "bus.allow_open_bus"),
+        ("[bus]\nsecret_key_file = 1", "bus.secret_key_file"),
+        ("[router]\nallowed_keys_dir = false", "router.allowed_keys_dir"),
     ],
 )
 def test_bad_types_name_the_dotted_key(tmp_path: Path, text: str, key: str) -> None:
@@ -267,6 +273,72 @@ def test_bad_types_name_the_dotted_key(tmp_path: Path, text: str, key: str) -> N
 def test_bad_ranges_name_the_dotted_key(tmp_path: Path, text: str, key: str) -> None:
     """A value outside its allowed range is a ConfigError that starts with its dotted path."""
     assert config_error(tmp_path, text).startswith(f"{key}: ")
+
+
+def test_bus_settings_load_from_file_and_environment(tmp_path: Path) -> None:
+    """``[bus]``, the router's keys and a router's own public key load from the file; the
+    environment reaches them as any other key (paths stay strings)."""
+    settings = load_text(
+        tmp_path,
+        """
+[bus]
+curve = true
+secret_key_file = "keys/n1.key_secret"
+router_public_key_file = "keys/router.key"
+
+[router]
+secret_key_file = "keys/router.key_secret"
+allowed_keys_dir = "allowed"
+
+[[discovery.routers]]
+id = "r1"
+public_key_file = "keys/r1.key"
+""",
+        env={"ROOMCAST__BUS__ALLOW_OPEN_BUS": "true", "ROOMCAST__BUS__SECRET_KEY_FILE": "1"},
+    )
+    assert settings.bus == config.BusSettings(True, "1", "keys/router.key", True)
+    assert settings.router.secret_key_file == "keys/router.key_secret"
+    assert settings.router.allowed_keys_dir == "allowed"
+    assert settings.discovery.routers[0].public_key_file == "keys/r1.key"
+    assert Settings().bus == config.BusSettings(False, "", "", False)
+
+
+@pytest.mark.parametrize(
+    ("address", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("localhost", True),
+        ("tcp://127.0.0.1:5555", True),
+        ("tcp://[::1]:5555", True),
+        ("tcp://localhost:5555", True),
+        ("http://127.0.0.1:5557", True),
+        ("ipc:///tmp/bus", True),
+        ("inproc://bus", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.10", False),
+        ("tcp://10.0.0.10:5555", False),
+        ("tcp://*:5555", False),
+        ("tcp://eth0:5555", False),
+        ("tcp://router.example.com:5555", False),
+        ("", False),
+    ],
+)
+def test_loopback_addresses(address: str, loopback: bool) -> None:
+    """Hosts, endpoints and URLs on this machine are loopback; wildcards and names are not."""
+    assert config.is_loopback(address) is loopback
+
+
+def test_the_open_bus_rule() -> None:
+    """Beyond loopback an open bus is a ConfigError naming the key, unless CURVE is on or
+    ``allow_open_bus`` says so."""
+    with pytest.raises(ConfigError, match=r"^router\.host: 0\.0\.0\.0 is not a loopback"):
+        config.refuse_open_bus("router.host", "0.0.0.0", curve=False, allow_open_bus=False)
+    config.refuse_open_bus("router.host", "0.0.0.0", curve=True, allow_open_bus=False)
+    config.refuse_open_bus("router.host", "0.0.0.0", curve=False, allow_open_bus=True)
+    config.refuse_open_bus("router.host", "127.0.0.1", curve=False, allow_open_bus=False)
 
 
 def test_port_zero_is_allowed(tmp_path: Path) -> None:
