@@ -13,6 +13,7 @@ import importlib
 import inspect
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -235,6 +236,34 @@ async def _supervise(children: list[tuple[str, list[str]]], env: dict[str, str])
     return exit_code
 
 
+# --- keys -----------------------------------------------------------------------------------
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Write a CURVE key pair for the bus, in ZeroMQ's key-file format."""
+    from roomcast.cluster.curve import load_public_key, write_key_pair
+
+    try:
+        public_file, secret_file = write_key_pair(args.dir, args.name, force=args.force)
+    except FileExistsError as exc:
+        print(f"roomcast: {exc} exists (--force replaces it)", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"roomcast: cannot write keys in {args.dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    public = load_public_key(str(public_file), str(public_file)).decode()
+    print(f"public key: {public}")
+    print(f"public key file: {public_file}")
+    print(f"secret key file: {secret_file}")
+    return 0
+
+
+def _key_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", value):
+        raise argparse.ArgumentTypeError("letters, digits, '.', '-' and '_' only")
+    return value
+
+
 # --- argument parsing ------------------------------------------------------------------------
 
 
@@ -271,6 +300,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="run a router and N nodes on this machine")
     p.add_argument("--nodes", type=int, help="how many nodes (default: up.nodes)")
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser(
+        "keys",
+        help="write a CURVE key pair for the bus (NAME.key, NAME.key_secret)",
+        description="Write a CURVE key pair in ZeroMQ's key-file format: NAME.key holds the "
+        "public key (a router's allowed_keys_dir takes it, or nodes' bus.router_public_key_file "
+        "for a router's), NAME.key_secret both keys (bus.secret_key_file or "
+        "router.secret_key_file; readable by its owner only).",
+    )
+    p.add_argument("name", type=_key_name, help="the files' name, e.g. the node's or router's id")
+    p.add_argument("--dir", default=".", help="where to write them (default: here)")
+    p.add_argument("--force", action="store_true", help="replace existing files of that name")
+    p.set_defaults(func=cmd_keys)
 
     observe.add_commands(sub)
     # ``--config`` is also accepted after the command (``roomcast up --config cluster.toml``, as

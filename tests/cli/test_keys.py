@@ -1,0 +1,64 @@
+"""``roomcast keys``, run as the CLI process users run.
+
+``keys`` writes a key pair in ZeroMQ's key-file format, prints the public key and both paths,
+and never overwrites a pair unless told to.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import zmq.auth
+from support.cluster_harness import run_cli
+
+pytestmark = pytest.mark.asyncio
+
+UNUSED = Path("no-such-cluster.toml")  #: ``keys`` reads no config
+
+
+async def test_keys_writes_a_pair_and_prints_it(tmp_path: Path) -> None:
+    """The public key and both files are printed one a line; the files are ZeroMQ key
+    files holding that key (the secret one readable by its owner only)."""
+    code, out, err = await run_cli(UNUSED, "keys", "n1", "--dir", "keys", cwd=tmp_path)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert [line.split(": ", 1)[0] for line in lines] == [
+        "public key",
+        "public key file",
+        "secret key file",
+    ]
+    public = lines[0].split(": ", 1)[1]
+    assert re.fullmatch(r"[0-9a-zA-Z.:+=^!/*?&<>()\[\]{}@%$#-]{40}", public), public
+    assert lines[1] == "public key file: keys/n1.key"
+    assert lines[2] == "secret key file: keys/n1.key_secret"
+    assert zmq.auth.load_certificate(tmp_path / "keys/n1.key") == (public.encode(), None)
+    loaded, secret = zmq.auth.load_certificate(tmp_path / "keys/n1.key_secret")
+    assert loaded == public.encode() and secret is not None
+    assert zmq.curve_public(secret) == loaded
+    assert os.stat(tmp_path / "keys/n1.key_secret").st_mode & 0o777 == 0o600
+
+
+async def test_keys_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    """A second ``keys`` with the same name fails (exit 1) and leaves the pair as it was;
+    ``--force`` replaces it with a new one."""
+    code, first, _ = await run_cli(UNUSED, "keys", "n1", cwd=tmp_path)
+    assert code == 0
+    before = (tmp_path / "n1.key_secret").read_bytes()
+    code, out, err = await run_cli(UNUSED, "keys", "n1", cwd=tmp_path)
+    assert (code, out) == (1, "")
+    assert "n1.key exists (--force replaces it)" in err
+    assert (tmp_path / "n1.key_secret").read_bytes() == before
+    code, again, err = await run_cli(UNUSED, "keys", "n1", "--force", cwd=tmp_path)
+    assert code == 0, err
+    assert again.splitlines()[0] != first.splitlines()[0]
+    assert (tmp_path / "n1.key_secret").read_bytes() != before
+
+
+async def test_keys_takes_plain_names_only(tmp_path: Path) -> None:
+    """A name that is a path is refused by the argument parser (exit 2), nothing written."""
+    code, _, err = await run_cli(UNUSED, "keys", "../n1", cwd=tmp_path)
+    assert code == 2 and "letters, digits" in err
+    assert list(tmp_path.iterdir()) == []
