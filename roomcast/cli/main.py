@@ -82,7 +82,8 @@ def load_app(spec: str) -> Callable[[Any], Any]:
 
 
 def cmd_router(args: argparse.Namespace) -> int:
-    """Run one router until interrupted."""
+    """Run one router until interrupted; SIGHUP reloads its allowed keys."""
+    from roomcast.cluster.curve import server_keys
     from roomcast.router.router import Router
 
     settings = _settings(
@@ -96,6 +97,7 @@ def cmd_router(args: argparse.Namespace) -> int:
         },
     )
     r = settings.router
+    keys = server_keys(settings)  # read now: a bad key file is a config error at once
 
     async def main() -> int:
         from roomcast.discovery import ServiceInstance, make_discovery
@@ -109,9 +111,12 @@ def cmd_router(args: argparse.Namespace) -> int:
                 hwm=r.hwm,
                 router_id=r.id,
                 advertise_host=r.advertise_host,
+                curve=keys,
+                allow_open_bus=settings.bus.allow_open_bus,
             ) as router,
             make_discovery(settings) as discovery,
         ):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, router.reload_allowed_keys)
             # Consul: announced with its endpoints, deregistered on the way out (static: no-op).
             await discovery.register(
                 ServiceInstance.router(

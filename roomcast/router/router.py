@@ -14,6 +14,11 @@ The router holds no state a node cannot rebuild: when it restarts, nodes reconne
 resends their subscriptions. It looks at nothing but the topic frame. Because roomcast's topics
 are fixed-length per kind, subscriptions match topics exactly, which lets the router count, per
 message, how many subscribers it went to (and how many messages had none).
+
+With CURVE (``bus.curve``), both sockets are CURVE servers and :mod:`roomcast.router.guard`
+lets in only the public keys of ``router.allowed_keys_dir``, counting every refused handshake;
+:meth:`Router.reload_allowed_keys` (SIGHUP) reads the directory again. Without it, a router
+bound beyond loopback refuses to start unless ``bus.allow_open_bus`` says otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ import zmq
 from aiohttp import web
 
 from roomcast.cluster import wire
+from roomcast.cluster.curve import ServerKeys
+from roomcast.config import refuse_open_bus
+from roomcast.errors import ConfigError
+
+from .guard import Guard
 
 log = logging.getLogger("roomcast.router")
 
@@ -65,7 +75,10 @@ class Router:
         hwm: int = 100_000,
         router_id: str = "router",
         advertise_host: str = "",
+        curve: ServerKeys | None = None,
+        allow_open_bus: bool = False,
     ) -> None:
+        refuse_open_bus("router.host", host, curve=curve is not None, allow_open_bus=allow_open_bus)
         self.host = host
         self.advertise_host = advertise_host or host
         self.router_id = router_id
@@ -73,13 +86,19 @@ class Router:
         self.xpub_port = xpub_port
         self.http_port = http_port
         self.hwm = hwm
+        #: CURVE keys: with them, only the allowed public keys get in (None: an open bus).
+        self.curve = curve
+        # Read now: a bad directory fails the start, not the first handshake.
+        self._allowed = curve.load_allowed() if curve is not None else frozenset()
+        self._guard: Guard | None = None
+        self.key_reloads = 0  #: reloads of the allowed keys that took
         self.stats = RouterStats()
         self.started = time.time()
         self._subscribers: dict[bytes, int] = {}
         self._lock = threading.Lock()  # guards _subscribers' changes against stats readers
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._thread: threading.Thread | None = None
-        self._stop_endpoint = f"inproc://router-stop-{id(self)}"
+        self._control_endpoint = f"inproc://router-control-{id(self)}"
         self._runner: web.AppRunner | None = None
         self._stopped: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -103,12 +122,17 @@ class Router:
     async def __aenter__(self) -> Router:
         self._stopped = asyncio.Event()
         self._ctx = zmq.Context()
+        guard = None
+        if self.curve is not None:
+            guard = self._guard = Guard(self._ctx, self.curve, self._allowed)
         xsub = self._ctx.socket(zmq.XSUB)
         xpub = self._ctx.socket(zmq.XPUB)
         for sock in (xsub, xpub):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, self.hwm)
             sock.setsockopt(zmq.RCVHWM, self.hwm)
+            if guard is not None:
+                guard.secure(sock)
         xpub.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription, for exact counts
         try:
             self.xsub_port = _bind(xsub, self.host, self.xsub_port)
@@ -116,12 +140,18 @@ class Router:
         except zmq.ZMQError:
             xsub.close(0)
             xpub.close(0)
+            if guard is not None:
+                guard.close()
+                self._guard = None
             self._ctx.term()
             raise
+        if guard is not None:
+            guard.bound(self.xsub_port)
+            guard.bound(self.xpub_port)
         xsub.send(b"\x01")  # subscribe to everything, from every publisher
-        stop = self._ctx.socket(zmq.PAIR)
-        stop.bind(self._stop_endpoint)
-        self._stop_sender = stop
+        control = self._ctx.socket(zmq.PAIR)
+        control.bind(self._control_endpoint)
+        self._control = control
         self._thread = threading.Thread(
             target=self._forward, args=(xsub, xpub), name="roomcast-router", daemon=True
         )
@@ -150,6 +180,16 @@ class Router:
             self.xpub_endpoint,
             self.http_url,
         )
+        if self.curve is not None:
+            log.info(
+                "router %s: CURVE on, public key %s, %d allowed keys in %s",
+                self.router_id,
+                self.curve.own.public.decode(),
+                len(self._allowed),
+                self.curve.allowed_keys_dir,
+            )
+        else:
+            log.info("router %s: the bus is open (no CURVE)", self.router_id)
         return self
 
     async def __aexit__(
@@ -159,10 +199,10 @@ class Router:
         tb: TracebackType | None,
     ) -> None:
         if self._thread is not None:
-            self._stop_sender.send(b"stop")
+            self._control.send(b"stop")
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
             self._thread = None
-            self._stop_sender.close(0)
+            self._control.close(0)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -191,18 +231,23 @@ class Router:
 
     def _forward(self, xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes]) -> None:
         assert self._ctx is not None
-        stop = self._ctx.socket(zmq.PAIR)
-        stop.connect(self._stop_endpoint)
+        control = self._ctx.socket(zmq.PAIR)
+        control.connect(self._control_endpoint)
+        guard = self._guard
         poller = zmq.Poller()
         poller.register(xsub, zmq.POLLIN)
         poller.register(xpub, zmq.POLLIN)
-        poller.register(stop, zmq.POLLIN)
+        poller.register(control, zmq.POLLIN)
+        for sock in guard.sockets() if guard is not None else ():
+            poller.register(sock, zmq.POLLIN)
         self._ready.set()
         try:
             while True:
                 ready = dict(poller.poll())
-                if stop in ready:
+                if control in ready and not self._command(control.recv_multipart()):
                     return
+                if guard is not None and len(ready) > (xsub in ready) + (xpub in ready):
+                    guard.handle(ready)
                 # Subscriptions first, always: a probe in the batch below must find the
                 # subscription it follows here if ZeroMQ already holds it.
                 self._take_subscriptions(xpub)
@@ -213,9 +258,26 @@ class Router:
                 self._error = exc
                 log.exception("router loop failed")
         finally:
-            stop.close(0)
+            control.close(0)
             xsub.close(0)
             xpub.close(0)
+            if guard is not None:
+                guard.close()
+
+    def _command(self, message: list[bytes]) -> bool:
+        """Carry out a command of the event loop's thread; False: stop."""
+        if message[0] == b"cut" and self._guard is not None:
+            revoked = frozenset(message[1:])
+            cut = self._guard.cut(revoked)
+            log.warning(
+                "router %s: %d connections cut (from where the %d revoked keys connected); "
+                "their peers reconnect and are checked against the new keys",
+                self.router_id,
+                cut,
+                len(revoked),
+            )
+            return True
+        return message[0] != b"stop"
 
     def _take_subscriptions(self, xpub: zmq.Socket[bytes]) -> None:
         """Count the (un)subscriptions that reached the XPUB side (for stats and to skip
@@ -273,6 +335,39 @@ class Router:
                 # framing: what came before the break went on, the rest is dropped.
                 stats.malformed += 1
 
+    # -- keys ---------------------------------------------------------------------------------
+
+    def reload_allowed_keys(self) -> None:
+        """Read ``router.allowed_keys_dir`` again (``roomcast router`` does on SIGHUP).
+
+        Added keys get in from their next handshake. Connections from where a removed key
+        came in are cut, so that key's peers are checked again, and refused (see
+        :mod:`roomcast.router.guard`). A directory that cannot be read keeps the keys as
+        they were.
+        """
+        if self.curve is None or self._guard is None:
+            log.info("router %s: no keys to reload: the bus is open", self.router_id)
+            return
+        try:
+            allowed = self.curve.load_allowed()
+        except ConfigError as exc:
+            log.error(
+                "router %s: allowed keys not reloaded, kept as they were: %s", self.router_id, exc
+            )
+            return
+        revoked = self._allowed - allowed
+        log.info(
+            "router %s: allowed keys reloaded: %d (%d added, %d removed)",
+            self.router_id,
+            len(allowed),
+            len(allowed - self._allowed),
+            len(revoked),
+        )
+        self._allowed = self._guard.allowed = allowed
+        self.key_reloads += 1
+        if revoked and self._thread is not None:
+            self._control.send_multipart([b"cut", *sorted(revoked)])
+
     # -- HTTP ---------------------------------------------------------------------------------
 
     def stats_dict(self) -> dict[str, Any]:
@@ -297,6 +392,20 @@ class Router:
             "subscriptions": subscriptions,
             "subscribe_events": s.subscribe_events,
             "unsubscribe_events": s.unsubscribe_events,
+            **self._curve_stats(),
+        }
+
+    def _curve_stats(self) -> dict[str, Any]:
+        guard = self._guard
+        refused = dict(guard.refused) if guard is not None else {}
+        return {
+            "curve": self.curve is not None,
+            "curve_refused": sum(refused.values()),  #: handshakes refused, any reason
+            "curve_refused_by_reason": refused,
+            "curve_accepted": guard.accepted if guard is not None else 0,
+            "curve_cut": guard.cut_connections if guard is not None else 0,
+            "allowed_keys": len(self._allowed),
+            "key_reloads": self.key_reloads,
         }
 
     async def _health(self, request: web.Request) -> web.Response:

@@ -1,13 +1,15 @@
-"""CURVE on the bus, in one process: key files, and the keys the settings name.
+"""CURVE on the bus, in one process: key files, and a CURVE router on 127.0.0.1.
 
 Key files are written in ZeroMQ's format and read back; every file that is missing or does
-not hold what it should is a ConfigError naming the setting and the path.
+not hold what it should is a ConfigError naming the setting and the path. A router bound
+beyond loopback needs CURVE (or an explicit open bus); a reload it cannot read changes nothing.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from support.curve_keys import ROUTER, Keyring
 from roomcast.cluster import curve
 from roomcast.config import Settings
 from roomcast.errors import ConfigError
+from roomcast.router.router import Router
 
 # --- key files --------------------------------------------------------------------------------
 
@@ -122,3 +125,43 @@ def test_keys_from_the_settings(tmp_path: Path) -> None:
         curve.server_keys(router)
     server = curve.server_keys(router.replace(**{"router.allowed_keys_dir": str(keyring.allowed)}))
     assert server is not None and server.own == keyring.pair(ROUTER)
+
+
+# --- a CURVE router ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def keyring(tmp_path: Path) -> Keyring:
+    """Keys for the router and the buses; "good", "control" and "watcher" are allowed."""
+    keys = Keyring(tmp_path)
+    keys.allow("good", "control", "watcher")
+    return keys
+
+
+@pytest.fixture
+async def curve_router(keyring: Keyring) -> AsyncIterator[Router]:
+    """A CURVE router on three ephemeral ports."""
+    async with Router("127.0.0.1", 0, 0, 0, router_id=ROUTER, curve=keyring.server()) as r:
+        yield r
+
+
+async def test_a_reload_that_fails_keeps_the_keys(curve_router: Router, keyring: Keyring) -> None:
+    """A directory that cannot be read on reload keeps the keys as they were."""
+    (keyring.allowed / "broken.key").write_text("no key")
+    curve_router.reload_allowed_keys()
+    stats = curve_router.stats_dict()
+    assert (stats["allowed_keys"], stats["key_reloads"]) == (3, 0)
+
+
+# --- the open-bus rule -------------------------------------------------------------------------
+
+
+def test_a_router_beyond_loopback_needs_curve_or_an_explicit_open_bus(keyring: Keyring) -> None:
+    """Bound beyond loopback without CURVE, a router refuses to be built (naming router.host);
+    with CURVE or ``allow_open_bus`` it is built (not started here)."""
+    with pytest.raises(ConfigError, match=r"^router\.host: 0\.0\.0\.0 is not a loopback"):
+        Router("0.0.0.0", 0, 0, 0)
+    Router("0.0.0.0", 0, 0, 0, allow_open_bus=True)
+    Router("0.0.0.0", 0, 0, 0, curve=keyring.server())
+    Router("127.0.0.2", 0, 0, 0)
+    Router("::1", 0, 0, 0)
