@@ -3,11 +3,14 @@
 The emitter publishes through the routers exactly as a node does, but joins no room and takes
 no part in gossip, so it is not counted as a node::
 
-    async with Emitter(settings.discovery.routers) as emitter:
+    async with Emitter.from_settings(settings) as emitter:
         emitter.of("/chat").to("lobby").except_("muted").emit("news", {"text": "hi"})
 
 The packet is encoded once; every node with members of the rooms delivers it to them, once
 each. A sid (from ``fetch_sockets`` or a handler) addresses one socket wherever it lives.
+
+With ``bus.curve`` the emitter is a CURVE client like a node: its key pair is
+``bus.secret_key_file``, and the routers must list its public key in their allowed keys.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from typing import Any
 
 from roomcast.cluster import routing, wire
 from roomcast.cluster.bus import Bus
+from roomcast.cluster.curve import ClientKeys, client_keys
 from roomcast.cluster.routing import Target, TargetChain
-from roomcast.config import RouterAddress
+from roomcast.config import RouterAddress, Settings, refuse_open_bus
 from roomcast.ids import TAG_BYTES, namespace_name
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
@@ -39,7 +43,17 @@ class Emitter:
         origin: str | None = None,
         connect_timeout: float = 5.0,
         max_room_topics: int = routing.MAX_ROOM_TOPICS,
+        curve: ClientKeys | None = None,
+        allow_open_bus: bool = False,
     ) -> None:
+        for i, router in enumerate(routers):  # the open-bus rule, as for a node
+            for key in ("xsub", "xpub"):
+                refuse_open_bus(
+                    f"discovery.routers[{i}].{key}",
+                    getattr(router, key),
+                    curve=curve is not None,
+                    allow_open_bus=allow_open_bus,
+                )
         self.origin = origin or f"emitter-{secrets.token_hex(4)}"
         self.connect_timeout = connect_timeout
         #: A broadcast to more rooms goes once on its namespace's topic (see routing.topics).
@@ -52,6 +66,21 @@ class Emitter:
             [(r.key, r.xsub, r.xpub) for r in routers],
             lambda *_: None,
             linger_ms=2_000,
+            curve=curve,
+            allow_open_bus=allow_open_bus,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> Emitter:
+        """An emitter for the routers, keys and limits of ``settings`` (key files are read
+        now: a bad one is a :class:`~roomcast.errors.ConfigError`); ``options`` go to the
+        constructor."""
+        options.setdefault("max_room_topics", settings.cluster.max_room_topics)
+        return cls(
+            settings.discovery.routers,
+            curve=client_keys(settings),
+            allow_open_bus=settings.bus.allow_open_bus,
+            **options,
         )
 
     async def __aenter__(self) -> Emitter:
@@ -60,8 +89,12 @@ class Emitter:
             # Our own probe coming back proves the router takes what we publish.
             await self.bus.subscribe(self._topic, self.connect_timeout)
         except TimeoutError:
+            problems = self.bus.link_problems()
             await self.bus.__aexit__(None, None, None)
-            raise ConnectionError("no router answered") from None
+            why = "; ".join(f"router {rid}: {text}" for rid, text in problems.items())
+            raise ConnectionError(
+                f"no router answered ({why})" if why else "no router answered"
+            ) from None
         return self
 
     async def __aexit__(

@@ -280,15 +280,12 @@ def cmd_emit(args: argparse.Namespace) -> int:
             data = args.data  # plain text is sent as a string
         routers = settings.discovery.routers
         try:
-            async with Emitter(
-                routers,
-                connect_timeout=args.timeout,
-                max_room_topics=settings.cluster.max_room_topics,
-            ) as emitter:
+            async with Emitter.from_settings(settings, connect_timeout=args.timeout) as emitter:
                 emitter.of(args.namespace or "/").to(args.room).emit(args.event, data)
-        except ConnectionError:
+        except ConnectionError as exc:
             addresses = ", ".join(r.xsub for r in routers)
-            raise Unreachable(f"no router answered at {addresses}") from None
+            why = str(exc).removeprefix("no router answered")
+            raise Unreachable(f"no router answered at {addresses}{why}") from None
         return {"ok": True, "room": args.room, "event": args.event, "namespace": args.namespace}
 
     def show(doc: dict[str, Any]) -> None:

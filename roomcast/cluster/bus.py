@@ -37,6 +37,16 @@ ZeroMQ I/O thread on the way once instead of 50 times, which is most of what a m
 at moderate rates. Order is kept: a router forwards a batch's messages in order, and batches
 from one node in the order they were sent.
 
+**CURVE.** With :class:`~roomcast.cluster.curve.ClientKeys`, every connection to a router is a
+CURVE client expecting that router's public key (set before each ``connect``: one SUB socket
+reaches routers with different keys). A router that refuses this endpoint's key, or does not
+speak CURVE, makes the handshake fail: that is logged once per link and side with what it
+means, counted (``handshakes_failed``), shown by :meth:`Bus.link_problems`, and the connection
+is dialled again with a growing wait (ZeroMQ gives up on such a connection for good), so a key
+the router allows later is let in without a restart. Without keys, a router that is not on
+this machine is not connected at all unless ``allow_open_bus`` says so (the open-bus rule,
+:func:`roomcast.config.refuse_open_bus`).
+
 Reads are batched too: the SUB socket's file descriptor is watched by the event loop itself
 (no ``zmq.asyncio`` future per read) and every queued message is handled in one pass.
 Undecodable messages are counted and dropped; per (origin, topic) sequence numbers count what
@@ -59,14 +69,29 @@ from typing import Any
 import zmq
 
 from roomcast.cluster import wire
+from roomcast.cluster.curve import ClientKeys, make_client
 from roomcast.cluster.inbound import BusStats, Handler, Inbound
-from roomcast.cluster.links import RouterLink, TopicOwners, set_heartbeats, unwatch, watch
+from roomcast.cluster.links import (
+    HANDSHAKE_FAILED,
+    NOT_RETRIED,
+    EventHandler,
+    RouterLink,
+    TopicOwners,
+    handshake_problem,
+    set_heartbeats,
+    unwatch,
+    watch,
+)
 from roomcast.cluster.ordering import SequenceTracker
 from roomcast.cluster.outbound import Outbound
 from roomcast.cluster.wire import Topic
+from roomcast.config import is_loopback
 from roomcast.ids import TAG_BYTES
 
 log = logging.getLogger("roomcast.cluster")
+
+_REDIAL_FIRST = 0.1  #: seconds before dialling a router again after a refused handshake...
+_REDIAL_MAX = 2.0  #: ... doubling up to this
 
 
 class Bus:
@@ -93,6 +118,8 @@ class Bus:
         seq_topics: int = 65_536,
         owner_topics: int = 65_536,
         origins_per_topic: int = 1_024,
+        curve: ClientKeys | None = None,
+        allow_open_bus: bool = False,
     ) -> None:
         self.origin = origin
         self.incarnation = incarnation
@@ -106,6 +133,10 @@ class Bus:
         self._heartbeat_ms = heartbeat_ms
         self._link_timeout_ms = link_timeout_ms
         self.on_links = on_links
+        #: This endpoint's CURVE keys and its routers' (None: an open bus).
+        self.curve = curve
+        self._allow_open_bus = allow_open_bus
+        self._not_connected: set[str] = set()  # routers refused by the open-bus rule (logged)
         self._wanted = list(routers)  # (id, xsub endpoint, xpub endpoint)
         self._links: dict[str, RouterLink] = {}
         self._usable: list[str] = []  # what set_usable named (routers every node hears)
@@ -158,6 +189,9 @@ class Bus:
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, self._hwm)
         set_heartbeats(sub, self._heartbeat_ms, self._link_timeout_ms)
+        if self.curve is not None:
+            sub.setsockopt(zmq.CURVE_PUBLICKEY, self.curve.own.public)
+            sub.setsockopt(zmq.CURVE_SECRETKEY, self.curve.own.secret)
         self._sub = sub
         self._sub_monitor = watch(loop, sub, self._on_sub_events)
         self._sub_fd = self._inbound.start(loop, sub)
@@ -195,15 +229,15 @@ class Bus:
 
     # -- links --------------------------------------------------------------------------------
 
-    def _on_pub_events(self, rid: str) -> Callable[[str, int], None]:
-        def handler(endpoint: str, event: int) -> None:
+    def _on_pub_events(self, rid: str) -> EventHandler:
+        def handler(endpoint: str, event: int, value: int) -> None:
             link = self._links.get(rid)
             if link is not None:
-                self._link_event(link, "pub", event)
+                self._link_event(link, "pub", event, value)
 
         return handler
 
-    def _on_sub_events(self, endpoint: str, event: int) -> None:
+    def _on_sub_events(self, endpoint: str, event: int, value: int) -> None:
         for link in self._links.values():
             if link.xpub == endpoint:
                 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
@@ -213,11 +247,18 @@ class Bus:
                     assert self._sub is not None
                     self._sub.getsockopt(zmq.EVENTS)
                     self._kick()
-                self._link_event(link, "sub", event)
+                self._link_event(link, "sub", event, value)
                 return
 
-    def _link_event(self, link: RouterLink, side: str, event: int) -> None:
+    def _link_event(self, link: RouterLink, side: str, event: int, value: int) -> None:
+        if event in HANDSHAKE_FAILED:
+            self._handshake_failed(link, side, event, value)
+            return
         up = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        if up:
+            link.backoff.pop(side, None)
+            if link.problems.pop(side, None) is not None:
+                log.warning("router %s: %s link: let in after all", link.id, side)
         if not link.mark(side, up):
             return
         if not up:
@@ -228,6 +269,71 @@ class Bus:
         self._update_owners()
         if self.on_links is not None:
             self.on_links()
+
+    def _handshake_failed(self, link: RouterLink, side: str, event: int, value: int) -> None:
+        """A router refused this endpoint (or they did not agree): say so once, count it, and
+        dial again later if ZeroMQ will not (a node keeps trying; its self-check tells)."""
+        self.stats.handshakes_failed += 1
+        problem = handshake_problem(event, value, self.curve is not None)
+        first = side not in link.problems  # logged once until a handshake succeeds
+        link.problems[side] = problem
+        if first:
+            log.error("router %s: %s link: %s; retrying", link.id, side, problem)
+            if self.on_links is not None:
+                self.on_links()
+        if event in NOT_RETRIED and side not in link.redials and self._loop is not None:
+            delay = link.backoff.get(side, _REDIAL_FIRST)
+            link.backoff[side] = min(delay * 2, _REDIAL_MAX)
+            link.redials[side] = self._loop.call_later(delay, self._redial, link, side)
+
+    def _redial(self, link: RouterLink, side: str) -> None:
+        """Connect ``link``'s ``side`` again (ZeroMQ dropped it after a refused handshake)."""
+        link.redials.pop(side, None)
+        if self._links.get(link.id) is not link or self._sub is None:
+            return  # removed (or closed) meanwhile
+        if side == "pub":
+            with contextlib.suppress(zmq.ZMQError):  # ZeroMQ may have forgotten it already
+                link.pub.disconnect(link.xsub)
+            link.pub.connect(link.xsub)
+        else:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sub.disconnect(link.xpub)
+            self._connect_sub(link)
+
+    def _connect_sub(self, link: RouterLink) -> None:
+        assert self._sub is not None
+        if self.curve is not None:
+            # ZeroMQ takes the server key at connect: each router may have its own.
+            key = self.curve.router_key(link.id)
+            assert key is not None
+            self._sub.setsockopt(zmq.CURVE_SERVERKEY, key)
+        self._sub.connect(link.xpub)
+
+    def link_problems(self) -> dict[str, str]:
+        """Routers whose last handshake failed, and why (empty when every one succeeded)."""
+        return {
+            rid: "; ".join(f"{side} link: {text}" for side, text in sorted(link.problems.items()))
+            for rid, link in sorted(self._links.items())
+            if link.problems
+        }
+
+    def _may_connect(self, rid: str, xsub: str, xpub: str) -> bool:
+        """The open-bus rule, and a key for every router with CURVE (logged once a router)."""
+        if self.curve is not None:
+            if self.curve.router_key(rid) is not None:
+                return True
+            why = "no public key is known for it (bus.router_public_key_file)"
+        elif self._allow_open_bus or (is_loopback(xsub) and is_loopback(xpub)):
+            return True
+        else:
+            why = (
+                "it is not on this machine and the bus is open (bus.curve = false; "
+                "bus.allow_open_bus = true would allow it)"
+            )
+        if rid not in self._not_connected:
+            self._not_connected.add(rid)
+            log.error("router %s (%s) not connected: %s", rid, xsub, why)
+        return False
 
     # -- routers ------------------------------------------------------------------------------
 
@@ -248,7 +354,7 @@ class Bus:
                 link.close(0)
                 log.info("router %s removed", rid)
         for rid, (_, xsub, xpub) in wanted.items():
-            if rid in self._links:
+            if rid in self._links or not self._may_connect(rid, xsub, xpub):
                 continue
             pub = self._ctx.socket(zmq.PUB)
             pub.setsockopt(zmq.LINGER, 0)
@@ -257,11 +363,15 @@ class Bus:
             # with a connection that is lost: never replay it into a router that comes back.
             pub.setsockopt(zmq.IMMEDIATE, 1)
             set_heartbeats(pub, self._heartbeat_ms, self._link_timeout_ms)
+            if self.curve is not None:
+                key = self.curve.router_key(rid)
+                assert key is not None  # checked by _may_connect
+                make_client(pub, self.curve.own, key)
             link = self._links[rid] = RouterLink(rid, xsub, xpub, pub)
             assert self._loop is not None
             link.monitor = watch(self._loop, pub, self._on_pub_events(rid))
             pub.connect(xsub)
-            self._sub.connect(xpub)
+            self._connect_sub(link)
         self._usable = [r for r in self._usable if r in self._links]
         self._update_owners()
         self._kick()
@@ -484,4 +594,7 @@ class Bus:
             "live_routers": self.live_routers(),
             "subscriptions": s.subscriptions,
             "errors": dict(s.errors_by_reason),
+            "curve": self.curve is not None,
+            "handshakes_failed": s.handshakes_failed,
+            "link_problems": self.link_problems(),
         }

@@ -52,6 +52,7 @@ class BusStats:
     late: int = 0  #: dropped: older than one already delivered from the same (origin, topic)
     link_lost: int = 0  #: connections to a router lost (either direction)
     link_dropped: int = 0  #: not sent: the topic's router had no connection
+    handshakes_failed: int = 0  #: connections to a router whose handshake failed (CURVE)
     own: int = 0  #: our own envelopes back from the router, dropped undecoded
     subscriptions: int = 0
     last_received: float = 0.0

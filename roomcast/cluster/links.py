@@ -4,7 +4,8 @@
 ZeroMQ connections, the batch queued for it). :class:`TopicOwners` chooses the router a topic
 is published through: rendezvous hashing over the routers topics go to, sticky while a topic is
 busy (see :meth:`TopicOwners.owner`). :func:`watch` and :func:`unwatch` follow a socket's
-connections through a ZeroMQ socket monitor read by the event loop itself.
+connections through a ZeroMQ socket monitor read by the event loop itself, handshakes that
+fail included (:func:`handshake_problem` says why, for the logs).
 """
 
 from __future__ import annotations
@@ -17,7 +18,26 @@ from collections.abc import Callable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-_LINK_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+#: A handshake that failed: the router refused this endpoint, or they did not agree.
+HANDSHAKE_FAILED = frozenset(
+    {
+        zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+        zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+        zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+    }
+)
+#: ... of which ZeroMQ never retries the connection by itself (the endpoint must dial again).
+NOT_RETRIED = frozenset({zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL})
+_LINK_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+#: Monitor events as a handler gets them: (endpoint, event, value).
+EventHandler = Callable[[str, int, int], None]
 
 
 class RouterLink:
@@ -25,13 +45,16 @@ class RouterLink:
     both connections, and the messages queued for it during this loop pass."""
 
     __slots__ = (
+        "backoff",
         "id",
         "monitor",
+        "problems",
         "proven",
         "pub",
         "pub_up",
         "queue",
         "queued_bytes",
+        "redials",
         "sub_up",
         "xpub",
         "xsub",
@@ -48,6 +71,11 @@ class RouterLink:
         self.pub_up = False  # our PUB's connection to its XSUB side completed its handshake
         self.sub_up = False  # its XPUB side's connection to our SUB, likewise
         self.proven = False  # a check saw our probe come back through it since they came up
+        #: Why a connection's last handshake failed, by side ("pub", "sub"); gone once one
+        #: succeeds.
+        self.problems: dict[str, str] = {}
+        self.redials: dict[str, asyncio.TimerHandle] = {}  # by side: the next dial, scheduled
+        self.backoff: dict[str, float] = {}  # by side: the wait before the next dial
 
     @property
     def connected(self) -> bool:
@@ -71,7 +99,29 @@ class RouterLink:
         return changed
 
     def close(self, linger_ms: int) -> None:
+        for handle in self.redials.values():
+            handle.cancel()
+        self.redials.clear()
         self.pub.close(linger=linger_ms)
+
+
+def handshake_problem(event: int, value: int, curve: bool) -> str:
+    """What a failed handshake (a monitor ``event`` and its ``value``) means, for the logs."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"the router refused this process's key (ZAP status {value}: not an allowed key)"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            if curve:
+                return "the router does not speak CURVE (its bus.curve is false)"
+            return "the router requires CURVE (bus.curve is false here)"
+        return f"the handshake failed (ZMTP protocol error {value:#x})"
+    # The router closed the connection in the middle of the handshake.
+    if curve:
+        return (
+            "the router dropped the CURVE handshake (is bus.router_public_key_file its key, "
+            "and does it speak CURVE?)"
+        )
+    return "the router dropped the handshake (does it require CURVE? bus.curve is false here)"
 
 
 class _Owner:
@@ -159,10 +209,10 @@ def set_heartbeats(sock: zmq.Socket[bytes], heartbeat_ms: int, link_timeout_ms: 
 def watch(
     loop: asyncio.AbstractEventLoop,
     sock: zmq.Socket[bytes],
-    handler: Callable[[str, int], None],
+    handler: EventHandler,
 ) -> zmq.Socket[bytes]:
-    """A socket monitor on ``sock`` whose events (connection made, lost) go to
-    ``handler(endpoint, event)``, read by ``loop``."""
+    """A socket monitor on ``sock`` whose events (connection made, lost, refused) go to
+    ``handler(endpoint, event, value)``, read by ``loop``."""
     monitor: zmq.Socket[bytes] = sock.get_monitor_socket(_LINK_EVENTS)
     fd = monitor.getsockopt(zmq.FD)
     assert isinstance(fd, int)
@@ -179,6 +229,7 @@ def watch(
             handler(
                 endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint),
                 int(message["event"]),
+                int(message["value"]),
             )
 
     loop.add_reader(fd, drain)

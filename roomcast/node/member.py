@@ -22,7 +22,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
-from roomcast.cluster import wire
+from roomcast.cluster import curve, wire
 from roomcast.cluster.bus import Bus
 from roomcast.cluster.membership import (
     LocalFacts,
@@ -33,7 +33,7 @@ from roomcast.cluster.membership import (
     RequestSnapshot,
 )
 from roomcast.cluster.wire import Topic
-from roomcast.config import Settings
+from roomcast.config import Settings, refuse_open_bus
 from roomcast.discovery import Discovery, DiscoveryView, ServiceInstance, make_discovery
 from roomcast.ids import NodeId, NodeTag, node_tag
 
@@ -74,6 +74,18 @@ class ClusterMember:
         self.replica = Replica(
             node_id, self.cs.suspect_after_ms / 1000, self.cs.down_after_ms / 1000
         )
+        bus = settings.bus
+        if settings.discovery.backend == "static":
+            # The open-bus rule, at once for the routers of the file (Consul's routers are
+            # checked by the bus as they appear).
+            for i, router in enumerate(settings.discovery.routers):
+                for side in ("xsub", "xpub"):
+                    refuse_open_bus(
+                        f"discovery.routers[{i}].{side}",
+                        getattr(router, side),
+                        curve=bus.curve,
+                        allow_open_bus=bus.allow_open_bus,
+                    )
         self.bus = Bus(
             node_id,
             incarnation,
@@ -89,6 +101,8 @@ class ClusterMember:
             seq_topics=self.cs.seq_topics,
             owner_topics=self.cs.owner_topics,
             origins_per_topic=self.cs.origins_per_topic,
+            curve=curve.client_keys(settings),  # read now: a bad key file fails the start
+            allow_open_bus=bus.allow_open_bus,
         )
         self.discovery: Discovery = make_discovery(settings)
         self.consul = settings.discovery.backend == "consul"
@@ -129,7 +143,10 @@ class ClusterMember:
                 return_exceptions=True,
             )
             if any(isinstance(r, BaseException) for r in results):
-                log.warning("no router answered yet; the node keeps trying in the background")
+                log.warning(
+                    "no router answered yet%s; the node keeps trying in the background",
+                    self._problems(),
+                )
             await self.bus.check_routers(self.cs.self_check_timeout_ms / 1000)
             self._started = True
             self._update_usable()
@@ -247,7 +264,11 @@ class ClusterMember:
                 deaf_checks = 0
             else:
                 if deaf_checks == 0:
-                    log.error("node %s is deaf: no router delivers its probes", self.node_id)
+                    log.error(
+                        "node %s is deaf: no router delivers its probes%s",
+                        self.node_id,
+                        self._problems() or " (none answered)",
+                    )
                     self.health.set_problem("deaf", "no router delivers this node's probes")
                 if deaf_checks % 5 == 0:
                     self.bus.resubscribe_all()
@@ -255,6 +276,13 @@ class ClusterMember:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._check_now.wait(), interval)
             await asyncio.sleep(_MIN_CHECK_GAP)  # a flapping link must not make checks spin
+
+    def _problems(self) -> str:
+        """Why routers refused this node, for a log line ("" when none did)."""
+        problems = self.bus.link_problems()
+        if not problems:
+            return ""
+        return " (" + "; ".join(f"router {rid}: {text}" for rid, text in problems.items()) + ")"
 
     # -- discovery ----------------------------------------------------------------------------
 
