@@ -185,7 +185,10 @@ def _print_status(doc: dict[str, Any]) -> None:
         print(
             f"bus: {bus['published']} published, {bus['received']} received, "
             f"{bus['gaps']} lost (gaps), {bus['undecodable']} undecodable"
+            + (", CURVE" if bus.get("curve") else ", open (no CURVE)")
         )
+        for rid, problem in bus.get("link_problems", {}).items():
+            print(f"bus: router {rid}: {problem}")
     routers = doc.get("router_stats", [])
     if routers:
         print()
@@ -198,10 +201,19 @@ def _print_status(doc: dict[str, Any]) -> None:
                 r.get("unrouted", "-"),
                 r.get("topics", "-"),
                 r["rates"]["messages_in"] if "rates" in r else "-",
+                _router_bus(r),
             ]
             for r in routers
         ]
-        print(_table(rows, ["router", "status", "in", "out", "unrouted", "topics", "in/s"]))
+        headers = ["router", "status", "in", "out", "unrouted", "topics", "in/s", "bus"]
+        print(_table(rows, headers))
+
+
+def _router_bus(stats: dict[str, Any]) -> str:
+    """How a router guards its bus: open, or CURVE and the handshakes it refused."""
+    if "curve" not in stats:
+        return "-"
+    return f"curve, {stats['curve_refused']} refused" if stats["curve"] else "open"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

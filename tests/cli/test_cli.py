@@ -63,6 +63,11 @@ async def test_status_and_nodes(cluster: Cluster) -> None:
     assert "n1" in out and "alive (asked)" in out
     assert any(line.split()[:2] == ["n2", "alive"] for line in out.splitlines()), out
     assert "router" in out and " ok " in out
+    # The bus's guard: this cluster's bus is open (no CURVE), as the router and n1 say.
+    assert "open (no CURVE)" in out
+    assert any(
+        line.split()[:2] == ["router", "ok"] and line.endswith(" open") for line in out.splitlines()
+    )
 
     assert "rates:" in out and "in/s" in out
 
