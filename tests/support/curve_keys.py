@@ -1,19 +1,29 @@
-"""CURVE keys for the tests.
+"""CURVE keys for the tests, and a :class:`~support.cluster_harness.Cluster` whose bus uses them.
 
 A :class:`Keyring` is a directory of key pairs (``keys/NAME.key`` and ``NAME.key_secret``, made
 by roomcast's own writer, as ``roomcast keys`` makes them) and the allowed-keys directory a
 router reads (``allowed/``): :meth:`Keyring.allow` copies a public key there,
 :meth:`Keyring.revoke` removes it.
+
+:class:`CurveCluster` is the harness's cluster with ``bus.curve`` on: every router it starts
+gets the router's keys and the allowed directory, every node its own key pair (made on first
+use; the keys of the nodes it is started with are allowed unless named in ``unallowed``), all
+through ``ROOMCAST__`` environment overrides, so the harness's own ``cluster.toml`` is the same
+as for an open bus.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from roomcast import config
 from roomcast.cluster import curve
 from roomcast.cluster.curve import ClientKeys, KeyPair, ServerKeys
+from support.cluster_harness import Cluster, Proc
 
 ROUTER = "router"  #: the routers' key pair
 
@@ -88,3 +98,51 @@ class Keyring:
                 "bus.router_public_key_file": str(self.public(ROUTER)),
             }
         )
+
+
+class CurveCluster(Cluster):
+    """A :class:`Cluster` whose routers and nodes speak CURVE (see the module's docstring)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        keyring: Keyring | None = None,
+        unallowed: frozenset[str] = frozenset(),
+        **options: Any,
+    ) -> None:
+        #: The cluster's keys; the allowed directory is the routers'.
+        self.keyring = keyring or Keyring(directory)
+        #: Nodes of :meth:`start` whose keys are not put in the allowed directory.
+        self.unallowed = unallowed
+        super().__init__(directory, **options)
+
+    def spawn(self, name: str, *args: str, config: Path | None = None) -> Proc:
+        """As :meth:`Cluster.spawn`, with the process's keys in its environment."""
+        proc = super().spawn(name, *args, config=config)
+        if args and args[0] == "router":
+            proc.env.update(self.keyring.router_env())
+        elif args and args[0] == "node":
+            proc.env.update(self.keyring.client_env(args[args.index("--id") + 1]))
+        return proc
+
+    async def start(self, *names: str) -> CurveCluster:
+        """As :meth:`Cluster.start`, the nodes' keys allowed first (a router reads them when
+        it starts; a node started later is let in by a reload)."""
+        self.keyring.allow(*(name for name in names if name not in self.unallowed))
+        await super().start(*names)
+        return self
+
+
+@contextlib.asynccontextmanager
+async def running_curve_cluster(
+    directory: Path, *nodes: str, **options: Any
+) -> AsyncIterator[CurveCluster]:
+    """A started :class:`CurveCluster` that is always torn down (``options`` as for
+    :func:`~support.cluster_harness.running_cluster`, plus ``keyring`` and ``unallowed``)."""
+    cluster = CurveCluster(directory, **options)
+    try:
+        await cluster.start(*nodes)
+        yield cluster
+    finally:
+        await cluster.close()
