@@ -3,7 +3,7 @@ cluster of two, scaled out to more nodes, and how fast they take connections; an
 roomcast's forwarding costs behind a load balancer with no affinity.
 
     python -m bench [--scenario single,cluster,scaleout,connect,balancer]
-                    [--servers roomcast,node,python-socketio]
+                    [--servers roomcast,roomcast-curve,node,python-socketio]
                     [--clients 1000] [--rooms 100] [--duration 10] [--modes max,rate]
                     [--rate 30] [--window 8] [--workers 1] [--repeat 1] [--profile DIR]
                     [--nodes 2] [--spread 0] [--joins 200]
@@ -20,7 +20,9 @@ server) records the latency from the message's send timestamp. Five scenarios (a
 * ``single``: one server process (roomcast, Node socket.io@4, python-socketio).
 * ``cluster``: ``--nodes`` (2) server processes and what connects them. roomcast: the nodes and
   1 router (``python -m roomcast router`` / ``node``, with a cluster.toml of free ports written
-  to a temporary directory); node: socket.io@4 processes (bench/js/cluster-server.mjs) with the
+  to a temporary directory); roomcast-curve: the same with CURVE on the bus (keys made for the
+  run; the table then says what authentication and encryption cost); node: socket.io@4
+  processes (bench/js/cluster-server.mjs) with the
   official Redis adapter and a Debian ``redis-server`` (installed with apt-get when missing).
   Every room has members on ``--spread`` nodes (0: all; with 2 nodes the clients of a room
   alternate between them), the publishers of half the rooms are on each node, and the closed
@@ -106,7 +108,7 @@ from bench.report import (
     print_scaleout,
     print_table,
 )
-from bench.servers import CLUSTER_SERVERS, JS_DIR, SINGLE_SERVERS
+from bench.servers import CLUSTER_ONLY, CLUSTER_SERVERS, JS_DIR, SINGLE_SERVERS
 
 SCENARIOS = ("single", "cluster", "scaleout", "connect", "balancer")
 
@@ -129,8 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--servers",
-        default="roomcast,node,python-socketio",
-        help="servers to run (cluster and scaleout run roomcast and node only)",
+        default="roomcast,roomcast-curve,node,python-socketio",
+        help="servers to run (cluster and scaleout run roomcast and node only; roomcast-curve, "
+        "roomcast with CURVE on its bus, runs in the cluster scenario only)",
     )
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--rooms", type=int, default=100)
@@ -193,9 +196,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")
     if not args.scenarios:
         parser.error("--scenario: name at least one")
+    known = [*SINGLE_SERVERS, *CLUSTER_ONLY]
     for server in args.servers:
-        if server not in SINGLE_SERVERS:
-            parser.error(f"unknown server {server!r} (known: {', '.join(SINGLE_SERVERS)})")
+        if server not in known:
+            parser.error(f"unknown server {server!r} (known: {', '.join(known)})")
     for mode in args.modes:
         if mode not in ("max", "rate"):
             parser.error(f"unknown phase {mode!r} (known: max, rate)")
@@ -237,7 +241,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, int]] | None:
     runs: list[tuple[str, str, int]] = []
     for scenario in args.scenarios:
         if scenario in ("single", "connect"):
-            runs += [(scenario, name, 0) for name in args.servers]
+            runs += [(scenario, name, 0) for name in args.servers if name in SINGLE_SERVERS]
             continue
         if scenario == "balancer":
             if "roomcast" in args.servers:
@@ -245,14 +249,17 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, int]] | None:
             else:
                 print("balancer: a roomcast scenario (add roomcast to --servers)", file=sys.stderr)
             continue
+        servers = [
+            name
+            for name in args.servers
+            if name in CLUSTER_SERVERS and (scenario == "cluster" or name not in CLUSTER_ONLY)
+        ]
         for name in args.servers:
-            if name not in CLUSTER_SERVERS:
+            if name not in servers and name not in CLUSTER_ONLY:
                 print(f"{scenario}: {name} is not part of this scenario", file=sys.stderr)
         counts = args.scale_counts if scenario == "scaleout" else [args.nodes]
         # Node counts outermost: both servers of one count run close together in time.
-        runs += [
-            (scenario, name, n) for n in counts for name in args.servers if name in CLUSTER_SERVERS
-        ]
+        runs += [(scenario, name, n) for n in counts for name in servers]
     if any(name == "node" for _, name, _ in runs):
         needed = ["socket.io", "@socket.io/redis-adapter", "redis"]
         if shutil.which("node") is None or shutil.which("npm") is None:

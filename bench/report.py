@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 #: What the rows of each scenario's table call a server.
 LABELS = {
     ("cluster", "roomcast"): "roomcast 2+rtr",
+    ("cluster", "roomcast-curve"): "roomcast CURVE",
     ("cluster", "node"): "node 2+redis",
     ("balancer", "poll-pinned"): "polling pinned",
     ("balancer", "poll-balanced"): "polling balanced",
@@ -264,10 +265,11 @@ def print_table(args: argparse.Namespace, rows: list[Row]) -> None:
             print("SINGLE: one server process.")
         else:
             print(
-                "CLUSTER: 2 nodes. roomcast 2+rtr = 2 roomcast nodes + 1 router (ZeroMQ); node "
-                "2+redis = 2 Node socket.io@4\nprocesses + @socket.io/redis-adapter + "
+                "CLUSTER: 2 nodes. roomcast 2+rtr = 2 roomcast nodes + 1 router (ZeroMQ); "
+                "roomcast CURVE = the same with\nits bus authenticated and encrypted (CURVE); "
+                "node 2+redis = 2 Node socket.io@4 processes +\n@socket.io/redis-adapter + "
                 f"redis-server. Each room has {members - half} members on one node and {half} "
-                "on the other\n(publisher on either, half the rooms each); 'rem' = deliveries "
+                "on the other (publisher on\neither, half the rooms each); 'rem' = deliveries "
                 "on the other node than the publisher's."
             )
         print(
@@ -281,6 +283,7 @@ def print_table(args: argparse.Namespace, rows: list[Row]) -> None:
         if scenario == "cluster":
             for row in summary:
                 print(f"  srv CPU of {row.label} {row.mode}: {format_cpu_parts(row)}")
+            print_curve_cost(summary)
     print()
     print(
         "max: closed loop, --window messages in flight per room; rate: open loop, --rate per room."
@@ -290,6 +293,33 @@ def print_table(args: argparse.Namespace, rows: list[Row]) -> None:
     print("deliv/srv-CPU-s is deliveries per second of server CPU (CPU µs/deliv its inverse),")
     print("the figure least sensitive to a noisy machine; writes/deliv is the server's write")
     print("system calls per delivered message (below 1: frames to one client were coalesced).")
+
+
+def curve_cost(open_row: Row, curve_row: Row) -> str:
+    """What CURVE on the bus cost in one phase: CPU per delivery and latency, against the
+    open bus of the same run."""
+    parts = []
+    if open_row.cpu_us_per_delivery and curve_row.cpu_us_per_delivery:
+        ratio = curve_row.cpu_us_per_delivery / open_row.cpu_us_per_delivery
+        parts.append(
+            f"CPU µs/deliv {_num(open_row.cpu_us_per_delivery)} -> "
+            f"{_num(curve_row.cpu_us_per_delivery)} ({(ratio - 1) * 100:+.0f}%)"
+        )
+    parts.append(f"deliv/s {_int(open_row.delivered_per_s)} -> {_int(curve_row.delivered_per_s)}")
+    parts.append(
+        f"p50/p99 ms {_ms(open_row.p50_ms)}/{_ms(open_row.p99_ms)} -> "
+        f"{_ms(curve_row.p50_ms)}/{_ms(curve_row.p99_ms)}"
+    )
+    return ", ".join(parts)
+
+
+def print_curve_cost(summary: list[Row]) -> None:
+    """One line per phase comparing roomcast's cluster with and without CURVE on its bus."""
+    rows = {(row.server, row.mode): row for row in summary}
+    for mode in ("max", "rate"):
+        open_row, curve_row = rows.get(("roomcast", mode)), rows.get(("roomcast-curve", mode))
+        if open_row is not None and curve_row is not None:
+            print(f"  CURVE on the bus, {mode}: {curve_cost(open_row, curve_row)}")
 
 
 # -- the scale-out scenario -------------------------------------------------------------------

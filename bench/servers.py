@@ -3,8 +3,9 @@ they serve, and always stop them.
 
 ``single`` and ``connect`` run one process of bench/roomcast_server.py, bench/js/server.mjs or
 bench/sio_server.py; ``cluster`` and ``scaleout`` run a roomcast router and N nodes (with a
-cluster.toml written for them), or a redis-server and N bench/js/cluster-server.mjs.
-:func:`deploy` picks one and yields its :class:`Deployment`.
+cluster.toml written for them), or a redis-server and N bench/js/cluster-server.mjs; in the
+``cluster`` scenario, ``roomcast-curve`` is the roomcast cluster with CURVE on its bus (keys
+made for the run). :func:`deploy` picks one and yields its :class:`Deployment`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ SINGLE_SERVERS: dict[str, Callable[[int], list[str]]] = {
     "node": lambda port: ["node", str(JS_DIR / "server.mjs"), "--port", str(port)],
     "python-socketio": lambda port: [sys.executable, "-m", "bench.sio_server", "--port", str(port)],
 }
-CLUSTER_SERVERS = ("roomcast", "node")
+CLUSTER_SERVERS = ("roomcast", "roomcast-curve", "node")
+#: Servers run in the cluster scenario only (not in scaleout, to keep its run time).
+CLUSTER_ONLY = ("roomcast-curve",)
 
 
 def _die_with_parent() -> None:
@@ -101,14 +104,16 @@ def started(
     log_dir: Path,
     ready: Callable[[], bool],
     timeout: float = 30.0,
+    env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a process, wait until ``ready()`` holds, and always stop it."""
+    """Start a process (``env``: more of its environment), wait until ``ready()`` holds, and
+    always stop it."""
     log_path = log_dir / f"{label}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             argv,
             cwd=REPO,
-            env=child_env(),
+            env={**child_env(), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -169,9 +174,35 @@ def single_server(name: str, log_dir: Path) -> Iterator[Deployment]:
         yield Deployment((port,), {name: proc}, python)
 
 
-def roomcast_config(path: Path, xsub: int, xpub: int, http: int, node_ports: list[int]) -> None:
-    """A cluster.toml for one router and the nodes on ``node_ports``, all on 127.0.0.1."""
+def curve_keys(directory: Path, nodes: int) -> tuple[str, str]:
+    """New key pairs for a router and ``nodes`` nodes in ``directory`` (the nodes' public keys
+    allowed); the ``[router]`` and ``[bus]`` lines that use them (each node names its own
+    secret key file in ``ROOMCAST__BUS__SECRET_KEY_FILE``, see :func:`roomcast_cluster`)."""
+    from roomcast.cluster.curve import write_key_pair
+
+    keys, allowed = directory / "keys", directory / "allowed"
+    allowed.mkdir(parents=True, exist_ok=True)
+    router_public, router_secret = write_key_pair(keys, "router", force=True)
+    for i in range(1, nodes + 1):
+        public, _ = write_key_pair(keys, f"n{i}", force=True)
+        shutil.copyfile(public, allowed / public.name)
+    router = f'secret_key_file = "{router_secret}"\nallowed_keys_dir = "{allowed}"\n'
+    bus = f'[bus]\ncurve = true\nrouter_public_key_file = "{router_public}"\n'
+    return router, bus
+
+
+def roomcast_config(
+    path: Path,
+    xsub: int,
+    xpub: int,
+    http: int,
+    node_ports: list[int],
+    extra: tuple[str, str] = ("", ""),
+) -> None:
+    """A cluster.toml for one router and the nodes on ``node_ports``, all on 127.0.0.1;
+    ``extra``: more ``[router]`` lines, and more sections (the keys of :func:`curve_keys`)."""
     nodes = ", ".join(f'"http://{HOST}:{p}"' for p in node_ports)
+    router, sections = extra
     path.write_text(
         f"""\
 # Written by `python -m bench` for its cluster scenario.
@@ -184,7 +215,7 @@ host = "{HOST}"
 xsub_port = {xsub}
 xpub_port = {xpub}
 http_port = {http}
-
+{router}
 [cluster]
 enabled = true
 
@@ -198,16 +229,18 @@ xpub = "tcp://{HOST}:{xpub}"
 http = "http://{HOST}:{http}"
 
 [namespaces."/"]
-"""
+{sections}"""
     )
 
 
 @contextlib.contextmanager
-def roomcast_cluster(log_dir: Path, nodes: int = 2) -> Iterator[Deployment]:
-    """``python -m roomcast router`` and ``nodes`` ``... node`` processes."""
+def roomcast_cluster(log_dir: Path, nodes: int = 2, curve: bool = False) -> Iterator[Deployment]:
+    """``python -m roomcast router`` and ``nodes`` ``... node`` processes (``curve``: with
+    CURVE on their bus)."""
     xsub, xpub, http, *node_ports = free_ports(3 + nodes)
     config = log_dir / "cluster.toml"
-    roomcast_config(config, xsub, xpub, http, node_ports)
+    extra = curve_keys(log_dir, nodes) if curve else ("", "")
+    roomcast_config(config, xsub, xpub, http, node_ports, extra)
     base = [sys.executable, "-m", "roomcast", "--config", str(config), "--log-level", "warning"]
     procs: dict[str, subprocess.Popen[bytes]] = {}
     with contextlib.ExitStack() as stack:
@@ -219,8 +252,13 @@ def roomcast_cluster(log_dir: Path, nodes: int = 2) -> Iterator[Deployment]:
         for i, port in enumerate(node_ports, 1):
             argv = [*base, "node", "--id", f"n{i}", "--host", HOST, "--port", str(port)]
             url = f"http://{HOST}:{port}"
+            env = {}
+            if curve:
+                env["ROOMCAST__BUS__SECRET_KEY_FILE"] = str(log_dir / "keys" / f"n{i}.key_secret")
             procs[f"n{i}"] = stack.enter_context(
-                started(f"n{i}", argv, log_dir, functools.partial(http_ok, f"{url}/health"))
+                started(
+                    f"n{i}", argv, log_dir, functools.partial(http_ok, f"{url}/health"), env=env
+                )
             )
             urls.append(url)
         labels = tuple(f"n{i}" for i in range(1, nodes + 1))
@@ -293,6 +331,6 @@ def deploy(
     """The servers of ``name`` in ``scenario`` (``nodes`` edge nodes in a cluster)."""
     if scenario in ("single", "connect"):
         return single_server(name, log_dir)
-    if name == "roomcast":
-        return roomcast_cluster(log_dir, nodes)
+    if name in ("roomcast", "roomcast-curve"):
+        return roomcast_cluster(log_dir, nodes, curve=name == "roomcast-curve")
     return node_redis_cluster(log_dir, nodes)
