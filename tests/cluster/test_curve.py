@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from support.cluster_harness import wait_until
 from support.curve_keys import ROUTER, Keyring
-from support.tap_proxy import TapProxy
+from support.tcp_proxy import TcpProxy
 from support.timing import TIMEOUT
 
 from roomcast.cluster import curve, wire
@@ -381,8 +381,8 @@ async def test_an_eavesdropper_reads_nothing_of_a_curve_bus(
     topic = fresh_topic()
     async with (
         Router("127.0.0.1", 0, 0, 0, router_id=ROUTER, curve=server) as router,
-        TapProxy(router.xsub_port) as tap_in,
-        TapProxy(router.xpub_port) as tap_out,
+        TcpProxy(router.xsub_port) as tap_in,
+        TcpProxy(router.xpub_port) as tap_out,
     ):
         tapped, inbox = await start_bus(
             router,

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from support.cluster_clients import Connect, Peer, clients
 from support.cluster_harness import Cluster, unique, wait_until
-from support.stall_proxy import StallProxy
+from support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.multinode, pytest.mark.asyncio(loop_scope="function")]
 
@@ -269,8 +269,8 @@ async def test_stalled_link_keeps_order(cluster: Cluster) -> None:
     within the link timeout, nobody gets a message out of order or twice, losses are counted
     and fall inside the window, and r2 is used again once the link is back."""
     async with (
-        StallProxy(cluster.static_routers["r2"][0]) as xsub_proxy,
-        StallProxy(cluster.static_routers["r2"][1]) as xpub_proxy,
+        TcpProxy(cluster.static_routers["r2"][0]) as xsub_proxy,
+        TcpProxy(cluster.static_routers["r2"][1]) as xpub_proxy,
     ):
         via = cluster.dir / "n3.toml"
         cluster.write_config(via, {"r2": (xsub_proxy.port, xpub_proxy.port)})
