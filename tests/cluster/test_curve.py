@@ -11,7 +11,6 @@ link state), with timeouts; a negative is proven behind a barrier published afte
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.bus_inbox import Inbox, Message
 from support.cluster_harness import wait_until
 from support.curve_keys import ROUTER, Keyring
 from support.tcp_proxy import TcpProxy
@@ -37,29 +37,6 @@ from roomcast.errors import ConfigError
 from roomcast.node.server import Server
 from roomcast.protocol.frames import ws_text
 from roomcast.router.router import Router
-
-Message = tuple[Topic, wire.Header, wire.Body]
-
-
-class Inbox:
-    """A bus handler that records what arrives and lets a test wait for it."""
-
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-        self._arrived = asyncio.Event()
-
-    def __call__(self, topic: Topic, header: wire.Header, body: wire.Body) -> None:
-        self.messages.append((topic, header, body))
-        self._arrived.set()
-
-    async def wait_for(self, match: Callable[[Message], bool]) -> Message:
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                for message in self.messages:
-                    if match(message):
-                        return message
-                self._arrived.clear()
-                await self._arrived.wait()
 
 
 def room(text: str) -> wire.RoomMessage:
