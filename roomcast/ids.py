@@ -12,13 +12,22 @@ name                type     what it names
                              as text, then 16 random ones; also the socket's private room
 :data:`EngineSid`   str      an Engine.IO session (one client connection): 28 URL-safe
                              characters, the node's tag as text, then 20 random ones
+:data:`Pid`         str      a socket's *private* session id (connection state recovery): the
+                             shape of a sid, issued by the node that holds the session; only
+                             its client knows it, and presents it to recover the session
+:data:`Offset`      str      the position of a packet in one node's delivery order: the tag of
+                             the node that wrote it, as text, then that node's counter in
+                             lowercase hex (no leading zero); the last argument of every
+                             broadcast EVENT a node writes to a recovery-enabled namespace
 :data:`Namespace`   str      a Socket.IO namespace name, ``/`` first
 :data:`Room`        str      a room of a namespace
 ==================  =======  ====================================================================
 
 Because a sid starts with its node's tag, any node (or emitter) can tell which node holds a
 socket without asking anyone (:func:`tag_of_sid`), and any node which node holds an Engine.IO
-session (:func:`tag_of_engine_sid`): a request for it can be forwarded there.
+session (:func:`tag_of_engine_sid`): a request for it can be forwarded there. A pid and an
+offset name their node the same way (:func:`tag_of_pid`, :func:`parse_offset`): an offset is
+never read against another node's counter, and a pid leads to the node holding its session.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ NodeId = NewType("NodeId", str)
 NodeTag = NewType("NodeTag", bytes)
 Sid = NewType("Sid", str)
 EngineSid = NewType("EngineSid", str)
+Pid = NewType("Pid", str)
+Offset = NewType("Offset", str)
 Namespace = NewType("Namespace", str)
 Room = NewType("Room", str)
 
@@ -45,9 +56,13 @@ SID_CHARS: Final = 24
 #: Characters of an Engine.IO sid: the tag's 8, then 20 random ones (120 bits, as engine.io's).
 ENGINE_SID_CHARS: Final = 28
 
+#: Hex digits of an offset's counter, at most (a 64-bit counter).
+OFFSET_COUNTER_CHARS: Final = 16
+
 ROOT_NAMESPACE: Final = Namespace("/")
 
 _SID_ALPHABET: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_HEX: Final = frozenset("0123456789abcdef")
 
 
 def node_tag(node_id: str, incarnation: int) -> NodeTag:
@@ -70,6 +85,35 @@ def new_engine_sid(tag: NodeTag) -> EngineSid:
     """A fresh Engine.IO session id of the node with ``tag``: its tag, then 20 random
     URL-safe characters."""
     return EngineSid(tag_text(tag) + secrets.token_urlsafe(15))
+
+
+def new_pid(tag: NodeTag) -> Pid:
+    """A fresh private session id of a socket of the node with ``tag`` (unrelated to its sid)."""
+    return Pid(tag_text(tag) + secrets.token_urlsafe(12))
+
+
+def tag_of_pid(pid: str) -> NodeTag | None:
+    """The tag of the node that issued ``pid``, or None when ``pid`` is not shaped like ours."""
+    return tag_of_sid(pid)
+
+
+def offset_text(tag: NodeTag, counter: int) -> Offset:
+    """The offset of the packet numbered ``counter`` (from 1) by the node with ``tag``."""
+    return Offset(f"{tag_text(tag)}{counter:x}")
+
+
+def parse_offset(text: str) -> tuple[NodeTag, int] | None:
+    """The node tag and counter of an offset, or None when ``text`` is not one (each offset has
+    exactly one spelling: a counter with a leading zero is not an offset)."""
+    digits = text[TAG_CHARS:]
+    if not 0 < len(digits) <= OFFSET_COUNTER_CHARS or digits[0] == "0":
+        return None
+    if not all(c in _HEX for c in digits):
+        return None
+    if not all(c in _SID_ALPHABET for c in text[:TAG_CHARS]):
+        return None
+    tag = _tag_prefix(text)
+    return None if tag is None else (tag, int(digits, 16))
 
 
 def is_sid_shaped(name: str) -> bool:
