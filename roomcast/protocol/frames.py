@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import struct
 
-from roomcast.protocol.socketio import Encoded
+from roomcast.protocol.socketio import Encoded, append_offset
 
 _OP_TEXT = 0x1
 _OP_BINARY = 0x2
@@ -37,6 +37,31 @@ def ws_text(text: str) -> bytes:
     return ws_frame(text.encode("utf-8"), _OP_TEXT)
 
 
+def _frame_at(data: bytes, offset: int) -> tuple[int, int, int]:
+    """The first byte, payload start and payload end of the frame at ``offset`` in ``data``
+    (unmasked, as :attr:`Frames.ws` builds them). ValueError if there is no whole frame."""
+    end = len(data)
+    if offset + 2 > end:
+        raise ValueError("truncated frame header")
+    head, size = data[offset], data[offset + 1]
+    offset += 2
+    if size == 126:
+        if offset + 2 > end:
+            raise ValueError("truncated frame header")
+        (size,) = struct.unpack_from("!H", data, offset)
+        offset += 2
+    elif size == 127:
+        if offset + 8 > end:
+            raise ValueError("truncated frame header")
+        (size,) = struct.unpack_from("!Q", data, offset)
+        offset += 8
+    elif size > 127:
+        raise ValueError("masked frame")
+    if offset + size > end:
+        raise ValueError("truncated frame")
+    return head, offset, offset + size
+
+
 def parse_ws_frames(data: bytes) -> Encoded:
     """The packet in the frames :attr:`Frames.ws` made: a text frame ``"4" + text``, then one
     binary frame per attachment. ValueError if ``data`` is not that."""
@@ -44,26 +69,8 @@ def parse_ws_frames(data: bytes) -> Encoded:
     attachments: list[bytes] = []
     offset, end = 0, len(data)
     while offset < end:
-        if offset + 2 > end:
-            raise ValueError("truncated frame header")
-        head, size = data[offset], data[offset + 1]
-        offset += 2
-        if size == 126:
-            if offset + 2 > end:
-                raise ValueError("truncated frame header")
-            (size,) = struct.unpack_from("!H", data, offset)
-            offset += 2
-        elif size == 127:
-            if offset + 8 > end:
-                raise ValueError("truncated frame header")
-            (size,) = struct.unpack_from("!Q", data, offset)
-            offset += 8
-        elif size > 127:
-            raise ValueError("masked frame")
-        payload = data[offset : offset + size]
-        if len(payload) != size:
-            raise ValueError("truncated frame")
-        offset += size
+        head, start, offset = _frame_at(data, offset)
+        payload = data[start:offset]
         if text is None:
             if head != 0x80 | _OP_TEXT or payload[:1] != b"4":
                 raise ValueError("not an Engine.IO MESSAGE text frame")
@@ -95,6 +102,34 @@ class Frames:
         frames._ws = ws
         frames._poll = None
         return frames
+
+    def with_offset(self, offset: str) -> Frames | None:
+        """The same EVENT with ``offset`` as its last argument (connection state recovery), or
+        None when the packet is not an EVENT without an ack id.
+
+        Built once per node, never per recipient: from the packet's text when this node
+        encoded it, else by re-framing the first WebSocket frame another node built (the
+        attachment frames are kept as they are; nothing is decoded but the header).
+        """
+        encoded = self._encoded
+        if encoded is not None:
+            text = append_offset(encoded.text, offset)
+            return None if text is None else Frames(Encoded(text, encoded.attachments))
+        ws = self._ws
+        assert ws is not None
+        try:
+            head, start, end = _frame_at(ws, 0)
+        except ValueError:
+            return None
+        if head != 0x80 | _OP_TEXT or ws[start : start + 1] != b"4":
+            return None
+        try:
+            text = append_offset(ws[start + 1 : end].decode("utf-8"), offset)
+        except UnicodeDecodeError:
+            return None
+        if text is None:
+            return None
+        return Frames.from_ws(ws_text("4" + text) + ws[end:])
 
     @property
     def encoded(self) -> Encoded:

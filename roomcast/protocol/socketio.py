@@ -211,6 +211,35 @@ def encode_event(
     return Encoded(head + _dumps(payload))
 
 
+def append_offset(text: str, offset: str) -> str | None:
+    """The text of an EVENT with ``offset`` appended as its last argument, or None when
+    ``text`` is not an EVENT or BINARY_EVENT without an ack id (§Packet encoding).
+
+    Connection state recovery (Socket.IO >= 4.6) carries each broadcast's offset this way: the
+    client keeps the last string argument of the events it handles, and presents it when it
+    reconnects. ``offset`` must need no JSON escaping (offsets are URL-safe characters). The
+    arguments are not decoded: the offset goes in before the array's closing bracket.
+    """
+    if not text.endswith("]"):
+        return None
+    kind = text[:1]
+    i = 1
+    if kind == "5":
+        i = text.find("-", 1) + 1  # the attachment count
+        if i == 0:
+            return None
+    elif kind != "2":
+        return None
+    if text.startswith("/", i):
+        i = text.find(",", i) + 1
+        if i == 0:
+            return None
+    # An ack id would be digits here: an event with an ack is answered, never replayed.
+    if not text.startswith("[", i):
+        return None
+    return f'{text[:-1]},"{offset}"]'
+
+
 def _payload_valid(kind: PacketType, payload: Any) -> bool:
     # socket.io-parser's Decoder.isPayloadValid, rule for rule.
     if kind is PacketType.CONNECT:

@@ -6,6 +6,7 @@ The frames are parsed back with an independent reader written here from RFC 6455
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -203,3 +204,43 @@ def test_frames_that_hold_no_packet_are_a_value_error(data: bytes) -> None:
         parse_ws_frames(data)
     with pytest.raises(ValueError):
         _ = Frames.from_ws(data).poll
+
+
+# --- offsets (connection state recovery) -------------------------------------------------------
+
+
+@given(
+    args=st.lists(st.text(max_size=200) | st.binary(max_size=70_000), max_size=3),
+    namespace=st.sampled_from(["/", "/chat"]),
+)
+@settings(max_examples=40)
+def test_offset_frames_from_the_packet_or_from_another_nodes_frames_agree(
+    args: list[Any], namespace: str
+) -> None:
+    """The frames with an offset built from the packet (the origin) and re-framed from the
+    frames another node built are the same bytes and the same polling form."""
+    original = Frames(sio.encode_event(namespace, "e", args))
+    here = original.with_offset("AAAAAAAA2a")
+    there = Frames.from_ws(original.ws).with_offset("AAAAAAAA2a")
+    assert here is not None and there is not None
+    assert here.ws == there.ws
+    assert here.poll == there.poll
+    assert there.encoded.text.endswith(',"AAAAAAAA2a"]')
+    assert there.encoded.attachments == original.encoded.attachments
+
+
+def test_offset_frames_leave_the_original_alone() -> None:
+    """Adding an offset makes new frames: the packet without it is still what the bus carries."""
+    original = Frames(sio.encode_event("/", "e", ["x"]))
+    ws = original.ws
+    with_offset = original.with_offset("AAAAAAAA1")
+    assert with_offset is not None and original.ws is ws
+    assert parse_frames(with_offset.ws) == [(OP_TEXT, b'42["e","x","AAAAAAAA1"]')]
+
+
+def test_no_offset_on_acks_or_garbage() -> None:
+    """An event with an ack id, and frames that hold no event, get no offset."""
+    assert Frames(sio.encode_event("/", "e", ["x"], 3)).with_offset("AAAAAAAA1") is None
+    assert Frames.from_ws(b"\x81\x02" + b"4a").with_offset("AAAAAAAA1") is None
+    assert Frames.from_ws(b"\x81").with_offset("AAAAAAAA1") is None
+    assert Frames.from_ws(b"\x81\x03" + b"4\xff]").with_offset("AAAAAAAA1") is None

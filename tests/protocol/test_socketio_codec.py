@@ -547,3 +547,43 @@ def test_ack_round_trip(namespace: str, args: list[Any], ack_id: int) -> None:
     assert packet.namespace == namespace
     assert packet.id == ack_id
     assert packet.data == wire_form(args)
+
+
+# --- offsets (connection state recovery) ---------------------------------------------------------
+
+OFFSET = "AAAAAAAA1f"
+
+
+@settings(max_examples=200, deadline=None)
+@given(namespace=namespaces, event=event_names, args=st.lists(json_value, max_size=5))
+def test_offset_is_appended_as_the_last_argument(
+    namespace: str, event: Any, args: list[Any]
+) -> None:
+    """An EVENT without an ack id (binary or not) decodes with the offset as its last argument,
+    the other arguments and attachments unchanged."""
+    encoded = sio.encode(Packet(PacketType.EVENT, Namespace(namespace), [event, *args]))
+    text = sio.append_offset(encoded.text, OFFSET)
+    assert text is not None
+    limits = DecoderLimits(max_attachments=max(len(encoded.attachments), 1))
+    packet = decode(text, *encoded.attachments, limits=limits)
+    assert packet.namespace == namespace and packet.id is None
+    assert packet.data == wire_form([event, *args, OFFSET])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '21["e"]',  # an ack id: answered, never replayed
+        '2/chat,7["e"]',
+        '51-3[{"_placeholder":true,"num":0}]',
+        "3/chat,1[]",  # not an EVENT
+        '0{"sid":"x"}',
+        "1",
+        "",
+        '51[{"_placeholder":true,"num":0}]',  # no attachment count terminator
+        '2/chat["e"]',  # a namespace without its comma
+    ],
+)
+def test_offset_goes_only_on_events_without_ack(text: str) -> None:
+    """Packets other than an EVENT without an ack id get no offset."""
+    assert sio.append_offset(text, OFFSET) is None
