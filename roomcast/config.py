@@ -95,6 +95,30 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class RecoverySettings:
+    """``[recovery]``: connection state recovery (Socket.IO >= 4.6's ``connectionStateRecovery``),
+    for every namespace; a namespace's own ``[namespaces."/name".recovery]`` table overrides any
+    of these keys for it.
+
+    A socket that loses its connection (transport closed or failed, ping timeout, node shutting
+    down; not a deliberate disconnect by either side) is kept for ``max_disconnection_ms``: a
+    client that reconnects within it gets the same sid, rooms and ``data`` back, with every
+    broadcast it missed, or a fresh session (``recovered: false``), never a partial one.
+    """
+
+    enabled: bool = False
+    #: How long a disconnected session is kept (Socket.IO's ``maxDisconnectionDuration``).
+    max_disconnection_ms: int = 120_000
+    #: Packets each namespace keeps for replay on this node (the oldest go first): a client that
+    #: missed a packet no longer kept gets a fresh session.
+    max_packets: int = 10_000
+    #: ... and their bytes (their frames), whichever bound is reached first.
+    max_bytes: int = 16 * 1024 * 1024
+    #: A recovered socket skips the namespace's middleware (Socket.IO's ``skipMiddlewares``).
+    skip_middlewares: bool = True
+
+
+@dataclass(frozen=True)
 class NamespacePolicy:
     """``[namespaces."/name"]``: what the built-in relay lets clients of one namespace do."""
 
@@ -106,6 +130,8 @@ class NamespacePolicy:
     auth: Literal["none", "secret", "jwt"] = "none"
     secret: str = ""
     room_pattern: str = ""  #: a regex room names must match in full; empty: any name
+    #: Connection state recovery for this namespace: ``[recovery]`` with this table's keys over it.
+    recovery: RecoverySettings = field(default_factory=RecoverySettings)
 
 
 @dataclass(frozen=True)
@@ -236,6 +262,7 @@ class Settings:
     engineio: EngineIOSettings = field(default_factory=EngineIOSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     namespaces: tuple[NamespacePolicy, ...] = (NamespacePolicy(),)
+    recovery: RecoverySettings = field(default_factory=RecoverySettings)
     router: RouterSettings = field(default_factory=RouterSettings)
     bus: BusSettings = field(default_factory=BusSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
@@ -248,6 +275,12 @@ class Settings:
             if policy.name == name:
                 return policy
         return None
+
+    def recovery_of(self, name: str) -> RecoverySettings:
+        """The connection state recovery of namespace ``name``: its own table's when the config
+        declares it, else ``[recovery]``."""
+        policy = self.namespace_policy(name)
+        return policy.recovery if policy is not None else self.recovery
 
     def replace(self, **sections: Any) -> Settings:
         """A copy with whole sections replaced, or with dotted overrides:
@@ -284,19 +317,26 @@ def from_dict(data: Mapping[str, Any]) -> Settings:
     raw = dict(data)
     namespaces_raw = raw.pop("namespaces", None)
     settings: Settings = _build(Settings, raw, "", skip={"namespaces"})
-    if namespaces_raw is not None:
-        if not isinstance(namespaces_raw, Mapping):
-            raise ConfigError("namespaces: expected a table of namespace tables")
-        policies = []
-        for name, table in namespaces_raw.items():
-            if not isinstance(name, str) or not name.startswith("/"):
-                raise ConfigError(f"namespaces.{name}: a namespace name starts with '/'")
-            if not isinstance(table, Mapping):
-                raise ConfigError(f"namespaces.{name}: expected a table")
-            if "name" in table:  # the table's key is the name; a second one would be ignored
-                raise ConfigError(f"namespaces.{name}.name: unknown key (the table key names it)")
-            policies.append(_build(NamespacePolicy, {**table, "name": name}, f"namespaces.{name}"))
-        settings = dataclasses.replace(settings, namespaces=tuple(policies))
+    # A namespace's recovery table overrides [recovery] key by key.
+    recovery = raw.get("recovery", {})
+    if namespaces_raw is None:
+        namespaces_raw = {"/": {}}
+    if not isinstance(namespaces_raw, Mapping):
+        raise ConfigError("namespaces: expected a table of namespace tables")
+    policies = []
+    for name, table in namespaces_raw.items():
+        if not isinstance(name, str) or not name.startswith("/"):
+            raise ConfigError(f"namespaces.{name}: a namespace name starts with '/'")
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"namespaces.{name}: expected a table")
+        if "name" in table:  # the table's key is the name; a second one would be ignored
+            raise ConfigError(f"namespaces.{name}.name: unknown key (the table key names it)")
+        own = table.get("recovery", {})
+        if not isinstance(own, Mapping):
+            raise ConfigError(f"namespaces.{name}.recovery: expected a table")
+        merged = {**table, "name": name, "recovery": {**recovery, **own}}
+        policies.append(_build(NamespacePolicy, merged, f"namespaces.{name}"))
+    settings = dataclasses.replace(settings, namespaces=tuple(policies))
     _check(settings)
     return settings
 
@@ -304,12 +344,17 @@ def from_dict(data: Mapping[str, Any]) -> Settings:
 def to_dict(settings: Settings) -> dict[str, Any]:
     """The inverse of :func:`from_dict` (namespaces as a table keyed by name)."""
     out: dict[str, Any] = {}
+    recovery = dataclasses.asdict(settings.recovery)
     for f in dataclasses.fields(settings):
         if f.name == "namespaces":
-            out["namespaces"] = {
-                p.name: {k: v for k, v in dataclasses.asdict(p).items() if k != "name"}
-                for p in settings.namespaces
-            }
+            out["namespaces"] = {}
+            for p in settings.namespaces:
+                table = {k: v for k, v in dataclasses.asdict(p).items() if k != "name"}
+                # Only what differs from [recovery]: a later change of [recovery] reaches it.
+                own = {k: v for k, v in table.pop("recovery").items() if recovery[k] != v}
+                if own:
+                    table["recovery"] = own
+                out["namespaces"][p.name] = table
         else:
             out[f.name] = dataclasses.asdict(getattr(settings, f.name))
     return out
@@ -447,7 +492,15 @@ def _check(s: Settings) -> None:
     _check_consul(s.discovery.consul)
     if not s.engineio.transports:
         raise ConfigError("engineio.transports: at least one transport")
+    _positive(s.recovery, "recovery", "max_disconnection_ms", "max_packets", "max_bytes")
     for p in s.namespaces:
+        _positive(
+            p.recovery,
+            f"namespaces.{p.name}.recovery",
+            "max_disconnection_ms",
+            "max_packets",
+            "max_bytes",
+        )
         if p.auth != "none" and not p.secret:
             raise ConfigError(f"namespaces.{p.name}.secret: required when auth = {p.auth!r}")
         if p.room_pattern:

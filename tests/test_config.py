@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from roomcast import config
-from roomcast.config import NamespacePolicy, Settings
+from roomcast.config import NamespacePolicy, RecoverySettings, Settings
 from roomcast.errors import ConfigError
 
 REPO_CLUSTER_TOML = Path(__file__).resolve().parent.parent / "cluster.toml"
@@ -404,6 +404,8 @@ def test_dict_form_round_trips() -> None:
             "engineio.transports": ["websocket"],
             "namespaces./chat.auth": "secret",
             "namespaces./chat.secret": "x",
+            "recovery.max_packets": 5,
+            "namespaces./chat.recovery.enabled": True,
         }
     )
     for settings in (Settings(), custom):
@@ -452,3 +454,57 @@ def test_repository_cluster_toml_documents_every_key() -> None:
             if not re.search(rf"^[ \t#]*{re.escape(name)}\s*=", text, re.MULTILINE):
                 missing.append(dotted)
     assert missing == []
+
+
+# --- connection state recovery -----------------------------------------------------------------
+
+
+def test_recovery_is_off_by_default_everywhere() -> None:
+    """Recovery is off unless asked for (as in Socket.IO), for declared and app namespaces."""
+    settings = config.load(None, env={})
+    assert settings.recovery == RecoverySettings(enabled=False)
+    assert settings.recovery_of("/").enabled is False
+    assert settings.recovery_of("/made-by-an-app") == settings.recovery
+
+
+def test_namespace_recovery_overrides_the_global_table_key_by_key(tmp_path: Path) -> None:
+    """``[namespaces."/x".recovery]`` overrides ``[recovery]`` for that namespace only, key by
+    key; undeclared (app) namespaces get ``[recovery]``."""
+    settings = load_text(
+        tmp_path,
+        "[recovery]\nenabled = true\nmax_packets = 50\n"
+        '[namespaces."/"]\n'
+        '[namespaces."/quiet"]\n'
+        '[namespaces."/quiet".recovery]\nenabled = false\n'
+        '[namespaces."/long".recovery]\nmax_disconnection_ms = 600000\n',
+    )
+    assert settings.recovery_of("/") == RecoverySettings(enabled=True, max_packets=50)
+    assert settings.recovery_of("/quiet") == RecoverySettings(enabled=False, max_packets=50)
+    assert settings.recovery_of("/long") == RecoverySettings(
+        enabled=True, max_packets=50, max_disconnection_ms=600_000
+    )
+    assert settings.recovery_of("/app") == RecoverySettings(enabled=True, max_packets=50)
+
+
+def test_a_later_global_recovery_change_reaches_namespaces_without_their_own() -> None:
+    """``replace`` of a ``[recovery]`` key reaches every namespace that does not set that key."""
+    base = Settings().replace(**{"namespaces./chat.recovery.max_packets": 7})
+    changed = base.replace(**{"recovery.enabled": True, "recovery.max_packets": 9})
+    assert changed.recovery_of("/") == RecoverySettings(enabled=True, max_packets=9)
+    assert changed.recovery_of("/chat") == RecoverySettings(enabled=True, max_packets=7)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[recovery]\nmax_packets = 0", "recovery.max_packets"),
+        ("[recovery]\nenabled = 1", "recovery.enabled"),
+        ("[recovery]\nbogus = 1", "recovery.bogus"),
+        ('[namespaces."/a".recovery]\nmax_bytes = -1', "namespaces./a.recovery.max_bytes"),
+        ('[namespaces."/a".recovery]\nnope = true', "namespaces./a.recovery.nope"),
+        ('[namespaces."/a"]\nrecovery = 1', "namespaces./a.recovery"),
+    ],
+)
+def test_bad_recovery_settings_name_their_key(tmp_path: Path, text: str, key: str) -> None:
+    """Recovery keys are validated like every other, and errors name the dotted key."""
+    assert config_error(tmp_path, text).startswith(f"{key}: ")
