@@ -92,3 +92,12 @@ class ClusterRequestError(RoomcastError):
         super().__init__(f"{op}: node {node} failed: {error}")
         self.node = node
         self.error = error
+
+
+class RecoveryRefusedError(RoomcastError):
+    """A session cannot be recovered exactly; ``reason`` names why (one of the refusal reasons
+    of :mod:`roomcast.node.recovery`). The client gets a fresh session instead."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -132,6 +132,14 @@ class Frames:
         return Frames.from_ws(ws_text("4" + text) + ws[end:])
 
     @property
+    def nbytes(self) -> int:
+        """About the memory the packet holds: its frames' bytes, or its text and attachments."""
+        if self._ws is not None:
+            return len(self._ws)
+        assert self._encoded is not None
+        return len(self._encoded.text) + sum(len(a) for a in self._encoded.attachments)
+
+    @property
     def encoded(self) -> Encoded:
         """The Socket.IO packet (ValueError if frames from elsewhere do not hold one)."""
         if self._encoded is None:
