@@ -17,10 +17,17 @@
 //   {"cmd": "answer", "id", "ackRef", "args"}   answer a server ack request by hand
 //   {"cmd": "info", "id", "ref"}                connected, sid, current transport
 //   {"cmd": "retry", "id", "auth"}              set socket.auth and call socket.connect() again
+//   {"cmd": "cut", "id", "how"}                 lose the connection without a deliberate
+//       disconnect: "close" closes the Engine.IO connection (socket.io.engine.close()), "drop"
+//       destroys the TCP socket under a WebSocket; the client then reconnects by itself if its
+//       "opts" turned reconnection on, else with "reconnect"
+//   {"cmd": "reconnect", "id"}                  socket.connect() again, auth unchanged (a client
+//       that lost its connection presents its pid and last offset: connection state recovery)
 //   {"cmd": "disconnect", "id"}
 //
-// Output types (each with the client "id" it concerns): ready, connect (with the socket's "sid"
-// and its Engine.IO session's id, "engine"), connect_error,
+// Output types (each with the client "id" it concerns): ready, connect (with the socket's "sid",
+// its Engine.IO session's id "engine", "recovered" (socket.recovered) and, for the tests of
+// connection state recovery, the private "pid" the client keeps), connect_error,
 // disconnect, upgrade, ping, event (with "ackRef" when the server asked for an ack and no
 // automatic reply was configured), ack (the answer to an emit with "ref"), info, error.
 
@@ -123,6 +130,8 @@ class Session {
         sid: socket.id,
         engine: socket.io.engine?.id ?? null,
         transport: transportOf(socket),
+        recovered: Boolean(socket.recovered),
+        pid: socket._pid ?? null,
       }),
     );
     socket.on("connect_error", (err) =>
@@ -191,6 +200,22 @@ class Session {
     const { socket } = this.client(cmd);
     socket.auth = decode(cmd.auth);
     socket.connect();
+  }
+
+  cmd_cut(cmd) {
+    const engine = this.client(cmd).socket.io.engine;
+    if (!engine) throw new Error(`client ${cmd.id} has no connection to cut`);
+    if (cmd.how === "drop") {
+      const raw = engine.transport?.ws?._socket; // the `ws` package's net.Socket
+      if (!raw) throw new Error(`client ${cmd.id} is not on a WebSocket`);
+      raw.destroy();
+    } else {
+      engine.close();
+    }
+  }
+
+  cmd_reconnect(cmd) {
+    this.client(cmd).socket.connect();
   }
 
   cmd_disconnect(cmd) {

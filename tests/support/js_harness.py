@@ -137,9 +137,10 @@ class Driver:
         return next(self._refs)
 
     async def wait_for(
-        self, predicate: Callable[[Event], bool], what: str, timeout: float = 5.0
+        self, predicate: Callable[[Event], bool], what: str, timeout: float = 5.0, nth: int = 0
     ) -> Event:
-        """The first report (from the start) matching ``predicate``, waiting for it if needed.
+        """The first report (from the start) matching ``predicate``, waiting for it if needed;
+        with ``nth``, the one after ``nth`` earlier matches.
 
         A driver error or exit fails at once instead of waiting for the timeout.
         """
@@ -147,12 +148,15 @@ class Driver:
         found: list[Event] = []
 
         def find() -> bool:
+            seen = 0
             for event in self.events:
                 if event["type"] == "error":
                     raise AssertionError(f"driver error: {event['message']}")
                 if predicate(event):
-                    found.append(event)
-                    return True
+                    if seen == nth:
+                        found.append(event)
+                        return True
+                    seen += 1
             if self._exited:
                 raise AssertionError(f"driver went away while waiting for {what}{self._context()}")
             return False
@@ -242,6 +246,18 @@ class JsClient:
             assert (await self.info())["transport"] == "websocket"
         return event
 
+    async def reconnected(self, nth: int = 1) -> Event:
+        """Wait for the ``nth`` connect after the first (failing on ``connect_error``); sets
+        :attr:`sid` to the socket's id now."""
+        event = await self.driver.wait_for(
+            lambda e: e.get("id") == self.id and e["type"] in ("connect", "connect_error"),
+            f"{self.id} connect #{nth}",
+            nth=nth,
+        )
+        assert event["type"] == "connect", event
+        self.sid = event["sid"]
+        return event
+
     async def refused(self) -> Event:
         """Wait for ``connect_error`` (failing on ``connect``)."""
         event = await self.driver.wait_for(
@@ -251,9 +267,12 @@ class JsClient:
         assert event["type"] == "connect_error", event
         return event
 
-    async def disconnected(self) -> str:
-        """Wait for ``disconnect``; returns the client-side reason."""
-        event = await self.driver.wait_for(self.mine("disconnect"), f"{self.id} disconnect")
+    async def disconnected(self, nth: int = 0) -> str:
+        """Wait for ``disconnect`` (the ``nth`` one after the first); returns the client-side
+        reason."""
+        event = await self.driver.wait_for(
+            self.mine("disconnect"), f"{self.id} disconnect", nth=nth
+        )
         return str(event["reason"])
 
     def emit(self, event: str, *args: Any) -> None:
@@ -311,6 +330,16 @@ class JsClient:
     def disconnect(self) -> None:
         """``socket.disconnect()`` on the client."""
         self.driver.send(cmd="disconnect", id=self.id)
+
+    def cut(self, how: str = "close") -> None:
+        """Lose the connection without a deliberate disconnect: ``close`` closes the Engine.IO
+        connection, ``drop`` destroys the TCP socket under a WebSocket."""
+        self.driver.send(cmd="cut", id=self.id, how=how)
+
+    def reconnect(self) -> None:
+        """``socket.connect()`` again, auth unchanged: a client that lost its connection presents
+        its pid and last offset (connection state recovery)."""
+        self.driver.send(cmd="reconnect", id=self.id)
 
 
 async def connect_all(*clients: JsClient) -> list[str]:
