@@ -26,6 +26,8 @@ from roomcast.cluster.routing import Target
 from roomcast.ids import Namespace, NodeId, NodeTag
 from roomcast.protocol.frames import Frames
 
+from .recovery import History, Offsets, PersistedSession
+
 #: A server-to-server event handler: ``handler(*args)``, sync or async; its result is the answer.
 ServerEventHandler = Callable[..., Any]
 #: Runs a coroutine as a task the node owns (cancelled at shutdown, its errors logged).
@@ -96,9 +98,19 @@ class Collector:
 class Member(Protocol):
     """A socket of this node, as the adapter sees it."""
 
+    #: The number of the last non-volatile packet with an offset sent to it (0: none), set by
+    #: the adapter on every such delivery, whether the socket took it or not.
+    last_offset: int
+
     @property
     def sid(self) -> str:
         """The socket id (also its private room)."""
+        ...
+
+    @property
+    def connected(self) -> bool:
+        """False for a *ghost*: a socket kept for recovery after its connection was lost, still
+        a member of its rooms, taking no packet; snapshots and room operations skip it."""
         ...
 
     def write(self, frames: Frames, volatile: bool = False) -> bool:
@@ -151,6 +163,25 @@ class LocalNamespace(Protocol):
         """A fresh ack id of the namespace (shared with its sockets' own emits)."""
         ...
 
+    @property
+    def history(self) -> History | None:
+        """What the namespace's sockets on this node were sent, for recovery (None: recovery
+        is off in this namespace)."""
+        ...
+
+    def ghost(self, sid: str) -> Member | None:
+        """The ghost of ``sid`` (a socket kept for recovery), if it is one."""
+        ...
+
+    def release(self, sid: str) -> None:
+        """The ghost of ``sid`` will not be recovered: it leaves its rooms and is forgotten."""
+        ...
+
+    def supersede(self, pid: str) -> bool:
+        """If a connected socket has ``pid``, its client is back on another connection: the
+        old one is closed as lost (so the socket is kept); returns whether that happened."""
+        ...
+
 
 class LocalSockets(Protocol):
     """This node's namespaces, as the adapter sees them."""
@@ -162,6 +193,28 @@ class LocalSockets(Protocol):
     def room_counts(self, namespace: str | None) -> dict[tuple[str, str], int]:
         """(namespace, room) -> local member count, for one namespace or all."""
         ...
+
+
+class SessionClaim(ABC):
+    """A persisted session that a reconnecting client is recovering (see
+    :meth:`Adapter.restore_session`): the node runs the namespace's middleware, if it must,
+    then completes or cancels the claim. Nobody else can claim the session meanwhile."""
+
+    #: What was kept of the socket: its sid, rooms and data come back with it.
+    session: PersistedSession
+
+    @abstractmethod
+    def complete(self) -> list[Frames]:
+        """The packets the client missed, in order, each with its offset. From now on the
+        session is the caller's, which puts its new socket in the ghost's place (in the same
+        event-loop step: a packet written after this call must reach the new socket). Raises
+        :class:`~roomcast.errors.RecoveryRefusedError` when exact recovery became impossible
+        meanwhile (the session is then released)."""
+
+    @abstractmethod
+    def cancel(self) -> None:
+        """The connect did not go through: the session stays persisted for the rest of its
+        window."""
 
 
 class Adapter(ABC):
@@ -192,6 +245,19 @@ class Adapter(ABC):
         AckTimeoutError` (with the responses so far). App data that cannot travel raises
         ``TypeError`` at the caller; a node that failed to serve a request answers with its
         error, raised at the caller as :class:`~roomcast.errors.ClusterRequestError`.
+    Recovery
+        In a namespace with recovery on, every broadcast EVENT without an ack that this node
+        writes gets this node's next offset (:attr:`offsets`) as its last argument, framed once
+        per node; each recipient's ``last_offset`` is set, and non-volatile ones are kept in
+        the namespace's history (:mod:`~roomcast.node.recovery`). :meth:`persist_session`
+        keeps a socket whose connection was lost for its window, as a ghost member of its
+        rooms (the room interest of the node does not change), then releases it.
+        :meth:`restore_session` claims it for a client that presents its pid and last offset;
+        the claim's :meth:`~SessionClaim.complete` gives exactly the packets the client
+        missed, or refuses: never a partial recovery. An offset of another node (or
+        incarnation), one never given, a window passed, a history that dropped a packet the
+        client may have missed: refused, with a named reason. A pid of a session another node
+        holds is refused too (``other node``): restoring it here is a later increment's.
     Reads
         :meth:`room_table` and :meth:`names_a_socket` answer from local state (this node's
         registry and its replica of the others), never with a request.
@@ -202,6 +268,8 @@ class Adapter(ABC):
 
     node_id: NodeId
     tag: NodeTag
+    #: This node's offset counter (connection state recovery).
+    offsets: Offsets
 
     def __init__(self) -> None:
         self._server_handlers: dict[str, ServerEventHandler] = {}
@@ -267,6 +335,23 @@ class Adapter(ABC):
         self, event: str, args: tuple[Any, ...], timeout: float | None = None
     ) -> list[Any]:
         """Run ``event``'s server-event handler on every other node; returns their answers."""
+
+    # -- connection state recovery ------------------------------------------------------------
+
+    @abstractmethod
+    def persist_session(self, session: PersistedSession) -> None:
+        """Keep ``session`` (its socket, now a ghost of its namespace, lost its connection)
+        for ``session.window`` seconds, then release it (:meth:`LocalNamespace.release`)
+        unless it was restored."""
+
+    @abstractmethod
+    async def restore_session(self, namespace: str, pid: Any, offset: Any) -> SessionClaim:
+        """Claim the persisted session ``pid`` of ``namespace`` for a client whose last packet
+        had ``offset`` (None: it had none); the arguments are as the client sent them. The pid
+        of a socket still connected here is taken over: its old connection is deemed lost (the
+        client noticed before this node did) and the socket kept, then claimed. Raises
+        :class:`~roomcast.errors.RecoveryRefusedError` with a named reason when it cannot be
+        recovered exactly (a known session is then released: its client gets a fresh one)."""
 
     def on_server_event(self, event: str, handler: ServerEventHandler) -> None:
         """Answer ``event`` from other nodes with ``handler(*args)``."""

@@ -41,6 +41,7 @@ from .adapter import LocalSockets, RoomTable, SocketInfo, Spawn
 from .health import Health
 from .local import LocalAdapter, wait_acks, write_each
 from .member import ClusterMember
+from .recovery import Entry
 from .stats import NodeStats
 
 log = logging.getLogger("roomcast.cluster")
@@ -92,6 +93,7 @@ class ClusterAdapter(LocalAdapter):
         await self.member.start(address)
 
     async def stop(self) -> None:
+        self.stop_recovery()
         await self.member.stop()
         for pending in self._pending.values():
             pending.future.cancel()
@@ -161,8 +163,19 @@ class ClusterAdapter(LocalAdapter):
         recipients = ns.recipients(msg.rooms, msg.except_rooms, msg.except_sids)
         if not recipients:
             return
+        frames = Frames.from_ws(msg.ws)
+        history = ns.history
         try:
-            self.stats.messages_out += write_each(recipients, Frames.from_ws(msg.ws), msg.volatile)
+            if history is None:
+                self.stats.messages_out += write_each(recipients, frames, msg.volatile)
+            else:
+                # Numbered by this node, as it writes it: re-framed once here, for every
+                # recipient (the origin's offset is its own business).
+                source = (header.origin, header.incarnation, msg.msg_id)
+                entry = Entry(0, msg.rooms, msg.except_rooms, msg.except_sids, frames, source)
+                self.stats.messages_out += self.write_numbered(
+                    history, recipients, frames, entry, msg.volatile
+                )
         except ValueError:  # a polling recipient needs the packet, and the frames hold none
             log.warning("undecodable frames in a room message from %s", header.origin)
 

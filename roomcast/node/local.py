@@ -9,16 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from roomcast.cluster.routing import Target
-from roomcast.errors import AckTimeoutError, RoomcastError
-from roomcast.ids import Namespace, NodeId, NodeTag, tag_of_sid
+from roomcast.errors import AckTimeoutError, RecoveryRefusedError, RoomcastError
+from roomcast.ids import Namespace, NodeId, NodeTag, tag_of_pid, tag_of_sid
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
 
-from .adapter import Adapter, Collector, LocalSockets, Member, RoomTable, SocketInfo
+from . import recovery
+from .adapter import (
+    Adapter,
+    Collector,
+    LocalSockets,
+    Member,
+    RoomTable,
+    SessionClaim,
+    SocketInfo,
+)
+from .recovery import Entry, History, Offsets, PersistedSession
 from .stats import NodeStats
 
 log = logging.getLogger("roomcast.node")
@@ -49,6 +60,47 @@ async def wait_acks(
         collector.release()
 
 
+@dataclass
+class _Kept:
+    """A persisted session on this node: until when, its expiry, whether it is claimed."""
+
+    session: PersistedSession
+    deadline: float
+    timer: asyncio.TimerHandle
+    claimed: bool = False
+
+
+class _LocalClaim(SessionClaim):
+    """A claim on a session this node keeps."""
+
+    def __init__(self, adapter: LocalAdapter, kept: _Kept, after: int | None) -> None:
+        self.adapter = adapter
+        self.kept = kept
+        self.session = kept.session
+        self.after = after
+
+    def complete(self) -> list[Frames]:
+        adapter, session = self.adapter, self.session
+        ns = adapter.sockets.namespace(session.namespace)
+        ghost = ns.ghost(session.sid) if ns is not None else None
+        history = ns.history if ns is not None else None
+        try:
+            if ghost is None or history is None:  # recovery was turned off meanwhile
+                raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
+            packets = recovery.missed(history, session, ghost.last_offset, self.after)
+        except RecoveryRefusedError:
+            adapter.release_session(session.pid)
+            raise
+        adapter.forget_session(session.pid)
+        return packets
+
+    def cancel(self) -> None:
+        kept = self.kept
+        kept.claimed = False
+        if asyncio.get_running_loop().time() >= kept.deadline:
+            self.adapter.release_session(self.session.pid)
+
+
 class LocalAdapter(Adapter):
     """A standalone node's adapter (and the local half of the cluster's)."""
 
@@ -60,12 +112,21 @@ class LocalAdapter(Adapter):
         self.tag = tag
         self.sockets = sockets
         self.stats = stats
+        self.offsets = Offsets(tag)
+        self._kept: dict[str, _Kept] = {}  # persisted sessions by pid
 
     async def start(self, address: str) -> None:
         pass  # nothing to reach
 
     async def stop(self) -> None:
-        pass
+        self.stop_recovery()
+
+    def stop_recovery(self) -> None:
+        """Forget every persisted session (the node is stopping)."""
+        for kept in self._kept.values():
+            kept.timer.cancel()
+        self.stats.sessions_kept -= len(self._kept)
+        self._kept.clear()
 
     # -- membership: nothing to tell anyone ---------------------------------------------------
 
@@ -90,8 +151,43 @@ class LocalAdapter(Adapter):
         return ns.recipients(target.rooms, target.except_rooms, target.except_sids)
 
     def deliver(self, target: Target, frames: Frames) -> None:
-        """Write a packet to this node's recipients."""
-        self.stats.messages_out += write_each(self.recipients(target), frames, target.volatile)
+        """Write a packet to this node's recipients (with an offset where recovery is on)."""
+        ns = self.sockets.namespace(target.namespace)
+        if ns is None:
+            return
+        recipients = ns.recipients(target.rooms, target.except_rooms, target.except_sids)
+        history = ns.history
+        if history is None:
+            self.stats.messages_out += write_each(recipients, frames, target.volatile)
+        elif recipients:
+            self.stats.messages_out += self.write_numbered(
+                history,
+                recipients,
+                frames,
+                Entry(0, target.rooms, target.except_rooms, target.except_sids, frames),
+                target.volatile,
+            )
+
+    def write_numbered(
+        self,
+        history: History,
+        recipients: Collection[Member],
+        frames: Frames,
+        entry: Entry,
+        volatile: bool,
+    ) -> int:
+        """Write a broadcast to recipients in a recovery-enabled namespace with this node's next
+        offset, framed once; keep it in ``history`` unless it is volatile. ``entry`` describes
+        its target (its number and frames are filled in here). Returns how many took it."""
+        counter = self.offsets.next()
+        numbered = frames.with_offset(self.offsets.text(counter))
+        if numbered is None:  # not an EVENT without ack: nothing to number
+            return write_each(recipients, frames, volatile)
+        if not volatile:
+            history.record(entry._replace(counter=counter, frames=numbered))
+            for member in recipients:
+                member.last_offset = counter
+        return write_each(recipients, numbered, volatile)
 
     def emit_with_ack(
         self, target: Target, event: str, args: tuple[Any, ...]
@@ -115,8 +211,8 @@ class LocalAdapter(Adapter):
         return future, collector
 
     def snapshot(self, target: Target) -> list[SocketInfo]:
-        """This node's recipients, as snapshots."""
-        return [m.info() for m in self.recipients(target)]
+        """This node's recipients, as snapshots (ghosts are not sockets any more)."""
+        return [m.info() for m in self.recipients(target) if m.connected]
 
     async def apply(
         self, target: Target, action: str, rooms: list[str], close: bool
@@ -124,7 +220,7 @@ class LocalAdapter(Adapter):
         """Make this node's recipients ``join`` or ``leave`` rooms, or ``disconnect``; returns
         how many were asked and the refusals (a limit, a refused name: that socket only, the
         others still act)."""
-        members = list(self.recipients(target))
+        members = [m for m in self.recipients(target) if m.connected]
         refused: list[Exception] = []
         for member in members:
             try:
@@ -171,6 +267,60 @@ class LocalAdapter(Adapter):
         self, event: str, args: tuple[Any, ...], timeout: float | None = None
     ) -> list[Any]:
         return []  # no other node
+
+    # -- connection state recovery: sessions this node keeps ---------------------------------
+
+    def persist_session(self, session: PersistedSession) -> None:
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(session.window, self._expire, session.pid)
+        self._kept[session.pid] = _Kept(session, loop.time() + session.window, timer)
+        self.stats.sessions_kept += 1
+
+    async def restore_session(self, namespace: str, pid: Any, offset: Any) -> SessionClaim:
+        tag = tag_of_pid(pid) if isinstance(pid, str) else None
+        if tag is not None and tag != self.tag:
+            raise RecoveryRefusedError(recovery.OTHER_NODE)
+        kept = self._kept.get(pid) if tag is not None else None
+        if kept is None and tag is not None:
+            ns = self.sockets.namespace(namespace)
+            if ns is not None and ns.supersede(pid):
+                kept = self._kept.get(pid)
+        if kept is None or kept.session.namespace != namespace:
+            raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
+        if kept.claimed:
+            raise RecoveryRefusedError(recovery.SESSION_BUSY)
+        try:
+            if asyncio.get_running_loop().time() >= kept.deadline:
+                raise RecoveryRefusedError(recovery.SESSION_EXPIRED)
+            after = self.offsets.parse(offset)
+        except RecoveryRefusedError:
+            # The client gets a fresh session: the old one can never be recovered now.
+            self.release_session(kept.session.pid)
+            raise
+        kept.claimed = True
+        return _LocalClaim(self, kept, after)
+
+    def forget_session(self, pid: str) -> None:
+        """Stop keeping ``pid`` (restored: its socket is live again)."""
+        kept = self._kept.pop(pid, None)
+        if kept is not None:
+            kept.timer.cancel()
+            self.stats.sessions_kept -= 1
+
+    def release_session(self, pid: str) -> None:
+        """Stop keeping ``pid`` and release its ghost from its rooms."""
+        kept = self._kept.get(pid)
+        if kept is None:
+            return
+        self.forget_session(pid)
+        ns = self.sockets.namespace(kept.session.namespace)
+        if ns is not None:
+            ns.release(kept.session.sid)
+
+    def _expire(self, pid: str) -> None:
+        kept = self._kept.get(pid)
+        if kept is not None and not kept.claimed:  # a claim cancelled late releases it then
+            self.release_session(pid)
 
     def names_a_socket(self, name: str) -> bool:
         return tag_of_sid(name) == self.tag

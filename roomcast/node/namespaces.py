@@ -109,6 +109,7 @@ class Namespaces:
         if (
             ns.parent is not None
             and not ns.sockets
+            and not ns.ghosts
             and not ns.connecting
             and self._namespaces.get(ns.name) is ns
         ):

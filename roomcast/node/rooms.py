@@ -52,6 +52,15 @@ class RoomRegistry(Generic[M]):
             return True
         return False
 
+    def replace(self, old: M, new: M, rooms: Collection[str]) -> None:
+        """Put ``new`` in ``old``'s place in ``rooms`` (the same sid: a recovered socket and
+        its ghost); no room is created or deleted."""
+        for room in rooms:
+            members = self._rooms.get(Room(room))
+            if members is not None and old in members:
+                members.discard(old)
+                members.add(new)
+
     def members(self, room: str) -> Collection[M]:
         """The local members of ``room`` (a sid names its own socket, and only that)."""
         socket = self._sockets.get(room)

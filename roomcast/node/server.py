@@ -80,7 +80,12 @@ class Server(Broadcasts):
         self.adapter: Adapter = self._make_adapter()
         self.namespace_registry.bind(
             NamespaceServices(
-                self.adapter, limits, self.stats, self.spawn, self.namespace_registry.maybe_empty
+                self.adapter,
+                limits,
+                self.stats,
+                self.spawn,
+                self.namespace_registry.maybe_empty,
+                self.settings.recovery_of,
             )
         )
         self._stack: contextlib.AsyncExitStack | None = None

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from roomcast import ids
+from roomcast.cluster.routing import Target
 from roomcast.config import LimitSettings
 from roomcast.errors import AckTimeoutError, DisconnectedError
 from roomcast.ids import new_sid, room_names
@@ -24,6 +25,7 @@ from roomcast.protocol.frames import Frames
 
 from .adapter import Adapter, Collector, Handshake, SocketInfo, Spawn
 from .broadcast import BroadcastOperator
+from .recovery import History, Membership, PersistedSession
 from .sessions import RequestInfo
 
 log = logging.getLogger("roomcast.node")
@@ -53,6 +55,9 @@ class SocketNamespace(Protocol):
     @property
     def services(self) -> SocketServices: ...
 
+    @property
+    def history(self) -> History | None: ...
+
     def handler(self, event: str) -> Handler | None: ...
 
     def next_ack_id(self) -> int: ...
@@ -65,7 +70,7 @@ class SocketNamespace(Protocol):
 
     async def remove_from_rooms(self, socket: Socket, rooms: list[str]) -> None: ...
 
-    async def remove_socket(self, socket: Socket, reason: str) -> None: ...
+    def socket_closed(self, socket: Socket, reason: str) -> None: ...
 
 
 #: What waits for a client's ack: an emit's callback, a broadcast's collector, or the future of
@@ -162,24 +167,52 @@ class Socket:
         "conn",
         "connected",
         "data",
+        "last_offset",
+        "membership",
         "namespace",
+        "pid",
+        "recovered",
         "rooms",
         "sid",
     )
 
-    def __init__(self, namespace: SocketNamespace, conn: ClientLink, auth: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        namespace: SocketNamespace,
+        conn: ClientLink,
+        auth: dict[str, Any],
+        restored: PersistedSession | None = None,
+    ) -> None:
         self.namespace = namespace
         self.conn = conn
-        self.sid = new_sid(namespace.services.adapter.tag)
         self._auth = auth
         self._time = time.time()
         self._handshake: Handshake | None = None  # built when first asked for
-        #: Free-form application data (socket.io's ``socket.data``); shown by fetch_sockets.
-        self.data: dict[str, Any] = {}
-        #: The rooms this socket is in, its own sid room included.
-        self.rooms: set[str] = {self.sid}
         self.connected = False
         self._pending = 0  # async handlers of this socket still running
+        #: The number of the last packet with an offset sent to this socket (0: none).
+        self.last_offset = 0
+        if restored is None:
+            self.sid: str = new_sid(namespace.services.adapter.tag)
+            #: Free-form application data (socket.io's ``socket.data``); shown by fetch_sockets.
+            self.data: dict[str, Any] = {}
+            #: The rooms this socket is in, its own sid room included.
+            self.rooms: set[str] = {self.sid}
+            #: The private session id its client recovers it with (None: recovery is off).
+            self.pid: str | None = None
+            #: When it joined and left its rooms (None: recovery is off).
+            self.membership: Membership | None = None
+            #: Whether this socket is a session recovered after its connection was lost
+            #: (socket.io's ``socket.recovered``): same sid, rooms and data, every missed
+            #: packet replayed.
+            self.recovered = False
+        else:
+            self.sid = restored.sid
+            self.data = restored.data
+            self.rooms = set(restored.rooms)
+            self.pid = restored.pid
+            self.membership = restored.membership
+            self.recovered = True
 
     def __repr__(self) -> str:
         return f"<Socket {self.namespace.name}#{self.sid}>"
@@ -240,6 +273,14 @@ class Socket:
         if callback is not None:
             ack_id = self.namespace.next_ack_id()
         enc = sio.encode_event(self.namespace.name, event, args, ack_id)
+        if ack_id is None and self.namespace.history is not None:
+            # With recovery on, it is a broadcast to this socket's room (as in socket.io): it
+            # gets an offset, is kept, and is replayed if the client misses it; and the client
+            # never mistakes a string argument of it for an offset.
+            rooms = frozenset((self.sid,))
+            target = Target(self.namespace.name, rooms, volatile=volatile, local=True)
+            self.namespace.services.adapter.broadcast(target, Frames(enc))
+            return
         if self.conn.write(Frames(enc), volatile) and ack_id is not None and callback is not None:
             self.conn.expect_ack(self.namespace.name, ack_id, lambda a: callback(*a))
 
@@ -377,4 +418,4 @@ class Socket:
                 waiter.forget()
             elif isinstance(waiter, asyncio.Future) and not waiter.done():
                 waiter.set_exception(DisconnectedError(self.sid))
-        ns.services.spawn(ns.remove_socket(self, reason))
+        ns.socket_closed(self, reason)

@@ -18,18 +18,22 @@ from typing import Any
 
 from roomcast import ids
 from roomcast.cluster.routing import Target
-from roomcast.config import LimitSettings
+from roomcast.config import LimitSettings, RecoverySettings
 from roomcast.errors import (
     ConnectRefusedError,
     DisconnectedError,
+    RecoveryRefusedError,
     RoomRefusedError,
 )
-from roomcast.ids import Room
+from roomcast.ids import Room, new_pid
 from roomcast.protocol import reasons
 from roomcast.protocol import socketio as sio
+from roomcast.protocol.frames import Frames
 
-from .adapter import Adapter, Spawn
+from . import recovery
+from .adapter import Adapter, SessionClaim, Spawn
 from .broadcast import BroadcastOperator, Broadcasts
+from .recovery import History, Membership, PersistedSession
 from .rooms import RoomRegistry
 from .sio_socket import ClientLink
 from .sio_socket import Socket as Socket
@@ -52,6 +56,8 @@ class NamespaceServices:
     spawn: Spawn
     #: Told when a namespace may have become empty (a dynamic child is then removed).
     maybe_empty: Callable[[Namespace], None]
+    #: The connection state recovery of a namespace, by name (``Settings.recovery_of``).
+    recovery_of: Callable[[str], RecoverySettings] = lambda name: RecoverySettings()
 
 
 class Namespace(Broadcasts):
@@ -63,8 +69,16 @@ class Namespace(Broadcasts):
         self.services = services
         self.name = ids.Namespace(name)
         self.parent = parent
+        #: This node's connected sockets of the namespace, by sid.
         self.sockets: dict[str, Socket] = {}
-        self.registry: RoomRegistry[Socket] = RoomRegistry(self.sockets)
+        #: Sockets kept for recovery after their connection was lost (*ghosts*): members of
+        #: their rooms that take no packet, until recovered or released.
+        self.ghosts: dict[str, Socket] = {}
+        self._members: dict[str, Socket] = {}  # both: the registry's sid rooms
+        self._pids: dict[str, Socket] = {}  # connected sockets by pid (recovery on)
+        self.registry: RoomRegistry[Socket] = RoomRegistry(self._members)
+        self._history: History | None = None
+        self.recovery = parent.recovery if parent is not None else services.recovery_of(name)
         self._handlers: dict[str, Handler] = {}
         self._middlewares: list[Middleware] = []
         self._ack_ids = itertools.count(0)
@@ -115,6 +129,50 @@ class Namespace(Broadcasts):
         """A fresh ack id, shared by direct emits and broadcasts of this namespace."""
         return next(self._ack_ids)
 
+    # -- connection state recovery ------------------------------------------------------------
+
+    @property
+    def recovery(self) -> RecoverySettings:
+        """Connection state recovery in this namespace (from the config; an app may set it
+        before clients connect: ``ns.recovery = RecoverySettings(enabled=True)``)."""
+        return self._recovery
+
+    @recovery.setter
+    def recovery(self, settings: RecoverySettings) -> None:
+        self._recovery = settings
+        self._history = (
+            History(settings.max_packets, settings.max_bytes) if settings.enabled else None
+        )
+
+    @property
+    def history(self) -> History | None:
+        """What this node's sockets of the namespace were sent (None: recovery is off)."""
+        return self._history
+
+    def ghost(self, sid: str) -> Socket | None:
+        """The ghost of ``sid``, if it is one."""
+        return self.ghosts.get(sid)
+
+    def supersede(self, pid: str) -> bool:
+        """A client presents the pid of a socket still connected here: its connection is lost
+        (the client is back on another one before this node noticed), so it is closed as
+        such, and the socket kept. Returns whether a socket was kept so."""
+        socket = self._pids.get(pid)
+        if socket is None:
+            return False
+        log.info("socket %s of %s recovered on another connection", socket.sid, self.name)
+        socket.conn.close(reasons.TRANSPORT_CLOSE, "superseded by a recovering connection")
+        return self.ghosts.get(socket.sid) is socket
+
+    def release(self, sid: str) -> None:
+        """The ghost of ``sid`` will not be recovered: it leaves its rooms, and is forgotten."""
+        ghost = self.ghosts.pop(sid, None)
+        if ghost is None:
+            return
+        if self._members.get(sid) is ghost:
+            del self._members[sid]
+        self.services.spawn(self._gone(ghost))
+
     # -- broadcasting -------------------------------------------------------------------------
 
     def operator(self) -> BroadcastOperator:
@@ -132,8 +190,8 @@ class Namespace(Broadcasts):
         return self.registry.recipients(rooms, except_rooms, except_sids)
 
     def sids(self) -> Container[str]:
-        """The sids of this node's sockets of the namespace."""
-        return self.sockets
+        """The sids of this node's sockets of the namespace (ghosts included)."""
+        return self._members
 
     def rooms(self) -> dict[Room, int]:
         """Rooms with members on this node, with their local sizes."""
@@ -154,9 +212,12 @@ class Namespace(Broadcasts):
         if len(socket.rooms) - 1 + len(new) > limit:
             socket.conn.close(reasons.TOO_MANY_ROOMS, f"limit {limit}")
             raise DisconnectedError(reasons.TOO_MANY_ROOMS)
+        membership = socket.membership
         for room in new:
             socket.rooms.add(room)
             self.registry.add(socket, Room(room))
+            if membership is not None:
+                membership.join(room, self.services.adapter.offsets.last)
         if new:
             await self._rooms_changed(joined=new, left=[])
 
@@ -168,6 +229,8 @@ class Namespace(Broadcasts):
                 continue
             socket.rooms.discard(room)
             self.registry.discard(socket, Room(room))
+            if socket.membership is not None:
+                socket.membership.leave(room, self.services.adapter.offsets.last)
             left.append(room)
         if left:
             await self._rooms_changed(joined=[], left=left)
@@ -179,13 +242,52 @@ class Namespace(Broadcasts):
         counts = {r: registry.size(r) for r in (*joined, *left)}
         await self.services.adapter.rooms_changed(self.name, counts, joined, left)
 
-    async def remove_socket(self, socket: Socket, reason: str) -> None:
-        """Forget a disconnected socket: leave its rooms, run the ``disconnect`` handler."""
-        self.sockets.pop(socket.sid, None)
-        self.services.stats.sockets -= 1
+    def socket_closed(self, socket: Socket, reason: str) -> None:
+        """A socket disconnected: kept as a ghost for recovery when its connection was lost
+        (and recovery is on), else forgotten; then its ``disconnect`` handler runs."""
+        sid = socket.sid
+        if self.sockets.get(sid) is socket:
+            del self.sockets[sid]
+            self.services.stats.sockets -= 1
+        if socket.pid is not None and self._pids.get(socket.pid) is socket:
+            del self._pids[socket.pid]
+        membership = socket.membership
+        if (
+            socket.pid is not None
+            and membership is not None
+            and self._history is not None
+            and reason in recovery.RECOVERABLE
+        ):
+            self.ghosts[sid] = socket
+            self.services.adapter.persist_session(
+                PersistedSession(
+                    self.name,
+                    sid,
+                    socket.pid,
+                    frozenset(socket.rooms),
+                    socket.data,
+                    membership.first,
+                    membership,
+                    self._recovery.max_disconnection_ms / 1000,
+                )
+            )
+            self.services.spawn(self._disconnected(socket, reason))
+            return
+        if self._members.get(sid) is socket:
+            del self._members[sid]
+        self.services.spawn(self._gone(socket, reason))
+
+    async def _gone(self, socket: Socket, reason: str | None = None) -> None:
+        """A socket (or ghost) left for good: out of its rooms, the namespace may be empty."""
         self.services.adapter.namespace_exited(self.name)
         await self.remove_from_rooms(socket, [r for r in socket.rooms if r != socket.sid])
+        if not self._members and self._history is not None:
+            self._history.clear()  # no socket is left that could need it
         self.services.maybe_empty(self)
+        if reason is not None:
+            await self._disconnected(socket, reason)
+
+    async def _disconnected(self, socket: Socket, reason: str) -> None:
         handler = self.handler("disconnect")
         if handler is not None:
             try:
@@ -196,35 +298,48 @@ class Namespace(Broadcasts):
                 log.exception("disconnect handler of %s failed", self.name)
 
     async def connect(self, conn: ClientLink, auth: dict[str, Any]) -> None:
-        """Run middleware, then connect a new socket for ``conn`` (§Connection to a namespace).
+        """Run middleware, then connect a socket for ``conn`` (§Connection to a namespace): a
+        new one, or, when the client presents the pid of a session kept for recovery and it
+        can be recovered exactly, that session's socket (same sid, rooms and data), every
+        packet it missed written before the CONNECT reply.
 
         The caller counts the connect in ``connecting`` from the moment it resolved the name.
         """
-        socket = Socket(self, conn, auth)
-        try:
-            for mw in self.middlewares:
-                result = mw(socket, auth)
-                if inspect.isawaitable(result):
-                    await result
-        except ConnectRefusedError as exc:
-            self._refuse(conn, exc)
+        claim = await self._claim(auth)
+        socket = await self._admit(conn, auth, claim)
+        if socket is None:
             return
-        except Exception:
-            log.exception("middleware of %s failed", self.name)
-            self._refuse(conn, ConnectRefusedError("Internal server error"))
-            return
-        if conn.closed or self.name in conn.sockets:
-            return
-        # Namespace-wide emits must reach the socket as soon as it is told it is connected.
-        await self.services.adapter.namespace_entered(self.name)
-        if conn.closed or self.name in conn.sockets:
-            self.services.adapter.namespace_exited(self.name)
-            return
-        socket.connected = True
-        self.sockets[socket.sid] = socket
+        missed: list[Frames] = []
+        if claim is not None:
+            try:
+                missed = claim.complete()
+            except RecoveryRefusedError as exc:
+                # Exact recovery became impossible while the middleware ran: a fresh session
+                # then, whose middleware runs again (it may have relied on the old data).
+                self.services.stats.recoveries_refused[exc.reason] += 1
+                claim = None
+                socket = await self._admit(conn, auth, None)
+                if socket is None:
+                    return
+        if claim is None:
+            # Namespace-wide emits must reach the socket as soon as it is told it is connected
+            # (a recovered socket's ghost kept that, and its rooms).
+            await self.services.adapter.namespace_entered(self.name)
+            if conn.closed or self.name in conn.sockets:
+                self.services.adapter.namespace_exited(self.name)
+                return
+            self._attach(socket)
+        else:
+            # In the step that completed the claim: no packet can fall between the two.
+            self._attach_recovered(socket, len(missed))
         conn.attach(socket)
         self.services.stats.sockets += 1
-        conn.send_packet(sio.Packet(sio.PacketType.CONNECT, self.name, {"sid": socket.sid}))
+        for frames in missed:
+            conn.write(frames)  # the client handles them once it is connected, in order
+        reply: dict[str, str] = {"sid": socket.sid}
+        if socket.pid is not None:
+            reply["pid"] = socket.pid  # echoed on recovery: the client reports recovered
+        conn.send_packet(sio.Packet(sio.PacketType.CONNECT, self.name, reply))
         handler = self.handler("connect")
         if handler is None:
             return
@@ -236,6 +351,80 @@ class Namespace(Broadcasts):
             socket.disconnect()
         except Exception:
             log.exception("connect handler of %s failed", self.name)
+
+    async def _claim(self, auth: Any) -> SessionClaim | None:
+        """The persisted session a client asks to recover, claimed (None: it asks for none, or
+        it cannot be recovered: the refusal is counted)."""
+        if self._history is None or not isinstance(auth, dict) or "pid" not in auth:
+            return None
+        stats = self.services.stats
+        stats.recoveries_attempted += 1
+        try:
+            return await self.services.adapter.restore_session(
+                self.name, auth["pid"], auth.get("offset")
+            )
+        except RecoveryRefusedError as exc:
+            stats.recoveries_refused[exc.reason] += 1
+            return None
+
+    async def _admit(
+        self, conn: ClientLink, auth: dict[str, Any], claim: SessionClaim | None
+    ) -> Socket | None:
+        """The socket to connect, once the middleware let it through (a recovered socket skips
+        it when ``skip_middlewares``); None when refused or the connection went meanwhile."""
+        socket = Socket(self, conn, auth, claim.session if claim is not None else None)
+        if claim is None or not self._recovery.skip_middlewares:
+            try:
+                for mw in self.middlewares:
+                    result = mw(socket, auth)
+                    if inspect.isawaitable(result):
+                        await result
+            except ConnectRefusedError as exc:
+                self._drop_claim(claim, recovery.CONNECT_REFUSED)
+                self._refuse(conn, exc)
+                return None
+            except Exception:
+                log.exception("middleware of %s failed", self.name)
+                self._drop_claim(claim, recovery.CONNECT_REFUSED)
+                self._refuse(conn, ConnectRefusedError("Internal server error"))
+                return None
+        if conn.closed or self.name in conn.sockets:
+            self._drop_claim(claim, recovery.CONNECTION_CLOSED)
+            return None
+        return socket
+
+    def _drop_claim(self, claim: SessionClaim | None, reason: str) -> None:
+        if claim is not None:
+            claim.cancel()
+            self.services.stats.recoveries_refused[reason] += 1
+
+    def _attach(self, socket: Socket) -> None:
+        """A new socket is connected (and, with recovery on, gets its pid)."""
+        socket.connected = True
+        if self._history is not None:
+            adapter = self.services.adapter
+            socket.pid = new_pid(adapter.tag)
+            socket.membership = Membership(
+                socket.sid, adapter.offsets.last, self.services.limits.max_rooms_per_socket
+            )
+            self._pids[socket.pid] = socket
+        self.sockets[socket.sid] = socket
+        self._members[socket.sid] = socket
+
+    def _attach_recovered(self, socket: Socket, replayed: int) -> None:
+        """A recovered socket takes its ghost's place in its rooms."""
+        sid = socket.sid
+        ghost = self.ghosts.pop(sid)
+        socket.last_offset = ghost.last_offset
+        socket.connected = True
+        self.sockets[sid] = socket
+        self._members[sid] = socket
+        if socket.pid is not None:
+            self._pids[socket.pid] = socket
+        self.registry.replace(ghost, socket, socket.rooms)
+        stats = self.services.stats
+        stats.recoveries_succeeded += 1
+        stats.replayed_messages += replayed
 
     def _refuse(self, conn: ClientLink, exc: ConnectRefusedError) -> None:
         body: dict[str, Any] = {"message": exc.message}

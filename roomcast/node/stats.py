@@ -36,3 +36,12 @@ class NodeStats:
     spliced_websockets: int = 0
     #: Forwarded polling requests waiting for their owner's answer now (a gauge).
     forwards_in_flight: int = 0
+    #: Connection state recovery (``roomcast.node.recovery``): CONNECTs that presented a pid to
+    #: a recovery-enabled namespace, those recovered, those refused by reason (each attempt is
+    #: one or the other), the packets replayed to recovered clients, and the sessions kept for
+    #: recovery now (a gauge: ghosts of lost connections).
+    recoveries_attempted: int = 0
+    recoveries_succeeded: int = 0
+    recoveries_refused: collections.Counter[str] = field(default_factory=collections.Counter)
+    replayed_messages: int = 0
+    sessions_kept: int = 0

@@ -25,15 +25,28 @@ from support.nodes import node_settings
 from support.python_client_harness import TIMEOUT, Inbox, join, sid_of
 
 from roomcast.cluster.routing import Target
-from roomcast.errors import AckTimeoutError, RoomRefusedError
-from roomcast.ids import ROOT_NAMESPACE, Namespace, NodeTag
+from roomcast.errors import AckTimeoutError, RecoveryRefusedError, RoomRefusedError
+from roomcast.ids import ROOT_NAMESPACE, Namespace, NodeTag, offset_text, parse_offset
+from roomcast.node import recovery
 from roomcast.node.adapter import Adapter
 from roomcast.node.server import Server
 from roomcast.node.sockets import Socket
+from roomcast.protocol import reasons
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
 from roomcast.router.router import Router
 
+
+class _AnyCounter:
+    """Equal to any offset counter (a positive int)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, int) and other > 0
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+ANY_COUNTER: Any = _AnyCounter()
 NAMES = ("a", "b", "c", "d")  # a, b on node 0; c, d on the last node
 ROOMS = {"a": ["red"], "b": ["blue"], "c": ["red", "blue"], "d": []}
 
@@ -57,11 +70,12 @@ class World:
         frames = Frames(sio.encode_event(target.namespace, event, args))
         self.adapter(node).broadcast(target, frames)
 
-    async def fence(self, node: int = 0) -> None:
-        """Every client acks a namespace-wide broadcast from ``node``: what that node
-        broadcast before has reached everyone it was going to reach."""
+    async def fence(self, node: int = 0, clients: int | None = None) -> None:
+        """Every client (or the ``clients`` still connected) acks a namespace-wide broadcast
+        from ``node``: what that node broadcast before has reached everyone it was going to
+        reach."""
         acks = await self.adapter(node).broadcast_with_ack(self.target(), "fence", (), TIMEOUT)
-        assert acks == ["fenced"] * len(self.clients)
+        assert acks == ["fenced"] * (len(self.clients) if clients is None else clients)
 
     def got(self, event: str) -> dict[str, list[tuple[Any, ...]]]:
         return {n: self.inbox.got(n, event) for n in NAMES if self.inbox.got(n, event)}
@@ -81,10 +95,10 @@ async def _settle(world: World) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _world(kind: str) -> AsyncIterator[World]:
+async def _world(kind: str, **overrides: Any) -> AsyncIterator[World]:
     async with contextlib.AsyncExitStack() as stack:
         if kind == "local":
-            settings = [node_settings()]
+            settings = [node_settings(**overrides)]
         else:
             router = await stack.enter_async_context(
                 Router("127.0.0.1", 0, 0, 0, router_id="contract")
@@ -97,6 +111,7 @@ async def _world(kind: str) -> AsyncIterator[World]:
                         "cluster.enabled": True,
                         "cluster.gossip_interval_ms": 5,
                         "discovery.routers": routers,
+                        **overrides,
                     }
                 )
                 for i in range(2)
@@ -139,6 +154,13 @@ def _recorder(inbox: Inbox, name: str, event: str) -> Any:
 @pytest.fixture(params=["local", "cluster"])
 async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
     async with _world(str(request.param)) as w:
+        yield w
+
+
+@pytest.fixture(params=["local", "cluster"])
+async def recovering(request: pytest.FixtureRequest) -> AsyncIterator[World]:
+    """A world whose namespace has connection state recovery on."""
+    async with _world(str(request.param), **{"recovery.enabled": True}) as w:
         yield w
 
 
@@ -296,3 +318,111 @@ async def test_app_data_that_cannot_travel_is_a_type_error(world: World) -> None
     with pytest.raises(TypeError):
         await world.adapter().server_side_emit("whoami", ({1, 2},))
     assert sorted(await world.adapter().server_side_emit("whoami", ())) == ["n1"]
+
+
+# --- connection state recovery -------------------------------------------------------------------
+
+
+def _events(frames: list[Frames]) -> list[list[Any]]:
+    out = []
+    for f in frames:
+        packet = sio.Decoder().feed(f.encoded.text)
+        assert packet is not None
+        out.append(packet.data)
+    return out
+
+
+def _lose(world: World, name: str) -> tuple[Server, Socket]:
+    """Lose the connection of client ``name`` (on the last node); returns its node and its
+    socket, now a ghost."""
+    holder = world.nodes[-1]
+    ns = holder.of("/")
+    socket = ns.sockets[world.sids[name]]
+    socket.conn.close(reasons.TRANSPORT_CLOSE)
+    assert ns.ghost(socket.sid) is socket and not socket.connected
+    return holder, socket
+
+
+async def test_each_node_numbers_what_it_writes(recovering: World) -> None:
+    """With recovery on, every recipient gets a broadcast with the offset of the node that
+    wrote it to that recipient, whichever node published it."""
+    world = recovering
+    world.broadcast(world.target("red"), "news", "x", node=0)
+    await world.fence(0)
+    [(_, on_a)] = world.inbox.got("a", "news")
+    [(_, on_c)] = world.inbox.got("c", "news")
+    assert parse_offset(on_a) == (world.nodes[0].tag, ANY_COUNTER)
+    assert parse_offset(on_c) == (world.nodes[-1].tag, ANY_COUNTER)
+
+
+async def test_a_lost_socket_is_kept_in_its_rooms_and_restored_with_what_it_missed(
+    recovering: World,
+) -> None:
+    """A socket whose connection was lost stays a member of its rooms (the room table does not
+    change); restoring it gives what it missed, wherever it was published, in order, with the
+    offsets of its node; released, it leaves its rooms cluster-wide."""
+    world = recovering
+    table = world.adapter(0).room_table()
+    holder, c = _lose(world, "c")
+    assert c.pid is not None
+    assert holder.adapter.room_table() == table
+    world.broadcast(world.target("red"), "news", 1, node=0)
+    world.broadcast(world.target("green"), "news", "not c's", node=0)
+    world.broadcast(world.target(), "news", 3, node=0)
+    world.broadcast(world.target("red", except_rooms=frozenset({"blue"})), "news", "no", node=0)
+    world.broadcast(world.target(c.sid), "news", 5, node=0)
+    await world.fence(0, clients=3)
+    assert world.adapter(0).room_table() == table
+
+    claim = await holder.adapter.restore_session("/", c.pid, None)
+    assert (claim.session.sid, claim.session.rooms) == (c.sid, frozenset({c.sid, "red", "blue"}))
+    missed = _events(claim.complete())
+    assert [m[:2] for m in missed] == [["news", 1], ["news", 3], ["news", 5]]
+    assert all(parse_offset(m[2]) == (holder.tag, ANY_COUNTER) for m in missed)
+
+    holder.of("/").release(c.sid)
+    n0 = str(world.nodes[0].node_id)
+    expected = {("/", "red"): {n0: 1}, ("/", "blue"): {n0: 1}}  # a and b's
+    async with asyncio.timeout(TIMEOUT):
+        while world.adapter(0).room_table() != expected:
+            await asyncio.sleep(0.01)
+
+
+async def test_restore_refuses_what_it_cannot_do_exactly(recovering: World) -> None:
+    """A pid this node does not keep, another node's session, an offset of another node: each
+    refused with its reason; a refused kept session is released (its rooms change)."""
+    world = recovering
+    holder, c = _lose(world, "c")
+    assert c.pid is not None
+    for node, pid, reason in [
+        (holder, c.pid[:8] + "A" * 16, recovery.UNKNOWN_SESSION),  # this node's, never given
+        (holder, "A" * 24, recovery.OTHER_NODE),  # a node this one does not even know
+        (holder, c.sid, recovery.UNKNOWN_SESSION),  # the public sid is not the pid
+        (world.nodes[0], c.pid, recovery.OTHER_NODE if len(world.nodes) > 1 else None),
+    ]:
+        if reason is None:
+            continue
+        with pytest.raises(RecoveryRefusedError) as info:
+            await node.adapter.restore_session("/", pid, None)
+        assert info.value.reason == reason
+    assert holder.of("/").ghost(c.sid) is c  # asking elsewhere did not release it
+    foreign = offset_text(world.nodes[0].tag if len(world.nodes) > 1 else NodeTag(bytes(6)), 1)
+    with pytest.raises(RecoveryRefusedError) as info:
+        await holder.adapter.restore_session("/", c.pid, foreign)
+    assert info.value.reason == recovery.FOREIGN_OFFSET
+    assert holder.of("/").ghost(c.sid) is None
+    with pytest.raises(RecoveryRefusedError) as info:
+        await holder.adapter.restore_session("/", c.pid, None)
+    assert info.value.reason == recovery.UNKNOWN_SESSION
+
+
+async def test_ghosts_are_not_sockets_to_the_app(recovering: World) -> None:
+    """A ghost is in no snapshot and no room operation reaches it."""
+    world = recovering
+    holder, c = _lose(world, "c")
+    assert {i.id for i in await world.adapter(0).fetch_sockets(world.target("red"))} == {
+        world.sids["a"]
+    }
+    await world.adapter(0).add_sockets(world.target("red"), ["green"])
+    await world.adapter(0).disconnect_sockets(world.target(c.sid), False)
+    assert c.rooms == {c.sid, "red", "blue"} and holder.of("/").ghost(c.sid) is c
