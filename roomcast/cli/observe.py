@@ -180,6 +180,15 @@ def _print_status(doc: dict[str, Any]) -> None:
             f"{s['spliced_websockets']} websockets, {s['forwarded_bytes']} bytes, "
             f"{s['forward_failed']} failed"
         )
+    if "recoveries_attempted" in s:
+        refused = ", ".join(
+            f"{n} {reason}" for reason, n in sorted(s["recoveries_refused"].items())
+        )
+        print(
+            f"recovery: {s['recoveries_attempted']} attempted, "
+            f"{s['recoveries_succeeded']} recovered ({s['replayed_messages']} messages "
+            f"replayed), refused: {refused or 'none'}; {s['sessions_kept']} sessions kept now"
+        )
     bus = doc.get("cluster", {}).get("bus")
     if bus:
         print(

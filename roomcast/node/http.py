@@ -166,6 +166,11 @@ class NodeHTTP:
                 "forward_failed": s.forward_failed,
                 "spliced_websockets": s.spliced_websockets,
                 "forwards_in_flight": s.forwards_in_flight,
+                "recoveries_attempted": s.recoveries_attempted,
+                "recoveries_succeeded": s.recoveries_succeeded,
+                "recoveries_refused": dict(s.recoveries_refused),
+                "replayed_messages": s.replayed_messages,
+                "sessions_kept": s.sessions_kept,
             }
         )
 
