@@ -27,9 +27,18 @@ from support.js_harness import (
     js_fixture,  # noqa: F401 (a fixture, taken as ``js``)
     transport_fixture,  # noqa: F401 (a fixture, taken as ``transport``)
 )
+from support.recovery_clients import (
+    assert_numbered,
+    got,
+    offsets,
+    publish,
+    recover,
+    refused,
+    values,
+)
 
 from roomcast.errors import ConnectRefusedError
-from roomcast.ids import node_tag, offset_text, parse_offset, tag_of_sid
+from roomcast.ids import node_tag, offset_text, tag_of_sid
 from roomcast.node import recovery
 from roomcast.node.server import Server
 from roomcast.node.sockets import Namespace, Socket
@@ -78,55 +87,12 @@ class Watch:
         return [s for s in self.connects if s.sid == sid][nth]
 
 
-async def publish(
-    client: JsClient, room: str | list[str], *values: Any, event: str = "chat"
-) -> None:
-    """Publish each value to ``room`` through the relay, one after the other, acked."""
-    for value in values:
-        assert await client.call("publish", {"room": room, "event": event, "data": value}) == [
-            {"ok": True}
-        ]
-
-
-def values(client: JsClient, event: str = "chat") -> list[Any]:
-    """The first argument of every ``event`` the client received, in order."""
-    return [args[0] for args in client.received(event)]
-
-
-def offsets(client: JsClient, event: str = "chat") -> list[str]:
-    """The offset (last argument) of every ``event`` the client received, in order."""
-    return [args[-1] for args in client.received(event)]
-
-
-async def got(client: JsClient, value: Any, event: str = "chat") -> None:
-    """Until the client has received ``event`` with ``value``."""
-    await client.event(event, lambda args: args[0] == value)
-
-
-def assert_numbered(server: Server, found: list[str]) -> None:
-    """Offsets of ``server``, strictly increasing."""
-    parsed = [parse_offset(o) for o in found]
-    assert all(p is not None and p[0] == server.tag for p in parsed), found
-    counters = [p[1] for p in parsed if p is not None]
-    assert counters == sorted(set(counters)), found
-
-
 async def lose_connection(client: JsClient, watch: Watch, nth: int = 0, how: str = "close") -> None:
     """Cut the client's connection and wait until the node has kept its session."""
     client.cut(how)
     reason = await watch.lost(client.sid, nth)
     assert reason in recovery.RECOVERABLE, reason
     await client.disconnected(nth)
-
-
-async def recover(client: JsClient, nth: int = 1) -> dict[str, Any]:
-    """Reconnect and wait for the connect; returns its report."""
-    sid = client.sid
-    client.reconnect()
-    event = await client.reconnected(nth)
-    assert event["recovered"] is True, event
-    assert event["sid"] == sid
-    return event
 
 
 def leaks_nothing(server: Server) -> None:
@@ -169,7 +135,7 @@ async def test_missed_messages_are_replayed_once_in_order_then_live_traffic(
     await publish(b, "r", 5)
     await got(a, 5)
     assert values(a) == [0, 1, 2, 3, 4, 5]
-    assert_numbered(server, offsets(a))
+    assert_numbered(server.tag, offsets(a))
     assert server.stats.recoveries_succeeded == 1 and server.stats.replayed_messages == 4
     leaks_nothing(server)
 
@@ -192,7 +158,7 @@ async def test_messages_written_into_a_dropped_connection_are_replayed(
     await publish(b, "r", 15)
     await got(a, 15)
     assert values(a) == list(range(16))
-    assert_numbered(server, offsets(a))
+    assert_numbered(server.tag, offsets(a))
 
 
 async def test_automatic_reconnection_under_steady_traffic(start_node: Any, js: Driver) -> None:
@@ -213,7 +179,26 @@ async def test_automatic_reconnection_under_steady_traffic(start_node: Any, js: 
     await publish(b, "r", 40)
     await got(a, 40)
     assert values(a) == list(range(41))
-    assert_numbered(server, offsets(a))
+    assert_numbered(server.tag, offsets(a))
+
+
+async def test_binary_messages_are_numbered_and_replayed(
+    start_node: Any, js: Driver, transport: str
+) -> None:
+    """A message with binary data carries its offset after its data, live and replayed."""
+    server: Server = await start_node(**RECOVERY)
+    watch = Watch(server.of("/"))
+    a, b = js.connect("a", server.url, transport), js.connect("b", server.url, transport)
+    await connect_all(a, b)
+    await join(a, "r")
+    await publish(b, "r", {"blob": b"\x00\x01", "n": 1})
+    await got(a, {"blob": b"\x00\x01", "n": 1})
+    await lose_connection(a, watch)
+    await publish(b, "r", {"blob": b"\xff" * 3, "n": 2}, b"raw")
+    await recover(a)
+    await got(a, b"raw")
+    assert values(a) == [{"blob": b"\x00\x01", "n": 1}, {"blob": b"\xff" * 3, "n": 2}, b"raw"]
+    assert_numbered(server.tag, offsets(a))
 
 
 async def test_a_client_that_received_nothing_recovers(start_node: Any, js: Driver) -> None:
@@ -254,7 +239,7 @@ async def test_three_outages_in_a_row_replay_nothing_twice(start_node: Any, js: 
     await publish(b, "r", sent)
     await got(a, sent)
     assert values(a) == list(range(sent + 1))
-    assert_numbered(server, offsets(a))
+    assert_numbered(server.tag, offsets(a))
     assert server.stats.replayed_messages == 6
 
 
@@ -277,7 +262,7 @@ async def test_volatile_and_direct_string_events_never_poison_the_offset(
     [[flash, flash_offset]] = a.received("flash")
     [[direct, direct_offset]] = a.received("direct")
     assert (flash, direct) == ("a string", "another string")
-    assert_numbered(server, [flash_offset, direct_offset])
+    assert_numbered(server.tag, [flash_offset, direct_offset])
 
     ns.volatile.emit("flash", "the last string before the outage")
     await a.event("flash", lambda args: args[0].startswith("the last"))
@@ -385,16 +370,6 @@ async def test_skip_middlewares_on_skips_them(start_node: Any, js: Driver) -> No
 
 
 # --- refused: a fresh session, nothing left behind --------------------------------------------
-
-
-async def refused(client: JsClient, nth: int = 1) -> dict[str, Any]:
-    """Reconnect and wait for a connect that is not a recovery."""
-    old = client.sid
-    client.reconnect()
-    event = await client.reconnected(nth)
-    assert event["recovered"] is False, event
-    assert event["sid"] != old
-    return event
 
 
 async def test_after_its_window_a_session_is_gone(start_node: Any, js: Driver) -> None:
