@@ -41,7 +41,6 @@ from .adapter import LocalSockets, RoomTable, SocketInfo, Spawn
 from .health import Health
 from .local import LocalAdapter, wait_acks, write_each
 from .member import ClusterMember
-from .recovery import Entry
 from .stats import NodeStats
 
 log = logging.getLogger("roomcast.cluster")
@@ -172,9 +171,9 @@ class ClusterAdapter(LocalAdapter):
                 # Numbered by this node, as it writes it: re-framed once here, for every
                 # recipient (the origin's offset is its own business).
                 source = (header.origin, header.incarnation, msg.msg_id)
-                entry = Entry(0, msg.rooms, msg.except_rooms, msg.except_sids, frames, source)
+                to = (msg.rooms, msg.except_rooms, msg.except_sids)
                 self.stats.messages_out += self.write_numbered(
-                    history, recipients, frames, entry, msg.volatile
+                    history, recipients, frames, msg.volatile, to, source
                 )
         except ValueError:  # a polling recipient needs the packet, and the frames hold none
             log.warning("undecodable frames in a room message from %s", header.origin)

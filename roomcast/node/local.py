@@ -164,8 +164,8 @@ class LocalAdapter(Adapter):
                 history,
                 recipients,
                 frames,
-                Entry(0, target.rooms, target.except_rooms, target.except_sids, frames),
                 target.volatile,
+                (target.rooms, target.except_rooms, target.except_sids),
             )
 
     def write_numbered(
@@ -173,18 +173,20 @@ class LocalAdapter(Adapter):
         history: History,
         recipients: Collection[Member],
         frames: Frames,
-        entry: Entry,
         volatile: bool,
+        to: tuple[Collection[str], Collection[str], Collection[str]],
+        source: tuple[str, int, int] | None = None,
     ) -> int:
         """Write a broadcast to recipients in a recovery-enabled namespace with this node's next
-        offset, framed once; keep it in ``history`` unless it is volatile. ``entry`` describes
-        its target (its number and frames are filled in here). Returns how many took it."""
+        offset, framed once; keep it in ``history`` unless it is volatile. ``to`` is its target
+        (rooms, except rooms, except sids), ``source`` the bus message it came in. Returns how
+        many recipients took it."""
         counter = self.offsets.next()
         numbered = frames.with_offset(self.offsets.text(counter))
         if numbered is None:  # not an EVENT without ack: nothing to number
             return write_each(recipients, frames, volatile)
         if not volatile:
-            history.record(entry._replace(counter=counter, frames=numbered))
+            history.record(Entry(counter, *to, numbered, source))
             for member in recipients:
                 member.last_offset = counter
         return write_each(recipients, numbered, volatile)
