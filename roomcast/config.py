@@ -116,6 +116,10 @@ class RecoverySettings:
     max_bytes: int = 16 * 1024 * 1024
     #: A recovered socket skips the namespace's middleware (Socket.IO's ``skipMiddlewares``).
     skip_middlewares: bool = True
+    #: Sessions each namespace keeps at once on a node: past it, the oldest kept one is
+    #: released early (its client gets a fresh session), so that clients that connect and
+    #: drop in a loop cannot pile up kept sessions.
+    max_sessions: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -492,7 +496,9 @@ def _check(s: Settings) -> None:
     _check_consul(s.discovery.consul)
     if not s.engineio.transports:
         raise ConfigError("engineio.transports: at least one transport")
-    _positive(s.recovery, "recovery", "max_disconnection_ms", "max_packets", "max_bytes")
+    _positive(
+        s.recovery, "recovery", "max_disconnection_ms", "max_packets", "max_bytes", "max_sessions"
+    )
     for p in s.namespaces:
         _positive(
             p.recovery,
@@ -500,6 +506,7 @@ def _check(s: Settings) -> None:
             "max_disconnection_ms",
             "max_packets",
             "max_bytes",
+            "max_sessions",
         )
         if p.auth != "none" and not p.secret:
             raise ConfigError(f"namespaces.{p.name}.secret: required when auth = {p.auth!r}")

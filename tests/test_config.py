@@ -498,6 +498,7 @@ def test_a_later_global_recovery_change_reaches_namespaces_without_their_own() -
     ("text", "key"),
     [
         ("[recovery]\nmax_packets = 0", "recovery.max_packets"),
+        ("[recovery]\nmax_sessions = 0", "recovery.max_sessions"),
         ("[recovery]\nenabled = 1", "recovery.enabled"),
         ("[recovery]\nbogus = 1", "recovery.bogus"),
         ('[namespaces."/a".recovery]\nmax_bytes = -1', "namespaces./a.recovery.max_bytes"),

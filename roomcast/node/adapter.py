@@ -345,6 +345,10 @@ class Adapter(ABC):
         unless it was restored."""
 
     @abstractmethod
+    def release_session(self, pid: str) -> None:
+        """Stop keeping ``pid`` before its window ends, and release its ghost."""
+
+    @abstractmethod
     async def restore_session(self, namespace: str, pid: Any, offset: Any) -> SessionClaim:
         """Claim the persisted session ``pid`` of ``namespace`` for a client whose last packet
         had ``offset`` (None: it had none); the arguments are as the client sent them. The pid

@@ -171,6 +171,7 @@ class NodeHTTP:
                 "recoveries_refused": dict(s.recoveries_refused),
                 "replayed_messages": s.replayed_messages,
                 "sessions_kept": s.sessions_kept,
+                "sessions_dropped": s.sessions_dropped,
             }
         )
 

@@ -310,7 +310,6 @@ class LocalAdapter(Adapter):
             self.stats.sessions_kept -= 1
 
     def release_session(self, pid: str) -> None:
-        """Stop keeping ``pid`` and release its ghost from its rooms."""
         kept = self._kept.get(pid)
         if kept is None:
             return
@@ -321,8 +320,15 @@ class LocalAdapter(Adapter):
 
     def _expire(self, pid: str) -> None:
         kept = self._kept.get(pid)
-        if kept is not None and not kept.claimed:  # a claim cancelled late releases it then
-            self.release_session(pid)
+        if kept is None or kept.claimed:  # a claim cancelled late releases it then
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < kept.deadline:
+            # A loop may run a timer a little early (uvloop rounds to milliseconds): the
+            # session is kept for its whole window.
+            kept.timer = loop.call_at(kept.deadline, self._expire, pid)
+            return
+        self.release_session(pid)
 
     def names_a_socket(self, name: str) -> bool:
         return tag_of_sid(name) == self.tag

@@ -258,6 +258,12 @@ class Namespace(Broadcasts):
             and self._history is not None
             and reason in recovery.RECOVERABLE
         ):
+            if len(self.ghosts) >= self._recovery.max_sessions:
+                oldest = next(iter(self.ghosts.values()))
+                log.warning("%s keeps too many sessions: %s released", self.name, oldest.sid)
+                self.services.stats.sessions_dropped += 1
+                assert oldest.pid is not None
+                self.services.adapter.release_session(oldest.pid)
             self.ghosts[sid] = socket
             self.services.adapter.persist_session(
                 PersistedSession(

@@ -45,3 +45,6 @@ class NodeStats:
     recoveries_refused: collections.Counter[str] = field(default_factory=collections.Counter)
     replayed_messages: int = 0
     sessions_kept: int = 0
+    #: Kept sessions released before their window ended: a namespace had
+    #: ``recovery.max_sessions`` kept already.
+    sessions_dropped: int = 0

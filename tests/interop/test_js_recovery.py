@@ -544,3 +544,24 @@ async def test_a_client_back_before_the_node_noticed_takes_its_session_over(
     await got(again, 3)
     assert values(again)[-2:] == [2, 3] and values(again).count(2) == 1
     assert server.stats.recoveries_succeeded == 1
+
+
+async def test_past_max_sessions_the_oldest_kept_session_goes(start_node: Any, js: Driver) -> None:
+    """A namespace keeps at most ``max_sessions`` lost sessions: one more releases the oldest
+    (its client gets a fresh session), the others still recover."""
+    server: Server = await start_node(**RECOVERY, **{"recovery.max_sessions": 2})
+    ns = server.of("/")
+    watch = Watch(ns)
+    clients = [js.connect(n, server.url, "websocket") for n in "abc"]
+    await connect_all(*clients)
+    for client in clients:
+        await join(client, "r")
+    for client in clients:
+        await lose_connection(client, watch)
+    await wait_until(lambda: ns.rooms() == {"r": 2}, what="the oldest ghost to leave")
+    assert (server.stats.sessions_kept, server.stats.sessions_dropped) == (2, 1)
+    a, b, c = clients
+    await refused(a)
+    await recover(b)
+    await recover(c)
+    leaks_nothing(server)
