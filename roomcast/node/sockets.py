@@ -57,7 +57,7 @@ class NamespaceServices:
     #: Told when a namespace may have become empty (a dynamic child is then removed).
     maybe_empty: Callable[[Namespace], None]
     #: The connection state recovery of a namespace, by name (``Settings.recovery_of``).
-    recovery_of: Callable[[str], RecoverySettings] = lambda name: RecoverySettings()
+    recovery_of: Callable[[str], RecoverySettings]
 
 
 class Namespace(Broadcasts):
