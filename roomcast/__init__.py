@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from roomcast.config import Settings, load
+    from roomcast.config import RecoverySettings, Settings, load
     from roomcast.errors import AckTimeoutError, ConnectRefusedError, DisconnectedError
     from roomcast.node.adapter import SocketInfo
     from roomcast.node.broadcast import BroadcastOperator
@@ -23,6 +23,7 @@ _EXPORTS = {
     "ConnectRefusedError": "roomcast.errors",
     "DisconnectedError": "roomcast.errors",
     "Namespace": "roomcast.node.sockets",
+    "RecoverySettings": "roomcast.config",
     "Server": "roomcast.node.server",
     "Settings": "roomcast.config",
     "Socket": "roomcast.node.sockets",
@@ -36,6 +37,7 @@ __all__ = [
     "ConnectRefusedError",
     "DisconnectedError",
     "Namespace",
+    "RecoverySettings",
     "Server",
     "Settings",
     "Socket",
