@@ -74,6 +74,18 @@ async def kept(cluster: Cluster, node: str, count: int) -> None:
     await wait_until(check, what=f"{node} to keep {count} sessions")
 
 
+async def publish_to(cluster: Cluster, node: str, client: JsClient, room: str, *data: Any) -> None:
+    """Publish through ``client`` (on another node), and wait until ``node`` has them all (a
+    publish is acked before the bus has carried it)."""
+    before = (await cluster.bus(node))["received_rooms"]
+    await publish(client, room, *data)
+
+    async def arrived() -> bool:
+        return bool((await cluster.bus(node))["received_rooms"] >= before + len(data))
+
+    await wait_until(arrived, what=f"{node} to receive {len(data)} messages")
+
+
 async def lose(cluster: Cluster, client: JsClient, node: str, nth: int = 0) -> None:
     """Cut the client's connection; until its node keeps its session."""
     client.cut()
@@ -100,7 +112,7 @@ async def test_a_client_recovers_on_its_node_while_the_other_publishes(
     for outage in range(3):
         await lose(cluster, a, "n2", outage)
         await cluster.wait_room(room, {"n2": 1}, namespace="/any")  # its ghost holds it
-        await publish(b, room, sent, sent + 1)
+        await publish_to(cluster, "n2", b, room, sent, sent + 1)
         sent += 2
         await recover(a, outage + 1)
         await got(a, sent - 1)
@@ -109,7 +121,7 @@ async def test_a_client_recovers_on_its_node_while_the_other_publishes(
     assert values(a) == list(range(sent + 1))
     # Binary data crosses the bus as the origin framed it, and is re-framed with n2's offset.
     await lose(cluster, a, "n2", 3)
-    await publish(b, room, {"blob": b"\x00\xff"})
+    await publish_to(cluster, "n2", b, room, {"blob": b"\x00\xff"})
     await recover(a, 4)
     await publish(b, room, b"live")
     await got(a, b"live")
@@ -158,7 +170,7 @@ async def test_what_cannot_be_recovered_gets_a_fresh_session(cluster: Cluster, j
     await a.call("join", room)
     await cluster.wait_room(room, {"n2": 1}, namespace="/brief")
     await lose(cluster, a, "n2", 1)
-    await publish(b, room, *range(15))
+    await publish_to(cluster, "n2", b, room, *range(15))
     await refused(a, 2)
     await cluster.wait_room(room, {}, namespace="/brief")
     doc = await stats(cluster, "n2")
