@@ -4,101 +4,46 @@ A client loses its connection (``cut``: the client closes its Engine.IO connecti
 the TCP socket under its WebSocket; the server sees ``transport close``, not a deliberate
 disconnect) while other clients publish to its rooms; it reconnects with the pid and last
 offset socket.io-client keeps, and must get ``recovered: true``, the same sid, rooms and data,
-and every missed message once, in order, each with its offset, before live traffic; or, when
-that cannot be done exactly, a fresh session with ``recovered: false`` and nothing left behind.
-The same scenarios against nodes started by the CLI (uvloop, two nodes and a router) are in
+and every missed message once, in order, each with its offset, before live traffic. When that
+cannot be done exactly the client gets a fresh session: ``test_js_recovery_refused.py``. The
+same scenarios against nodes started by the CLI (uvloop, two nodes and a router) are in
 ``tests/multinode/test_recovery_cluster.py``. Every wait is on an event.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from typing import Any
 
-import pytest
 from support.cluster_harness import wait_until
 from support.js_harness import (
     JS_TEST_MARKS,
     Driver,
-    JsClient,
     connect_all,
     join,
     js_fixture,  # noqa: F401 (a fixture, taken as ``js``)
     transport_fixture,  # noqa: F401 (a fixture, taken as ``transport``)
 )
 from support.recovery_clients import (
+    Watch,
     assert_numbered,
     got,
+    leaks_nothing,
+    lose_connection,
     offsets,
     publish,
     recover,
-    refused,
     values,
 )
 
+from roomcast import RecoverySettings
 from roomcast.errors import ConnectRefusedError
-from roomcast.ids import node_tag, offset_text, tag_of_sid
 from roomcast.node import recovery
 from roomcast.node.server import Server
-from roomcast.node.sockets import Namespace, Socket
+from roomcast.node.sockets import Socket
 
 pytestmark = JS_TEST_MARKS
 
 RECOVERY = {"recovery.enabled": True, "namespaces./.publish": "any"}
-
-
-class Watch:
-    """The server side of one namespace: every connect and disconnect, in order, awaitable
-    (a recovered socket connects again under the same sid)."""
-
-    def __init__(self, ns: Namespace) -> None:
-        self.connects: list[Socket] = []
-        self.disconnects: list[tuple[str, str]] = []
-        self._changed = asyncio.Condition()
-        ns.on("connect", self._connect)
-        ns.on("disconnect", self._disconnect)
-
-    async def _connect(self, socket: Socket, auth: Any) -> None:
-        if not socket.recovered:
-            socket.data["first seen"] = len(self.connects)
-        async with self._changed:
-            self.connects.append(socket)
-            self._changed.notify_all()
-
-    async def _disconnect(self, socket: Socket, reason: str) -> None:
-        async with self._changed:
-            self.disconnects.append((socket.sid, reason))
-            self._changed.notify_all()
-
-    async def _until(self, done: Callable[[], bool]) -> None:
-        async with asyncio.timeout(5), self._changed:
-            await self._changed.wait_for(done)
-
-    async def lost(self, sid: str, nth: int = 0) -> str:
-        """The reason of ``sid``'s ``nth`` disconnect (once its handler ran, the node has
-        decided whether to keep the session)."""
-        await self._until(lambda: sum(1 for s, _ in self.disconnects if s == sid) > nth)
-        return [r for s, r in self.disconnects if s == sid][nth]
-
-    async def socket(self, sid: str, nth: int = 0) -> Socket:
-        """The server-side socket of ``sid``'s ``nth`` connect."""
-        await self._until(lambda: sum(1 for s in self.connects if s.sid == sid) > nth)
-        return [s for s in self.connects if s.sid == sid][nth]
-
-
-async def lose_connection(client: JsClient, watch: Watch, nth: int = 0, how: str = "close") -> None:
-    """Cut the client's connection and wait until the node has kept its session."""
-    client.cut(how)
-    reason = await watch.lost(client.sid, nth)
-    assert reason in recovery.RECOVERABLE, reason
-    await client.disconnected(nth)
-
-
-def leaks_nothing(server: Server) -> None:
-    """No session kept, no ghost left."""
-    assert server.stats.sessions_kept == 0
-    assert not any(ns.ghosts for ns in server.namespaces())
 
 
 # --- recovered --------------------------------------------------------------------------------
@@ -290,6 +235,7 @@ async def test_acks_carry_no_offset(start_node: Any, js: Driver) -> None:
     socket = await watch.socket(a.sid)
     assert await socket.emit_with_ack("ask", "question", timeout=5) == "yes"
     assert await ns.emit_with_ack("ask", "question 2", timeout=5) == ["yes"]
+    await a.event("ask", lambda args: args[0] == "question 2")  # its report may come later
     assert a.received("ask") == [["question"], ["question 2"]]
     assert await a.call("join", "r") == [{"ok": True, "rooms": ["r"]}]
 
@@ -369,154 +315,6 @@ async def test_skip_middlewares_on_skips_them(start_node: Any, js: Driver) -> No
     assert runs == [a.sid]
 
 
-# --- refused: a fresh session, nothing left behind --------------------------------------------
-
-
-async def test_after_its_window_a_session_is_gone(start_node: Any, js: Driver) -> None:
-    """A client that comes back after the window gets a fresh session; its old socket left
-    its rooms when the window ended."""
-    server: Server = await start_node(**RECOVERY, **{"recovery.max_disconnection_ms": 200})
-    ns = server.of("/")
-    watch = Watch(ns)
-    a, b = js.connect("a", server.url, "websocket"), js.connect("b", server.url, "websocket")
-    await connect_all(a, b)
-    await join(a, "r", "mine")
-    await join(b, "r")
-    await lose_connection(a, watch)
-    assert ns.rooms() == {"r": 2, "mine": 1}
-    await wait_until(lambda: ns.rooms() == {"r": 1}, what="the ghost to leave its rooms")
-    leaks_nothing(server)
-    await publish(b, "r", 1)
-    await refused(a)
-    await publish(b, "r", 2)
-    await publish(b, [a.sid], 3)
-    await got(a, 3)
-    assert values(a) == [3]
-    assert server.stats.recoveries_refused == {recovery.UNKNOWN_SESSION: 1}
-
-
-async def test_a_flood_past_the_history_refuses_the_recovery(start_node: Any, js: Driver) -> None:
-    """When the history dropped a message the client missed, it gets a fresh session (not
-    the rest of its messages), and its old socket leaves its rooms at once."""
-    server: Server = await start_node(**RECOVERY, **{"recovery.max_packets": 10})
-    ns = server.of("/")
-    watch = Watch(ns)
-    a, b = js.connect("a", server.url, "websocket"), js.connect("b", server.url, "websocket")
-    await connect_all(a, b)
-    await join(a, "r")
-    await join(b, "r")
-    await lose_connection(a, watch)
-    await publish(b, "r", *range(15))
-    await refused(a)
-    assert values(a) == []
-    assert ns.rooms() == {"r": 1}
-    leaks_nothing(server)
-    assert server.stats.recoveries_refused == {recovery.HISTORY_EVICTED: 1}
-
-
-@pytest.mark.parametrize(
-    ("pid", "reason"),
-    [
-        ("forged", recovery.UNKNOWN_SESSION),
-        (None, recovery.UNKNOWN_SESSION),  # shaped like one of this node's, never issued
-        ("other", recovery.OTHER_NODE),  # a session another node holds
-    ],
-)
-async def test_an_unknown_pid_gets_a_fresh_session(
-    start_node: Any, js: Driver, pid: str | None, reason: str
-) -> None:
-    """A pid that names no session kept here gets a fresh session, counted by reason."""
-    server: Server = await start_node(**RECOVERY)
-    if pid is None:
-        pid = (await _some_pid(server, js))[:8] + "A" * 16
-    elif pid == "other":
-        pid = "B" * 8 + "A" * 16
-    c = js.connect("c", server.url, "websocket", auth={"pid": pid, "offset": "whatever"})
-    event = await c.connected()
-    assert event["recovered"] is False
-    assert server.stats.recoveries_refused == {reason: 1}
-    assert server.stats.recoveries_attempted == 1
-
-
-async def _some_pid(server: Server, js: Driver) -> str:
-    """A pid this node issued (to a client that then leaves for good)."""
-    d = js.connect("d", server.url, "websocket")
-    event = await d.connected()
-    d.disconnect()
-    pid: str = event["pid"]
-    return pid
-
-
-@pytest.mark.parametrize("offset", ["foreign", "garbage", "ahead"])
-async def test_an_offset_this_node_never_gave_gets_a_fresh_session(
-    start_node: Any, js: Driver, offset: str
-) -> None:
-    """A kept session presented with another node's offset, with something that is no
-    offset, or with one this node never gave: a fresh session, and the kept one released
-    (its client cannot recover it any more)."""
-    server: Server = await start_node(**RECOVERY)
-    ns = server.of("/")
-    watch = Watch(ns)
-    a = js.connect("a", server.url, "websocket")
-    event = await a.connected()
-    await join(a, "r")
-    await lose_connection(a, watch)
-    tag = tag_of_sid(a.sid)
-    assert tag is not None
-    presented = {
-        "foreign": offset_text(node_tag("elsewhere", 1), 1),
-        "garbage": "not an offset",
-        "ahead": offset_text(tag, 10**6),
-    }[offset]
-    c = js.connect("c", server.url, "websocket", auth={"pid": event["pid"], "offset": presented})
-    assert (await c.connected())["recovered"] is False
-    reason = {
-        "foreign": recovery.FOREIGN_OFFSET,
-        "garbage": recovery.INVALID_OFFSET,
-        "ahead": recovery.UNKNOWN_OFFSET,
-    }[offset]
-    await wait_until(lambda: not ns.rooms(), what="the ghost to leave its rooms")
-    leaks_nothing(server)
-    await refused(a)
-    assert server.stats.recoveries_refused == {reason: 1, recovery.UNKNOWN_SESSION: 1}
-
-
-async def test_deliberate_disconnects_are_not_kept(start_node: Any, js: Driver) -> None:
-    """A client's ``disconnect()`` and a server's ``socket.disconnect()`` end the session for
-    good: nothing is kept, a later pid is unknown."""
-    server: Server = await start_node(**RECOVERY)
-    ns = server.of("/")
-    watch = Watch(ns)
-    a, b = js.connect("a", server.url, "websocket"), js.connect("b", server.url, "websocket")
-    await connect_all(a, b)
-    await join(a, "r")
-    await join(b, "r")
-    a.disconnect()
-    assert await watch.lost(a.sid) == "client namespace disconnect"
-    (await watch.socket(b.sid)).disconnect()
-    assert await watch.lost(b.sid) == "server namespace disconnect"
-    await wait_until(lambda: not ns.rooms(), what="the rooms to empty")
-    leaks_nothing(server)
-
-
-async def test_recovery_off_changes_nothing(start_node: Any, js: Driver) -> None:
-    """Without recovery no pid is issued, no offset added, nothing kept."""
-    server: Server = await start_node(**{"namespaces./.publish": "any"})
-    watch = Watch(server.of("/"))
-    a, b = js.connect("a", server.url, "websocket"), js.connect("b", server.url, "websocket")
-    assert (await a.connected())["pid"] is None
-    await connect_all(b)
-    await join(a, "r")
-    await publish(b, "r", 1)
-    await got(a, 1)
-    assert a.received("chat") == [[1]]
-    await lose_connection(a, watch)
-    assert server.stats.sessions_kept == 0
-    a.reconnect()
-    assert (await a.reconnected())["recovered"] is False
-    assert server.stats.recoveries_attempted == 0
-
-
 async def test_a_client_back_before_the_node_noticed_takes_its_session_over(
     start_node: Any, js: Driver
 ) -> None:
@@ -546,22 +344,19 @@ async def test_a_client_back_before_the_node_noticed_takes_its_session_over(
     assert server.stats.recoveries_succeeded == 1
 
 
-async def test_past_max_sessions_the_oldest_kept_session_goes(start_node: Any, js: Driver) -> None:
-    """A namespace keeps at most ``max_sessions`` lost sessions: one more releases the oldest
-    (its client gets a fresh session), the others still recover."""
-    server: Server = await start_node(**RECOVERY, **{"recovery.max_sessions": 2})
-    ns = server.of("/")
-    watch = Watch(ns)
-    clients = [js.connect(n, server.url, "websocket") for n in "abc"]
-    await connect_all(*clients)
-    for client in clients:
-        await join(client, "r")
-    for client in clients:
-        await lose_connection(client, watch)
-    await wait_until(lambda: ns.rooms() == {"r": 2}, what="the oldest ghost to leave")
-    assert (server.stats.sessions_kept, server.stats.sessions_dropped) == (2, 1)
-    a, b, c = clients
-    await refused(a)
-    await recover(b)
-    await recover(c)
-    leaks_nothing(server)
+async def test_an_app_turns_recovery_on_for_its_own_namespace(start_node: Any, js: Driver) -> None:
+    """An app namespace the config does not declare takes ``[recovery]``, or what the app
+    sets before clients connect; its direct emits are replayed."""
+
+    def setup(server: Server) -> None:
+        server.of("/app").recovery = RecoverySettings(enabled=True)
+
+    server: Server = await start_node(setup=setup)
+    assert server.of("/").history is None and server.of("/other").history is None
+    watch = Watch(server.of("/app"))
+    a = js.connect("a", server.url, "websocket", namespace="/app")
+    await connect_all(a)
+    await lose_connection(a, watch)
+    server.of("/app").to(a.sid).emit("chat", "while away")
+    await recover(a)
+    await got(a, "while away")

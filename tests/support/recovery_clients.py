@@ -1,11 +1,22 @@
 """What the connection state recovery tests do with official clients (``js_harness``):
-publish through the relay, read what a client received and the offsets it kept."""
+publish through the relay, read what a client received and the offsets it kept, lose a
+client's connection and reconnect it; and, for an in-process node, watch its namespace.
+
+A node keeps the session of a client that lost its connection before its ``disconnect``
+handler runs (:meth:`Watch.lost`); tests of nodes in other processes wait for
+``sessions_kept`` in ``/admin/stats`` instead.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from roomcast.ids import NodeTag, parse_offset
+from roomcast.node import recovery
+from roomcast.node.server import Server
+from roomcast.node.sockets import Namespace, Socket
 from support.js_harness import JsClient
 
 
@@ -59,3 +70,56 @@ async def refused(client: JsClient, nth: int = 1) -> dict[str, Any]:
     assert event["recovered"] is False, event
     assert event["sid"] != old
     return event
+
+
+class Watch:
+    """The server side of one namespace: every connect and disconnect, in order, awaitable
+    (a recovered socket connects again under the same sid)."""
+
+    def __init__(self, ns: Namespace) -> None:
+        self.connects: list[Socket] = []
+        self.disconnects: list[tuple[str, str]] = []
+        self._changed = asyncio.Condition()
+        ns.on("connect", self._connect)
+        ns.on("disconnect", self._disconnect)
+
+    async def _connect(self, socket: Socket, auth: Any) -> None:
+        if not socket.recovered:
+            socket.data["first seen"] = len(self.connects)
+        async with self._changed:
+            self.connects.append(socket)
+            self._changed.notify_all()
+
+    async def _disconnect(self, socket: Socket, reason: str) -> None:
+        async with self._changed:
+            self.disconnects.append((socket.sid, reason))
+            self._changed.notify_all()
+
+    async def _until(self, done: Callable[[], bool]) -> None:
+        async with asyncio.timeout(5), self._changed:
+            await self._changed.wait_for(done)
+
+    async def lost(self, sid: str, nth: int = 0) -> str:
+        """The reason of ``sid``'s ``nth`` disconnect (once its handler ran, the node has
+        decided whether to keep the session)."""
+        await self._until(lambda: sum(1 for s, _ in self.disconnects if s == sid) > nth)
+        return [r for s, r in self.disconnects if s == sid][nth]
+
+    async def socket(self, sid: str, nth: int = 0) -> Socket:
+        """The server-side socket of ``sid``'s ``nth`` connect."""
+        await self._until(lambda: sum(1 for s in self.connects if s.sid == sid) > nth)
+        return [s for s in self.connects if s.sid == sid][nth]
+
+
+async def lose_connection(client: JsClient, watch: Watch, nth: int = 0, how: str = "close") -> None:
+    """Cut the client's connection and wait until the node has kept its session."""
+    client.cut(how)
+    reason = await watch.lost(client.sid, nth)
+    assert reason in recovery.RECOVERABLE, reason
+    await client.disconnected(nth)
+
+
+def leaks_nothing(server: Server) -> None:
+    """No session kept, no ghost left."""
+    assert server.stats.sessions_kept == 0
+    assert not any(ns.ghosts for ns in server.namespaces())
