@@ -205,3 +205,28 @@ async def test_past_max_sessions_the_oldest_kept_session_goes(start_node: Any, j
     await recover(b)
     await recover(c)
     leaks_nothing(server)
+
+
+async def test_after_a_refusal_the_fresh_session_recovers_despite_the_old_offset(
+    start_node: Any, js: Driver
+) -> None:
+    """socket.io-client keeps its old session's last offset in the fresh one until a first
+    event: that offset, older than the new socket, means it missed everything since the new
+    socket connected, so losing the fresh session before any event still recovers it."""
+    server: Server = await start_node(**RECOVERY, **{"recovery.max_packets": 3})
+    ns = server.of("/")
+    watch = Watch(ns)
+    a, b = js.connect("a", server.url, "websocket"), js.connect("b", server.url, "websocket")
+    await connect_all(a, b)
+    await join(a, "r")
+    await publish(b, "r", "old")
+    await got(a, "old")
+    await lose_connection(a, watch)
+    await publish(b, "r", *range(5))  # past the history: the old session is refused
+    await refused(a)
+    await join(a, "r")
+    await lose_connection(a, watch, 1)
+    await publish(b, "r", "new")
+    await recover(a, 2)
+    await got(a, "new")
+    assert values(a) == ["old", "new"]

@@ -112,9 +112,11 @@ class Watch:
 
 
 async def lose_connection(client: JsClient, watch: Watch, nth: int = 0, how: str = "close") -> None:
-    """Cut the client's connection and wait until the node has kept its session."""
+    """Cut the client's connection (its ``nth`` disconnect) and wait until the node has kept
+    its session."""
+    lost_before = sum(1 for sid, _ in watch.disconnects if sid == client.sid)
     client.cut(how)
-    reason = await watch.lost(client.sid, nth)
+    reason = await watch.lost(client.sid, lost_before)
     assert reason in recovery.RECOVERABLE, reason
     await client.disconnected(nth)
 
