@@ -248,6 +248,20 @@ class DiscoverySettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """``[metrics]``: ``GET /metrics`` on every node and router, in Prometheus' text format."""
+
+    enabled: bool = True  #: false: the path answers 404 and the histograms are not recorded
+    path: str = "/metrics"
+    #: Who may scrape: ``"admin"``, as ``/admin/*`` (loopback peers, or the bearer token
+    #: ``node.admin_token`` when it is set, on routers too); ``"any"``: every peer.
+    access: Literal["admin", "any"] = "admin"
+    #: With ``access = "admin"``: peers in these networks (``"10.0.0.0/8"``, ``"192.0.2.7"``)
+    #: may scrape without the token too (a request relayed by a proxy or a browser still not).
+    networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class UpSettings:
     """``[up]``: the local cluster ``roomcast up`` starts."""
 
@@ -271,6 +285,7 @@ class Settings:
     bus: BusSettings = field(default_factory=BusSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     up: UpSettings = field(default_factory=UpSettings)
 
     def namespace_policy(self, name: str) -> NamespacePolicy | None:
@@ -494,6 +509,7 @@ def _check(s: Settings) -> None:
     if s.cluster.enabled and not s.discovery.routers and s.discovery.backend == "static":
         raise ConfigError("discovery.routers: static discovery needs at least one router")
     _check_consul(s.discovery.consul)
+    _check_metrics(s)
     if not s.engineio.transports:
         raise ConfigError("engineio.transports: at least one transport")
     _positive(
@@ -515,6 +531,23 @@ def _check(s: Settings) -> None:
                 re.compile(p.room_pattern)
             except re.error as exc:
                 raise ConfigError(f"namespaces.{p.name}.room_pattern: {exc}") from exc
+
+
+def _check_metrics(s: Settings) -> None:
+    path = s.metrics.path
+    if not path.startswith("/") or path.endswith("/") or "?" in path or "#" in path:
+        raise ConfigError("metrics.path: a path such as /metrics (no trailing '/')")
+    taken = ("/health", "/stats", s.node.path.rstrip("/"))
+    if path in taken or path.startswith(("/admin/", s.node.path)):
+        raise ConfigError(f"metrics.path: {path} is taken by another route")
+    for i, network in enumerate(s.metrics.networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"metrics.networks[{i}]: expected an address or a network (10.0.0.0/8), "
+                f"not {network!r}"
+            ) from None
 
 
 def _check_consul(c: ConsulSettings) -> None:

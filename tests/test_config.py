@@ -241,6 +241,9 @@ def test_unknown_keys_name_the_dotted_key(tmp_path: Path, text: str, key: str) -
         ("[bus]\nallow_open_bus = 1", "bus.allow_open_bus"),
         ("[bus]\nsecret_key_file = 1", "bus.secret_key_file"),
         ("[router]\nallowed_keys_dir = false", "router.allowed_keys_dir"),
+        ('[metrics]\naccess = "all"', "metrics.access"),
+        ('[metrics]\nnetworks = "10.0.0.0/8"', "metrics.networks"),
+        ('[metrics]\nenabled = "no"', "metrics.enabled"),
     ],
 )
 def test_bad_types_name_the_dotted_key(tmp_path: Path, text: str, key: str) -> None:
@@ -268,6 +271,13 @@ def test_bad_types_name_the_dotted_key(tmp_path: Path, text: str, key: str) -> N
         ('[namespaces."chat"]\n', "namespaces.chat"),
         ("[cluster]\nlink_timeout_ms = 250", "cluster.link_timeout_ms"),
         ("[cluster]\nmove_idle_ms = 0", "cluster.move_idle_ms"),
+        ('[metrics]\npath = "metrics"', "metrics.path"),
+        ('[metrics]\npath = "/metrics/"', "metrics.path"),
+        ('[metrics]\npath = "/admin/metrics"', "metrics.path"),
+        ('[metrics]\npath = "/socket.io/metrics"', "metrics.path"),
+        ('[metrics]\npath = "/health"', "metrics.path"),
+        ('[metrics]\nnetworks = ["10.0.0.0/33"]', "metrics.networks[0]"),
+        ('[metrics]\nnetworks = ["prometheus.local"]', "metrics.networks[0]"),
     ],
 )
 def test_bad_ranges_name_the_dotted_key(tmp_path: Path, text: str, key: str) -> None:
@@ -301,6 +311,20 @@ public_key_file = "keys/r1.key"
     assert settings.router.allowed_keys_dir == "allowed"
     assert settings.discovery.routers[0].public_key_file == "keys/r1.key"
     assert Settings().bus == config.BusSettings(False, "", "", False)
+
+
+def test_metrics_settings_load_from_file_and_environment(tmp_path: Path) -> None:
+    """``[metrics]`` loads from the file (networks as addresses or networks), and the
+    environment reaches it as any other section."""
+    settings = load_text(
+        tmp_path,
+        '[metrics]\npath = "/prom"\nnetworks = ["10.0.0.0/8", "192.0.2.7", "fd00::/8"]\n',
+        env={"ROOMCAST__METRICS__ENABLED": "false", "ROOMCAST__METRICS__ACCESS": "any"},
+    )
+    assert settings.metrics == config.MetricsSettings(
+        False, "/prom", "any", ("10.0.0.0/8", "192.0.2.7", "fd00::/8")
+    )
+    assert Settings().metrics == config.MetricsSettings(True, "/metrics", "admin", ())
 
 
 @pytest.mark.parametrize(
