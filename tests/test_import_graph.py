@@ -4,7 +4,8 @@ The graph is built from the source text (``ast``), so every import counts: modul
 those inside functions, and those under ``if TYPE_CHECKING:`` alike. The layers, lowest first:
 
 0. ``roomcast.ids``, ``roomcast.errors``: names and errors everything shares;
-1. ``roomcast.protocol`` (pure Engine.IO / Socket.IO), ``roomcast.config``;
+1. ``roomcast.protocol`` (pure Engine.IO / Socket.IO), ``roomcast.config``, ``roomcast.access``
+   (who may read the operator surfaces);
 2. ``roomcast.cluster``, ``roomcast.router``: the bus;
 3. ``roomcast.discovery``, ``roomcast.emitter``: what finds routers and nodes, what publishes
    without being a node;
@@ -31,6 +32,7 @@ LAYERS: list[tuple[str, int]] = [
     ("roomcast.errors", 0),
     ("roomcast.protocol", 1),
     ("roomcast.config", 1),
+    ("roomcast.access", 1),
     ("roomcast.cluster", 2),
     ("roomcast.router", 2),
     ("roomcast.discovery", 3),

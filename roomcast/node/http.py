@@ -1,21 +1,21 @@
 """The node's HTTP surface besides Engine.IO: ``/health`` and the admin API.
 
 ``/admin/*`` answers loopback clients only, unless ``node.admin_token`` is set, in which case it
-needs that token as a bearer token (the CLI sends it). Requests after a connection's first
-(keep-alive) get the edge's head limit here (:meth:`NodeHTTP._edge_guard`); the first one got
-it from the listener (:mod:`roomcast.node.listener`). Everything here is a read of the node's
+needs that token as a bearer token (the CLI sends it): the admin rule of :mod:`roomcast.access`.
+Requests after a connection's first (keep-alive) get the edge's head limit here
+(:meth:`NodeHTTP._edge_guard`); the first one got it from the listener
+(:mod:`roomcast.node.listener`). Everything here is a read of the node's
 state (its registry and its replica of the cluster) except ``POST /admin/drain``.
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from roomcast.access import admin_refusal
 from roomcast.cluster.routing import Target
 from roomcast.config import Settings
 from roomcast.ids import namespace_name
@@ -114,22 +114,15 @@ class NodeHTTP:
 
     @web.middleware
     async def _admin_guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """``/admin/*`` needs ``node.admin_token`` as a bearer token. Without a token set, it
-        answers loopback clients only, and not requests a browser or a proxy relays (they
-        carry ``Origin`` or forwarding headers) nor ones whose ``Host`` is not a loopback
-        name (a page of another site that rebound its DNS name to 127.0.0.1): a web page
+        """``/admin/*`` follows the admin rule (:mod:`roomcast.access`): ``node.admin_token``
+        as a bearer token, or without a token set, loopback clients only, and not requests a
+        browser or a proxy relays nor ones whose ``Host`` is not a loopback name: a web page
         open on the node's host must not be able to drain it."""
         if request.path.startswith("/admin/"):
-            token = self.server.settings.node.admin_token
-            if token:
-                given = request.headers.get("Authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                    return web.json_response({"error": "unauthorized"}, status=401)
-            elif (
-                not _is_loopback(request.remote)
-                or not _is_loopback_host(request.headers.get("Host", ""))
-                or any(h in request.headers for h in _RELAYED)
-            ):
+            refused = admin_refusal(request, self.server.settings.node.admin_token)
+            if refused == 401:
+                return web.json_response({"error": "unauthorized"}, status=401)
+            if refused is not None:
                 return web.json_response({"error": "admin API is loopback-only"}, status=403)
         return await handler(request)
 
@@ -231,33 +224,9 @@ class NodeHTTP:
         return web.json_response(body)
 
 
-#: Headers that mark a request a browser or a proxy relayed.
-_RELAYED = ("Origin", "X-Forwarded-For", "X-Forwarded-Host", "Forwarded", "X-Real-IP")
-
-
 def head_bytes(request: web.BaseRequest) -> int:
     """The size of ``request``'s line and headers as sent (give or take the spaces)."""
     size = len(request.method) + len(request.raw_path) + 12  # "GET / HTTP/1.1\r\n"
     for name, value in request.raw_headers:
         size += len(name) + len(value) + 4  # ": " and "\r\n"
     return size
-
-
-def _is_loopback_host(host: str) -> bool:
-    """Whether a ``Host`` header names this machine's loopback: ``localhost`` (or a name under
-    it), a loopback address, with or without a port."""
-    if host.startswith("["):  # an IPv6 literal, [::1]:port
-        name = host[1 : host.find("]")] if "]" in host else ""
-    else:
-        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    name = name.lower().rstrip(".")
-    return name == "localhost" or name.endswith(".localhost") or _is_loopback(name)
-
-
-def _is_loopback(address: str | None) -> bool:
-    if not address:
-        return False
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
