@@ -5,7 +5,7 @@ those inside functions, and those under ``if TYPE_CHECKING:`` alike. The layers,
 
 0. ``roomcast.ids``, ``roomcast.errors``: names and errors everything shares;
 1. ``roomcast.protocol`` (pure Engine.IO / Socket.IO), ``roomcast.config``, ``roomcast.access``
-   (who may read the operator surfaces);
+   (who may read the operator surfaces), ``roomcast.metrics`` (what /metrics shares);
 2. ``roomcast.cluster``, ``roomcast.router``: the bus;
 3. ``roomcast.discovery``, ``roomcast.emitter``: what finds routers and nodes, what publishes
    without being a node;
@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, int]] = [
     ("roomcast.protocol", 1),
     ("roomcast.config", 1),
     ("roomcast.access", 1),
+    ("roomcast.metrics", 1),
     ("roomcast.cluster", 2),
     ("roomcast.router", 2),
     ("roomcast.discovery", 3),

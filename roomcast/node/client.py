@@ -94,9 +94,17 @@ class Client:
         """``"polling"`` or ``"websocket"``."""
         return self.conn.transport_name
 
+    def send(self, frames: Frames, volatile: bool = False) -> bool:
+        """Send a pre-built packet to this client only (not a broadcast's delivery); returns
+        whether it was queued."""
+        if self.conn.write(frames, volatile):
+            self._services.stats.direct_out += 1
+            return True
+        return False
+
     def send_packet(self, packet: sio.Packet) -> None:
         """Encode and send one Socket.IO packet to this client only."""
-        self.conn.write(Frames(sio.encode(packet)))
+        self.send(Frames(sio.encode(packet)))
 
     def close(
         self, reason: str, detail: str = "", *, flush: bool = False, code: int | None = None

@@ -107,6 +107,8 @@ class ClusterAdapter(LocalAdapter):
             self.bus.unsubscribe(wire.room_topic(namespace, room))
         if joined:
             timeout = self.member.join_timeout
+            loop = asyncio.get_running_loop()
+            start = loop.time()
             try:
                 await asyncio.gather(
                     *(self.bus.subscribe(wire.room_topic(namespace, r), timeout) for r in joined)
@@ -116,6 +118,8 @@ class ClusterAdapter(LocalAdapter):
                 # set (ZeroMQ sends it when a router comes back); other nodes' messages wait
                 # for that. Serving local clients beats failing their joins.
                 log.warning("rooms %s of %s joined without a live router", joined, namespace)
+            if self.stats.join_seconds is not None:
+                self.stats.join_seconds.observe(loop.time() - start)
 
     async def namespace_entered(self, namespace: Namespace) -> None:
         try:
@@ -160,23 +164,24 @@ class ClusterAdapter(LocalAdapter):
             return
         self.received_rooms += 1
         recipients = ns.recipients(msg.rooms, msg.except_rooms, msg.except_sids)
-        if not recipients:
-            return
-        frames = Frames.from_ws(msg.ws)
-        history = ns.history
-        try:
-            if history is None:
-                self.stats.messages_out += write_each(recipients, frames, msg.volatile)
-            else:
-                # Numbered by this node, as it writes it: re-framed once here, for every
-                # recipient (the origin's offset is its own business).
-                source = (header.origin, header.incarnation, msg.msg_id)
-                to = (msg.rooms, msg.except_rooms, msg.except_sids)
-                self.stats.messages_out += self.write_numbered(
-                    history, recipients, frames, msg.volatile, to, source
-                )
-        except ValueError:  # a polling recipient needs the packet, and the frames hold none
-            log.warning("undecodable frames in a room message from %s", header.origin)
+        delivered = 0
+        if recipients:
+            frames = Frames.from_ws(msg.ws)
+            history = ns.history
+            try:
+                if history is None:
+                    delivered = write_each(recipients, frames, msg.volatile)
+                else:
+                    # Numbered by this node, as it writes it: re-framed once here, for every
+                    # recipient (the origin's offset is its own business).
+                    source = (header.origin, header.incarnation, msg.msg_id)
+                    to = (msg.rooms, msg.except_rooms, msg.except_sids)
+                    delivered = self.write_numbered(
+                        history, recipients, frames, msg.volatile, to, source
+                    )
+            except ValueError:  # a polling recipient needs the packet, and the frames hold none
+                log.warning("undecodable frames in a room message from %s", header.origin)
+        self.count_broadcast(delivered, from_bus=True)
 
     # -- cluster-wide operations --------------------------------------------------------------
 
@@ -346,7 +351,9 @@ class ClusterAdapter(LocalAdapter):
         if isinstance(request, rq.FetchSockets):
             return rq.Sockets(tuple(self.snapshot(target)))
         if isinstance(request, rq.BroadcastWithAck):
-            future, collector = self.emit_with_ack(target, request.event, request.args)
+            future, collector = self.emit_with_ack(
+                target, request.event, request.args, from_bus=True
+            )
             try:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(future), request.timeout)

@@ -100,7 +100,9 @@ class EngineEndpoint:
             if request.method != "GET":
                 return http_error(eio.BAD_HANDSHAKE_METHOD)
             opened = self._open(RequestInfo.of(request), eio.TransportKind.POLLING)
-            return http_reply(eio.HttpReply.payload(opened.session.open_packet()))
+            return opened.polling.counted(
+                http_reply(eio.HttpReply.payload(opened.session.open_packet()))
+            )
         conn = self.sessions.live.get(sid)
         if conn is not None:
             conn.catch_up()  # a heartbeat deadline that passed counts, late timer or not
@@ -146,6 +148,7 @@ class EngineEndpoint:
         conn = Connection(sessions, session, info, self.new_client)
         sessions.live[session.sid] = conn
         sessions.stats.connections_opened += 1
+        sessions.stats.opened_by_transport[kind.value] += 1
         conn.start_timer()
         return conn
 
@@ -172,12 +175,14 @@ class EngineEndpoint:
         transport = request.transport
         if transport is None:
             return ws
-        link = AiohttpWebSocket(ws, transport, self.spawn)
+        link = AiohttpWebSocket(ws, transport, self.spawn, self.sessions.stats)
         if conn is not None:
             await conn.upgrade(link, transport)
         else:
             conn = self._open(RequestInfo.of(request), eio.TransportKind.WEBSOCKET)
-            transport.write(ws_text(conn.session.open_packet()))
+            opening = ws_text(conn.session.open_packet())
+            transport.write(opening)
+            self.sessions.stats.ws_bytes_out += len(opening)
             conn.attach_websocket(link)
         await link.run()
         return ws
@@ -230,7 +235,9 @@ class EngineEndpoint:
                 return True
             if not conn.can_upgrade():
                 return False
-        link = NodeWebSocket(transport, self.engine_settings.max_payload, self.closing)
+        link = NodeWebSocket(
+            transport, self.engine_settings.max_payload, self.closing, self.sessions.stats
+        )
         transport.set_protocol(link)
         response = _switching_protocols(accept)
         if conn is None:
@@ -242,7 +249,9 @@ class EngineEndpoint:
                 transport.get_extra_info("sslcontext") is not None,
             )
             conn = self._open(info, eio.TransportKind.WEBSOCKET)
-            transport.write(response + ws_text(conn.session.open_packet()))
+            opening = ws_text(conn.session.open_packet())
+            transport.write(response + opening)
+            self.sessions.stats.ws_bytes_out += len(opening)
             conn.attach_websocket(link)
             if tail:
                 link.data_received(tail)

@@ -31,6 +31,7 @@ from roomcast.protocol.frames import Frames, ws_frame, ws_text
 
 from .polling import Polling
 from .sessions import RequestInfo, Sessions
+from .stats import NodeStats
 from .upgrade import Upgrade, outbox_as_frames
 from .websocket import WebSocketLink
 
@@ -105,6 +106,11 @@ class Connection:
         """``"polling"`` or ``"websocket"``."""
         return self.session.transport.value
 
+    @property
+    def stats(self) -> NodeStats:
+        """The node's counters."""
+        return self.sessions.stats
+
     # -- writing ------------------------------------------------------------------------------
 
     def write(self, frames: Frames, volatile: bool = False) -> bool:
@@ -163,6 +169,7 @@ class Connection:
             return
         assert self._ws is not None
         self._ws.write(data)
+        self.sessions.stats.ws_bytes_out += len(data)
 
     # -- session events -----------------------------------------------------------------------
 
@@ -333,9 +340,13 @@ class Connection:
         self._upgrade = None
         self._ws = link = upgrade.link
         self._ws_transport = link.transport
+        stats = self.sessions.stats
+        stats.upgrades += 1
         outbox = self.session.take_outbox()
         if outbox:
-            link.write(outbox_as_frames(outbox))
+            frames = outbox_as_frames(outbox)
+            link.write(frames)
+            stats.ws_bytes_out += len(frames)
         self.polling.wake(eio.NOOP)
 
     def upgrade_failed(self, upgrade: Upgrade) -> None:

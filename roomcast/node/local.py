@@ -151,22 +151,24 @@ class LocalAdapter(Adapter):
         return ns.recipients(target.rooms, target.except_rooms, target.except_sids)
 
     def deliver(self, target: Target, frames: Frames) -> None:
-        """Write a packet to this node's recipients (with an offset where recovery is on)."""
+        """Write a packet to this node's recipients (a broadcast started here; with an offset
+        where recovery is on)."""
+        delivered = 0
         ns = self.sockets.namespace(target.namespace)
-        if ns is None:
-            return
-        recipients = ns.recipients(target.rooms, target.except_rooms, target.except_sids)
-        history = ns.history
-        if history is None:
-            self.stats.messages_out += write_each(recipients, frames, target.volatile)
-        elif recipients:
-            self.stats.messages_out += self.write_numbered(
-                history,
-                recipients,
-                frames,
-                target.volatile,
-                (target.rooms, target.except_rooms, target.except_sids),
-            )
+        if ns is not None:
+            recipients = ns.recipients(target.rooms, target.except_rooms, target.except_sids)
+            history = ns.history
+            if history is None:
+                delivered = write_each(recipients, frames, target.volatile)
+            elif recipients:
+                delivered = self.write_numbered(
+                    history,
+                    recipients,
+                    frames,
+                    target.volatile,
+                    (target.rooms, target.except_rooms, target.except_sids),
+                )
+        self.count_broadcast(delivered, from_bus=False)
 
     def write_numbered(
         self,
@@ -192,10 +194,10 @@ class LocalAdapter(Adapter):
         return write_each(recipients, numbered, volatile)
 
     def emit_with_ack(
-        self, target: Target, event: str, args: tuple[Any, ...]
+        self, target: Target, event: str, args: tuple[Any, ...], from_bus: bool = False
     ) -> tuple[asyncio.Future[list[Any]], Collector]:
         """Write an event with one ack id to this node's recipients; returns the collector of
-        their answers."""
+        their answers (``from_bus``: for another node's broadcast, as counted)."""
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         ns = self.sockets.namespace(target.namespace)
         if ns is None:
@@ -209,8 +211,24 @@ class LocalAdapter(Adapter):
                     member.expect_ack(ack_id, collector)
                     collector.recipients.append(member)
                     collector.expected += 1
+        self.count_broadcast(collector.expected, from_bus)
         collector.check()
         return future, collector
+
+    def count_broadcast(self, delivered: int, from_bus: bool) -> None:
+        """Count a broadcast and its ``delivered`` local deliveries (``from_bus``: another
+        node's, or an emitter's)."""
+        stats = self.stats
+        stats.messages_out += delivered
+        if from_bus:
+            stats.bus_deliveries += delivered
+            stats.bus_broadcasts += 1
+            fanout = stats.bus_fanout
+        else:
+            stats.broadcasts += 1
+            fanout = stats.fanout
+        if fanout is not None:
+            fanout.observe(delivered)
 
     def snapshot(self, target: Target) -> list[SocketInfo]:
         """This node's recipients, as snapshots (ghosts are not sockets any more)."""

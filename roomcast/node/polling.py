@@ -16,11 +16,16 @@ from aiohttp import web
 from roomcast.errors import RemoteProtocolError
 from roomcast.protocol import engineio as eio
 
+from .stats import NodeStats
+
 
 class PollingConnection(Protocol):
     """What the polling transport uses of its connection."""
 
     session: eio.EngineSession
+
+    @property
+    def stats(self) -> NodeStats: ...
 
     def close(self, reason: str, detail: str = "") -> None: ...
 
@@ -92,6 +97,8 @@ class Polling:
         except BaseException:
             session.abort_post()
             raise
+        if body is not None:
+            self.conn.stats.polling_bytes_in += len(body)
         answer, events = session.end_post(body, asyncio.get_running_loop().time())
         if answer is eio.POST_OK:
             self.conn.start_timer()  # a PONG in the body moved the heartbeat deadline
@@ -104,7 +111,14 @@ class Polling:
             answer = answer.reply
         elif answer.linger:
             self.conn.linger()
-        return http_reply(answer)
+        return self.counted(http_reply(answer))
+
+    def counted(self, response: web.Response) -> web.Response:
+        """``response``, its body counted as the session's polling traffic."""
+        body = response.body
+        if isinstance(body, bytes):
+            self.conn.stats.polling_bytes_out += len(body)
+        return response
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes | None:

@@ -117,7 +117,11 @@ class ClientLink(Protocol):
         ...
 
     def write(self, frames: Frames, volatile: bool = False) -> bool:
-        """Send a pre-built packet; returns whether it was queued."""
+        """Send a pre-built packet (a broadcast's delivery); returns whether it was queued."""
+        ...
+
+    def send(self, frames: Frames, volatile: bool = False) -> bool:
+        """Send a pre-built packet to this client only; returns whether it was queued."""
         ...
 
     def send_packet(self, packet: sio.Packet) -> None:
@@ -281,7 +285,7 @@ class Socket:
             target = Target(self.namespace.name, rooms, volatile=volatile, local=True)
             self.namespace.services.adapter.broadcast(target, Frames(enc))
             return
-        if self.conn.write(Frames(enc), volatile) and ack_id is not None and callback is not None:
+        if self.conn.send(Frames(enc), volatile) and ack_id is not None and callback is not None:
             self.conn.expect_ack(self.namespace.name, ack_id, lambda a: callback(*a))
 
     async def emit_with_ack(self, event: str, *args: Any, timeout: float | None = None) -> Any:
@@ -296,7 +300,7 @@ class Socket:
         ack_id = self.namespace.next_ack_id()
         name = self.namespace.name
         self.conn.expect_ack(name, ack_id, future)  # resolved by the ack, failed by _on_close
-        self.conn.write(Frames(sio.encode_event(name, event, args, ack_id)))
+        self.conn.send(Frames(sio.encode_event(name, event, args, ack_id)))
         try:
             result = await asyncio.wait_for(future, timeout)
         except TimeoutError:

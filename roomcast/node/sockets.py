@@ -87,6 +87,12 @@ class Namespace(Broadcasts):
     def __repr__(self) -> str:
         return f"<Namespace {self.name}>"
 
+    @property
+    def family(self) -> str:
+        """The name this namespace is counted under: its own, or for a dynamic namespace's
+        child, its parent's (the pattern: a child's name is client input)."""
+        return self.parent.name if self.parent is not None else self.name
+
     # -- registration -------------------------------------------------------------------------
 
     def on(self, event: str, handler: Handler | None = None) -> Any:
@@ -248,7 +254,9 @@ class Namespace(Broadcasts):
         sid = socket.sid
         if self.sockets.get(sid) is socket:
             del self.sockets[sid]
-            self.services.stats.sockets -= 1
+            stats = self.services.stats
+            stats.sockets -= 1
+            stats.socket_disconnects[(self.family, reason)] += 1
         if socket.pid is not None and self._pids.get(socket.pid) is socket:
             del self._pids[socket.pid]
         membership = socket.membership
@@ -340,6 +348,7 @@ class Namespace(Broadcasts):
             self._attach_recovered(socket, len(missed))
         conn.attach(socket)
         self.services.stats.sockets += 1
+        self.services.stats.socket_connects[self.family] += 1
         for frames in missed:
             conn.write(frames)  # the client handles them once it is connected, in order
         reply: dict[str, str] = {"sid": socket.sid}

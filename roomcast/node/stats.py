@@ -1,9 +1,11 @@
-"""The counters of one node, served by ``/health`` and the admin API."""
+"""The counters of one node, served by ``/health``, the admin API and ``/metrics``."""
 
 from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
+
+from roomcast.metrics import Histogram
 
 #: Why the HTTP edge refused a connection (the keys of :attr:`NodeStats.http_refused`).
 HEAD_TIMEOUT = "head timeout"
@@ -17,9 +19,34 @@ class NodeStats:
     """Counters of one node (every part of the node that counts is handed this object)."""
 
     connections_opened: int = 0
+    #: Sessions opened, by the transport they opened on (``polling``, ``websocket``).
+    opened_by_transport: collections.Counter[str] = field(default_factory=collections.Counter)
+    upgrades: int = 0  #: polling sessions upgraded to a WebSocket
     sockets: int = 0
+    #: Socket.IO connects and disconnects (with their reason), by namespace: a dynamic
+    #: namespace's children count under their parent's name, never under a client's.
+    socket_connects: collections.Counter[str] = field(default_factory=collections.Counter)
+    socket_disconnects: collections.Counter[tuple[str, str]] = field(
+        default_factory=collections.Counter
+    )
+    #: Engine.IO messages from clients (a Socket.IO packet, or one binary attachment of one).
     messages_in: int = 0
+    #: Deliveries: broadcast packets written to this node's sockets, whoever broadcast them...
     messages_out: int = 0
+    #: ... of which broadcasts that came by the bus (from another node, or an emitter).
+    bus_deliveries: int = 0
+    #: Broadcasts started on this node (their local recipients are in ``messages_out``)...
+    broadcasts: int = 0
+    #: ... and broadcasts from the bus delivered here (room messages and broadcasts with acks).
+    bus_broadcasts: int = 0
+    #: Packets written to one socket only: emits to it, acks, CONNECT, DISCONNECT...
+    direct_out: int = 0
+    #: Bytes of the sessions' traffic: read from and written to their WebSockets (frames, after
+    #: the handshake), and their polling requests' and answers' bodies.
+    ws_bytes_in: int = 0
+    ws_bytes_out: int = 0
+    polling_bytes_in: int = 0
+    polling_bytes_out: int = 0
     volatile_dropped: int = 0
     #: Packets for a namespace the server had disconnected (sent before the client knew).
     late_packets: int = 0
@@ -48,3 +75,8 @@ class NodeStats:
     #: Kept sessions released before their window ended: a namespace had
     #: ``recovery.max_sessions`` kept already.
     sessions_dropped: int = 0
+    #: With ``metrics.enabled``: local recipients per broadcast started here, per broadcast
+    #: from the bus, and seconds per join (None: not recorded).
+    fanout: Histogram | None = None
+    bus_fanout: Histogram | None = None
+    join_seconds: Histogram | None = None

@@ -25,6 +25,8 @@ from aiohttp import WSMsgType, web
 from roomcast.protocol import reasons
 from roomcast.protocol import websocket as wsp
 
+from .stats import NodeStats
+
 #: Seconds a closing handshake may take before the TCP connection is dropped (a close must
 #: never hang on a client that does not read).
 CLOSE_TIMEOUT = 2.0
@@ -85,12 +87,17 @@ class NodeWebSocket(asyncio.Protocol):
     connection is lost; the connection is told of the last three with ``ws_ended``.
     """
 
-    __slots__ = ("_close_timer", "_closing", "_conn", "_held", "_reader", "transport")
+    __slots__ = ("_close_timer", "_closing", "_conn", "_held", "_reader", "_stats", "transport")
 
     def __init__(
-        self, transport: asyncio.Transport, max_message_size: int, closing: ClosingWebSockets
+        self,
+        transport: asyncio.Transport,
+        max_message_size: int,
+        closing: ClosingWebSockets,
+        stats: NodeStats,
     ) -> None:
         self.transport = transport
+        self._stats = stats  # counts the bytes read
         self._reader = wsp.FrameReader(max_message_size)
         self._conn: LinkOwner | None = None  # None once closing (or closed)
         self._close_timer: asyncio.TimerHandle | None = None
@@ -121,6 +128,7 @@ class NodeWebSocket(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        self._stats.ws_bytes_in += len(data)
         for event in self._reader.feed(data):
             if isinstance(event, str | bytes):
                 conn = self._conn
@@ -227,15 +235,17 @@ class ClosingWebSockets:
 class AiohttpWebSocket:
     """A WebSocket aiohttp reads and writes (see the module's docstring for when)."""
 
-    __slots__ = ("_closing", "_conn", "_spawn", "transport", "ws")
+    __slots__ = ("_closing", "_conn", "_spawn", "_stats", "transport", "ws")
 
     def __init__(
         self,
         ws: web.WebSocketResponse,
         transport: asyncio.Transport,
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
+        stats: NodeStats,
     ) -> None:
         self.ws = ws
+        self._stats = stats  # counts the bytes read (aiohttp reads the frames: their payloads)
         self.transport = transport
         self._spawn = spawn
         self._closing: asyncio.Task[Any] | None = None
@@ -270,7 +280,11 @@ class AiohttpWebSocket:
         ws = self.ws
         try:
             async for msg in ws:
-                if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                if msg.type is WSMsgType.TEXT:
+                    self._stats.ws_bytes_in += len(msg.data.encode())
+                    conn.ws_message(self, msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    self._stats.ws_bytes_in += len(msg.data)
                     conn.ws_message(self, msg.data)
                 elif msg.type is WSMsgType.ERROR:
                     # aiohttp has sent its close frame with the error's code already.
