@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -28,6 +29,8 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from roomcast.access import MetricsAccess
+
+K = TypeVar("K", bound=tuple[str, ...])  #: label values, one per label
 
 #: Seconds a join may take: from a room this node already holds (no subscription: ~0) to the
 #: proof of a new subscription through a router, and to ``cluster.join_timeout_ms`` (5 s).
@@ -102,8 +105,18 @@ def labelled_counter(
     return family
 
 
+def counter_by(
+    name: str, doc: str, labels: Sequence[str], values: Mapping[K, float]
+) -> CounterMetricFamily:
+    """A counter with several labels: one series per key (a tuple of label values)."""
+    family = CounterMetricFamily(name, doc, labels=list(labels))
+    for key in sorted(values):
+        family.add_metric(list(key), values[key])
+    return family
+
+
 def labelled_gauge(
-    name: str, doc: str, labels: Sequence[str], values: Mapping[tuple[str, ...], float]
+    name: str, doc: str, labels: Sequence[str], values: Mapping[K, float]
 ) -> GaugeMetricFamily:
     """A gauge with labels: one series per key (a tuple of label values)."""
     family = GaugeMetricFamily(name, doc, labels=list(labels))

@@ -1,4 +1,4 @@
-"""The node's HTTP surface besides Engine.IO: ``/health`` and the admin API.
+"""The node's HTTP surface besides Engine.IO: ``/health``, the admin API and ``/metrics``.
 
 ``/admin/*`` answers loopback clients only, unless ``node.admin_token`` is set, in which case it
 needs that token as a bearer token (the CLI sends it): the admin rule of :mod:`roomcast.access`.
@@ -14,8 +14,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
-from roomcast.access import admin_refusal
+from roomcast import metrics
+from roomcast.access import MetricsAccess, admin_refusal
 from roomcast.cluster.routing import Target
 from roomcast.config import Settings
 from roomcast.ids import namespace_name
@@ -40,6 +42,7 @@ class AdminNode(Protocol):
     endpoint: EngineEndpoint
     namespace_registry: Namespaces
     draining: bool
+    metrics_registry: CollectorRegistry | None
 
     @property
     def connections(self) -> dict[str, Connection]: ...
@@ -84,6 +87,11 @@ class NodeHTTP:
         app.router.add_get("/admin/room", self._admin_room)
         app.router.add_get("/admin/cluster", self._admin_cluster)
         app.router.add_post("/admin/drain", self._admin_drain)
+        registry = self.server.metrics_registry
+        if registry is not None:
+            settings = self.server.settings
+            access = MetricsAccess(settings.metrics, settings.node.admin_token)
+            app.router.add_get(settings.metrics.path, metrics.handler(registry, access))
         return app
 
     @web.middleware

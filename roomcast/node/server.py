@@ -29,9 +29,12 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.log import server_logger as web_logger
+from prometheus_client import CollectorRegistry
 
+from roomcast import metrics
 from roomcast.config import Settings
 from roomcast.ids import NodeId, node_tag
+from roomcast.metrics import Histogram
 from roomcast.protocol import reasons
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.sio_session import SessionLimits
@@ -48,6 +51,7 @@ from .health import Health
 from .http import build_app
 from .listener import Listener, PeerErrors, handler_args, tls_context
 from .local import LocalAdapter
+from .metrics import NodeCollector
 from .namespaces import Namespaces
 from .sessions import Sessions
 from .sockets import Namespace, NamespaceMatcher, NamespaceServices
@@ -106,6 +110,7 @@ class Server(Broadcasts):
         #: Requests for other nodes' sessions go there (``cluster.forward_requests``).
         self.forwarder = self._make_forwarder()
         #: The Engine.IO endpoint: handshakes, polling, WebSocket.
+        self.metrics_registry = self._make_metrics()
         self.endpoint = EngineEndpoint(
             self.settings,
             self.sessions,
@@ -118,6 +123,18 @@ class Server(Broadcasts):
         self.app = build_app(self)
         for policy in self.settings.namespaces:
             relay.install(self.of(policy.name), policy, limits)
+
+    def _make_metrics(self) -> CollectorRegistry | None:
+        """The registry ``/metrics`` serves, and the histograms it needs recorded (None and
+        none with ``metrics.enabled`` false)."""
+        if not self.settings.metrics.enabled:
+            return None
+        stats = self.stats
+        stats.fanout = Histogram(metrics.FANOUT_BUCKETS)
+        if self.settings.cluster.enabled:
+            stats.bus_fanout = Histogram(metrics.FANOUT_BUCKETS)
+            stats.join_seconds = Histogram(metrics.JOIN_BUCKETS)
+        return metrics.registry(NodeCollector(self))
 
     def _make_forwarder(self) -> Forwarder | None:
         s = self.settings
