@@ -101,6 +101,8 @@ def cmd_router(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         from roomcast.discovery import ServiceInstance, make_discovery
+        from roomcast.discovery.metrics import discovery_metrics
+        from roomcast.metrics import FunctionCollector
 
         async with (
             Router(
@@ -113,9 +115,16 @@ def cmd_router(args: argparse.Namespace) -> int:
                 advertise_host=r.advertise_host,
                 curve=keys,
                 allow_open_bus=settings.bus.allow_open_bus,
+                metrics_settings=settings.metrics,
+                admin_token=settings.node.admin_token,
             ) as router,
             make_discovery(settings) as discovery,
         ):
+            if router.metrics_registry is not None:
+                backend = settings.discovery.backend
+                router.metrics_registry.register(
+                    FunctionCollector(lambda: discovery_metrics(discovery, backend))
+                )
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, router.reload_allowed_keys)
             # Consul: announced with its endpoints, deregistered on the way out (static: no-op).
             await discovery.register(

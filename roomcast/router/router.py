@@ -1,4 +1,4 @@
-"""The router: our own XSUB -> XPUB forwarding loop, with stats and a health endpoint.
+"""The router: our own XSUB -> XPUB forwarding loop, with stats, metrics and a health endpoint.
 
 Nodes' PUB sockets connect to the XSUB side, their SUB sockets to the XPUB side. The XSUB side
 subscribes to everything, so each node publishes each message to the router once; the XPUB side
@@ -33,13 +33,17 @@ from typing import Any, cast
 
 import zmq
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from roomcast import metrics
+from roomcast.access import MetricsAccess
 from roomcast.cluster import wire
 from roomcast.cluster.curve import ServerKeys
-from roomcast.config import refuse_open_bus
+from roomcast.config import MetricsSettings, refuse_open_bus
 from roomcast.errors import ConfigError
 
 from .guard import Guard
+from .metrics import router_metrics
 
 log = logging.getLogger("roomcast.router")
 
@@ -77,6 +81,8 @@ class Router:
         advertise_host: str = "",
         curve: ServerKeys | None = None,
         allow_open_bus: bool = False,
+        metrics_settings: MetricsSettings | None = None,
+        admin_token: str = "",
     ) -> None:
         refuse_open_bus("router.host", host, curve=curve is not None, allow_open_bus=allow_open_bus)
         self.host = host
@@ -103,6 +109,16 @@ class Router:
         self._stopped: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        #: ``/metrics`` (None without it: ``metrics.enabled`` false, or no settings given);
+        #: whoever runs the router may register more collectors (its discovery view).
+        self.metrics_registry: CollectorRegistry | None = None
+        self._metrics_route: tuple[str, MetricsAccess] | None = None
+        if metrics_settings is not None and metrics_settings.enabled:
+            self.metrics_registry = metrics.registry(
+                metrics.FunctionCollector(lambda: router_metrics(self))
+            )
+            access = MetricsAccess(metrics_settings, admin_token)
+            self._metrics_route = (metrics_settings.path, access)
 
     @property
     def xsub_endpoint(self) -> str:
@@ -161,6 +177,9 @@ class Router:
             app = web.Application()
             app.router.add_get("/health", self._health)
             app.router.add_get("/stats", self._stats)
+            if self.metrics_registry is not None and self._metrics_route is not None:
+                path, access = self._metrics_route
+                app.router.add_get(path, metrics.handler(self.metrics_registry, access))
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.host, self.http_port, reuse_address=True)
