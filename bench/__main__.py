@@ -3,7 +3,7 @@ cluster of two, scaled out to more nodes, and how fast they take connections; an
 roomcast's forwarding costs behind a load balancer with no affinity.
 
     python -m bench [--scenario single,cluster,scaleout,connect,balancer]
-                    [--servers roomcast,roomcast-curve,node,python-socketio]
+                    [--servers roomcast,roomcast-nometrics,roomcast-curve,node,python-socketio]
                     [--clients 1000] [--rooms 100] [--duration 10] [--modes max,rate]
                     [--rate 30] [--window 8] [--workers 1] [--repeat 1] [--profile DIR]
                     [--nodes 2] [--spread 0] [--joins 200]
@@ -17,7 +17,9 @@ size through the relay's ``join`` event, and makes the first member of each room
 the ``publish`` event. Every other member (publishers never receive their own messages, on any
 server) records the latency from the message's send timestamp. Five scenarios (all by default):
 
-* ``single``: one server process (roomcast, Node socket.io@4, python-socketio).
+* ``single``: one server process (roomcast, Node socket.io@4, python-socketio), and roomcast
+  with ``metrics.enabled = false`` (roomcast-nometrics: the table then says what metrics cost
+  on the hot path, CPU per delivery with and without).
 * ``cluster``: ``--nodes`` (2) server processes and what connects them. roomcast: the nodes and
   1 router (``python -m roomcast router`` / ``node``, with a cluster.toml of free ports written
   to a temporary directory); roomcast-curve: the same with CURVE on the bus (keys made for the
@@ -108,7 +110,7 @@ from bench.report import (
     print_scaleout,
     print_table,
 )
-from bench.servers import CLUSTER_ONLY, CLUSTER_SERVERS, JS_DIR, SINGLE_SERVERS
+from bench.servers import CLUSTER_ONLY, CLUSTER_SERVERS, JS_DIR, SINGLE_ONLY, SINGLE_SERVERS
 
 SCENARIOS = ("single", "cluster", "scaleout", "connect", "balancer")
 
@@ -131,9 +133,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--servers",
-        default="roomcast,roomcast-curve,node,python-socketio",
+        default="roomcast,roomcast-nometrics,roomcast-curve,node,python-socketio",
         help="servers to run (cluster and scaleout run roomcast and node only; roomcast-curve, "
-        "roomcast with CURVE on its bus, runs in the cluster scenario only)",
+        "roomcast with CURVE on its bus, runs in the cluster scenario only; roomcast-nometrics, "
+        "roomcast with metrics off, in the single scenario only)",
     )
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--rooms", type=int, default=100)
@@ -241,7 +244,11 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, int]] | None:
     runs: list[tuple[str, str, int]] = []
     for scenario in args.scenarios:
         if scenario in ("single", "connect"):
-            runs += [(scenario, name, 0) for name in args.servers if name in SINGLE_SERVERS]
+            runs += [
+                (scenario, name, 0)
+                for name in args.servers
+                if name in SINGLE_SERVERS and (scenario == "single" or name not in SINGLE_ONLY)
+            ]
             continue
         if scenario == "balancer":
             if "roomcast" in args.servers:
@@ -255,7 +262,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, int]] | None:
             if name in CLUSTER_SERVERS and (scenario == "cluster" or name not in CLUSTER_ONLY)
         ]
         for name in args.servers:
-            if name not in servers and name not in CLUSTER_ONLY:
+            if name not in servers and name not in (*CLUSTER_ONLY, *SINGLE_ONLY):
                 print(f"{scenario}: {name} is not part of this scenario", file=sys.stderr)
         counts = args.scale_counts if scenario == "scaleout" else [args.nodes]
         # Node counts outermost: both servers of one count run close together in time.

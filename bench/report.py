@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 LABELS = {
     ("cluster", "roomcast"): "roomcast 2+rtr",
     ("cluster", "roomcast-curve"): "roomcast CURVE",
+    ("single", "roomcast-nometrics"): "roomcast no-metr",
     ("cluster", "node"): "node 2+redis",
     ("balancer", "poll-pinned"): "polling pinned",
     ("balancer", "poll-balanced"): "polling balanced",
@@ -262,7 +263,10 @@ def print_table(args: argparse.Namespace, rows: list[Row]) -> None:
         columns = COLUMNS[scenario]
         print()
         if scenario == "single":
-            print("SINGLE: one server process.")
+            print(
+                "SINGLE: one server process (roomcast no-metr = roomcast with "
+                "metrics.enabled = false)."
+            )
         else:
             print(
                 "CLUSTER: 2 nodes. roomcast 2+rtr = 2 roomcast nodes + 1 router (ZeroMQ); "
@@ -284,6 +288,8 @@ def print_table(args: argparse.Namespace, rows: list[Row]) -> None:
             for row in summary:
                 print(f"  srv CPU of {row.label} {row.mode}: {format_cpu_parts(row)}")
             print_curve_cost(summary)
+        else:
+            print_metrics_cost(summary)
     print()
     print(
         "max: closed loop, --window messages in flight per room; rate: open loop, --rate per room."
@@ -295,20 +301,20 @@ def print_table(args: argparse.Namespace, rows: list[Row]) -> None:
     print("system calls per delivered message (below 1: frames to one client were coalesced).")
 
 
-def curve_cost(open_row: Row, curve_row: Row) -> str:
-    """What CURVE on the bus cost in one phase: CPU per delivery and latency, against the
-    open bus of the same run."""
+def variant_cost(base: Row, variant: Row) -> str:
+    """What a variant of a server cost in one phase against the base of the same run (CURVE
+    against an open bus, metrics on against off): CPU per delivery and latency."""
     parts = []
-    if open_row.cpu_us_per_delivery and curve_row.cpu_us_per_delivery:
-        ratio = curve_row.cpu_us_per_delivery / open_row.cpu_us_per_delivery
+    if base.cpu_us_per_delivery and variant.cpu_us_per_delivery:
+        ratio = variant.cpu_us_per_delivery / base.cpu_us_per_delivery
         parts.append(
-            f"CPU µs/deliv {_num(open_row.cpu_us_per_delivery)} -> "
-            f"{_num(curve_row.cpu_us_per_delivery)} ({(ratio - 1) * 100:+.0f}%)"
+            f"CPU µs/deliv {_num(base.cpu_us_per_delivery)} -> "
+            f"{_num(variant.cpu_us_per_delivery)} ({(ratio - 1) * 100:+.1f}%)"
         )
-    parts.append(f"deliv/s {_int(open_row.delivered_per_s)} -> {_int(curve_row.delivered_per_s)}")
+    parts.append(f"deliv/s {_int(base.delivered_per_s)} -> {_int(variant.delivered_per_s)}")
     parts.append(
-        f"p50/p99 ms {_ms(open_row.p50_ms)}/{_ms(open_row.p99_ms)} -> "
-        f"{_ms(curve_row.p50_ms)}/{_ms(curve_row.p99_ms)}"
+        f"p50/p99 ms {_ms(base.p50_ms)}/{_ms(base.p99_ms)} -> "
+        f"{_ms(variant.p50_ms)}/{_ms(variant.p99_ms)}"
     )
     return ", ".join(parts)
 
@@ -319,7 +325,16 @@ def print_curve_cost(summary: list[Row]) -> None:
     for mode in ("max", "rate"):
         open_row, curve_row = rows.get(("roomcast", mode)), rows.get(("roomcast-curve", mode))
         if open_row is not None and curve_row is not None:
-            print(f"  CURVE on the bus, {mode}: {curve_cost(open_row, curve_row)}")
+            print(f"  CURVE on the bus, {mode}: {variant_cost(open_row, curve_row)}")
+
+
+def print_metrics_cost(summary: list[Row]) -> None:
+    """One line per phase comparing one roomcast node with metrics on (the default) and off."""
+    rows = {(row.server, row.mode): row for row in summary}
+    for mode in ("max", "rate"):
+        off, on = rows.get(("roomcast-nometrics", mode)), rows.get(("roomcast", mode))
+        if off is not None and on is not None:
+            print(f"  metrics off -> on, {mode}: {variant_cost(off, on)}")
 
 
 # -- the scale-out scenario -------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """A roomcast node with the default relay, as a process of its own (for ``python -m bench``).
 
-    python -m bench.roomcast_server --port 3001 [--no-uvloop] [--cprofile out.prof]
+    python -m bench.roomcast_server --port 3001 [--no-metrics] [--no-uvloop] [--cprofile out.prof]
 
-Runs until SIGINT or SIGTERM. ``--cprofile`` writes cProfile stats of the whole run on exit
-(much slower than the real thing: use it for call counts, and py-spy for where time goes).
+Runs until SIGINT or SIGTERM. ``--no-metrics`` runs it with ``metrics.enabled = false`` (what
+metrics cost on the hot path is the difference). ``--cprofile`` writes cProfile stats of the
+whole run on exit (much slower than the real thing: use it for call counts, and py-spy for
+where time goes).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from roomcast.config import Settings
 from roomcast.node.server import Server
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, metrics: bool = True) -> None:
     """Serve until a SIGINT or SIGTERM."""
-    settings = Settings().replace(**{"node.host": host, "node.port": port})
+    settings = Settings().replace(
+        **{"node.host": host, "node.port": port, "metrics.enabled": metrics}
+    )
     async with Server(settings) as server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -47,6 +51,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3001)
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's own loop")
+    parser.add_argument("--no-metrics", action="store_true", help="metrics.enabled = false")
     parser.add_argument("--cprofile", metavar="FILE", help="write cProfile stats to FILE")
     args = parser.parse_args()
     run = runner(not args.no_uvloop)
@@ -54,12 +59,12 @@ def main() -> None:
         profiler = cProfile.Profile()
         profiler.enable()
         try:
-            run(serve(args.host, args.port))
+            run(serve(args.host, args.port, not args.no_metrics))
         finally:
             profiler.disable()
             profiler.dump_stats(args.cprofile)
     else:
-        run(serve(args.host, args.port))
+        run(serve(args.host, args.port, not args.no_metrics))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ they serve, and always stop them.
 bench/sio_server.py; ``cluster`` and ``scaleout`` run a roomcast router and N nodes (with a
 cluster.toml written for them), or a redis-server and N bench/js/cluster-server.mjs; in the
 ``cluster`` scenario, ``roomcast-curve`` is the roomcast cluster with CURVE on its bus (keys
-made for the run). :func:`deploy` picks one and yields its :class:`Deployment`.
+made for the run); in the ``single`` scenario, ``roomcast-nometrics`` is the roomcast node with
+``metrics.enabled = false``. :func:`deploy` picks one and yields its :class:`Deployment`.
 """
 
 from __future__ import annotations
@@ -33,12 +34,19 @@ HOST = "127.0.0.1"
 
 SINGLE_SERVERS: dict[str, Callable[[int], list[str]]] = {
     "roomcast": lambda port: [sys.executable, "-m", "bench.roomcast_server", "--port", str(port)],
+    # The same with metrics.enabled = false: what metrics cost on the hot path.
+    "roomcast-nometrics": lambda port: [
+        sys.executable,
+        *("-m", "bench.roomcast_server", "--port", str(port), "--no-metrics"),
+    ],
     "node": lambda port: ["node", str(JS_DIR / "server.mjs"), "--port", str(port)],
     "python-socketio": lambda port: [sys.executable, "-m", "bench.sio_server", "--port", str(port)],
 }
 CLUSTER_SERVERS = ("roomcast", "roomcast-curve", "node")
 #: Servers run in the cluster scenario only (not in scaleout, to keep its run time).
 CLUSTER_ONLY = ("roomcast-curve",)
+#: Servers run in the single scenario only (not in connect).
+SINGLE_ONLY = ("roomcast-nometrics",)
 
 
 def _die_with_parent() -> None:
@@ -170,7 +178,7 @@ class Deployment:
 def single_server(name: str, log_dir: Path) -> Iterator[Deployment]:
     port = free_port()
     with started(name, SINGLE_SERVERS[name](port), log_dir, lambda: port_open(port)) as proc:
-        python = (name,) if name in ("roomcast", "python-socketio") else ()
+        python = (name,) if name in ("roomcast", "roomcast-nometrics", "python-socketio") else ()
         yield Deployment((port,), {name: proc}, python)
 
 
