@@ -92,6 +92,7 @@ def node_metrics(node: MetricsNode) -> Iterator[Metric]:
         "timeout...), the server's, or a limit (payload too large, send buffer full...).",
         "reason",
         _bounded(s.closed_by_reason, REASONS),
+        REASONS,  # every one from the start: the first close for a limit shows in increase()
     )
     yield metrics.counter(
         "roomcast_upgrades",
