@@ -16,12 +16,11 @@ import pytest
 import socketio
 from support.bad_input_harness import RawPolling, RawWebSocket
 from support.cluster_harness import wait_until
+from support.python_client_harness import NodeFactory
 from support.scrape import Scrape, scrape, scrape_status
 from support.timing import TIMEOUT
 
 from roomcast.node.server import Server
-
-NodeFactory = Any
 
 
 @contextlib.asynccontextmanager
