@@ -27,6 +27,18 @@ from .adapter import Adapter
 from .cluster import ClusterAdapter
 from .engine import Connection
 from .namespaces import Namespaces
+from .recovery import (
+    CONNECT_REFUSED,
+    CONNECTION_CLOSED,
+    FOREIGN_OFFSET,
+    HISTORY_EVICTED,
+    INVALID_OFFSET,
+    OTHER_NODE,
+    SESSION_BUSY,
+    SESSION_EXPIRED,
+    UNKNOWN_OFFSET,
+    UNKNOWN_SESSION,
+)
 from .stats import BAD_REQUEST, BODY_TIMEOUT, HEAD_TIMEOUT, HEAD_TOO_LARGE, NodeStats
 
 TRANSPORTS = ("polling", "websocket")
@@ -35,6 +47,21 @@ REASONS = frozenset(
     value for name, value in vars(reasons).items() if name.isupper() and isinstance(value, str)
 )
 HTTP_REFUSALS = frozenset((HEAD_TIMEOUT, HEAD_TOO_LARGE, BODY_TIMEOUT, BAD_REQUEST))
+#: Why a recovery was refused (``roomcast.node.recovery``'s reasons).
+RECOVERY_REFUSALS = frozenset(
+    (
+        UNKNOWN_SESSION,
+        OTHER_NODE,
+        SESSION_EXPIRED,
+        SESSION_BUSY,
+        INVALID_OFFSET,
+        FOREIGN_OFFSET,
+        UNKNOWN_OFFSET,
+        HISTORY_EVICTED,
+        CONNECT_REFUSED,
+        CONNECTION_CLOSED,
+    )
+)
 SOURCES = ("local", "bus")
 TOPIC_KINDS = frozenset(kind for kind, _ in wire.TOPIC_KINDS.values())
 _TRANSPORT_SET = frozenset(TRANSPORTS)
@@ -225,6 +252,38 @@ def node_metrics(node: MetricsNode) -> Iterator[Metric]:
         "roomcast_forwards_in_flight",
         "Forwarded polling requests waiting for their owner's answer now.",
         s.forwards_in_flight,
+    )
+    yield metrics.counter(
+        "roomcast_recoveries_attempted",
+        "CONNECTs that presented a session to recover (connection state recovery).",
+        s.recoveries_attempted,
+    )
+    yield metrics.counter(
+        "roomcast_recoveries_succeeded",
+        "Sessions recovered: same sid, rooms and data, every missed packet replayed.",
+        s.recoveries_succeeded,
+    )
+    yield metrics.labelled_counter(
+        "roomcast_recoveries_refused",
+        "Recoveries refused (the client got a fresh session), by reason.",
+        "reason",
+        _bounded(s.recoveries_refused, RECOVERY_REFUSALS),
+        RECOVERY_REFUSALS,
+    )
+    yield metrics.counter(
+        "roomcast_replayed_messages",
+        "Packets replayed to recovered clients.",
+        s.replayed_messages,
+    )
+    yield metrics.gauge(
+        "roomcast_sessions_kept",
+        "Sessions of lost connections kept for recovery now.",
+        s.sessions_kept,
+    )
+    yield metrics.counter(
+        "roomcast_sessions_dropped",
+        "Kept sessions released before their window ended (recovery.max_sessions).",
+        s.sessions_dropped,
     )
     yield metrics.gauge(
         "roomcast_node_healthy",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from support.python_client_harness import NodeFactory
 from support.scrape import Scrape, scrape, scrape_status
 from support.timing import TIMEOUT
 
+from roomcast.node.metrics import RECOVERY_REFUSALS
 from roomcast.node.server import Server
 
 
@@ -285,3 +287,43 @@ async def test_metrics_off_serves_nothing_and_records_nothing(start_node: NodeFa
     moved: Server = await start_node(**{"metrics.path": "/internal/prometheus"})
     assert (await scrape_status(metrics_url(moved)))[0] == 404
     assert (await scrape_status(moved.url + "/internal/prometheus"))[0] == 200
+
+
+async def test_recovery_counters(start_node: NodeFactory) -> None:
+    """With recovery on: a raw client whose connection is lost is kept (the gauge says 1),
+    comes back with its pid and is recovered; a forged pid is refused for its reason. The
+    series move by exactly that."""
+    node = await start_node(**{"recovery.enabled": True})
+    url = metrics_url(node)
+    before = await scrape(url)
+    async with aiohttp.ClientSession() as http:
+        first = await RawWebSocket.open(http, node, connect=False)
+        await first.send("40")
+        (reply,) = await first.receive()
+        assert reply.startswith('40{"sid":'), reply
+        connected = json.loads(reply[2:])
+        await first.ws.close()  # the connection is lost: the session is kept
+
+        async def kept() -> bool:
+            return (await scrape(url)).value("roomcast_sessions_kept") == 1
+
+        await wait_until(kept, what="the lost session kept")
+
+        again = await RawWebSocket.open(http, node, connect=False)
+        await again.send("40" + json.dumps({"pid": connected["pid"]}))
+        (reply,) = await again.receive()
+        assert json.loads(reply[2:]) == connected  # the same sid and pid: recovered
+
+        forged = await RawWebSocket.open(http, node, connect=False)
+        await forged.send("40" + json.dumps({"pid": connected["pid"][:8] + "x" * 16}))
+        (reply,) = await forged.receive()
+        assert json.loads(reply[2:])["sid"] != connected["sid"]  # a fresh session
+        for raw in (again, forged):
+            await raw.ws.close()
+    after = await scrape(url)
+    assert after.delta(before, "roomcast_recoveries_attempted_total") == 2
+    assert after.delta(before, "roomcast_recoveries_succeeded_total") == 1
+    refused = "roomcast_recoveries_refused_total"
+    assert after.delta(before, refused, reason="unknown session") == 1
+    assert sum(after.delta(before, refused, reason=r) for r in RECOVERY_REFUSALS) == 1
+    assert after.delta(before, "roomcast_replayed_messages_total") == 0
