@@ -6,6 +6,7 @@ is /admin's."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -63,6 +64,20 @@ async def start_bus(
     return bus
 
 
+async def joined(pub: zmq.asyncio.Socket, sub: zmq.asyncio.Socket, topic: bytes) -> None:
+    """Until the publisher's messages reach the subscriber through the router: a PUB drops
+    what it sends before the router's subscription has reached it (ZeroMQ's slow joiner). A
+    probe is sent until one arrives, then a last one, read up to, behind every earlier one."""
+    for i in itertools.count():
+        await pub.send(wire.encode_batch([topic + b"probe %d" % i]))
+        if await sub.poll(100):
+            break
+    last = topic + b"probe last"
+    await pub.send(wire.encode_batch([last]))
+    while await asyncio.wait_for(sub.recv(), TIMEOUT) != last:
+        pass
+
+
 @pytest.fixture
 async def router() -> AsyncIterator[Router]:
     async with Router(
@@ -85,6 +100,7 @@ async def test_router_counters_move_by_what_was_published(router: Router) -> Non
         sub.setsockopt(zmq.SUBSCRIBE, topic)
         await wait_until(lambda: router.stats_dict()["subscriptions"] == 1, what="subscribed")
         pub.connect(f"tcp://127.0.0.1:{router.xsub_port}")
+        await joined(pub, sub, topic)
         before = await scrape(url)
         routed = [topic + f"message {i}".encode() for i in range(3)]
         unrouted = fresh_topic() + b"nobody wants this"
