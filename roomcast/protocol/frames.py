@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import struct
 
-from roomcast.protocol.socketio import Encoded, append_offset
+from roomcast.protocol.socketio import Encoded, append_offset, strip_offset
 
 _OP_TEXT = 0x1
 _OP_BINARY = 0x2
@@ -130,6 +130,22 @@ class Frames:
         if text is None:
             return None
         return Frames.from_ws(ws_text("4" + text) + ws[end:])
+
+    def without_offset(self, offset: str) -> Frames | None:
+        """The same EVENT without the ``offset`` :meth:`with_offset` gave it (None: it has not
+        that offset last), re-framing the first WebSocket frame only."""
+        ws = self.ws
+        try:
+            head, start, end = _frame_at(ws, 0)
+            text = ws[start + 1 : end].decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if head != 0x80 | _OP_TEXT or ws[start : start + 1] != b"4":
+            return None
+        stripped = strip_offset(text, offset)
+        if stripped is None:
+            return None
+        return Frames.from_ws(ws_text("4" + stripped) + ws[end:])
 
     @property
     def nbytes(self) -> int:

@@ -240,6 +240,16 @@ def append_offset(text: str, offset: str) -> str | None:
     return f'{text[:-1]},"{offset}"]'
 
 
+def strip_offset(text: str, offset: str) -> str | None:
+    """The text of an EVENT that :func:`append_offset` gave ``offset``, without it (None when
+    ``text`` does not end with that offset): a node handing a session over sends its packets
+    as it wrote them, and the new node numbers them itself."""
+    suffix = f',"{offset}"]'
+    if not text.endswith(suffix):
+        return None
+    return text[: -len(suffix)] + "]"
+
+
 def _payload_valid(kind: PacketType, payload: Any) -> bool:
     # socket.io-parser's Decoder.isPayloadValid, rule for rule.
     if kind is PacketType.CONNECT:

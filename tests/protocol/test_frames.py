@@ -244,3 +244,23 @@ def test_no_offset_on_acks_or_garbage() -> None:
     assert Frames.from_ws(b"\x81\x02" + b"4a").with_offset("AAAAAAAA1") is None
     assert Frames.from_ws(b"\x81").with_offset("AAAAAAAA1") is None
     assert Frames.from_ws(b"\x81\x03" + b"4\xff]").with_offset("AAAAAAAA1") is None
+
+
+@pytest.mark.parametrize("args", [["x"], [{"a": [1, 2]}, b"\x00\xff"]])
+def test_an_offset_comes_off_as_it_went_on(args: list[object]) -> None:
+    """The offset a node gave an event comes off its frames, text and binary alike: the same
+    bytes as before (a node handing a session over sends its packets as it wrote them)."""
+    original = Frames(sio.encode_event("/chat", "e", args))
+    numbered = original.with_offset("AAAAAAAA2a")
+    assert numbered is not None
+    stripped = Frames.from_ws(numbered.ws).without_offset("AAAAAAAA2a")
+    assert stripped is not None and stripped.ws == original.ws
+
+
+def test_frames_without_that_offset_are_left_alone() -> None:
+    """Another offset, none, or no event at all: nothing to take off."""
+    numbered = Frames(sio.encode_event("/", "e", ["x"])).with_offset("AAAAAAAA1")
+    assert numbered is not None
+    assert numbered.without_offset("AAAAAAAA2") is None
+    assert Frames(sio.encode_event("/", "e", ["x"])).without_offset("AAAAAAAA1") is None
+    assert Frames.from_ws(b"\x81").without_offset("AAAAAAAA1") is None
