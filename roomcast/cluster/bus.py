@@ -492,6 +492,12 @@ class Bus:
                 self._probes.pop(nonce, None)
             future.cancel()
 
+    async def fence(self, topic: Topic, timeout: float) -> None:
+        """Return once every message that a live router forwarded on ``topic`` (subscribed
+        here) before now has reached this node: a probe through each router came back
+        behind it. TimeoutError as :meth:`subscribe`'s proof."""
+        await self._prove(topic, timeout)
+
     async def _prove(self, topic: Topic, timeout: float) -> None:
         """Prove a new subscription through every live router (any of them may become the
         topic's owner for some publisher), or through the owner when none is known live."""

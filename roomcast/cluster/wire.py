@@ -364,6 +364,15 @@ class Encoder:
         return prefix
 
 
+def can_carry(value: Any) -> bool:
+    """Whether msgpack carries ``value`` (app data a node sends another)."""
+    try:
+        msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
 def encode(
     origin: str, incarnation: int, seq: int, body: Body, sender: bytes | None = None
 ) -> bytes:

@@ -202,14 +202,21 @@ class SessionClaim(ABC):
 
     #: What was kept of the socket: its sid, rooms and data come back with it.
     session: PersistedSession
+    #: The number of the last packet with an offset the socket was sent (set by
+    #: :meth:`complete`).
+    last_offset: int = 0
+    #: Whether the session came from another node: its socket has no ghost here and joins
+    #: its rooms, whose interest the claim already holds (:meth:`Adapter.rooms_adopted`).
+    handed_over: bool = False
 
     @abstractmethod
-    def complete(self) -> list[Frames]:
-        """The packets the client missed, in order, each with its offset. From now on the
-        session is the caller's, which puts its new socket in the ghost's place (in the same
-        event-loop step: a packet written after this call must reach the new socket). Raises
+    async def complete(self) -> list[Frames]:
+        """The packets the client missed, in order, each with this node's offset. From now on
+        the session is the caller's, which puts its new socket in the ghost's place, or for a
+        session handed over, in its rooms, in the event-loop step this coroutine returns in (a
+        packet written after it must reach the new socket). Raises
         :class:`~roomcast.errors.RecoveryRefusedError` when exact recovery became impossible
-        meanwhile (the session is then released)."""
+        meanwhile (the session is then released, on whichever node kept it)."""
 
     @abstractmethod
     def cancel(self) -> None:
@@ -254,10 +261,19 @@ class Adapter(ABC):
         rooms (the room interest of the node does not change), then releases it.
         :meth:`restore_session` claims it for a client that presents its pid and last offset;
         the claim's :meth:`~SessionClaim.complete` gives exactly the packets the client
-        missed, or refuses: never a partial recovery. An offset of another node (or
-        incarnation), one never given, a window passed, a history that dropped a packet the
-        client may have missed: refused, with a named reason. A pid of a session another node
-        holds is refused too (``other node``): restoring it here is a later increment's.
+        missed, or refuses: never a partial recovery. Something that is no offset, a number
+        of this node's never given, a window passed, a history that dropped a packet the
+        client may have missed: refused, with a named reason. An offset of another node (or
+        incarnation) means the client got nothing this node numbered in the session.
+        A pid of a session another node keeps (its tag names that node, or this node handed
+        it over and points to where it went) is claimed from that node: this node holds the
+        session's rooms, proved, before the old node cuts its history, and the claim's
+        :meth:`~SessionClaim.complete` gives the old node's kept packets after the client's
+        offset, then what reached this node meanwhile and the old node did not have (by bus
+        message id), all numbered by this node; the old node lets its ghost go and forwards
+        what still comes to it for the socket's sid. A node that is down, or does not answer
+        within the request timeout: refused (``old node gone``); a standalone node has no
+        other node to ask (``other node``).
     Reads
         :meth:`room_table` and :meth:`names_a_socket` answer from local state (this node's
         registry and its replica of the others), never with a request.
@@ -301,6 +317,13 @@ class Adapter(ABC):
     @abstractmethod
     def namespace_exited(self, namespace: Namespace) -> None:
         """A socket of ``namespace`` is gone."""
+
+    @abstractmethod
+    def rooms_adopted(self, namespace: Namespace, counts: dict[str, int]) -> None:
+        """A socket recovered from another node joined rooms (``counts``: their new local
+        sizes) whose subscriptions, and the namespace's, its claim made and proved: they are
+        the socket's now, as if it had joined them (:meth:`rooms_changed`) and entered the
+        namespace."""
 
     # -- delivery and cluster-wide operations -------------------------------------------------
 

@@ -14,6 +14,8 @@ never ZeroMQ itself.
 * An operation that needs answers is a typed request (:mod:`roomcast.node.requests`) sent to the
   nodes the membership replica names, with an explicit responder set and a deadline; each kind
   is served by the same local function the origin runs for its own sockets.
+* A session another node keeps is claimed from it with typed requests, and handed over
+  (:mod:`roomcast.node.handover`); this node serves other nodes' claims on its own sessions.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from roomcast.ids import Namespace, NodeId, NodeTag, tag_of_sid
 from roomcast.protocol.frames import Frames
 
 from . import requests as rq
-from .adapter import LocalSockets, RoomTable, SocketInfo, Spawn
+from .adapter import LocalSockets, RoomTable, SessionClaim, SocketInfo, Spawn
+from .handover import Handovers
 from .health import Health
 from .local import LocalAdapter, wait_acks, write_each
 from .member import ClusterMember
@@ -85,6 +88,17 @@ class ClusterAdapter(LocalAdapter):
         self._seen: collections.OrderedDict[tuple[str, int, int], None] = collections.OrderedDict()
         self._pending: dict[int, _Pending] = {}
         self.received_rooms = 0  #: room envelopes delivered here (for inspection and tests)
+        self.handovers = Handovers(
+            self,
+            self.bus,
+            self.replica,
+            self.request,
+            spawn,
+            self.member.join_timeout,
+            self.cs.request_timeout_ms / 1000,
+            settings.limits.max_rooms_per_socket,
+            lambda: next(self._msg_ids),
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -130,15 +144,25 @@ class ClusterAdapter(LocalAdapter):
     def namespace_exited(self, namespace: Namespace) -> None:
         self.bus.unsubscribe(wire.namespace_topic(namespace))
 
+    def rooms_adopted(self, namespace: Namespace, counts: dict[str, int]) -> None:
+        self.member.room_counts(namespace, counts)
+
     # -- broadcasting -------------------------------------------------------------------------
 
     def broadcast(self, target: Target, frames: Frames) -> None:
-        self.deliver(target, frames)
         if target.local:
+            self.deliver(target, frames)
             return
+        msg_id = next(self._msg_ids)
+        # Kept with the bus message it goes out as: a node this one hands a session over to
+        # gets it from the bus too, and drops the copy it has.
+        source = (str(self.node_id), self.member.incarnation, msg_id)
+        if self.handovers.incoming:
+            self.handovers.offer(target.namespace, target, frames, source)
+        self.deliver(target, frames, source)
         ns = self.sockets.namespace(target.namespace)
         local_sids = ns.sids() if ns is not None else ()
-        body = routing.room_message(next(self._msg_ids), target, frames.ws)
+        body = routing.room_message(msg_id, target, frames.ws)
         for topic in routing.topics(
             target,
             local_sids=local_sids,
@@ -159,9 +183,14 @@ class ClusterAdapter(LocalAdapter):
             seen[key] = None
             if len(seen) > self.cs.dedup_window:
                 seen.popitem(last=False)
+        if msg.rooms and self.moved_sids:
+            self.handovers.forward(msg)
         ns = self.sockets.namespace(msg.namespace)
         if ns is None:
             return
+        if self.handovers.incoming:
+            source = (header.origin, header.incarnation, msg.msg_id)
+            self.handovers.offer(msg.namespace, msg, Frames.from_ws(msg.ws), source)
         self.received_rooms += 1
         recipients = ns.recipients(msg.rooms, msg.except_rooms, msg.except_sids)
         delivered = 0
@@ -329,7 +358,9 @@ class ClusterAdapter(LocalAdapter):
         requester must never wait out its timeout because this node failed)."""
         reply: rq.Reply
         try:
-            reply = await self._answer(rq.decode_request(request.kind, request.fields))
+            reply = await self._answer(
+                rq.decode_request(request.kind, request.fields), request.reply_to
+            )
             payload = rq.encode_reply(reply)
             self.bus.publish(
                 wire.node_topic(request.reply_to), wire.Reply(request.request_id, payload)
@@ -344,7 +375,9 @@ class ClusterAdapter(LocalAdapter):
         failed = rq.encode_reply(reply)
         self.bus.publish(wire.node_topic(request.reply_to), wire.Reply(request.request_id, failed))
 
-    async def _answer(self, request: rq.Request) -> rq.Reply:
+    async def _answer(self, request: rq.Request, by: NodeTag) -> rq.Reply:
+        if isinstance(request, rq.ClaimSession | rq.TakeSession | rq.DropClaim):
+            return await self.handovers.serve(request, by)
         if isinstance(request, rq.ServerSideEmit):
             return rq.Answer(await self.run_server_event(request.event, request.args))
         target = request.target._replace(local=True)
@@ -370,6 +403,11 @@ class ClusterAdapter(LocalAdapter):
         # replica shows the new members when its request returns (read your writes).
         self.member.flush()
         return rq.Applied(count - len(refused), len(refused))
+
+    # -- connection state recovery across nodes ----------------------------------------------
+
+    async def restore_elsewhere(self, namespace: str, pid: str, offset: Any) -> SessionClaim:
+        return await self.handovers.claim(namespace, pid, offset)
 
     async def run_server_event(self, event: str, args: tuple[Any, ...]) -> Any:
         """Run the local handler of a server-to-server event; returns its answer."""

@@ -182,6 +182,7 @@ class NodeHTTP:
                 "replayed_messages": s.replayed_messages,
                 "sessions_kept": s.sessions_kept,
                 "sessions_dropped": s.sessions_dropped,
+                "sessions_handed_over": s.sessions_handed_over,
             }
         )
 

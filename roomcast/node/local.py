@@ -62,12 +62,23 @@ async def wait_acks(
 
 @dataclass
 class _Kept:
-    """A persisted session on this node: until when, its expiry, whether it is claimed."""
+    """A persisted session on this node: until when, its expiry, whether it is claimed (and,
+    when another node claimed it, which one, the client's offset, and the claim's expiry)."""
 
     session: PersistedSession
     deadline: float
     timer: asyncio.TimerHandle
     claimed: bool = False
+    lent: tuple[NodeTag, int | None, asyncio.TimerHandle] | None = None
+
+
+@dataclass
+class _Moved:
+    """A session this node handed over: the node it went to, until its window ends."""
+
+    to: NodeTag
+    sid: str
+    timer: asyncio.TimerHandle
 
 
 class _LocalClaim(SessionClaim):
@@ -79,7 +90,7 @@ class _LocalClaim(SessionClaim):
         self.session = kept.session
         self.after = after
 
-    def complete(self) -> list[Frames]:
+    async def complete(self) -> list[Frames]:
         adapter, session = self.adapter, self.session
         ns = adapter.sockets.namespace(session.namespace)
         ghost = ns.ghost(session.sid) if ns is not None else None
@@ -92,6 +103,7 @@ class _LocalClaim(SessionClaim):
             adapter.release_session(session.pid)
             raise
         adapter.forget_session(session.pid)
+        self.last_offset = ghost.last_offset
         return packets
 
     def cancel(self) -> None:
@@ -114,6 +126,9 @@ class LocalAdapter(Adapter):
         self.stats = stats
         self.offsets = Offsets(tag)
         self._kept: dict[str, _Kept] = {}  # persisted sessions by pid
+        self._moved: dict[str, _Moved] = {}  # sessions handed over, by pid
+        #: The sids of sessions this node handed over: the node each went to.
+        self.moved_sids: dict[str, NodeTag] = {}
 
     async def start(self, address: str) -> None:
         pass  # nothing to reach
@@ -125,8 +140,14 @@ class LocalAdapter(Adapter):
         """Forget every persisted session (the node is stopping)."""
         for kept in self._kept.values():
             kept.timer.cancel()
+            if kept.lent is not None:
+                kept.lent[2].cancel()
         self.stats.sessions_kept -= len(self._kept)
         self._kept.clear()
+        for moved in self._moved.values():
+            moved.timer.cancel()
+        self._moved.clear()
+        self.moved_sids.clear()
 
     # -- membership: nothing to tell anyone ---------------------------------------------------
 
@@ -141,6 +162,9 @@ class LocalAdapter(Adapter):
     def namespace_exited(self, namespace: Namespace) -> None:
         pass
 
+    def rooms_adopted(self, namespace: Namespace, counts: dict[str, int]) -> None:
+        pass
+
     # -- the local half of each operation -----------------------------------------------------
 
     def recipients(self, target: Target) -> Iterable[Member]:
@@ -150,9 +174,11 @@ class LocalAdapter(Adapter):
             return ()
         return ns.recipients(target.rooms, target.except_rooms, target.except_sids)
 
-    def deliver(self, target: Target, frames: Frames) -> None:
+    def deliver(
+        self, target: Target, frames: Frames, source: tuple[str, int, int] | None = None
+    ) -> None:
         """Write a packet to this node's recipients (a broadcast started here; with an offset
-        where recovery is on)."""
+        where recovery is on; ``source``: the bus message it also goes out as)."""
         delivered = 0
         ns = self.sockets.namespace(target.namespace)
         if ns is not None:
@@ -167,6 +193,7 @@ class LocalAdapter(Adapter):
                     frames,
                     target.volatile,
                     (target.rooms, target.except_rooms, target.except_sids),
+                    source,
                 )
         self.count_broadcast(delivered, from_bus=False)
 
@@ -297,15 +324,37 @@ class LocalAdapter(Adapter):
         self.stats.sessions_kept += 1
 
     async def restore_session(self, namespace: str, pid: Any, offset: Any) -> SessionClaim:
-        tag = tag_of_pid(pid) if isinstance(pid, str) else None
-        if tag is not None and tag != self.tag:
-            raise RecoveryRefusedError(recovery.OTHER_NODE)
-        kept = self._kept.get(pid) if tag is not None else None
-        if kept is None and tag is not None:
+        kept = self._kept_here(namespace, pid)
+        if kept is None:
+            tag = tag_of_pid(pid) if isinstance(pid, str) else None
+            if tag is not None and (tag != self.tag or pid in self._moved):
+                return await self.restore_elsewhere(namespace, pid, offset)
+            raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
+        after = self._claim_kept(kept, namespace, offset)
+        return _LocalClaim(self, kept, after)
+
+    async def restore_elsewhere(self, namespace: str, pid: str, offset: Any) -> SessionClaim:
+        """Claim ``pid``, a session another node keeps (its tag names that node, or this node
+        handed it over): a standalone node has none to ask."""
+        raise RecoveryRefusedError(recovery.OTHER_NODE)
+
+    def _kept_here(self, namespace: str, pid: Any) -> _Kept | None:
+        """The session ``pid`` if this node keeps it (a socket of ``namespace`` still connected
+        with that pid is first taken over: its client is back on another connection)."""
+        if not isinstance(pid, str):
+            return None
+        kept = self._kept.get(pid)
+        if kept is None:
             ns = self.sockets.namespace(namespace)
             if ns is not None and ns.supersede(pid):
-                kept = self._kept.get(pid)
-        if kept is None or kept.session.namespace != namespace:
+                return self._kept.get(pid)
+        return kept
+
+    def _claim_kept(self, kept: _Kept, namespace: str, offset: Any) -> int | None:
+        """Claim a kept session for a client with ``offset``; returns the offset's number.
+        Raises :class:`RecoveryRefusedError` (a session that can never be recovered now is
+        released: its client gets a fresh one)."""
+        if kept.session.namespace != namespace:
             raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
         if kept.claimed:
             raise RecoveryRefusedError(recovery.SESSION_BUSY)
@@ -314,11 +363,86 @@ class LocalAdapter(Adapter):
                 raise RecoveryRefusedError(recovery.SESSION_EXPIRED)
             after = self.offsets.parse(offset)
         except RecoveryRefusedError:
-            # The client gets a fresh session: the old one can never be recovered now.
             self.release_session(kept.session.pid)
             raise
         kept.claimed = True
-        return _LocalClaim(self, kept, after)
+        return after
+
+    # -- handing a session over to another node (served for the cluster's requests) ----------
+
+    def lend_session(
+        self, namespace: str, pid: str, offset: str | None, to: NodeTag, timeout: float
+    ) -> PersistedSession | NodeTag:
+        """Claim ``pid`` for a client back on the node ``to``: returns the session, or the tag
+        of the node it was handed over to. The claim ends after ``timeout`` seconds unless
+        :meth:`hand_over` took it (the node ``to`` may die meanwhile). Raises
+        :class:`RecoveryRefusedError` as :meth:`restore_session` does."""
+        moved = self._moved.get(pid)
+        if moved is not None:
+            return moved.to
+        kept = self._kept_here(namespace, pid)
+        if kept is None:
+            raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
+        after = self._claim_kept(kept, namespace, offset)
+        timer = asyncio.get_running_loop().call_later(timeout, self.drop_claim, pid, to)
+        kept.lent = (to, after, timer)
+        return kept.session
+
+    def moved_to(self, pid: str) -> NodeTag | None:
+        """The node this node handed the session ``pid`` over to (None: it did not)."""
+        moved = self._moved.get(pid)
+        return moved.to if moved is not None else None
+
+    def lent_to(self, pid: str, by: NodeTag) -> PersistedSession | None:
+        """The session ``pid`` if the node ``by`` claimed it."""
+        kept = self._kept.get(pid)
+        if kept is None or kept.lent is None or kept.lent[0] != by:
+            return None
+        return kept.session
+
+    def drop_claim(self, pid: str, by: NodeTag) -> None:
+        """The node ``by`` will not take ``pid`` after all: it stays kept (or, past its
+        window, is released)."""
+        kept = self._kept.get(pid)
+        if kept is None or kept.lent is None or kept.lent[0] != by:
+            return
+        kept.lent[2].cancel()
+        kept.lent = None
+        kept.claimed = False
+        if asyncio.get_running_loop().time() >= kept.deadline:
+            self.release_session(pid)
+
+    def hand_over(self, namespace: str, pid: str, to: NodeTag) -> list[Entry]:
+        """The session ``pid`` that the node ``to`` claimed is its own now: returns the kept
+        packets its client missed, in order; the ghost leaves its rooms, and this node points
+        to ``to`` for the rest of the window. Raises :class:`RecoveryRefusedError` when exact
+        recovery became impossible (the session is then released)."""
+        kept = self._kept.get(pid)
+        if kept is None or kept.lent is None or kept.lent[0] != to:
+            raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
+        session = kept.session
+        _, after, timer = kept.lent
+        timer.cancel()
+        ns = self.sockets.namespace(session.namespace)
+        ghost = ns.ghost(session.sid) if ns is not None else None
+        history = ns.history if ns is not None else None
+        try:
+            if ghost is None or history is None or session.namespace != namespace:
+                raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
+            entries = recovery.missed_entries(history, session, ghost.last_offset, after)
+        finally:
+            self.release_session(pid)
+        loop = asyncio.get_running_loop()
+        left = max(0.0, kept.deadline - loop.time())
+        self._moved[pid] = _Moved(to, session.sid, loop.call_later(left, self._unmove, pid))
+        self.moved_sids[session.sid] = to
+        self.stats.sessions_handed_over += 1
+        return entries
+
+    def _unmove(self, pid: str) -> None:
+        moved = self._moved.pop(pid, None)
+        if moved is not None:
+            self.moved_sids.pop(moved.sid, None)
 
     def forget_session(self, pid: str) -> None:
         """Stop keeping ``pid`` (restored: its socket is live again)."""
@@ -331,6 +455,8 @@ class LocalAdapter(Adapter):
         kept = self._kept.get(pid)
         if kept is None:
             return
+        if kept.lent is not None:
+            kept.lent[2].cancel()
         self.forget_session(pid)
         ns = self.sockets.namespace(kept.session.namespace)
         if ns is not None:

@@ -27,18 +27,7 @@ from .adapter import Adapter
 from .cluster import ClusterAdapter
 from .engine import Connection
 from .namespaces import Namespaces
-from .recovery import (
-    CONNECT_REFUSED,
-    CONNECTION_CLOSED,
-    FOREIGN_OFFSET,
-    HISTORY_EVICTED,
-    INVALID_OFFSET,
-    OTHER_NODE,
-    SESSION_BUSY,
-    SESSION_EXPIRED,
-    UNKNOWN_OFFSET,
-    UNKNOWN_SESSION,
-)
+from .recovery import REFUSALS
 from .stats import BAD_REQUEST, BODY_TIMEOUT, HEAD_TIMEOUT, HEAD_TOO_LARGE, NodeStats
 
 TRANSPORTS = ("polling", "websocket")
@@ -48,20 +37,7 @@ REASONS = frozenset(
 )
 HTTP_REFUSALS = frozenset((HEAD_TIMEOUT, HEAD_TOO_LARGE, BODY_TIMEOUT, BAD_REQUEST))
 #: Why a recovery was refused (``roomcast.node.recovery``'s reasons).
-RECOVERY_REFUSALS = frozenset(
-    (
-        UNKNOWN_SESSION,
-        OTHER_NODE,
-        SESSION_EXPIRED,
-        SESSION_BUSY,
-        INVALID_OFFSET,
-        FOREIGN_OFFSET,
-        UNKNOWN_OFFSET,
-        HISTORY_EVICTED,
-        CONNECT_REFUSED,
-        CONNECTION_CLOSED,
-    )
-)
+RECOVERY_REFUSALS = REFUSALS
 SOURCES = ("local", "bus")
 TOPIC_KINDS = frozenset(kind for kind, _ in wire.TOPIC_KINDS.values())
 _TRANSPORT_SET = frozenset(TRANSPORTS)
@@ -284,6 +260,11 @@ def node_metrics(node: MetricsNode) -> Iterator[Metric]:
         "roomcast_sessions_dropped",
         "Kept sessions released before their window ended (recovery.max_sessions).",
         s.sessions_dropped,
+    )
+    yield metrics.counter(
+        "roomcast_sessions_handed_over",
+        "Kept sessions handed over to another node, whose client came back there.",
+        s.sessions_handed_over,
     )
     yield metrics.gauge(
         "roomcast_node_healthy",

@@ -62,15 +62,40 @@ RECOVERABLE: Final = frozenset(
 
 # Why a recovery was refused (the keys of ``recoveries_refused`` in /admin/stats).
 UNKNOWN_SESSION: Final = "unknown session"  #: no such pid here: forged, or its window ended
-OTHER_NODE: Final = "other node"  #: the pid of a session another node holds
+OTHER_NODE: Final = "other node"  #: the pid of another node's session, with no node to ask
+OLD_NODE_GONE: Final = "old node gone"  #: the node that keeps the session is down or silent
+UNMOVABLE_DATA: Final = "data cannot travel"  #: ``socket.data`` msgpack cannot carry to a node
 SESSION_EXPIRED: Final = "session expired"  #: presented after its window
 SESSION_BUSY: Final = "session busy"  #: another CONNECT is recovering it right now
 INVALID_OFFSET: Final = "invalid offset"  #: not an offset at all
-FOREIGN_OFFSET: Final = "foreign offset"  #: another node's (or incarnation's) offset
+#: Not raised since sessions move between nodes: an offset of another node (or incarnation)
+#: means the client got nothing yet from the node that keeps its session (see
+#: :meth:`Offsets.parse`). Kept as a label so that /metrics series do not change.
+FOREIGN_OFFSET: Final = "foreign offset"
 UNKNOWN_OFFSET: Final = "unknown offset"  #: a number this node never gave
-HISTORY_EVICTED: Final = "history evicted"  #: a packet it may have missed is no longer kept
+#: A packet it may have missed is no longer kept (or, during a handover, would be past the
+#: history's bounds).
+HISTORY_EVICTED: Final = "history evicted"
 CONNECT_REFUSED: Final = "connect refused"  #: middleware refused the recovered socket
 CONNECTION_CLOSED: Final = "connection closed"  #: the connection ended during the connect
+
+#: Every reason a recovery is refused for.
+REFUSALS: Final = frozenset(
+    {
+        UNKNOWN_SESSION,
+        OTHER_NODE,
+        OLD_NODE_GONE,
+        UNMOVABLE_DATA,
+        SESSION_EXPIRED,
+        SESSION_BUSY,
+        INVALID_OFFSET,
+        FOREIGN_OFFSET,
+        UNKNOWN_OFFSET,
+        HISTORY_EVICTED,
+        CONNECT_REFUSED,
+        CONNECTION_CLOSED,
+    }
+)
 
 
 class Offsets:
@@ -94,8 +119,17 @@ class Offsets:
         return f"{self.prefix}{counter:x}"
 
     def parse(self, offset: Any) -> int | None:
-        """The number of an offset a client presents (None: it presents none). Raises
-        :class:`RecoveryRefusedError` for what is not one of this node's offsets."""
+        """The number of an offset a client presents (None: it presents none, or one of
+        another node). Raises :class:`RecoveryRefusedError` for what is not an offset, or a
+        number of this node's it never gave.
+
+        An offset of another node (or incarnation) is the last packet the client got from a
+        node that numbered its session before this one, or a leftover of an earlier session
+        (socket.io-client keeps it until its first event): either way the client got nothing
+        this node numbered for the session yet, which is what no offset means. Every packet
+        a session was sent on the node that keeps it is numbered by that node, the packets
+        another node handed over with it included, so this is exact.
+        """
         if offset is None:
             return None
         parsed = parse_offset(offset) if isinstance(offset, str) else None
@@ -103,7 +137,7 @@ class Offsets:
             raise RecoveryRefusedError(INVALID_OFFSET)
         tag, counter = parsed
         if tag != self.tag:
-            raise RecoveryRefusedError(FOREIGN_OFFSET)
+            return None
         if counter > self.last:
             raise RecoveryRefusedError(UNKNOWN_OFFSET)
         return counter
@@ -243,10 +277,10 @@ class PersistedSession:
     window: float
 
 
-def missed(
+def missed_entries(
     history: History, session: PersistedSession, delivered: int, after: int | None
-) -> list[Frames]:
-    """The packets of ``history`` a client of ``session`` missed, in order, with their offsets.
+) -> list[Entry]:
+    """The kept packets of ``history`` a client of ``session`` missed, in order.
 
     ``delivered`` is the number of the last packet sent to the socket (kept or not); ``after``
     the number of the client's offset (None: it has none). Raises
@@ -259,4 +293,12 @@ def missed(
     if start < history.floor or start < session.membership.floor:
         raise RecoveryRefusedError(HISTORY_EVICTED)
     membership, sid = session.membership, session.sid
-    return [e.frames for e in history.after(start) if membership.was_sent(e, sid)]
+    return [e for e in history.after(start) if membership.was_sent(e, sid)]
+
+
+def missed(
+    history: History, session: PersistedSession, delivered: int, after: int | None
+) -> list[Frames]:
+    """The packets of ``history`` a client of ``session`` missed, in order, with their offsets
+    (:func:`missed_entries`' frames)."""
+    return [e.frames for e in missed_entries(history, session, delivered, after)]

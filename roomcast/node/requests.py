@@ -37,6 +37,9 @@ class Kind(enum.IntEnum):
     DEL_SOCKETS = 4
     DISCONNECT_SOCKETS = 5
     BROADCAST_WITH_ACK = 6
+    CLAIM_SESSION = 7
+    TAKE_SESSION = 8
+    DROP_CLAIM = 9
 
 
 class ReplyKind(enum.IntEnum):
@@ -47,6 +50,10 @@ class ReplyKind(enum.IntEnum):
     APPLIED = 3
     ACKS = 4
     FAILED = 5
+    CLAIMED = 6
+    MOVED = 7
+    REFUSED = 8
+    HANDED_OVER = 9
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -101,9 +108,50 @@ class BroadcastWithAck:
     timeout: float
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimSession:
+    """Claim the session ``pid`` of ``namespace`` for a client back on the requesting node
+    with ``offset`` (connection state recovery across nodes): answered :class:`Claimed`,
+    :class:`Moved` or :class:`Refused`."""
+
+    namespace: str
+    pid: str
+    offset: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TakeSession:
+    """Hand the claimed session ``pid`` over: the requester proved its subscriptions to the
+    session's rooms. Answered :class:`HandedOver` (the session is then the requester's) or
+    :class:`Refused`."""
+
+    namespace: str
+    pid: str
+
+
+@dataclass(frozen=True, slots=True)
+class DropClaim:
+    """The requester's connect for ``pid`` did not go through: the session stays kept."""
+
+    namespace: str
+    pid: str
+
+
 Request = (
-    ServerSideEmit | FetchSockets | AddSockets | DelSockets | DisconnectSockets | BroadcastWithAck
+    ServerSideEmit
+    | FetchSockets
+    | AddSockets
+    | DelSockets
+    | DisconnectSockets
+    | BroadcastWithAck
+    | ClaimSession
+    | TakeSession
+    | DropClaim
 )
+
+#: Where a handed-over packet came in on the bus (origin, incarnation, message id); None for
+#: a broadcast the old node wrote and did not publish.
+Source = tuple[str, int, int] | None
 
 # --- replies ----------------------------------------------------------------------------------
 
@@ -145,7 +193,41 @@ class Failed:
     error: str
 
 
-Reply = Answer | Sockets | Applied | Acks | Failed
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """The session is claimed for the requester: what it keeps of the socket, and the
+    seconds left of its window."""
+
+    sid: str
+    rooms: tuple[str, ...]
+    data: Any
+    window: float
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """The session was handed over to the node whose tag is ``tag``: ask it."""
+
+    tag: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The session cannot be recovered exactly, for ``reason`` (one of
+    :mod:`roomcast.node.recovery`'s); the old node released it."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandedOver:
+    """The packets the client missed, in order, as the old node wrote them (``ws``, with its
+    ``offset``), each with its :data:`Source`."""
+
+    packets: tuple[tuple[bytes, str, Source], ...]
+
+
+Reply = Answer | Sockets | Applied | Acks | Failed | Claimed | Moved | Refused | HandedOver
 
 # --- encoding ---------------------------------------------------------------------------------
 
@@ -191,6 +273,12 @@ def encode_request(request: Request) -> tuple[Kind, list[Any]]:
         return Kind.DEL_SOCKETS, [_target_out(request.target), list(request.rooms)]
     if isinstance(request, DisconnectSockets):
         return Kind.DISCONNECT_SOCKETS, [_target_out(request.target), request.close]
+    if isinstance(request, ClaimSession):
+        return Kind.CLAIM_SESSION, [request.namespace, request.pid, request.offset]
+    if isinstance(request, TakeSession):
+        return Kind.TAKE_SESSION, [request.namespace, request.pid]
+    if isinstance(request, DropClaim):
+        return Kind.DROP_CLAIM, [request.namespace, request.pid]
     return Kind.BROADCAST_WITH_ACK, [
         _target_out(request.target),
         request.event,
@@ -225,6 +313,14 @@ def decode_request(kind: int, fields: Any) -> Request:
             if type(close) is not bool:
                 raise RequestError("bad close flag")
             return DisconnectSockets(_target_in(target), close)
+        if k is Kind.CLAIM_SESSION:
+            ns, pid, offset = fields
+            if offset is not None and type(offset) is not str:
+                raise RequestError("bad offset")
+            return ClaimSession(_str(ns), _str(pid), offset)
+        if k is Kind.TAKE_SESSION or k is Kind.DROP_CLAIM:
+            ns, pid = fields
+            return (TakeSession if k is Kind.TAKE_SESSION else DropClaim)(_str(ns), _str(pid))
         target, event, args, timeout = fields
         if type(args) is not list or type(timeout) not in (int, float) or timeout < 0:
             raise RequestError("bad ack broadcast")
@@ -273,7 +369,33 @@ def encode_reply(reply: Reply) -> list[Any]:
         return [ReplyKind.APPLIED, reply.count, reply.failed]
     if isinstance(reply, Acks):
         return [ReplyKind.ACKS, list(reply.responses), reply.expected]
+    if isinstance(reply, Claimed):
+        return [ReplyKind.CLAIMED, reply.sid, list(reply.rooms), reply.data, reply.window]
+    if isinstance(reply, Moved):
+        return [ReplyKind.MOVED, reply.tag]
+    if isinstance(reply, Refused):
+        return [ReplyKind.REFUSED, reply.reason]
+    if isinstance(reply, HandedOver):
+        packets = [
+            [ws, offset, None if src is None else list(src)] for ws, offset, src in reply.packets
+        ]
+        return [ReplyKind.HANDED_OVER, packets]
     return [ReplyKind.FAILED, reply.error]
+
+
+def _packet_in(value: Any) -> tuple[bytes, str, Source]:
+    if type(value) is not list or len(value) != 3 or type(value[0]) is not bytes:
+        raise RequestError("bad handed-over packet")
+    ws, offset, src = value
+    source: Source = None
+    if src is not None:
+        if type(src) is not list or len(src) != 3:
+            raise RequestError("bad packet source")
+        origin, incarnation, msg_id = src
+        if type(incarnation) is not int or type(msg_id) is not int:
+            raise RequestError("bad packet source")
+        source = (_str(origin), incarnation, msg_id)
+    return ws, _str(offset), source
 
 
 def decode_reply(value: Any) -> Reply:
@@ -303,6 +425,24 @@ def decode_reply(value: Any) -> Reply:
         if kind == ReplyKind.FAILED:
             (error,) = fields
             return Failed(_str(error))
+        if kind == ReplyKind.CLAIMED:
+            sid, rooms, data, window = fields
+            if type(window) not in (int, float) or window < 0:
+                raise RequestError("bad window")
+            return Claimed(_str(sid), _strs(rooms), data, float(window))
+        if kind == ReplyKind.MOVED:
+            (tag,) = fields
+            if type(tag) is not bytes:
+                raise RequestError("bad tag")
+            return Moved(tag)
+        if kind == ReplyKind.REFUSED:
+            (reason,) = fields
+            return Refused(_str(reason))
+        if kind == ReplyKind.HANDED_OVER:
+            (packets,) = fields
+            if type(packets) is not list:
+                raise RequestError("bad packets")
+            return HandedOver(tuple(_packet_in(p) for p in packets))
     except ValueError as exc:  # wrong number of fields
         if isinstance(exc, RequestError):
             raise

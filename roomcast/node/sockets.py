@@ -326,7 +326,7 @@ class Namespace(Broadcasts):
         missed: list[Frames] = []
         if claim is not None:
             try:
-                missed = claim.complete()
+                missed = await claim.complete()
             except RecoveryRefusedError as exc:
                 # Exact recovery became impossible while the middleware ran: a fresh session
                 # then, whose middleware runs again (it may have relied on the old data).
@@ -345,7 +345,13 @@ class Namespace(Broadcasts):
             self._attach(socket)
         else:
             # In the step that completed the claim: no packet can fall between the two.
-            self._attach_recovered(socket, len(missed))
+            self._attach_recovered(socket, claim, len(missed))
+            if conn.closed or self.name in conn.sockets:
+                # The connection went while another node handed the session over: it is this
+                # node's now, so it is kept here, with what it missed (numbered, in history).
+                self.services.stats.sockets += 1
+                self.socket_closed(socket, reasons.TRANSPORT_CLOSE)
+                return
         conn.attach(socket)
         self.services.stats.sockets += 1
         self.services.stats.socket_connects[self.family] += 1
@@ -426,17 +432,24 @@ class Namespace(Broadcasts):
         self.sockets[socket.sid] = socket
         self._members[socket.sid] = socket
 
-    def _attach_recovered(self, socket: Socket, replayed: int) -> None:
-        """A recovered socket takes its ghost's place in its rooms."""
+    def _attach_recovered(self, socket: Socket, claim: SessionClaim, replayed: int) -> None:
+        """A recovered socket takes its ghost's place in its rooms (or, handed over by another
+        node, joins them: its claim holds their subscriptions)."""
         sid = socket.sid
-        ghost = self.ghosts.pop(sid)
-        socket.last_offset = ghost.last_offset
+        socket.last_offset = claim.last_offset
         socket.connected = True
         self.sockets[sid] = socket
         self._members[sid] = socket
         if socket.pid is not None:
             self._pids[socket.pid] = socket
-        self.registry.replace(ghost, socket, socket.rooms)
+        if claim.handed_over:
+            for room in socket.rooms:
+                if room != sid:  # a sid names its socket through the members, not a room
+                    self.registry.add(socket, Room(room))
+            counts = {r: self.registry.size(r) for r in socket.rooms if r != sid}
+            self.services.adapter.rooms_adopted(self.name, counts)
+        else:
+            self.registry.replace(self.ghosts.pop(sid), socket, socket.rooms)
         stats = self.services.stats
         stats.recoveries_succeeded += 1
         stats.replayed_messages += replayed

@@ -75,6 +75,8 @@ class NodeStats:
     #: Kept sessions released before their window ended: a namespace had
     #: ``recovery.max_sessions`` kept already.
     sessions_dropped: int = 0
+    #: Kept sessions handed over to another node whose client came back there.
+    sessions_handed_over: int = 0
     #: With ``metrics.enabled``: local recipients per broadcast started here, per broadcast
     #: from the bus, and seconds per join (None: not recorded).
     fanout: Histogram | None = None

@@ -26,7 +26,7 @@ from support.python_client_harness import TIMEOUT, Inbox, join, sid_of
 
 from roomcast.cluster.routing import Target
 from roomcast.errors import AckTimeoutError, RecoveryRefusedError, RoomRefusedError
-from roomcast.ids import ROOT_NAMESPACE, Namespace, NodeTag, offset_text, parse_offset
+from roomcast.ids import ROOT_NAMESPACE, Namespace, NodeTag, new_pid, offset_text, parse_offset
 from roomcast.node import recovery
 from roomcast.node.adapter import Adapter
 from roomcast.node.server import Server
@@ -376,7 +376,7 @@ async def test_a_lost_socket_is_kept_in_its_rooms_and_restored_with_what_it_miss
 
     claim = await holder.adapter.restore_session("/", c.pid, None)
     assert (claim.session.sid, claim.session.rooms) == (c.sid, frozenset({c.sid, "red", "blue"}))
-    missed = _events(claim.complete())
+    missed = _events(await claim.complete())
     assert [m[:2] for m in missed] == [["news", 1], ["news", 3], ["news", 5]]
     assert all(parse_offset(m[2]) == (holder.tag, ANY_COUNTER) for m in missed)
 
@@ -389,28 +389,60 @@ async def test_a_lost_socket_is_kept_in_its_rooms_and_restored_with_what_it_miss
 
 
 async def test_restore_refuses_what_it_cannot_do_exactly(recovering: World) -> None:
-    """A pid this node does not keep, another node's session, an offset of another node: each
-    refused with its reason; a refused kept session is released (its rooms change)."""
+    """A pid this node does not keep, a session of a node nobody knows, an offset this node
+    never gave: each refused with its reason; a refused kept session is released."""
     world = recovering
     holder, c = _lose(world, "c")
     assert c.pid is not None
-    for node, pid, reason in [
-        (holder, c.pid[:8] + "A" * 16, recovery.UNKNOWN_SESSION),  # this node's, never given
-        (holder, "A" * 24, recovery.OTHER_NODE),  # a node this one does not even know
-        (holder, c.sid, recovery.UNKNOWN_SESSION),  # the public sid is not the pid
-        (world.nodes[0], c.pid, recovery.OTHER_NODE if len(world.nodes) > 1 else None),
+    nobody = recovery.OTHER_NODE if len(world.nodes) == 1 else recovery.OLD_NODE_GONE
+    for pid, reason in [
+        (c.pid[:8] + "A" * 16, recovery.UNKNOWN_SESSION),  # this node's, never given
+        ("A" * 24, nobody),  # a node this one does not even know
+        (c.sid, recovery.UNKNOWN_SESSION),  # the public sid is not the pid
     ]:
-        if reason is None:
-            continue
         with pytest.raises(RecoveryRefusedError) as info:
-            await node.adapter.restore_session("/", pid, None)
+            await holder.adapter.restore_session("/", pid, None)
         assert info.value.reason == reason
-    assert holder.of("/").ghost(c.sid) is c  # asking elsewhere did not release it
-    foreign = offset_text(world.nodes[0].tag if len(world.nodes) > 1 else NodeTag(bytes(6)), 1)
+    assert holder.of("/").ghost(c.sid) is c  # asking for others did not release it
     with pytest.raises(RecoveryRefusedError) as info:
-        await holder.adapter.restore_session("/", c.pid, foreign)
-    assert info.value.reason == recovery.FOREIGN_OFFSET
+        await holder.adapter.restore_session("/", c.pid, offset_text(holder.tag, 10**6))
+    assert info.value.reason == recovery.UNKNOWN_OFFSET
     assert holder.of("/").ghost(c.sid) is None
+    with pytest.raises(RecoveryRefusedError) as info:
+        await holder.adapter.restore_session("/", c.pid, None)
+    assert info.value.reason == recovery.UNKNOWN_SESSION
+
+
+async def test_another_node_takes_a_session_over_with_what_it_missed(recovering: World) -> None:
+    """A session restored on another node: it claims it, holds its rooms, and gets what the
+    socket missed before (from the old node's history) and during the claim (from the bus,
+    once each), in order, numbered by itself; the old node lets its ghost go and points to
+    the new one. A standalone node has no other node to ask (``other node``)."""
+    world = recovering
+    holder, c = _lose(world, "c")
+    assert c.pid is not None
+    if len(world.nodes) == 1:
+        with pytest.raises(RecoveryRefusedError) as info:
+            await holder.adapter.restore_session("/", new_pid(NodeTag(bytes(6))), None)
+        assert info.value.reason == recovery.OTHER_NODE
+        return
+    world.broadcast(world.target("red"), "news", 1, node=0)
+    world.broadcast(world.target("green"), "news", "not c's", node=0)
+    world.broadcast(world.target(c.sid), "news", 3, node=0)
+    await world.fence(0, clients=3)
+    new = world.nodes[0]
+    claim = await new.adapter.restore_session("/", c.pid, None)
+    assert claim.handed_over
+    assert (claim.session.sid, claim.session.rooms) == (c.sid, frozenset({c.sid, "red", "blue"}))
+    # Published while claimed: the old node still has the ghost, the new one its rooms.
+    world.broadcast(world.target("blue"), "news", 4, node=0)
+    await world.fence(0, clients=3)
+    missed = _events(await claim.complete())
+    assert [m[:2] for m in missed] == [["news", 1], ["news", 3], ["news", 4]]
+    assert all(parse_offset(m[2]) == (new.tag, ANY_COUNTER) for m in missed)
+    assert holder.of("/").ghost(c.sid) is None
+    assert holder.stats.sessions_handed_over == 1
+    # The old node points to the new one, which no longer keeps it.
     with pytest.raises(RecoveryRefusedError) as info:
         await holder.adapter.restore_session("/", c.pid, None)
     assert info.value.reason == recovery.UNKNOWN_SESSION

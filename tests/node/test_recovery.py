@@ -58,19 +58,30 @@ def test_offsets_number_from_one_in_the_nodes_spelling() -> None:
     [
         ("garbage", recovery.INVALID_OFFSET),
         (12, recovery.INVALID_OFFSET),
-        (offset_text(node_tag("n2", 1), 1), recovery.FOREIGN_OFFSET),
-        (offset_text(node_tag("n1", 2), 1), recovery.FOREIGN_OFFSET),  # a restarted node
         (offset_text(TAG, 3), recovery.UNKNOWN_OFFSET),  # never given
     ],
 )
 def test_offsets_a_node_cannot_read_are_refused(offset: object, reason: str) -> None:
-    """Not an offset, another node's or incarnation's, or one never given: refused, named."""
+    """Not an offset, or one never given: refused, named."""
     offsets = Offsets(TAG)
     offsets.next()
     offsets.next()
     with pytest.raises(RecoveryRefusedError) as info:
         offsets.parse(offset)
     assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "offset", [offset_text(node_tag("n2", 1), 1), offset_text(node_tag("n1", 2), 9)]
+)
+def test_an_offset_of_another_node_or_incarnation_means_nothing_from_this_one(
+    offset: str,
+) -> None:
+    """Another node's offset (or a restarted node's) is read as no offset: the client got
+    nothing this node numbered in the session it presents."""
+    offsets = Offsets(TAG)
+    offsets.next()
+    assert offsets.parse(offset) is None
 
 
 # --- history ---------------------------------------------------------------------------------

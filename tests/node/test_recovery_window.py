@@ -102,7 +102,7 @@ async def test_recoverable_until_the_last_instant_of_its_window(clock: list[floa
     adapter, ns, session = kept()
     await passes(clock, WINDOW - 0.001)
     claim = await adapter.restore_session("/", session.pid, None)
-    assert claim.complete() == []
+    assert await claim.complete() == []
     assert adapter.stats.sessions_kept == 0 and ns.released == []
 
 
@@ -134,7 +134,7 @@ async def test_a_claim_holds_the_session_past_its_window(clock: list[float]) -> 
     adapter, ns, session = kept()
     claim = await adapter.restore_session("/", session.pid, None)
     await passes(clock, WINDOW + 1)
-    assert claim.complete() == [] and ns.released == []
+    assert await claim.complete() == [] and ns.released == []
 
 
 async def test_a_claim_cancelled_in_time_leaves_it_kept(clock: list[float]) -> None:
@@ -144,4 +144,4 @@ async def test_a_claim_cancelled_in_time_leaves_it_kept(clock: list[float]) -> N
     (await adapter.restore_session("/", session.pid, None)).cancel()
     assert adapter.stats.sessions_kept == 1
     await passes(clock, WINDOW / 2)
-    assert (await adapter.restore_session("/", session.pid, None)).complete() == []
+    assert await (await adapter.restore_session("/", session.pid, None)).complete() == []

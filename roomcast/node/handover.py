@@ -1,0 +1,380 @@
+"""Connection state recovery across nodes: the side of the node a client came back to.
+
+A client presents the pid of a session another node keeps (the pid's tag names the node that
+created it; a node that handed it over points to where it went). This node claims it
+(:class:`~roomcast.node.requests.ClaimSession`), and learns its sid, rooms and data; it
+subscribes to the session's rooms and namespace and proves the subscriptions, keeping
+meanwhile, in an :class:`Incoming`, every packet that arrives for the session; once the
+connect is admitted, it takes the session (:class:`~roomcast.node.requests.TakeSession`): the
+old node answers with the kept packets the client missed after its offset (which names the
+old node, whose counter it is), as it wrote them, and lets its ghost go. This node then
+numbers those packets itself, then what it kept meanwhile minus what it already has (by bus
+message id), and the socket takes its place in the same event-loop step. From then on the
+session is this node's: it numbers everything it writes to it.
+
+The packets of the old node that reached it before this node's subscriptions were live are
+in the old node's history; those published after are in the :class:`Incoming`; the old node
+cuts its history after the subscriptions were proved, so the two overlap and miss nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from roomcast.cluster import wire
+from roomcast.cluster.bus import Bus
+from roomcast.cluster.membership import Replica
+from roomcast.cluster.routing import Target
+from roomcast.errors import ClusterTimeoutError, RecoveryRefusedError
+from roomcast.ids import Namespace, NodeId, NodeTag, parse_offset, tag_of_pid
+from roomcast.protocol.frames import Frames
+
+from . import recovery
+from . import requests as rq
+from .adapter import SessionClaim, Spawn
+from .local import LocalAdapter
+from .recovery import Entry, History, Membership, Offsets, PersistedSession
+
+#: How many times a claim follows a session that moved on (each hop a node that handed it
+#: over); a session moves once per outage, so more is a loop.
+MAX_HOPS = 4
+
+
+class Incoming:
+    """The packets that arrive for a session being handed over to this node, before its
+    socket is in place, unnumbered, within its namespace's history bounds."""
+
+    __slots__ = ("max_bytes", "max_packets", "namespace", "nbytes", "overflow", "packets", "rooms")
+
+    def __init__(self, namespace: str, rooms: frozenset[str], history: History) -> None:
+        self.namespace = namespace
+        self.rooms = rooms  # the sid's own room included
+        self.max_packets = history.max_packets
+        self.max_bytes = history.max_bytes
+        self.packets: list[tuple[Frames, rq.Source]] = []
+        self.nbytes = 0
+        #: More arrived than the history could keep: the recovery cannot be exact.
+        self.overflow = False
+
+    def offer(
+        self,
+        rooms: tuple[str, ...] | frozenset[str],
+        except_rooms: tuple[str, ...] | frozenset[str],
+        except_sids: tuple[str, ...] | frozenset[str],
+        volatile: bool,
+        frames: Frames,
+        source: rq.Source,
+    ) -> None:
+        """Keep a broadcast of the namespace if it reaches the session (the registry's rule,
+        for its rooms); volatile ones are not kept (as in a history)."""
+        if volatile or self.overflow:
+            return
+        mine = self.rooms
+        if rooms and not any(r in mine for r in rooms):
+            return
+        if any(s in mine for s in except_sids) or any(r in mine for r in except_rooms):
+            return
+        size = frames.nbytes
+        if len(self.packets) >= self.max_packets or self.nbytes + size > self.max_bytes:
+            self.overflow = True
+            self.packets.clear()
+            return
+        self.packets.append((frames, source))
+        self.nbytes += size
+
+
+def forwards(rooms: tuple[str, ...], moved: dict[str, NodeTag]) -> dict[NodeTag, list[str]]:
+    """Where a broadcast that came to this node for sockets it handed over goes: the sids in
+    ``rooms`` by the node each went to (``moved``). Only a broadcast to such sids alone is
+    forwarded: one that also names rooms may reach the new node through those too, and it
+    would get it twice (a known gap, see the README)."""
+    if not rooms or not all(r in moved for r in rooms):
+        return {}
+    out: dict[NodeTag, list[str]] = {}
+    for room in rooms:
+        out.setdefault(moved[room], []).append(room)
+    return out
+
+
+def known_reason(reason: str) -> str:
+    """A refusal reason another node sent, if it is one (a label must stay bounded)."""
+    return reason if reason in recovery.REFUSALS else recovery.UNKNOWN_SESSION
+
+
+class RemoteClaim(SessionClaim):
+    """A session another node keeps, claimed for a client back on this node."""
+
+    handed_over = True
+
+    def __init__(
+        self,
+        adapter: Handovers,
+        node: NodeId,
+        namespace: Namespace,
+        pid: str,
+        claimed: rq.Claimed,
+        history: History,
+        keep: int,
+    ) -> None:
+        self.adapter = adapter
+        self.node = node
+        self.history = history
+        rooms = frozenset((*claimed.rooms, claimed.sid))
+        # Its numbers are this node's: set when the claim completes.
+        self.session = PersistedSession(
+            namespace,
+            claimed.sid,
+            pid,
+            rooms,
+            claimed.data,
+            0,
+            Membership(claimed.sid, 0, keep),
+            claimed.window,
+        )
+        self.incoming = Incoming(namespace, rooms, history)
+        self._rooms = [r for r in rooms if r != claimed.sid]
+        self._done = False
+
+    @property
+    def rooms(self) -> list[str]:
+        """The rooms whose subscriptions the claim holds (the sid's own room is not one)."""
+        return self._rooms
+
+    def _end(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.adapter.incoming.pop(self.session.sid, None)
+        self.adapter.release_rooms(self.session.namespace, self._rooms)
+
+    async def complete(self) -> list[Frames]:
+        session = self.session
+        try:
+            reply = await self.adapter.ask_node(
+                self.node, rq.TakeSession(session.namespace, session.pid)
+            )
+            if isinstance(reply, rq.Refused):
+                raise RecoveryRefusedError(known_reason(reply.reason))
+            if not isinstance(reply, rq.HandedOver):
+                raise RecoveryRefusedError(recovery.OLD_NODE_GONE)
+            handed: list[tuple[Frames, rq.Source]] = []
+            for ws, offset, source in reply.packets:
+                frames = Frames.from_ws(ws).without_offset(offset)
+                if frames is None:
+                    raise RecoveryRefusedError(recovery.INVALID_OFFSET)
+                handed.append((frames, source))
+            incoming = self.incoming
+            seen = {source for _, source in handed if source is not None}
+            todo = handed + [(f, s) for f, s in incoming.packets if s is None or s not in seen]
+            history = self.history
+            if (
+                incoming.overflow
+                or len(todo) > history.max_packets
+                or sum(f.nbytes for f, _ in todo) > history.max_bytes
+            ):
+                raise RecoveryRefusedError(recovery.HISTORY_EVICTED)
+        except RecoveryRefusedError:
+            self._end()
+            raise
+        # No await from here: the socket takes its place in the step this returns in.
+        self._done = True
+        self.adapter.incoming.pop(session.sid, None)
+        offsets = self.adapter.offsets
+        first = offsets.last
+        membership = session.membership
+        membership.first = first
+        membership.joined = dict.fromkeys(session.rooms, first)
+        out: list[Frames] = []
+        own = (session.sid,)
+        for frames, source in todo:
+            counter = offsets.next()
+            numbered = frames.with_offset(offsets.text(counter))
+            if numbered is None:  # not an EVENT without ack (never kept): sent as it is
+                out.append(frames)
+                continue
+            history.record(Entry(counter, own, (), (), numbered, source))
+            self.last_offset = counter
+            out.append(numbered)
+        return out
+
+    def cancel(self) -> None:
+        if self._done:
+            return
+        self._end()
+        session = self.session
+        self.adapter.tell_node(self.node, rq.DropClaim(session.namespace, session.pid))
+
+
+class Handovers:
+    """Both sides of handing sessions between nodes, for a node's cluster adapter: claiming
+    another node's session for a client back here, and serving other nodes' claims on the
+    sessions ``keeper`` (the adapter) keeps."""
+
+    def __init__(
+        self,
+        keeper: LocalAdapter,
+        bus: Bus,
+        replica: Replica,
+        request: Callable[[set[NodeId], rq.Request], Awaitable[dict[NodeId, rq.Reply]]],
+        spawn: Spawn,
+        join_timeout: float,
+        request_timeout: float,
+        max_rooms: int,
+        next_msg_id: Callable[[], int],
+    ) -> None:
+        self.keeper = keeper
+        self.bus = bus
+        self.replica = replica
+        self._request = request
+        self._spawn = spawn
+        self.join_timeout = join_timeout
+        self.request_timeout = request_timeout
+        self.max_rooms = max_rooms
+        self._next_msg_id = next_msg_id
+        #: Sessions being handed over to this node, by sid.
+        self.incoming: dict[str, Incoming] = {}
+
+    @property
+    def offsets(self) -> Offsets:
+        """The node's offset counter."""
+        return self.keeper.offsets
+
+    # -- the new node's side ------------------------------------------------------------------
+
+    async def claim(self, namespace: str, pid: str, offset: Any) -> SessionClaim:
+        """Claim ``pid`` from the node that keeps it, following where it moved; then hold its
+        rooms here, proved, keeping what arrives for it."""
+        if offset is not None and (not isinstance(offset, str) or parse_offset(offset) is None):
+            raise RecoveryRefusedError(recovery.INVALID_OFFSET)
+        ns = self.keeper.sockets.namespace(namespace)
+        history = ns.history if ns is not None else None
+        if history is None:
+            raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
+        tag = self.keeper.moved_to(pid) or tag_of_pid(pid)
+        request = rq.ClaimSession(namespace, pid, offset)
+        for _ in range(MAX_HOPS):
+            if tag is None or tag == self.keeper.tag:
+                raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
+            node = self.replica.node_of_tag(tag)
+            if node is None:
+                raise RecoveryRefusedError(recovery.OLD_NODE_GONE)
+            reply = await self.ask_node(node, request)
+            if not isinstance(reply, rq.Moved):
+                break
+            tag = NodeTag(reply.tag)
+        else:
+            raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
+        if isinstance(reply, rq.Refused):
+            raise RecoveryRefusedError(known_reason(reply.reason))
+        if not isinstance(reply, rq.Claimed) or reply.sid in self.incoming:
+            raise RecoveryRefusedError(recovery.OLD_NODE_GONE)
+        claim = RemoteClaim(self, node, Namespace(namespace), pid, reply, history, self.max_rooms)
+        self.incoming[reply.sid] = claim.incoming
+        topics = [wire.namespace_topic(namespace)]
+        topics += [wire.room_topic(namespace, r) for r in claim.rooms]
+        try:
+            await asyncio.gather(*(self.bus.subscribe(t, self.join_timeout) for t in topics))
+        except TimeoutError:
+            claim.cancel()
+            raise RecoveryRefusedError(recovery.OLD_NODE_GONE) from None
+        except BaseException:
+            claim.cancel()
+            raise
+        return claim
+
+    async def ask_node(self, node: NodeId, request: rq.Request) -> rq.Reply:
+        """``node``'s reply to a handover request (``old node gone`` when none comes in the
+        request timeout, or the node went down meanwhile)."""
+        try:
+            replies = await self._request({node}, request)
+        except ClusterTimeoutError:
+            raise RecoveryRefusedError(recovery.OLD_NODE_GONE) from None
+        reply = replies.get(node)
+        if reply is None or isinstance(reply, rq.Failed):
+            raise RecoveryRefusedError(recovery.OLD_NODE_GONE)
+        return reply
+
+    def tell_node(self, node: NodeId, request: rq.Request) -> None:
+        """Send ``request`` to ``node``; its reply does not matter."""
+
+        async def tell() -> None:
+            with contextlib.suppress(ClusterTimeoutError):
+                await self._request({node}, request)
+
+        self._spawn(tell())
+
+    def release_rooms(self, namespace: str, rooms: list[str]) -> None:
+        """Drop the interest a claim took in ``namespace`` and ``rooms``."""
+        self.bus.unsubscribe(wire.namespace_topic(namespace))
+        for room in rooms:
+            self.bus.unsubscribe(wire.room_topic(namespace, room))
+
+    def offer(
+        self, namespace: str, t: Target | wire.RoomMessage, frames: Frames, source: rq.Source
+    ) -> None:
+        """A broadcast this node writes: kept for the sessions being handed over it reaches."""
+        for incoming in self.incoming.values():
+            if incoming.namespace == namespace:
+                incoming.offer(t.rooms, t.except_rooms, t.except_sids, t.volatile, frames, source)
+
+    # -- the old node's side ------------------------------------------------------------------
+
+    def forward(self, msg: wire.RoomMessage) -> None:
+        """A broadcast that came here for sockets this node handed over goes on to their
+        nodes."""
+        for tag, rooms in forwards(msg.rooms, self.keeper.moved_sids).items():
+            body = msg._replace(msg_id=self._next_msg_id(), rooms=tuple(rooms))
+            self.bus.publish(wire.node_topic(tag), body)
+
+    async def serve(
+        self, request: rq.ClaimSession | rq.TakeSession | rq.DropClaim, by: NodeTag
+    ) -> rq.Reply:
+        """Serve the node ``by``'s claim on a session this node keeps (or handed over), its
+        taking it, or its word that it will not."""
+        keeper = self.keeper
+        if isinstance(request, rq.TakeSession):
+            return await self._hand_over(request, by)
+        if isinstance(request, rq.DropClaim):
+            keeper.drop_claim(request.pid, by)
+            return rq.Answer(None)
+        # Long enough for the claimant to prove its subscriptions, run its middleware and
+        # take the session; a claimant that died meanwhile lets it go after that.
+        hold = self.join_timeout + 2 * self.request_timeout
+        try:
+            found = keeper.lend_session(request.namespace, request.pid, request.offset, by, hold)
+        except RecoveryRefusedError as exc:
+            return rq.Refused(exc.reason)
+        if not isinstance(found, PersistedSession):
+            return rq.Moved(found)
+        if not wire.can_carry(found.data):
+            keeper.release_session(found.pid)
+            return rq.Refused(recovery.UNMOVABLE_DATA)
+        rooms = tuple(sorted(r for r in found.rooms if r != found.sid))
+        return rq.Claimed(found.sid, rooms, found.data, found.window)
+
+    async def _hand_over(self, request: rq.TakeSession, by: NodeTag) -> rq.Reply:
+        """Hand a session the node ``by`` claimed over, once every message a router had for
+        its rooms before ``by`` proved its own subscriptions is in this node's history (a
+        router may have forwarded it here just before, on another connection than the
+        request's)."""
+        keeper = self.keeper
+        session = keeper.lent_to(request.pid, by)
+        if session is None:
+            return rq.Refused(recovery.UNKNOWN_SESSION)
+        ns = session.namespace
+        topics = [wire.namespace_topic(ns)]
+        topics += [wire.room_topic(ns, r) for r in session.rooms if r != session.sid]
+        try:
+            await asyncio.gather(*(self.bus.fence(t, self.join_timeout) for t in topics))
+        except TimeoutError:
+            keeper.release_session(request.pid)
+            return rq.Refused(recovery.OLD_NODE_GONE)
+        try:
+            entries = keeper.hand_over(request.namespace, request.pid, by)
+        except RecoveryRefusedError as exc:
+            return rq.Refused(exc.reason)
+        text = self.offsets.text
+        return rq.HandedOver(tuple((e.frames.ws, text(e.counter), e.source) for e in entries))
