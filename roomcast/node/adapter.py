@@ -273,7 +273,8 @@ class Adapter(ABC):
         message id), all numbered by this node; the old node lets its ghost go and forwards
         what still comes to it for the socket's sid. A node that is down, or does not answer
         within the request timeout: refused (``old node gone``); a standalone node has no
-        other node to ask (``other node``).
+        other node to ask (``other node``). :meth:`sessions_settled` says when a node keeps no
+        session any more (a draining node waits for it).
     Reads
         :meth:`room_table` and :meth:`names_a_socket` answer from local state (this node's
         registry and its replica of the others), never with a request.
@@ -379,6 +380,11 @@ class Adapter(ABC):
         client noticed before this node did) and the socket kept, then claimed. Raises
         :class:`~roomcast.errors.RecoveryRefusedError` with a named reason when it cannot be
         recovered exactly (a known session is then released: its client gets a fresh one)."""
+
+    @abstractmethod
+    async def sessions_settled(self) -> None:
+        """Returns once this node keeps no session: each was recovered, handed over to the
+        node its client came back to, or released (a draining node waits for this)."""
 
     def on_server_event(self, event: str, handler: ServerEventHandler) -> None:
         """Answer ``event`` from other nodes with ``handler(*args)``."""

@@ -126,6 +126,8 @@ class LocalAdapter(Adapter):
         self.stats = stats
         self.offsets = Offsets(tag)
         self._kept: dict[str, _Kept] = {}  # persisted sessions by pid
+        self._none_kept = asyncio.Event()
+        self._none_kept.set()
         self._moved: dict[str, _Moved] = {}  # sessions handed over, by pid
         #: The sids of sessions this node handed over: the node each went to.
         self.moved_sids: dict[str, NodeTag] = {}
@@ -144,6 +146,7 @@ class LocalAdapter(Adapter):
                 kept.lent[2].cancel()
         self.stats.sessions_kept -= len(self._kept)
         self._kept.clear()
+        self._none_kept.set()
         for moved in self._moved.values():
             moved.timer.cancel()
         self._moved.clear()
@@ -321,6 +324,7 @@ class LocalAdapter(Adapter):
         loop = asyncio.get_running_loop()
         timer = loop.call_later(session.window, self._expire, session.pid)
         self._kept[session.pid] = _Kept(session, loop.time() + session.window, timer)
+        self._none_kept.clear()
         self.stats.sessions_kept += 1
 
     async def restore_session(self, namespace: str, pid: Any, offset: Any) -> SessionClaim:
@@ -450,6 +454,8 @@ class LocalAdapter(Adapter):
         if kept is not None:
             kept.timer.cancel()
             self.stats.sessions_kept -= 1
+            if not self._kept:
+                self._none_kept.set()
 
     def release_session(self, pid: str) -> None:
         kept = self._kept.get(pid)
@@ -473,6 +479,9 @@ class LocalAdapter(Adapter):
             kept.timer = loop.call_at(kept.deadline, self._expire, pid)
             return
         self.release_session(pid)
+
+    async def sessions_settled(self) -> None:
+        await self._none_kept.wait()
 
     def names_a_socket(self, name: str) -> bool:
         return tag_of_sid(name) == self.tag

@@ -258,8 +258,10 @@ class Server(Broadcasts):
 
         The node takes no new sessions and fails ``/health`` (and its Consul check) at once,
         then closes its connections spread evenly over ``window`` seconds, so that their
-        clients reconnect elsewhere without a reconnect storm; then it stops (announcing its
-        departure and deregistering).
+        clients reconnect elsewhere without a reconnect storm; it keeps the sessions of those
+        connections for recovery until each client came back elsewhere (the node it reached
+        takes its session over) or its window ended; then it stops (announcing its departure
+        and deregistering).
         """
         self.draining = True
         self.set_unhealthy("draining", "node is draining")
@@ -275,6 +277,9 @@ class Server(Broadcasts):
             conn.close(reasons.SERVER_SHUTTING_DOWN, flush=True)
         for conn in list(self.connections.values()):  # any that slipped in meanwhile
             conn.close(reasons.SERVER_SHUTTING_DOWN, flush=True)
+        # The sessions of the connections closed are kept (connection state recovery) until
+        # their clients come back on other nodes, which take them over, or their windows end.
+        await self.adapter.sessions_settled()
         self.stop()
 
     def set_unhealthy(self, problem: str, detail: str | None) -> None:
