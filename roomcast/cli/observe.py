@@ -187,7 +187,8 @@ def _print_status(doc: dict[str, Any]) -> None:
         print(
             f"recovery: {s['recoveries_attempted']} attempted, "
             f"{s['recoveries_succeeded']} recovered ({s['replayed_messages']} messages "
-            f"replayed), refused: {refused or 'none'}; {s['sessions_kept']} sessions kept now"
+            f"replayed), refused: {refused or 'none'}; {s['sessions_kept']} sessions kept now, "
+            f"{s.get('sessions_handed_over', 0)} handed over to other nodes"
         )
     bus = doc.get("cluster", {}).get("bus")
     if bus:
