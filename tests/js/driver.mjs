@@ -21,8 +21,9 @@
 //       disconnect: "close" closes the Engine.IO connection (socket.io.engine.close()), "drop"
 //       destroys the TCP socket under a WebSocket; the client then reconnects by itself if its
 //       "opts" turned reconnection on, else with "reconnect"
-//   {"cmd": "reconnect", "id"}                  socket.connect() again, auth unchanged (a client
-//       that lost its connection presents its pid and last offset: connection state recovery)
+//   {"cmd": "reconnect", "id", "url"?}          socket.connect() again, auth unchanged (a client
+//       that lost its connection presents its pid and last offset: connection state recovery),
+//       with "url": to that base URL (another node) instead
 //   {"cmd": "disconnect", "id"}
 //
 // Output types (each with the client "id" it concerns): ready, connect (with the socket's "sid",
@@ -215,7 +216,10 @@ class Session {
   }
 
   cmd_reconnect(cmd) {
-    this.client(cmd).socket.connect();
+    const { socket } = this.client(cmd);
+    // Another node's base URL: the Manager opens its next Engine.IO connection there.
+    if (cmd.url) socket.io.uri = cmd.url;
+    socket.connect();
   }
 
   cmd_disconnect(cmd) {

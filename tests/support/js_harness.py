@@ -336,10 +336,14 @@ class JsClient:
         connection, ``drop`` destroys the TCP socket under a WebSocket."""
         self.driver.send(cmd="cut", id=self.id, how=how)
 
-    def reconnect(self) -> None:
+    def reconnect(self, url: str | None = None) -> None:
         """``socket.connect()`` again, auth unchanged: a client that lost its connection presents
-        its pid and last offset (connection state recovery)."""
-        self.driver.send(cmd="reconnect", id=self.id)
+        its pid and last offset (connection state recovery); to the base ``url`` of another
+        node when given."""
+        if url is None:
+            self.driver.send(cmd="reconnect", id=self.id)
+        else:
+            self.driver.send(cmd="reconnect", id=self.id, url=url)
 
 
 async def connect_all(*clients: JsClient) -> list[str]:

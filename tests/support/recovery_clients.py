@@ -52,20 +52,22 @@ def assert_numbered(tag: NodeTag | None, found: list[str]) -> None:
     assert counters == sorted(set(counters)), found
 
 
-async def recover(client: JsClient, nth: int = 1) -> dict[str, Any]:
-    """Reconnect and wait for a connect that recovered the same sid; returns its report."""
+async def recover(client: JsClient, nth: int = 1, url: str | None = None) -> dict[str, Any]:
+    """Reconnect (to ``url``, another node, when given) and wait for a connect that recovered
+    the same sid; returns its report."""
     sid = client.sid
-    client.reconnect()
+    client.reconnect(url)
     event = await client.reconnected(nth)
     assert event["recovered"] is True, event
     assert event["sid"] == sid
     return event
 
 
-async def refused(client: JsClient, nth: int = 1) -> dict[str, Any]:
-    """Reconnect and wait for a connect that is a fresh session; returns its report."""
+async def refused(client: JsClient, nth: int = 1, url: str | None = None) -> dict[str, Any]:
+    """Reconnect (to ``url``, another node, when given) and wait for a connect that is a fresh
+    session; returns its report."""
     old = client.sid
-    client.reconnect()
+    client.reconnect(url)
     event = await client.reconnected(nth)
     assert event["recovered"] is False, event
     assert event["sid"] != old

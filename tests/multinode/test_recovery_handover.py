@@ -1,0 +1,194 @@
+"""Connection state recovery across nodes started by the CLI (uvloop): sessions handed over.
+
+The official Node client loses its connection to its node while a client of the other node
+publishes to its rooms, and comes back to the *other* node (its Manager's next connection goes
+to that node's URL): it gets ``recovered: true``, the same sid and rooms, every missed message
+once and in order, each numbered by the node it is on now, then live traffic; and back again.
+The same when its old node drains (``roomcast drain``: the node keeps its sessions until their
+clients came back elsewhere, then exits). When the old node is killed while the client is
+away, the client gets a fresh session at once (``old node gone``). Every wait is on an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from support.cluster_harness import Cluster, running_cluster, unique, wait_until
+from support.js_harness import (
+    JS_TEST_MARKS,
+    Driver,
+    JsClient,
+    js_fixture,  # noqa: F401 (a fixture, taken as ``js``)
+)
+from support.recovery_clients import (
+    assert_numbered,
+    got,
+    offsets,
+    publish,
+    recover,
+    refused,
+    values,
+)
+
+from roomcast.ids import parse_offset, tag_of_sid
+from roomcast.node import recovery
+
+pytestmark = [pytest.mark.multinode, *JS_TEST_MARKS]
+
+CONFIG = """
+[recovery]
+enabled = true
+"""
+
+
+@pytest_asyncio.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with running_cluster(tmp_path, "n1", "n2", extra_config=CONFIG) as c:
+        yield c
+
+
+async def stats(cluster: Cluster, node: str) -> dict[str, Any]:
+    doc: dict[str, Any] = await cluster.admin(node, "/admin/stats")
+    return doc
+
+
+async def kept(cluster: Cluster, node: str, count: int) -> None:
+    """Until ``node`` keeps ``count`` sessions for recovery."""
+
+    async def check() -> bool:
+        return bool((await stats(cluster, node))["sessions_kept"] == count)
+
+    await wait_until(check, what=f"{node} to keep {count} sessions")
+
+
+async def publish_to(cluster: Cluster, node: str, client: JsClient, room: str, *data: Any) -> None:
+    """Publish through ``client``, and wait until ``node`` has them all."""
+    before = (await cluster.bus(node))["received_rooms"]
+    await publish(client, room, *data)
+
+    async def arrived() -> bool:
+        return bool((await cluster.bus(node))["received_rooms"] >= before + len(data))
+
+    await wait_until(arrived, what=f"{node} to receive {len(data)} messages")
+
+
+async def test_a_client_recovers_on_the_other_node_and_back(cluster: Cluster, js: Driver) -> None:
+    """Away from n2, back on n1: recovered, same sid and rooms, what it missed once and in
+    order numbered by n1, then live traffic; away again, back on n2 (which n1 now points to
+    through the pid's tag): the same. Each old node counts a session handed over."""
+    n1, n2 = cluster.nodes["n1"].url, cluster.nodes["n2"].url
+    room, other = unique("r"), unique("o")
+    a = js.connect("a", n2, "websocket", namespace="/any")
+    b = js.connect("b", n1, "websocket", namespace="/any")
+    await a.connected()
+    await b.connected()
+    await a.call("join", room)
+    await a.call("join", other)
+    await cluster.wait_room(room, {"n2": 1}, namespace="/any")
+    await publish(b, room, "before")
+    await got(a, "before")
+
+    a.cut()
+    await a.disconnected(0)
+    await kept(cluster, "n2", 1)
+    await publish_to(cluster, "n2", b, room, 1, 2)
+    await publish_to(cluster, "n2", b, other, {"blob": b"\x00\xff"})
+    await recover(a, 1, url=n1)
+    await got(a, {"blob": b"\x00\xff"})
+    # Its rooms are on n1 now: n2 let the ghost go.
+    await cluster.wait_room(room, {"n1": 1}, namespace="/any")
+    await publish(b, room, "live")
+    await got(a, "live")
+    assert values(a) == ["before", 1, 2, {"blob": b"\x00\xff"}, "live"]
+    moved = offsets(a)[1:]
+    assert_numbered(cluster_tag(moved), moved)
+    assert cluster_tag(moved) != tag_of_sid(a.sid)  # numbered by n1, not the sid's node
+
+    a.cut()
+    await a.disconnected(1)
+    await kept(cluster, "n1", 1)
+    await publish(b, room, 3)  # b is on n1: kept there once acked
+    await recover(a, 2, url=n2)
+    await got(a, 3)
+    await cluster.wait_room(room, {"n2": 1}, namespace="/any")
+    await publish(b, room, "home")
+    await got(a, "home")
+    assert values(a) == ["before", 1, 2, {"blob": b"\x00\xff"}, "live", 3, "home"]
+
+    s1, s2 = await stats(cluster, "n1"), await stats(cluster, "n2")
+    assert (s1["recoveries_succeeded"], s1["sessions_handed_over"]) == (1, 1)
+    assert (s2["recoveries_succeeded"], s2["sessions_handed_over"]) == (1, 1)
+    assert s1["sessions_kept"] == s2["sessions_kept"] == 0
+    assert not s1["recoveries_refused"] and not s2["recoveries_refused"]
+    code, out, err = await cluster.cli("status", "--node", n2, "--interval", "0")
+    assert code == 0, err
+    assert "0 sessions kept now, 1 handed over to other nodes" in out
+
+
+def cluster_tag(found: list[str]) -> Any:
+    parsed = parse_offset(found[-1])
+    assert parsed is not None
+    return parsed[0]
+
+
+async def test_a_draining_node_keeps_sessions_until_their_clients_come_back(
+    cluster: Cluster, js: Driver
+) -> None:
+    """``roomcast drain n2``: n2 closes its client's connection, keeps its session while the
+    client is away (messages published meanwhile reach it), hands it over when the client
+    comes back on n1 (recovered, nothing lost), and only then exits."""
+    n1, n2 = cluster.nodes["n1"].url, cluster.nodes["n2"].url
+    room = unique("r")
+    a = js.connect("a", n2, "websocket", namespace="/any")
+    b = js.connect("b", n1, "websocket", namespace="/any")
+    await a.connected()
+    await b.connected()
+    await a.call("join", room)
+    await cluster.wait_room(room, {"n2": 1}, namespace="/any")
+
+    code, _, err = await cluster.cli("drain", "n2", "--window", "0.1")
+    assert code == 0, err
+    await a.disconnected(0)
+    await kept(cluster, "n2", 1)
+    await publish_to(cluster, "n2", b, room, 1, 2, 3)
+    assert cluster.nodes["n2"].proc.running  # it waits for its client
+    await recover(a, 1, url=n1)
+    await got(a, 3)
+    await publish(b, room, "live")
+    await got(a, "live")
+    assert values(a) == [1, 2, 3, "live"]
+    assert await cluster.nodes["n2"].proc.wait() == 0
+
+
+async def test_the_old_node_killed_while_the_client_is_away_means_a_fresh_session(
+    cluster: Cluster, js: Driver
+) -> None:
+    """n2 is killed (SIGKILL) while its client is away: on n1 the client gets a fresh session
+    within the request timeout (``old node gone``), in its rooms no more, then live traffic."""
+    n1, n2 = cluster.nodes["n1"].url, cluster.nodes["n2"].url
+    room = unique("r")
+    a = js.connect("a", n2, "websocket", namespace="/any")
+    b = js.connect("b", n1, "websocket", namespace="/any")
+    await a.connected()
+    await b.connected()
+    await a.call("join", room)
+    await cluster.wait_room(room, {"n2": 1}, namespace="/any")
+    a.cut()
+    await a.disconnected(0)
+    await kept(cluster, "n2", 1)
+    n2proc = cluster.nodes["n2"].proc
+    n2proc.kill9()
+    await asyncio.wait_for(n2proc.wait(), 10)
+    await refused(a, 1, url=n1)
+    doc = await stats(cluster, "n1")
+    assert doc["recoveries_refused"] == {recovery.OLD_NODE_GONE: 1}
+    assert doc["sessions_kept"] == 0
+    await a.call("join", room)
+    await publish(b, room, "fresh")
+    await got(a, "fresh")
+    assert values(a) == ["fresh"]
