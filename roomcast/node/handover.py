@@ -182,6 +182,7 @@ class RemoteClaim(SessionClaim):
         # No await from here: the socket takes its place in the step this returns in.
         self._done = True
         self.adapter.incoming.pop(session.sid, None)
+        self.adapter.keeper.forget_pointer(session.pid)  # it is back here, if it was here once
         offsets = self.adapter.offsets
         first = offsets.last
         membership = session.membership

@@ -323,6 +323,7 @@ class LocalAdapter(Adapter):
     def persist_session(self, session: PersistedSession) -> None:
         loop = asyncio.get_running_loop()
         timer = loop.call_later(session.window, self._expire, session.pid)
+        self.forget_pointer(session.pid)  # it came back here since this node handed it over
         self._kept[session.pid] = _Kept(session, loop.time() + session.window, timer)
         self._none_kept.clear()
         self.stats.sessions_kept += 1
@@ -381,11 +382,12 @@ class LocalAdapter(Adapter):
         of the node it was handed over to. The claim ends after ``timeout`` seconds unless
         :meth:`hand_over` took it (the node ``to`` may die meanwhile). Raises
         :class:`RecoveryRefusedError` as :meth:`restore_session` does."""
-        moved = self._moved.get(pid)
-        if moved is not None:
-            return moved.to
         kept = self._kept_here(namespace, pid)
         if kept is None:
+            # A pointer only when the session is not here: it may have come back since.
+            moved = self._moved.get(pid)
+            if moved is not None:
+                return moved.to
             raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
         after = self._claim_kept(kept, namespace, offset)
         timer = asyncio.get_running_loop().call_later(timeout, self.drop_claim, pid, to)
@@ -438,14 +440,16 @@ class LocalAdapter(Adapter):
             self.release_session(pid)
         loop = asyncio.get_running_loop()
         left = max(0.0, kept.deadline - loop.time())
-        self._moved[pid] = _Moved(to, session.sid, loop.call_later(left, self._unmove, pid))
+        self._moved[pid] = _Moved(to, session.sid, loop.call_later(left, self.forget_pointer, pid))
         self.moved_sids[session.sid] = to
         self.stats.sessions_handed_over += 1
         return entries
 
-    def _unmove(self, pid: str) -> None:
+    def forget_pointer(self, pid: str) -> None:
+        """Forget where ``pid`` went (its window ended here, or it is back on this node)."""
         moved = self._moved.pop(pid, None)
         if moved is not None:
+            moved.timer.cancel()
             self.moved_sids.pop(moved.sid, None)
 
     def forget_session(self, pid: str) -> None:
