@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from support.cluster_harness import Cluster, running_cluster, unique, wait_until
+from support.haproxy import balancer, needs_haproxy
 from support.js_harness import (
     JS_TEST_MARKS,
     Driver,
@@ -128,6 +129,46 @@ async def test_a_client_recovers_on_the_other_node_and_back(cluster: Cluster, js
     code, out, err = await cluster.cli("status", "--node", n2, "--interval", "0")
     assert code == 0, err
     assert "0 sessions kept now, 1 handed over to other nodes" in out
+
+
+@needs_haproxy
+async def test_behind_a_round_robin_balancer_each_outage_recovers_on_the_next_node(
+    cluster: Cluster, js: Driver, tmp_path: Path
+) -> None:
+    """Through HAProxy round-robin (no affinity), each reconnection of a WebSocket client
+    reaches the other node: every one recovers there, every missed message once and in
+    order, and the session is handed over each time."""
+    n1, n2 = cluster.nodes["n1"].url, cluster.nodes["n2"].url
+    room = unique("r")
+    async with balancer([n1, n2], tmp_path) as lb:
+        a = js.connect("a", lb.url, "websocket", namespace="/any")
+        b = js.connect("b", n1, "websocket", namespace="/any")
+        await a.connected()
+        await b.connected()
+        await a.call("join", room)
+        for outage in range(3):
+            a.cut()
+            await a.disconnected(outage)
+
+            async def keeper() -> str | None:
+                for node in ("n1", "n2"):
+                    if (await stats(cluster, node))["sessions_kept"] == 1:
+                        return node
+                return None
+
+            node = await wait_until(keeper, what="a node to keep the session")
+            if node == "n2":
+                await publish_to(cluster, "n2", b, room, outage)
+            else:
+                await publish(b, room, outage)  # b is on n1: kept there once acked
+            await recover(a, outage + 1)
+            await got(a, outage)
+        await publish(b, room, "live")
+        await got(a, "live")
+    assert values(a) == [0, 1, 2, "live"]
+    s1, s2 = await stats(cluster, "n1"), await stats(cluster, "n2")
+    assert s1["recoveries_succeeded"] + s2["recoveries_succeeded"] == 3
+    assert s1["sessions_handed_over"] + s2["sessions_handed_over"] == 3
 
 
 def cluster_tag(found: list[str]) -> Any:
