@@ -369,7 +369,9 @@ class Handovers:
         topics = [wire.namespace_topic(ns)]
         topics += [wire.room_topic(ns, r) for r in session.rooms if r != session.sid]
         try:
-            await asyncio.gather(*(self.bus.fence(t, self.join_timeout) for t in topics))
+            # Half the request timeout: the claimant waits that long for the answer.
+            wait = self.request_timeout / 2
+            await asyncio.gather(*(self.bus.fence(t, wait) for t in topics))
         except TimeoutError:
             keeper.release_session(request.pid)
             return rq.Refused(recovery.OLD_NODE_GONE)
