@@ -170,6 +170,8 @@ class ClusterAdapter(LocalAdapter):
             max_room_topics=self.cs.max_room_topics,
         ):
             self.bus.publish(topic, body)
+        if target.rooms and self.moved_sids:
+            self.handovers.forward(body)  # sids this node handed over: no topic reaches them
 
     def _is_live_tag(self, tag: NodeTag) -> bool:
         return self.replica.node_of_tag(tag) is not None
