@@ -105,7 +105,14 @@ async def test_a_client_recovers_on_the_other_node_and_back(cluster: Cluster, js
     await cluster.wait_room(room, {"n1": 1}, namespace="/any")
     await publish(b, room, "live")
     await got(a, "live")
-    assert values(a) == ["before", 1, 2, {"blob": b"\x00\xff"}, "live"]
+    # Emits to its sid reach the node its sid names, n2, which forwards them to n1.
+    c = js.connect("c", n2, "websocket", namespace="/any")
+    await c.connected()
+    await publish(c, a.sid, "direct")
+    await got(a, "direct")
+    await publish(b, room, "after")
+    await got(a, "after")
+    assert values(a) == ["before", 1, 2, {"blob": b"\x00\xff"}, "live", "direct", "after"]
     moved = offsets(a)[1:]
     assert_numbered(cluster_tag(moved), moved)
     assert cluster_tag(moved) != tag_of_sid(a.sid)  # numbered by n1, not the sid's node
@@ -119,7 +126,17 @@ async def test_a_client_recovers_on_the_other_node_and_back(cluster: Cluster, js
     await cluster.wait_room(room, {"n2": 1}, namespace="/any")
     await publish(b, room, "home")
     await got(a, "home")
-    assert values(a) == ["before", 1, 2, {"blob": b"\x00\xff"}, "live", 3, "home"]
+    assert values(a) == [
+        "before",
+        1,
+        2,
+        {"blob": b"\x00\xff"},
+        "live",
+        "direct",
+        "after",
+        3,
+        "home",
+    ]
 
     s1, s2 = await stats(cluster, "n1"), await stats(cluster, "n2")
     assert (s1["recoveries_succeeded"], s1["sessions_handed_over"]) == (1, 1)
