@@ -3,7 +3,9 @@
 The official Node client loses its connection to its node while a client of the other node
 publishes to its rooms, and comes back to the *other* node (its Manager's next connection goes
 to that node's URL): it gets ``recovered: true``, the same sid and rooms, every missed message
-once and in order, each numbered by the node it is on now, then live traffic; and back again.
+once and in order, each numbered by the node it is on now, then live traffic; and back again;
+behind HAProxy round-robin, at every reconnection; on a third node, through the first node's
+pointer.
 The same when its old node drains (``roomcast drain``: the node keeps its sessions until their
 clients came back elsewhere, then exits). When the old node is killed while the client is
 away, the client gets a fresh session at once (``old node gone``). Every wait is on an event.
@@ -250,3 +252,29 @@ async def test_the_old_node_killed_while_the_client_is_away_means_a_fresh_sessio
     await publish(b, room, "fresh")
     await got(a, "fresh")
     assert values(a) == ["fresh"]
+
+
+async def test_a_third_node_follows_the_old_nodes_pointer(tmp_path: Path, js: Driver) -> None:
+    """Created on n3, recovered on n1, then back on n2: n2 asks n3 (the pid's node), which
+    points to n1, which hands the session over; nothing lost on the way."""
+    async with running_cluster(tmp_path, "n1", "n2", "n3", extra_config=CONFIG) as cluster:
+        urls = {name: node.url for name, node in cluster.nodes.items()}
+        room = unique("r")
+        a = js.connect("a", urls["n3"], "websocket", namespace="/any")
+        b = js.connect("b", urls["n2"], "websocket", namespace="/any")
+        await a.connected()
+        await b.connected()
+        await a.call("join", room)
+        await cluster.wait_room(room, {"n3": 1}, namespace="/any")
+        for outage, (away, back) in enumerate((("n3", "n1"), ("n1", "n2"))):
+            a.cut()
+            await a.disconnected(outage)
+            await kept(cluster, away, 1)
+            await publish_to(cluster, away, b, room, outage)
+            await recover(a, outage + 1, url=urls[back])
+            await got(a, outage)
+        await publish(b, room, "live")
+        await got(a, "live")
+        assert values(a) == [0, 1, "live"]
+        handed = [(await stats(cluster, n))["sessions_handed_over"] for n in ("n1", "n2", "n3")]
+        assert handed == [1, 0, 1]
