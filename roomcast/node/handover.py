@@ -178,6 +178,11 @@ class RemoteClaim(SessionClaim):
                 raise RecoveryRefusedError(recovery.HISTORY_EVICTED)
         except RecoveryRefusedError:
             self._end()
+            # Its client gets a fresh session: the old node must not keep a ghost of it (it
+            # did not answer, or refused having released it already).
+            self.adapter.tell_node(
+                self.node, rq.DropClaim(session.namespace, session.pid, release=True)
+            )
             raise
         # No await from here: the socket takes its place in the step this returns in.
         self._done = True
@@ -201,12 +206,14 @@ class RemoteClaim(SessionClaim):
             out.append(numbered)
         return out
 
-    def cancel(self) -> None:
+    def cancel(self, release: bool = False) -> None:
+        """The connect did not go through: the old node keeps the session (``release``: lets
+        it go, its client was given a fresh one)."""
         if self._done:
             return
         self._end()
         session = self.session
-        self.adapter.tell_node(self.node, rq.DropClaim(session.namespace, session.pid))
+        self.adapter.tell_node(self.node, rq.DropClaim(session.namespace, session.pid, release))
 
 
 class Handovers:
@@ -279,7 +286,7 @@ class Handovers:
         try:
             await asyncio.gather(*(self.bus.subscribe(t, self.join_timeout) for t in topics))
         except TimeoutError:
-            claim.cancel()
+            claim.cancel(release=True)
             raise RecoveryRefusedError(recovery.OLD_NODE_GONE) from None
         except BaseException:
             claim.cancel()
@@ -339,7 +346,10 @@ class Handovers:
         if isinstance(request, rq.TakeSession):
             return await self._hand_over(request, by)
         if isinstance(request, rq.DropClaim):
-            keeper.drop_claim(request.pid, by)
+            if request.release and keeper.lent_to(request.pid, by) is not None:
+                keeper.release_session(request.pid)
+            else:
+                keeper.drop_claim(request.pid, by)
             return rq.Answer(None)
         # Long enough for the claimant to prove its subscriptions, run its middleware and
         # take the session; a claimant that died meanwhile lets it go after that.

@@ -131,10 +131,12 @@ class TakeSession:
 
 @dataclass(frozen=True, slots=True)
 class DropClaim:
-    """The requester's connect for ``pid`` did not go through: the session stays kept."""
+    """The requester's connect for ``pid`` did not go through: the session stays kept, or,
+    with ``release``, is released (its client was given a fresh session)."""
 
     namespace: str
     pid: str
+    release: bool = False
 
 
 Request = (
@@ -278,7 +280,7 @@ def encode_request(request: Request) -> tuple[Kind, list[Any]]:
     if isinstance(request, TakeSession):
         return Kind.TAKE_SESSION, [request.namespace, request.pid]
     if isinstance(request, DropClaim):
-        return Kind.DROP_CLAIM, [request.namespace, request.pid]
+        return Kind.DROP_CLAIM, [request.namespace, request.pid, request.release]
     return Kind.BROADCAST_WITH_ACK, [
         _target_out(request.target),
         request.event,
@@ -318,9 +320,14 @@ def decode_request(kind: int, fields: Any) -> Request:
             if offset is not None and type(offset) is not str:
                 raise RequestError("bad offset")
             return ClaimSession(_str(ns), _str(pid), offset)
-        if k is Kind.TAKE_SESSION or k is Kind.DROP_CLAIM:
+        if k is Kind.TAKE_SESSION:
             ns, pid = fields
-            return (TakeSession if k is Kind.TAKE_SESSION else DropClaim)(_str(ns), _str(pid))
+            return TakeSession(_str(ns), _str(pid))
+        if k is Kind.DROP_CLAIM:
+            ns, pid, release = fields
+            if type(release) is not bool:
+                raise RequestError("bad release flag")
+            return DropClaim(_str(ns), _str(pid), release)
         target, event, args, timeout = fields
         if type(args) is not list or type(timeout) not in (int, float) or timeout < 0:
             raise RequestError("bad ack broadcast")

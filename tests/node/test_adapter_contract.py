@@ -28,7 +28,8 @@ from roomcast.cluster.routing import Target
 from roomcast.errors import AckTimeoutError, RecoveryRefusedError, RoomRefusedError
 from roomcast.ids import ROOT_NAMESPACE, Namespace, NodeTag, new_pid, offset_text, parse_offset
 from roomcast.node import recovery
-from roomcast.node.adapter import Adapter
+from roomcast.node.adapter import Adapter, SessionClaim
+from roomcast.node.handover import RemoteClaim
 from roomcast.node.server import Server
 from roomcast.node.sockets import Socket
 from roomcast.protocol import reasons
@@ -446,6 +447,30 @@ async def test_another_node_takes_a_session_over_with_what_it_missed(recovering:
     with pytest.raises(RecoveryRefusedError) as info:
         await holder.adapter.restore_session("/", c.pid, None)
     assert info.value.reason == recovery.UNKNOWN_SESSION
+
+
+async def test_a_claim_from_another_node_that_does_not_go_through(recovering: World) -> None:
+    """Cancelled (the connect did not go through), another node's claim leaves the session
+    kept on its node, claimable again; cancelled because its client got a fresh session, it
+    makes that node release the ghost."""
+    world = recovering
+    if len(world.nodes) == 1:
+        return  # no other node
+    holder, c = _lose(world, "c")
+    assert c.pid is not None
+    new = world.nodes[0]
+    (await new.adapter.restore_session("/", c.pid, None)).cancel()
+    again: SessionClaim | None = None
+    async with asyncio.timeout(TIMEOUT):
+        while again is None:  # the word that it was dropped travels on its own
+            with contextlib.suppress(RecoveryRefusedError):
+                again = await new.adapter.restore_session("/", c.pid, None)
+    assert holder.of("/").ghost(c.sid) is c and isinstance(again, RemoteClaim)
+    again.cancel(release=True)
+    async with asyncio.timeout(TIMEOUT):
+        while holder.of("/").ghost(c.sid) is not None:
+            await asyncio.sleep(0.01)
+    assert holder.stats.sessions_kept == 0
 
 
 async def test_ghosts_are_not_sockets_to_the_app(recovering: World) -> None:

@@ -67,6 +67,7 @@ def test_only_broadcasts_to_moved_sids_alone_are_forwarded() -> None:
         rq.ClaimSession("/", "pid", "offset"),
         rq.TakeSession("/", "pid"),
         rq.DropClaim("/", "pid"),
+        rq.DropClaim("/", "pid", release=True),
     ],
 )
 def test_handover_requests_travel(request_: rq.Request) -> None:
