@@ -377,9 +377,13 @@ class Adapter(ABC):
         """Claim the persisted session ``pid`` of ``namespace`` for a client whose last packet
         had ``offset`` (None: it had none); the arguments are as the client sent them. The pid
         of a socket still connected here is taken over: its old connection is deemed lost (the
-        client noticed before this node did) and the socket kept, then claimed. Raises
+        client noticed before this node did) and the socket kept, then claimed. The pid of a
+        session another node keeps is claimed from that node, and the claim returns once this
+        node holds the session's rooms (see Recovery above); the other node keeps it until
+        the claim completes or is cancelled. Raises
         :class:`~roomcast.errors.RecoveryRefusedError` with a named reason when it cannot be
-        recovered exactly (a known session is then released: its client gets a fresh one)."""
+        recovered exactly (a known session is then released, on whichever node keeps it: its
+        client gets a fresh one)."""
 
     @abstractmethod
     async def sessions_settled(self) -> None:
