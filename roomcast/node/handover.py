@@ -1,4 +1,5 @@
-"""Connection state recovery across nodes: the side of the node a client came back to.
+"""Connection state recovery across nodes: a session handed over to the node its client came
+back to (:class:`Handovers` serves both sides for a node's cluster adapter).
 
 A client presents the pid of a session another node keeps (the pid's tag names the node that
 created it; a node that handed it over points to where it went). This node claims it
@@ -14,7 +15,13 @@ session is this node's: it numbers everything it writes to it.
 
 The packets of the old node that reached it before this node's subscriptions were live are
 in the old node's history; those published after are in the :class:`Incoming`; the old node
-cuts its history after the subscriptions were proved, so the two overlap and miss nothing.
+cuts its history after the subscriptions were proved, and after a probe through every live
+router came back on each of the session's topics (a packet a router forwarded to it before
+may still be on its way on another connection), so the two overlap and miss nothing; per
+origin, the old node's packets come first and the copies are dropped, so nothing is
+reordered. After the handover the old node points to the new one for the rest of the window
+(a later claim is sent there) and forwards broadcasts to the socket's sid alone, which are
+routed to it by the sid's tag.
 """
 
 from __future__ import annotations
