@@ -20,8 +20,9 @@ router came back on each of the session's topics (a packet a router forwarded to
 may still be on its way on another connection), so the two overlap and miss nothing; per
 origin, the old node's packets come first and the copies are dropped, so nothing is
 reordered. After the handover the old node points to the new one for the rest of the window
-(a later claim is sent there) and forwards broadcasts to the socket's sid alone, which are
-routed to it by the sid's tag.
+(a later claim is sent there) and forwards broadcasts to the socket's sid, which are routed
+to it by the sid's tag (except to the socket if it is in another room they name: it gets
+them through that room).
 """
 
 from __future__ import annotations
@@ -93,17 +94,22 @@ class Incoming:
         self.nbytes += size
 
 
-def forwards(rooms: tuple[str, ...], moved: dict[str, NodeTag]) -> dict[NodeTag, list[str]]:
-    """Where a broadcast that came to this node for sockets it handed over goes: the sids in
-    ``rooms`` by the node each went to (``moved``). Only a broadcast to such sids alone is
-    forwarded: one that also names rooms may reach the new node through those too, and it
-    would get it twice (a known gap, see the README)."""
-    if not rooms or not all(r in moved for r in rooms):
-        return {}
-    out: dict[NodeTag, list[str]] = {}
+def forwards(
+    rooms: tuple[str, ...], moved: dict[str, NodeTag]
+) -> dict[NodeTag, tuple[list[str], list[str]]]:
+    """Where a broadcast that came to this node for sockets it handed over goes: by the node
+    each went to (``moved``), the sids in ``rooms`` it went to, and the other rooms of the
+    broadcast, which the forwarded copy excepts: a socket in one of those gets the broadcast
+    through that room's topic on its new node, and must not get it twice."""
+    sids: dict[NodeTag, list[str]] = {}
     for room in rooms:
-        out.setdefault(moved[room], []).append(room)
-    return out
+        tag = moved.get(room)
+        if tag is not None:
+            sids.setdefault(tag, []).append(room)
+    if not sids:
+        return {}
+    others = [r for r in rooms if r not in moved]
+    return {tag: (mine, others) for tag, mine in sids.items()}
 
 
 def known_reason(reason: str) -> str:
@@ -340,8 +346,12 @@ class Handovers:
     def forward(self, msg: wire.RoomMessage) -> None:
         """A broadcast that came here for sockets this node handed over goes on to their
         nodes."""
-        for tag, rooms in forwards(msg.rooms, self.keeper.moved_sids).items():
-            body = msg._replace(msg_id=self._next_msg_id(), rooms=tuple(rooms))
+        for tag, (sids, others) in forwards(msg.rooms, self.keeper.moved_sids).items():
+            body = msg._replace(
+                msg_id=self._next_msg_id(),
+                rooms=tuple(sids),
+                except_rooms=(*msg.except_rooms, *others),
+            )
             self.bus.publish(wire.node_topic(tag), body)
 
     async def serve(

@@ -112,9 +112,21 @@ async def test_a_client_recovers_on_the_other_node_and_back(cluster: Cluster, js
     await c.connected()
     await publish(c, a.sid, "direct")
     await got(a, "direct")
+    await publish(c, [a.sid, unique("nobody")], "with a room it is not in")
+    await publish(c, [a.sid, room], "with its room")  # through the room: once
     await publish(b, room, "after")
     await got(a, "after")
-    assert values(a) == ["before", 1, 2, {"blob": b"\x00\xff"}, "live", "direct", "after"]
+    assert values(a) == [
+        "before",
+        1,
+        2,
+        {"blob": b"\x00\xff"},
+        "live",
+        "direct",
+        "with a room it is not in",
+        "with its room",
+        "after",
+    ]
     moved = offsets(a)[1:]
     assert_numbered(cluster_tag(moved), moved)
     assert cluster_tag(moved) != tag_of_sid(a.sid)  # numbered by n1, not the sid's node
@@ -135,6 +147,8 @@ async def test_a_client_recovers_on_the_other_node_and_back(cluster: Cluster, js
         {"blob": b"\x00\xff"},
         "live",
         "direct",
+        "with a room it is not in",
+        "with its room",
         "after",
         3,
         "home",

@@ -50,13 +50,14 @@ def test_a_claim_past_the_history_bounds_overflows() -> None:
     assert inc.overflow and inc.packets == []
 
 
-def test_only_broadcasts_to_moved_sids_alone_are_forwarded() -> None:
-    """Sids the node handed over go to their new nodes; a broadcast that also names another
-    room is not forwarded."""
+def test_broadcasts_to_moved_sids_are_forwarded_excepting_their_other_rooms() -> None:
+    """Sids the node handed over go to their new nodes; the broadcast's other rooms become
+    except rooms of the copy (a socket in one gets it through that room, once)."""
     c = node_tag("n3", 1)
     moved = {"s1": B, "s2": B, "s3": c}
-    assert forwards(("s1", "s3", "s2"), moved) == {B: ["s1", "s2"], c: ["s3"]}
-    assert forwards(("s1", "red"), moved) == {}
+    assert forwards(("s1", "s3", "s2"), moved) == {B: (["s1", "s2"], []), c: (["s3"], [])}
+    assert forwards(("s1", "red"), moved) == {B: (["s1"], ["red"])}
+    assert forwards(("red",), moved) == {}
     assert forwards((), moved) == {}
 
 
