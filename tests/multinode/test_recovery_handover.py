@@ -114,6 +114,7 @@ async def test_a_client_recovers_on_the_other_node_and_back(cluster: Cluster, js
     await got(a, "direct")
     await publish(c, [a.sid, unique("nobody")], "with a room it is not in")
     await publish(c, [a.sid, room], "with its room")  # through the room: once
+    await got(a, "with its room")  # n2's messages cross the bus; b's below do not
     await publish(b, room, "after")
     await got(a, "after")
     assert values(a) == [
