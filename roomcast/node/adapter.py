@@ -416,6 +416,12 @@ class Adapter(ABC):
         """Every room with members (in ``namespace``, or all), cluster-wide."""
 
     @abstractmethod
+    def room_held(self, namespace: str, room: str) -> bool:
+        """Whether some node (this one included) has members in ``room``: a local read of this
+        node's registry and of the replica, cheap enough to ask before every send (the Admin
+        UI asks it before sending anything to its viewers)."""
+
+    @abstractmethod
     def describe(self) -> dict[str, Any]:
         """The adapter's view for the admin API (``standalone`` or the cluster's replica)."""
 

@@ -469,6 +469,11 @@ class ClusterAdapter(LocalAdapter):
             table.setdefault(key, {})[str(self.node_id)] = count
         return table
 
+    def room_held(self, namespace: str, room: str) -> bool:
+        return super().room_held(namespace, room) or bool(
+            self.replica.nodes_with_rooms(namespace, (room,))
+        )
+
     def describe(self) -> dict[str, Any]:
         cluster = self.member.describe()
         cluster["received_rooms"] = self.received_rooms

@@ -499,5 +499,9 @@ class LocalAdapter(Adapter):
             for key, count in self.sockets.room_counts(namespace).items()
         }
 
+    def room_held(self, namespace: str, room: str) -> bool:
+        ns = self.sockets.namespace(namespace)
+        return ns is not None and bool(ns.recipients((room,)))
+
     def describe(self) -> dict[str, Any]:
         return {"standalone": True}

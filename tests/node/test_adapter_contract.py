@@ -283,6 +283,16 @@ async def test_room_table_and_sid_names(world: World) -> None:
     assert not world.adapter().names_a_socket("A" * 24)
 
 
+async def test_room_held_sees_rooms_on_any_node(world: World) -> None:
+    """Every node knows, without asking, which rooms have members somewhere: its own and, from
+    the replica, other nodes'; a room nobody is in is held nowhere."""
+    for node in range(len(world.nodes)):
+        assert world.adapter(node).room_held("/", "red")
+        assert world.adapter(node).room_held("/", "blue")
+        assert not world.adapter(node).room_held("/", "green")
+        assert not world.adapter(node).room_held("/other", "red")
+
+
 async def test_node_address_names_the_other_live_nodes_only(world: World) -> None:
     """A node's tag leads to its address from every other node; a node's own tag, and a
     tag no node has, lead nowhere."""
