@@ -262,6 +262,28 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class AdminUISettings:
+    """``[admin_ui]``: the server side of socket.io's Admin UI (``@socket.io/admin-ui``), on a
+    namespace of every node; an admin socket on any node sees and commands the whole cluster."""
+
+    enabled: bool = False
+    namespace: str = "/admin"
+    username: str = "admin"
+    #: The bcrypt hash of the password (``$2b$...``); required when enabled. The same on every
+    #: node: the session ids it hands out are signed with a key derived from it.
+    password_hash: str = ""
+    #: ``"development"``: every socket's connections, rooms and events are sent to the UI too;
+    #: ``"production"``: only the server stats and the socket list.
+    mode: Literal["development", "production"] = "development"
+    readonly: bool = False  #: true: the UI may look but not emit, join, leave or disconnect
+    session_ttl_ms: int = 86_400_000  #: how long a session id lets the UI reconnect
+    stats_interval_ms: int = 2_000  #: each node's ``server_stats`` to the UI, this often
+    #: Origins whose pages may connect (the hosted UI is ``https://admin.socket.io``); their
+    #: requests are answered with CORS headers allowing credentials. ``["*"]``: any origin.
+    cors_origins: tuple[str, ...] = ("https://admin.socket.io",)
+
+
+@dataclass(frozen=True)
 class UpSettings:
     """``[up]``: the local cluster ``roomcast up`` starts."""
 
@@ -286,6 +308,7 @@ class Settings:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    admin_ui: AdminUISettings = field(default_factory=AdminUISettings)
     up: UpSettings = field(default_factory=UpSettings)
 
     def namespace_policy(self, name: str) -> NamespacePolicy | None:
@@ -510,6 +533,9 @@ def _check(s: Settings) -> None:
         raise ConfigError("discovery.routers: static discovery needs at least one router")
     _check_consul(s.discovery.consul)
     _check_metrics(s)
+    _check_admin_ui(s.admin_ui)
+    if s.admin_ui.enabled and s.namespace_policy(s.admin_ui.namespace) is not None:
+        raise ConfigError(f"admin_ui.namespace: {s.admin_ui.namespace} is a relay namespace")
     if not s.engineio.transports:
         raise ConfigError("engineio.transports: at least one transport")
     _positive(
@@ -531,6 +557,17 @@ def _check(s: Settings) -> None:
                 re.compile(p.room_pattern)
             except re.error as exc:
                 raise ConfigError(f"namespaces.{p.name}.room_pattern: {exc}") from exc
+
+
+def _check_admin_ui(a: AdminUISettings) -> None:
+    _positive(a, "admin_ui", "session_ttl_ms", "stats_interval_ms")
+    if not a.namespace.startswith("/"):
+        raise ConfigError("admin_ui.namespace: a namespace name starts with '/'")
+    if a.enabled and not re.fullmatch(r"\$2[aby]?\$\d\d\$[./A-Za-z0-9]{53}", a.password_hash):
+        raise ConfigError(
+            "admin_ui.password_hash: a bcrypt hash is required when enabled "
+            "(python -c 'import bcrypt; print(bcrypt.hashpw(b\"...\", bcrypt.gensalt()).decode())')"
+        )
 
 
 def _check_metrics(s: Settings) -> None:

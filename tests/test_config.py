@@ -327,6 +327,43 @@ def test_metrics_settings_load_from_file_and_environment(tmp_path: Path) -> None
     assert Settings().metrics == config.MetricsSettings(True, "/metrics", "admin", ())
 
 
+HASH = "$2b$04$" + "a" * 53  # the shape of a bcrypt hash (4 rounds)
+
+
+def test_admin_ui_is_off_by_default_and_loads_from_file(tmp_path: Path) -> None:
+    """``[admin_ui]`` is off unless turned on; its keys load from the file and the environment."""
+    assert not Settings().admin_ui.enabled
+    settings = load_text(
+        tmp_path,
+        f'[admin_ui]\nenabled = true\npassword_hash = "{HASH}"\nmode = "production"\n',
+        env={"ROOMCAST__ADMIN_UI__CORS_ORIGINS": '["http://localhost:8080"]'},
+    )
+    admin = settings.admin_ui
+    assert (admin.enabled, admin.password_hash, admin.mode) == (True, HASH, "production")
+    assert admin.cors_origins == ("http://localhost:8080",)
+    assert (admin.namespace, admin.username, admin.readonly) == ("/admin", "admin", False)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[admin_ui]\nenabled = true", "admin_ui.password_hash"),
+        ('[admin_ui]\nenabled = true\npassword_hash = "secret"', "admin_ui.password_hash"),
+        ('[admin_ui]\nnamespace = "admin"', "admin_ui.namespace"),
+        ('[admin_ui]\nmode = "debug"', "admin_ui.mode"),
+        ("[admin_ui]\nstats_interval_ms = 0", "admin_ui.stats_interval_ms"),
+        (
+            f'[admin_ui]\nenabled = true\npassword_hash = "{HASH}"\nnamespace = "/"',
+            "admin_ui.namespace",
+        ),
+    ],
+)
+def test_bad_admin_ui_settings_name_their_key(tmp_path: Path, text: str, key: str) -> None:
+    """A missing or malformed password hash, a bad namespace or mode, or the admin namespace
+    being a relay namespace is an error naming the key."""
+    assert config_error(tmp_path, text).startswith(f"{key}: ")
+
+
 @pytest.mark.parametrize(
     ("address", "loopback"),
     [
