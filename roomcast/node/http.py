@@ -108,7 +108,11 @@ class NodeHTTP:
     @web.middleware
     async def _cors_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
-        origins = self.server.settings.node.cors_origins
+        settings = self.server.settings
+        origins = settings.node.cors_origins
+        if settings.admin_ui.enabled:
+            # The UI is a page of another origin (admin.socket.io, or one the operator hosts).
+            origins += settings.admin_ui.cors_origins
         origin = request.headers.get("Origin")
         if origin and origins and ("*" in origins or origin in origins) and not response.prepared:
             response.headers["Access-Control-Allow-Origin"] = origin

@@ -41,6 +41,7 @@ from roomcast.protocol.sio_session import SessionLimits
 
 from . import relay
 from .adapter import Adapter, RoomTable
+from .admin_ui import AdminUI
 from .broadcast import BroadcastOperator, Broadcasts
 from .client import Client, ClientServices
 from .cluster import ClusterAdapter
@@ -123,6 +124,32 @@ class Server(Broadcasts):
         self.app = build_app(self)
         for policy in self.settings.namespaces:
             relay.install(self.of(policy.name), policy, limits)
+        #: The Admin UI's namespace (``[admin_ui]``), None when it is off.
+        self.admin_ui = self._make_admin_ui()
+
+    def _make_admin_ui(self) -> AdminUI | None:
+        admin = self.settings.admin_ui
+        if not admin.enabled:
+            return None
+        ui = AdminUI(
+            admin,
+            self.node_id,
+            self.adapter,
+            self.stats,
+            lambda: self.connections,
+            self.namespaces,
+            self._known_namespaces,
+        )
+        ui.install(self.of(admin.namespace))
+        return ui
+
+    def _known_namespaces(self) -> list[str]:
+        """Namespaces that may have sockets somewhere: this node's, the config's, and those
+        with rooms in the replica (a node gossips rooms, not sockets)."""
+        names: set[str] = {ns.name for ns in self.namespaces() if ns.name.startswith("/")}
+        names.update(policy.name for policy in self.settings.namespaces)
+        names.update(ns for ns, _ in self.adapter.room_table())
+        return sorted(names)
 
     def _make_metrics(self) -> CollectorRegistry | None:
         """The registry ``/metrics`` serves, and the histograms it needs recorded (None and
@@ -336,6 +363,8 @@ class Server(Broadcasts):
             log.info("node %s listening on %s%s", self.node_id, self.url, node.path)
             await self.adapter.start(self.public_url)
             stack.push_async_callback(self.adapter.stop)
+            if self.admin_ui is not None:
+                await stack.enter_async_context(self.admin_ui)
             if self.forwarder is not None:
                 stack.push_async_callback(self.forwarder.close)
             self._stack = stack.pop_all()

@@ -1,0 +1,123 @@
+"""The Admin UI's namespace on a cluster of processes, with a python-socketio client speaking as
+the UI (``tests/support/admin_ui_client.py``): login and sessions valid on every node, one
+``server_stats`` stream per node, ``all_sockets`` of the whole cluster, and the commands acting
+on sockets of another node than the UI's."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from support.admin_ui_client import (
+    ADMIN_NS,
+    AdminPeer,
+    ConnectAdmin,
+    admin_clients,
+    admin_ui_config,
+    refused_login,
+)
+from support.cluster_clients import Connect, clients
+from support.cluster_harness import Cluster, running_cluster, unique, wait_until
+
+pytestmark = [pytest.mark.multinode, pytest.mark.asyncio(loop_scope="module")]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
+    """A router and two nodes serving the Admin UI."""
+    async with running_cluster(
+        tmp_path_factory.mktemp("admin-ui"), "n1", "n2", extra_config=admin_ui_config()
+    ) as c:
+        yield c
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def connect() -> AsyncIterator[Connect]:
+    async with clients() as factory:
+        yield factory
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def connect_admin() -> AsyncIterator[ConnectAdmin]:
+    async with admin_clients() as factory:
+        yield factory
+
+
+def listed(admin: AdminPeer, sid: str) -> dict[str, Any] | None:
+    """The socket ``sid`` in the UI's last ``all_sockets``."""
+    sockets = admin.got("all_sockets", ADMIN_NS)[-1]
+    return next((s for s in sockets if s["id"] == sid), None)
+
+
+async def test_a_wrong_password_gets_the_uis_login_error(cluster: Cluster) -> None:
+    """A wrong password, an unknown user and a forged session id are refused with the message
+    the UI shows in its login form."""
+    url = cluster.nodes["n1"].url
+    for auth in (
+        {"username": "admin", "password": "wrong"},
+        {"username": "root", "password": "let me in"},
+        {"sessionId": "00.99999999999.00"},
+    ):
+        assert await refused_login(url, auth) == {"message": "invalid credentials"}
+
+
+async def test_login_gives_a_session_config_and_every_nodes_view(
+    cluster: Cluster, connect: Connect, connect_admin: ConnectAdmin
+) -> None:
+    """The UI logged in on n1 gets a session id, the features, the sockets of both nodes with
+    their rooms, and server_stats from each node as its own server."""
+    room = unique("admin")
+    a, b = await connect(cluster, "n1"), await connect(cluster, "n2")
+    await a.join(room)
+    await b.join(room)
+    await cluster.wait_room(room, {"n1": 1, "n2": 1})
+    admin = await connect_admin(cluster.nodes["n1"].url)
+    [session] = await admin.wait_for("session", namespace=ADMIN_NS)
+    assert isinstance(session, str) and session
+    [config] = await admin.wait_for("config", namespace=ADMIN_NS)
+    assert set(config["supportedFeatures"]) >= {"EMIT", "JOIN", "LEAVE", "DISCONNECT"}
+    assert "ALL_EVENTS" in config["supportedFeatures"]
+    await admin.wait_for("all_sockets", namespace=ADMIN_NS)
+    for peer in (a, b):
+        entry = listed(admin, peer.sid)
+        assert entry is not None, peer.sid
+        assert entry["nsp"] == "/"
+        assert set(entry["rooms"]) == {peer.sid, room}
+        assert entry["handshake"]["url"].startswith("/socket.io/")
+    await wait_until(lambda: admin.stats_of("n1") and admin.stats_of("n2"), what="both servers")
+    stats = admin.stats_of("n2")[-1]
+    assert {"hostname", "pid", "uptime", "clientsCount", "pollingClientsCount"} <= set(stats)
+    assert {"name": "/", "socketsCount": 1} in stats["namespaces"]
+
+
+async def test_a_session_from_one_node_logs_in_on_the_other(
+    cluster: Cluster, connect_admin: ConnectAdmin
+) -> None:
+    """The session id n1 issued lets the UI reconnect to n2 without the password (no store: the
+    id is signed with a key both nodes derive from the config)."""
+    first = await connect_admin(cluster.nodes["n1"].url)
+    [session] = await first.wait_for("session", namespace=ADMIN_NS)
+    again = await connect_admin(cluster.nodes["n2"].url, {"sessionId": session})
+    await again.wait_for("config", namespace=ADMIN_NS)
+    assert again.got("session", ADMIN_NS) == []
+
+
+async def test_commands_act_on_another_nodes_sockets(
+    cluster: Cluster, connect: Connect, connect_admin: ConnectAdmin
+) -> None:
+    """From the UI on n1: a socket of n2 is made to join a room, an emit to that room reaches
+    it, it is made to leave, and it is disconnected."""
+    room = unique("cmd")
+    target = await connect(cluster, "n2")
+    admin = await connect_admin(cluster.nodes["n1"].url)
+    await admin.wait_for("config", namespace=ADMIN_NS)
+    await admin.send("join", "/", room, target.sid)
+    await cluster.wait_room(room, {"n2": 1})
+    await admin.send("emit", "/", room, "from-ui", {"n": 1})
+    await target.wait_for_value("from-ui", {"n": 1})
+    await admin.send("leave", "/", room, target.sid)
+    await cluster.wait_room(room, {})
+    await admin.send("_disconnect", "/", False, target.sid)
+    await target.wait_disconnected()

@@ -1,0 +1,115 @@
+"""The Admin UI's pure parts (session ids, features, what a socket looks like to the UI, the
+aggregated events) and its namespace on one in-process node: the gate that keeps a node silent
+while no admin socket is connected anywhere, and read-only mode."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from support.admin_ui_client import ADMIN_NS, admin_clients, admin_ui_config
+from support.cluster_harness import wait_until
+
+from roomcast.config import AdminUISettings
+from roomcast.node import admin_ui
+from roomcast.node.adapter import Handshake, SocketInfo
+from roomcast.node.server import Server
+from roomcast.node.stats import NodeStats
+
+NodeFactory = Callable[..., Awaitable[Server]]  # the ``start_node`` fixture (tests/conftest.py)
+
+KEY = admin_ui.session_key("$2b$04$" + "a" * 53)
+
+
+def test_a_session_is_valid_with_its_key_until_it_expires() -> None:
+    """A session id checks with the key it was issued with, until its expiry, and not with
+    another key, nor altered."""
+    session = admin_ui.new_session(KEY, now=1000.0, ttl=60.0)
+    assert admin_ui.session_valid(KEY, session, 1059.0)
+    assert not admin_ui.session_valid(KEY, session, 1060.0)
+    assert not admin_ui.session_valid(admin_ui.session_key("other"), session, 1001.0)
+    nonce, expiry, mac = session.split(".")
+    assert not admin_ui.session_valid(KEY, f"{nonce}.{int(expiry) + 999}.{mac}", 1001.0)
+    for garbage in (None, 42, "", "x", "a.b.c", "." * 200):
+        assert not admin_ui.session_valid(KEY, garbage, 1001.0)
+
+
+def test_features_follow_mode_and_readonly() -> None:
+    """Commands unless read-only; every event in development mode; aggregated events always."""
+    F = admin_ui.Feature
+    dev = admin_ui.features(AdminUISettings())
+    assert {F.EMIT, F.JOIN, F.LEAVE, F.DISCONNECT, F.ALL_EVENTS, F.AGGREGATED_EVENTS} <= set(dev)
+    production = admin_ui.features(AdminUISettings(mode="production", readonly=True))
+    assert production == [F.AGGREGATED_EVENTS]
+
+
+def test_a_socket_is_serialized_as_the_ui_expects() -> None:
+    """Id, namespace, rooms with its own, handshake fields, and dict data only."""
+    headers = {"Origin": "http://x", "X-Forwarded-For": "1.2.3.4"}
+    hs = Handshake(headers, {"EIO": "4"}, {}, "127.0.0.1", 1.5, "/socket.io/?EIO=4", False)
+    info = SocketInfo("sid1", "/chat", frozenset({"lobby"}), {"user": "ann"}, hs, "n1")
+    out = admin_ui.serialize_socket(info)
+    assert out["id"] == "sid1" and out["nsp"] == "/chat"
+    assert out["rooms"] == ["lobby", "sid1"]
+    assert out["data"] == {"user": "ann"}
+    assert out["handshake"]["address"] == "1.2.3.4"
+    assert out["handshake"]["xdomain"] is True
+    assert out["handshake"]["issued"] == 1500
+    assert out["handshake"]["time"] == "1970-01-01T00:00:01.500Z"
+    bare = SocketInfo("s", "/", frozenset(), [1], None, "n1")
+    assert admin_ui.serialize_socket(bare)["data"] == {}
+    assert admin_ui.serialize_socket(bare)["handshake"] == {}
+
+
+def test_aggregated_events_are_the_moves_since_the_last_stats() -> None:
+    """Each counter's move since the previous stats, stamped with the second; disconnections by
+    reason; nothing for counters that did not move."""
+    stats = NodeStats()
+    aggregates = admin_ui.Aggregates(stats)
+    stats.connections_opened += 2
+    stats.closed_by_reason["transport close"] += 1
+    events = aggregates.take(12.7)
+    assert {"timestamp": 12000, "type": "rawConnection", "count": 2} in events
+    assert {
+        "timestamp": 12000,
+        "type": "rawDisconnection",
+        "subType": "transport close",
+        "count": 1,
+    } in events
+    assert len(events) == 2
+    assert aggregates.take(13.0) == []
+
+
+def admin_node_settings(**overrides: Any) -> dict[str, Any]:
+    """``[admin_ui]`` of the tests as dotted overrides of an in-process node's settings."""
+    table = tomllib.loads(admin_ui_config(**overrides))["admin_ui"]
+    return {f"admin_ui.{k}": v for k, v in table.items()}
+
+
+async def test_a_node_is_silent_until_an_admin_socket_connects(start_node: NodeFactory) -> None:
+    """The node knows whether an admin socket is connected: it sends stats only then, and stops
+    when the last one leaves."""
+    server: Server = await start_node(**admin_node_settings())
+    ui = server.admin_ui
+    assert ui is not None and not ui.watched
+    async with admin_clients() as connect_admin:
+        admin = await connect_admin(server.url)
+        await admin.wait_for("server_stats", namespace=ADMIN_NS)
+        assert ui.watched
+        await admin.client.disconnect()
+        await wait_until(lambda: not ui.watched, what="the node to see nobody watching")
+
+
+async def test_readonly_has_no_commands(start_node: NodeFactory) -> None:
+    """In read-only mode no command is announced, and none has a handler: one sent anyway is
+    dropped as an unknown event."""
+    server: Server = await start_node(**admin_node_settings(readonly=True))
+    async with admin_clients() as connect_admin:
+        admin = await connect_admin(server.url)
+        [config] = await admin.wait_for("config", namespace=ADMIN_NS)
+        assert config["supportedFeatures"] == ["AGGREGATED_EVENTS", "ALL_EVENTS"]
+    namespace = server.namespace(ADMIN_NS)
+    assert namespace is not None
+    for command in ("emit", "join", "leave", "_disconnect"):
+        assert namespace.handler(command) is None
