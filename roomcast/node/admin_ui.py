@@ -222,6 +222,23 @@ class AdminSocket(Protocol):
     async def join(self, *rooms: str | Iterable[str]) -> None: ...
 
 
+class ObservedNamespace(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class ObservedSocket(Protocol):
+    """A socket of this node, as the development-mode events describe it."""
+
+    @property
+    def sid(self) -> str: ...
+
+    @property
+    def namespace(self) -> ObservedNamespace: ...
+
+    def info(self) -> SocketInfo: ...
+
+
 class AdminNamespace(Protocol):
     """The admin namespace (a :class:`~roomcast.node.sockets.Namespace`): where handlers go."""
 
@@ -257,6 +274,7 @@ class AdminUI:
         self._known_namespaces = known_namespaces
         self._key = session_key(settings.password_hash)
         self._features = features(settings)
+        self._development = settings.mode == "development"
         self._aggregates = Aggregates(stats)
         self._started = time.monotonic()
         self._hostname = socket_module.gethostname()
@@ -362,7 +380,7 @@ class AdminUI:
             socket.emit("session", session)
         socket.emit("config", {"supportedFeatures": [str(f) for f in self._features]})
         await socket.join(VIEWERS)
-        if self.settings.mode == "development":
+        if self._development:
             socket.emit("all_sockets", await self.all_sockets())
 
     def _disconnected(self, socket: AdminSocket, reason: str) -> None:
@@ -381,6 +399,48 @@ class AdminUI:
                 continue
             out.extend(serialize_socket(info) for info in result)
         return out
+
+    # -- development mode: what happens to this node's sockets (SocketEvents) -----------------
+
+    def _telling(self) -> bool:
+        return self._development and self.watched
+
+    def socket_connected(self, socket: ObservedSocket) -> None:
+        """``socket_connected`` (the socket as ``all_sockets`` lists it, and when)."""
+        if self._telling():
+            serialized = serialize_socket(socket.info())
+            self.viewers.emit("socket_connected", serialized, _iso(time.time()))
+
+    def socket_disconnected(self, socket: ObservedSocket, reason: str) -> None:
+        """``socket_disconnected`` with the reason."""
+        if self._telling():
+            name = socket.namespace.name
+            self.viewers.emit("socket_disconnected", name, socket.sid, reason, _iso(time.time()))
+
+    def room_joined(self, socket: ObservedSocket, room: str) -> None:
+        """``room_joined``."""
+        if self._telling():
+            name = socket.namespace.name
+            self.viewers.emit("room_joined", name, room, socket.sid, _iso(time.time()))
+
+    def room_left(self, socket: ObservedSocket, room: str) -> None:
+        """``room_left``."""
+        if self._telling():
+            name = socket.namespace.name
+            self.viewers.emit("room_left", name, room, socket.sid, _iso(time.time()))
+
+    def event_received(self, socket: ObservedSocket, data: list[Any]) -> None:
+        """``event_received``: an event from a client of an app namespace (its ack dropped)."""
+        name = socket.namespace.name
+        if name != self.name and self._telling():
+            self.viewers.emit("event_received", name, socket.sid, data, _iso(time.time()))
+
+    def event_sent(self, socket: ObservedSocket, data: list[Any]) -> None:
+        """``event_sent``: an event emitted to one socket of an app namespace (broadcasts are
+        not reported per recipient: that would multiply each by its audience)."""
+        name = socket.namespace.name
+        if name != self.name and self._telling():
+            self.viewers.emit("event_sent", name, socket.sid, data, _iso(time.time()))
 
     # -- commands (cluster-wide) --------------------------------------------------------------
 

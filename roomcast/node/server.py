@@ -55,6 +55,7 @@ from .local import LocalAdapter
 from .metrics import NodeCollector
 from .namespaces import Namespaces
 from .sessions import Sessions
+from .sio_socket import NoSocketEvents
 from .sockets import Namespace, NamespaceMatcher, NamespaceServices
 from .stats import NodeStats
 
@@ -83,6 +84,8 @@ class Server(Broadcasts):
         self.namespace_registry = Namespaces(limits.max_dynamic_namespaces)
         #: Carries broadcasts and cluster-wide operations: to other nodes too, in a cluster.
         self.adapter: Adapter = self._make_adapter()
+        #: The Admin UI's namespace (``[admin_ui]``), None when it is off.
+        self.admin_ui = self._make_admin_ui()
         self.namespace_registry.bind(
             NamespaceServices(
                 self.adapter,
@@ -91,6 +94,7 @@ class Server(Broadcasts):
                 self.spawn,
                 self.namespace_registry.maybe_empty,
                 self.settings.recovery_of,
+                self.admin_ui if self.admin_ui is not None else NoSocketEvents(),
             )
         )
         self._stack: contextlib.AsyncExitStack | None = None
@@ -124,14 +128,14 @@ class Server(Broadcasts):
         self.app = build_app(self)
         for policy in self.settings.namespaces:
             relay.install(self.of(policy.name), policy, limits)
-        #: The Admin UI's namespace (``[admin_ui]``), None when it is off.
-        self.admin_ui = self._make_admin_ui()
+        if self.admin_ui is not None:
+            self.admin_ui.install(self.of(self.settings.admin_ui.namespace))
 
     def _make_admin_ui(self) -> AdminUI | None:
         admin = self.settings.admin_ui
         if not admin.enabled:
             return None
-        ui = AdminUI(
+        return AdminUI(
             admin,
             self.node_id,
             self.adapter,
@@ -140,8 +144,6 @@ class Server(Broadcasts):
             self.namespaces,
             self._known_namespaces,
         )
-        ui.install(self.of(admin.namespace))
-        return ui
 
     def _known_namespaces(self) -> list[str]:
         """Namespaces that may have sockets somewhere: this node's, the config's, and those

@@ -33,11 +33,53 @@ log = logging.getLogger("roomcast.node")
 Handler = Callable[..., Any]
 
 
+class SocketEvents(Protocol):
+    """Told what happens to this node's sockets (the Admin UI's development mode). Every call
+    is on the path it reports, so an implementation returns at once when nobody listens."""
+
+    def socket_connected(self, socket: Socket) -> None: ...
+
+    def socket_disconnected(self, socket: Socket, reason: str) -> None: ...
+
+    def room_joined(self, socket: Socket, room: str) -> None: ...
+
+    def room_left(self, socket: Socket, room: str) -> None: ...
+
+    def event_received(self, socket: Socket, data: list[Any]) -> None: ...
+
+    def event_sent(self, socket: Socket, data: list[Any]) -> None: ...
+
+
+class NoSocketEvents:
+    """Nobody is told: the node without the Admin UI."""
+
+    def socket_connected(self, socket: Socket) -> None:
+        pass
+
+    def socket_disconnected(self, socket: Socket, reason: str) -> None:
+        pass
+
+    def room_joined(self, socket: Socket, room: str) -> None:
+        pass
+
+    def room_left(self, socket: Socket, room: str) -> None:
+        pass
+
+    def event_received(self, socket: Socket, data: list[Any]) -> None:
+        pass
+
+    def event_sent(self, socket: Socket, data: list[Any]) -> None:
+        pass
+
+
 class SocketServices(Protocol):
     """What a socket uses of its node, through its namespace."""
 
     @property
     def adapter(self) -> Adapter: ...
+
+    @property
+    def events(self) -> SocketEvents: ...
 
     @property
     def limits(self) -> LimitSettings: ...
@@ -273,6 +315,7 @@ class Socket:
         """Send ``event`` to this client; ``callback(*ack_args)`` runs when it acknowledges."""
         if not self.connected:
             return
+        self.namespace.services.events.event_sent(self, [event, *args])
         ack_id = None
         if callback is not None:
             ack_id = self.namespace.next_ack_id()
@@ -367,6 +410,7 @@ class Socket:
 
     def _on_event(self, data: list[Any], ack_id: int | None) -> None:
         ns = self.namespace
+        ns.services.events.event_received(self, data)
         event = data[0]
         handler = ns.handler(event)
         if handler is None:

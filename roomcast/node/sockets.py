@@ -13,7 +13,7 @@ import itertools
 import logging
 import re
 from collections.abc import Callable, Collection, Container
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from roomcast import ids
@@ -35,7 +35,7 @@ from .adapter import Adapter, SessionClaim, Spawn
 from .broadcast import BroadcastOperator, Broadcasts
 from .recovery import History, Membership, PersistedSession
 from .rooms import RoomRegistry
-from .sio_socket import ClientLink
+from .sio_socket import ClientLink, NoSocketEvents, SocketEvents
 from .sio_socket import Socket as Socket
 from .stats import NodeStats
 
@@ -58,6 +58,8 @@ class NamespaceServices:
     maybe_empty: Callable[[Namespace], None]
     #: The connection state recovery of a namespace, by name (``Settings.recovery_of``).
     recovery_of: Callable[[str], RecoverySettings]
+    #: Told what happens to sockets (the Admin UI's development mode).
+    events: SocketEvents = field(default_factory=NoSocketEvents)
 
 
 class Namespace(Broadcasts):
@@ -219,11 +221,13 @@ class Namespace(Broadcasts):
             socket.conn.close(reasons.TOO_MANY_ROOMS, f"limit {limit}")
             raise DisconnectedError(reasons.TOO_MANY_ROOMS)
         membership = socket.membership
+        events = self.services.events
         for room in new:
             socket.rooms.add(room)
             self.registry.add(socket, Room(room))
             if membership is not None:
                 membership.join(room, self.services.adapter.offsets.last)
+            events.room_joined(socket, room)
         if new:
             await self._rooms_changed(joined=new, left=[])
 
@@ -238,6 +242,7 @@ class Namespace(Broadcasts):
             if socket.membership is not None:
                 socket.membership.leave(room, self.services.adapter.offsets.last)
             left.append(room)
+            self.services.events.room_left(socket, room)
         if left:
             await self._rooms_changed(joined=[], left=left)
 
@@ -257,6 +262,7 @@ class Namespace(Broadcasts):
             stats = self.services.stats
             stats.sockets -= 1
             stats.socket_disconnects[(self.family, reason)] += 1
+            self.services.events.socket_disconnected(socket, reason)
         if socket.pid is not None and self._pids.get(socket.pid) is socket:
             del self._pids[socket.pid]
         membership = socket.membership
@@ -361,6 +367,7 @@ class Namespace(Broadcasts):
         if socket.pid is not None:
             reply["pid"] = socket.pid  # echoed on recovery: the client reports recovered
         conn.send_packet(sio.Packet(sio.PacketType.CONNECT, self.name, reply))
+        self.services.events.socket_connected(socket)
         handler = self.handler("connect")
         if handler is None:
             return

@@ -121,3 +121,34 @@ async def test_commands_act_on_another_nodes_sockets(
     await cluster.wait_room(room, {})
     await admin.send("_disconnect", "/", False, target.sid)
     await target.wait_disconnected()
+
+
+async def test_development_events_of_another_nodes_sockets(
+    cluster: Cluster, connect: Connect, connect_admin: ConnectAdmin
+) -> None:
+    """The UI on n1 is told, live, of a socket on n2: its connection, the room it joins, the
+    event it sends and the ack-less event it is sent, its disconnection with the reason."""
+    room = unique("dev")
+    admin = await connect_admin(cluster.nodes["n1"].url)
+    # n2 sends to the UI once its replica shows the UI's socket (gossip): from then on.
+    await wait_until(lambda: admin.stats_of("n2"), what="n2 to see the UI")
+    peer = await connect(cluster, "n2")
+    sid = peer.sid
+
+    def about(event: str) -> list[Any]:
+        return [
+            args
+            for args in admin.got(event, ADMIN_NS)
+            if sid in args or (isinstance(args[0], dict) and args[0].get("id") == sid)
+        ]
+
+    await wait_until(lambda: about("socket_connected"), what="socket_connected")
+    [(socket, _)] = about("socket_connected")
+    assert socket["nsp"] == "/" and socket["rooms"] == [sid]
+    await peer.join(room)
+    await wait_until(lambda: about("room_joined"), what="room_joined")
+    assert about("room_joined")[0][:3] == ("/", room, sid)
+    assert any(args[2][0] == "join" for args in about("event_received"))
+    await admin.send("_disconnect", "/", False, sid)
+    await wait_until(lambda: about("socket_disconnected"), what="socket_disconnected")
+    assert about("socket_disconnected")[0][:3] == ("/", sid, "server namespace disconnect")
