@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 PORT   ?= 3000
 PROTOCOL_SUITES ?=
 
-.PHONY: run test lint typecheck bench compliance compliance-server install install-test install-haproxy clean
+.PHONY: run test lint typecheck bench compliance compliance-server install install-test install-haproxy install-chromium clean
 
 $(VENV)/.stamp-install: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,13 @@ install-haproxy:
 	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
 
-install-test: $(VENV)/.stamp-test tests/js/node_modules/.stamp install-haproxy
+# Debian's Chromium and its WebDriver: the headless browser that opens the real Admin UI
+# (tests/interop/test_admin_ui_browser.py). Installed when missing, as install-haproxy does.
+install-chromium:
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+install-test: $(VENV)/.stamp-test tests/js/node_modules/.stamp install-haproxy install-chromium
 
 run: install
 	$(VENV)/bin/roomcast up --config cluster.toml
@@ -44,7 +50,7 @@ test: install-test
 	$(VENV)/bin/ruff check roomcast tests bench examples
 	$(VENV)/bin/ruff format --check roomcast tests bench examples
 	$(VENV)/bin/mypy
-	ROOMCAST_TEST_REQUIRE_HAPROXY=1 $(VENV)/bin/pytest -q
+	ROOMCAST_TEST_REQUIRE_HAPROXY=1 ROOMCAST_TEST_REQUIRE_BROWSER=1 $(VENV)/bin/pytest -q
 
 lint: install-test
 	$(VENV)/bin/ruff check roomcast tests bench examples
