@@ -199,7 +199,27 @@ def cmd_up(args: argparse.Namespace) -> int:
         if up.app:
             cmd += ["--app", up.app]
         children.append((node_id, cmd))
+    for line in admin_ui_hint(settings, count):
+        print(f"[up] {line}", flush=True)
     return asyncio.run(_supervise(children, env))
+
+
+def admin_ui_hint(settings: config.Settings, count: int) -> list[str]:
+    """How to open socket.io's Admin UI against the cluster ``roomcast up`` starts."""
+    admin, up = settings.admin_ui, settings.up
+    if not admin.enabled:
+        return ["Admin UI: off ([admin_ui] enabled = true and a password_hash turn it on)"]
+    scheme = "https" if settings.http.tls_cert_file else "http"
+    nodes = ", ".join(f"{scheme}://{up.host}:{up.base_port + i}" for i in range(count))
+    origins = ", ".join(admin.cors_origins) or "none: set admin_ui.cors_origins"
+    lines = [
+        f"Admin UI: open one of {origins} (or any page of @socket.io/admin-ui's ui/dist served "
+        "from an origin listed in admin_ui.cors_origins)",
+        f"  server URL: any node ({nodes}); username: {admin.username}; the whole cluster is seen",
+    ]
+    if admin.namespace != "/admin":
+        lines.append(f"  advanced options: admin namespace {admin.namespace}")
+    return lines
 
 
 async def _supervise(children: list[tuple[str, list[str]]], env: dict[str, str]) -> int:
