@@ -38,11 +38,12 @@ import bcrypt
 
 from roomcast.cluster.routing import Target
 from roomcast.config import AdminUISettings
-from roomcast.errors import ConnectRefusedError, RoomcastError
+from roomcast.errors import ClusterTimeoutError, ConnectRefusedError, RoomcastError
 from roomcast.ids import Namespace as NamespaceName
 
 from .adapter import Adapter, SocketInfo
 from .broadcast import BroadcastOperator
+from .requests import Sockets
 from .stats import NodeStats
 
 log = logging.getLogger("roomcast.node.admin_ui")
@@ -381,24 +382,42 @@ class AdminUI:
         socket.emit("config", {"supportedFeatures": [str(f) for f in self._features]})
         await socket.join(VIEWERS)
         if self._development:
-            socket.emit("all_sockets", await self.all_sockets())
+            await self._send_all_sockets(socket)
 
     def _disconnected(self, socket: AdminSocket, reason: str) -> None:
         self._issued.pop(socket.id, None)
 
-    async def all_sockets(self) -> list[dict[str, Any]]:
-        """Every socket of the cluster, in every namespace a node here knows of."""
+    async def _send_all_sockets(self, socket: AdminSocket) -> None:
+        """``all_sockets`` twice: this node's sockets at once, then the cluster's. The UI
+        replaces its list with each, so a node that went silent (not yet known down) delays
+        only its own part: the second list comes after the request deadline, with the
+        answers of every other node."""
         names = sorted(set(self._known_namespaces()))
-        found = await asyncio.gather(
-            *(self._operator(name).fetch_sockets() for name in names), return_exceptions=True
-        )
-        out: list[dict[str, Any]] = []
-        for name, result in zip(names, found, strict=True):
-            if isinstance(result, BaseException):
-                log.warning("sockets of %s not listed: %s", name, result)
-                continue
-            out.extend(serialize_socket(info) for info in result)
-        return out
+        here = await self.all_sockets(names, local=True)
+        socket.emit("all_sockets", here)
+        socket.emit("all_sockets", await self.all_sockets(names))
+
+    async def all_sockets(self, names: list[str], local: bool = False) -> list[dict[str, Any]]:
+        """The sockets of namespaces ``names`` on this node (``local``) or in the cluster, all
+        namespaces asked at once; a node that does not answer in time is left out (the
+        others' answers are kept)."""
+        found = await asyncio.gather(*(self._sockets_of(name, local) for name in names))
+        return [serialize_socket(info) for infos in found for info in infos]
+
+    async def _sockets_of(self, name: str, local: bool) -> list[SocketInfo]:
+        op = self._operator(name)
+        try:
+            return await (op.local if local else op).fetch_sockets()
+        except ClusterTimeoutError as exc:
+            log.warning("sockets of %s listed without %s", name, sorted(exc.missing))
+            found = await op.local.fetch_sockets()
+            for reply in exc.partial.values():
+                if isinstance(reply, Sockets):
+                    found.extend(reply.sockets)
+            return found
+        except RoomcastError as exc:
+            log.warning("sockets of %s not listed: %s", name, exc)
+            return []
 
     # -- development mode: what happens to this node's sockets (SocketEvents) -----------------
 

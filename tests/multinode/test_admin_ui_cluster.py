@@ -6,6 +6,7 @@ on sockets of another node than the UI's."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,7 +80,8 @@ async def test_login_gives_a_session_config_and_every_nodes_view(
     [config] = await admin.wait_for("config", namespace=ADMIN_NS)
     assert set(config["supportedFeatures"]) >= {"EMIT", "JOIN", "LEAVE", "DISCONNECT"}
     assert "ALL_EVENTS" in config["supportedFeatures"]
-    await admin.wait_for("all_sockets", namespace=ADMIN_NS)
+    # This node's sockets at once, then the cluster's.
+    await admin.wait_for("all_sockets", count=2, namespace=ADMIN_NS)
     for peer in (a, b):
         entry = listed(admin, peer.sid)
         assert entry is not None, peer.sid
@@ -152,3 +154,22 @@ async def test_development_events_of_another_nodes_sockets(
     await admin.send("_disconnect", "/", False, sid)
     await wait_until(lambda: about("socket_disconnected"), what="socket_disconnected")
     assert about("socket_disconnected")[0][:3] == ("/", sid, "server namespace disconnect")
+
+
+async def test_a_silent_node_costs_the_ui_only_its_own_sockets(
+    tmp_path: Path, connect: Connect, connect_admin: ConnectAdmin
+) -> None:
+    """n3 killed -9 and not yet known down: the UI on n1 gets n1's sockets at once, then the
+    cluster's with n2's and without n3's (after the request deadline, never forever)."""
+    slow_down = {"suspect_after_ms": 60_000, "down_after_ms": 120_000, "request_timeout_ms": 500}
+    async with running_cluster(
+        tmp_path, "n1", "n2", "n3", extra_config=admin_ui_config(), cluster_settings=slow_down
+    ) as c:
+        here, there, silent = [await connect(c, n) for n in ("n1", "n2", "n3")]
+        silent_sid = silent.sid
+        c.nodes["n3"].proc.kill9()
+        admin = await connect_admin(c.nodes["n1"].url)
+        first, second = await admin.wait_for("all_sockets", count=2, namespace=ADMIN_NS)
+        assert {s["id"] for s in first if s["nsp"] == "/"} == {here.sid}
+        assert {s["id"] for s in second if s["nsp"] == "/"} == {here.sid, there.sid}
+        assert silent_sid not in {s["id"] for s in second}
