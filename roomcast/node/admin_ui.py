@@ -24,6 +24,7 @@ import contextlib
 import enum
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -143,10 +144,19 @@ def serialize_socket(info: SocketInfo) -> dict[str, Any]:
         "id": info.id,
         "clientId": info.id,
         "nsp": info.namespace,
-        "data": {k: v for k, v in data.items() if isinstance(k, str)},
+        "data": {k: _plain(v) for k, v in data.items() if isinstance(k, str)},
         "handshake": handshake,
         "rooms": sorted(info.rooms | {info.id}),
     }
+
+
+def _plain(value: Any) -> Any:
+    """``value`` if JSON can carry it, else its repr (app data may hold anything)."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
 
 
 #: (event type of the UI's dashboard, NodeStats counter) for the aggregated events.
@@ -424,42 +434,50 @@ class AdminUI:
     def _telling(self) -> bool:
         return self._development and self.watched
 
+    def _tell(self, event: str, *args: Any) -> None:
+        """Send an event to the viewers; a failure (app data the wire cannot carry) is logged,
+        never raised into the path of the socket it describes."""
+        try:
+            self.viewers.emit(event, *args)
+        except Exception:
+            log.warning("admin event %s not sent", event, exc_info=True)
+
     def socket_connected(self, socket: ObservedSocket) -> None:
         """``socket_connected`` (the socket as ``all_sockets`` lists it, and when)."""
         if self._telling():
             serialized = serialize_socket(socket.info())
-            self.viewers.emit("socket_connected", serialized, _iso(time.time()))
+            self._tell("socket_connected", serialized, _iso(time.time()))
 
     def socket_disconnected(self, socket: ObservedSocket, reason: str) -> None:
         """``socket_disconnected`` with the reason."""
         if self._telling():
             name = socket.namespace.name
-            self.viewers.emit("socket_disconnected", name, socket.sid, reason, _iso(time.time()))
+            self._tell("socket_disconnected", name, socket.sid, reason, _iso(time.time()))
 
     def room_joined(self, socket: ObservedSocket, room: str) -> None:
         """``room_joined``."""
         if self._telling():
             name = socket.namespace.name
-            self.viewers.emit("room_joined", name, room, socket.sid, _iso(time.time()))
+            self._tell("room_joined", name, room, socket.sid, _iso(time.time()))
 
     def room_left(self, socket: ObservedSocket, room: str) -> None:
         """``room_left``."""
         if self._telling():
             name = socket.namespace.name
-            self.viewers.emit("room_left", name, room, socket.sid, _iso(time.time()))
+            self._tell("room_left", name, room, socket.sid, _iso(time.time()))
 
     def event_received(self, socket: ObservedSocket, data: list[Any]) -> None:
         """``event_received``: an event from a client of an app namespace (its ack dropped)."""
         name = socket.namespace.name
         if name != self.name and self._telling():
-            self.viewers.emit("event_received", name, socket.sid, data, _iso(time.time()))
+            self._tell("event_received", name, socket.sid, data, _iso(time.time()))
 
     def event_sent(self, socket: ObservedSocket, data: list[Any]) -> None:
         """``event_sent``: an event emitted to one socket of an app namespace (broadcasts are
         not reported per recipient: that would multiply each by its audience)."""
         name = socket.namespace.name
         if name != self.name and self._telling():
-            self.viewers.emit("event_sent", name, socket.sid, data, _iso(time.time()))
+            self._tell("event_sent", name, socket.sid, data, _iso(time.time()))
 
     # -- commands (cluster-wide) --------------------------------------------------------------
 

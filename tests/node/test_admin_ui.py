@@ -8,8 +8,9 @@ import tomllib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import socketio
 from support.admin_ui_client import ADMIN_NS, admin_clients, admin_ui_config
-from support.cluster_harness import wait_until
+from support.cluster_harness import TIMEOUT, wait_until
 
 from roomcast.config import AdminUISettings
 from roomcast.node import admin_ui
@@ -113,3 +114,29 @@ async def test_readonly_has_no_commands(start_node: NodeFactory) -> None:
     assert namespace is not None
     for command in ("emit", "join", "leave", "_disconnect"):
         assert namespace.handler(command) is None
+
+
+async def test_app_data_the_wire_cannot_carry_never_breaks_a_connect(
+    start_node: NodeFactory,
+) -> None:
+    """A socket whose data holds what JSON cannot carry connects as usual; the UI is told of it
+    with that value's repr."""
+
+    def setup(server: Server) -> None:
+        @server.use
+        def mark(socket: Any, auth: Any) -> None:
+            socket.data["opaque"] = {1, 2}
+
+    server: Server = await start_node(setup, **admin_node_settings())
+    async with admin_clients() as connect_admin:
+        admin = await connect_admin(server.url)
+        await admin.wait_for("all_sockets", count=2, namespace=ADMIN_NS)
+        client = socketio.AsyncClient(reconnection=False)
+        await client.connect(server.url, transports=["websocket"], wait_timeout=TIMEOUT)
+        try:
+            sid = client.get_sid("/")
+            [(socket, _)] = await admin.wait_for("socket_connected", namespace=ADMIN_NS)
+            assert socket["id"] == sid
+            assert socket["data"] == {"opaque": "{1, 2}"}
+        finally:
+            await client.disconnect()
