@@ -59,6 +59,9 @@ class SocketInfo:
     data: Any
     handshake: Handshake | None
     node: str
+    #: The transport of its connection when the snapshot was taken (``polling``,
+    #: ``websocket``); None from a node that does not say.
+    transport: str | None = None
 
 
 class Collector:

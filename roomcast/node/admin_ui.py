@@ -143,6 +143,7 @@ def serialize_socket(info: SocketInfo) -> dict[str, Any]:
     return {
         "id": info.id,
         "clientId": info.id,
+        "transport": info.transport,
         "nsp": info.namespace,
         "data": {k: _plain(v) for k, v in data.items() if isinstance(k, str)},
         "handshake": handshake,

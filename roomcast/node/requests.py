@@ -341,13 +341,17 @@ def decode_request(kind: int, fields: Any) -> Request:
 def _info_out(info: SocketInfo) -> list[Any]:
     h = info.handshake
     hs = None if h is None else [h.headers, h.query, h.auth, h.address, h.time, h.url, h.secure]
-    return [info.id, info.namespace, sorted(info.rooms), info.data, hs, info.node]
+    return [info.id, info.namespace, sorted(info.rooms), info.data, hs, info.node, info.transport]
 
 
 def _info_in(value: Any) -> SocketInfo:
-    if type(value) is not list or len(value) != 6:
+    # 6 fields from a node older than the transport's (a rolling upgrade), else 7.
+    if type(value) is not list or len(value) not in (6, 7):
         raise RequestError("bad socket info")
-    sid, ns, rooms, data, hs, node = value
+    sid, ns, rooms, data, hs, node = value[:6]
+    transport = value[6] if len(value) == 7 else None
+    if transport is not None and type(transport) is not str:
+        raise RequestError("bad socket info")
     handshake = None
     if hs is not None:
         if type(hs) is not list or len(hs) != 7:
@@ -363,7 +367,9 @@ def _info_in(value: Any) -> SocketInfo:
         ):
             raise RequestError("bad handshake")
         handshake = Handshake(headers, query, auth, address, float(time), _str(url), secure)
-    return SocketInfo(_str(sid), _str(ns), frozenset(_strs(rooms)), data, handshake, _str(node))
+    return SocketInfo(
+        _str(sid), _str(ns), frozenset(_strs(rooms)), data, handshake, _str(node), transport
+    )
 
 
 def encode_reply(reply: Reply) -> list[Any]:

@@ -404,6 +404,7 @@ class Socket:
             self.data,
             self.handshake,
             self.namespace.services.adapter.node_id,
+            self.conn.transport_name,
         )
 
     # -- input from the connection ------------------------------------------------------------

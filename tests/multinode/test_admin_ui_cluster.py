@@ -87,6 +87,7 @@ async def test_login_gives_a_session_config_and_every_nodes_view(
         assert entry is not None, peer.sid
         assert entry["nsp"] == "/"
         assert set(entry["rooms"]) == {peer.sid, room}
+        assert entry["transport"] == "websocket"
         assert entry["handshake"]["url"].startswith("/socket.io/")
     await wait_until(lambda: admin.stats_of("n1") and admin.stats_of("n2"), what="both servers")
     stats = admin.stats_of("n2")[-1]

@@ -49,9 +49,10 @@ def test_a_socket_is_serialized_as_the_ui_expects() -> None:
     """Id, namespace, rooms with its own, handshake fields, and dict data only."""
     headers = {"Origin": "http://x", "X-Forwarded-For": "1.2.3.4"}
     hs = Handshake(headers, {"EIO": "4"}, {}, "127.0.0.1", 1.5, "/socket.io/?EIO=4", False)
-    info = SocketInfo("sid1", "/chat", frozenset({"lobby"}), {"user": "ann"}, hs, "n1")
+    info = SocketInfo("sid1", "/chat", frozenset({"lobby"}), {"user": "ann"}, hs, "n1", "websocket")
     out = admin_ui.serialize_socket(info)
     assert out["id"] == "sid1" and out["nsp"] == "/chat"
+    assert out["transport"] == "websocket"
     assert out["rooms"] == ["lobby", "sid1"]
     assert out["data"] == {"user": "ann"}
     assert out["handshake"]["address"] == "1.2.3.4"
