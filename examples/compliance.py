@@ -43,6 +43,9 @@ class Echo:
     def on_close(self, reason: str) -> None:
         pass
 
+    def on_upgrade(self) -> None:
+        pass
+
 
 class EchoServer(Server):
     """A bare Engine.IO endpoint (no Socket.IO on top)."""

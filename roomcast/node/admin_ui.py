@@ -455,6 +455,13 @@ class AdminUI:
             name = socket.namespace.name
             self._tell("socket_disconnected", name, socket.sid, reason, _iso(time.time()))
 
+    def socket_updated(self, socket: ObservedSocket) -> None:
+        """``socket_updated`` with the transport: its connection was upgraded."""
+        if self._telling():
+            info = socket.info()
+            update = {"id": info.id, "nsp": info.namespace, "transport": info.transport}
+            self._tell("socket_updated", update)
+
     def room_joined(self, socket: ObservedSocket, room: str) -> None:
         """``room_joined``."""
         if self._telling():

@@ -150,6 +150,11 @@ class Client:
             log.exception("packet from %s could not be handled", self.conn.sid)
             self.close(reasons.PARSE_ERROR, "unhandled packet")
 
+    def on_upgrade(self) -> None:
+        """The connection is a WebSocket now: its sockets' observers are told."""
+        for socket in self.sockets.values():
+            socket.namespace.services.events.socket_updated(socket)
+
     def on_close(self, reason: str) -> None:
         """The connection ended: every socket on it disconnects with ``reason``."""
         if self._timer is not None:

@@ -53,6 +53,10 @@ class EngineClient(Protocol):
         """The connection ended with ``reason`` (called once)."""
         ...
 
+    def on_upgrade(self) -> None:
+        """The connection moved from long-polling to its WebSocket."""
+        ...
+
 
 class Connection:
     """One client connection: an Engine.IO session and the Socket.IO sockets multiplexed on it."""
@@ -342,6 +346,7 @@ class Connection:
         self._ws_transport = link.transport
         stats = self.sessions.stats
         stats.upgrades += 1
+        self.client.on_upgrade()
         outbox = self.session.take_outbox()
         if outbox:
             frames = outbox_as_frames(outbox)

@@ -41,6 +41,8 @@ class SocketEvents(Protocol):
 
     def socket_disconnected(self, socket: Socket, reason: str) -> None: ...
 
+    def socket_updated(self, socket: Socket) -> None: ...
+
     def room_joined(self, socket: Socket, room: str) -> None: ...
 
     def room_left(self, socket: Socket, room: str) -> None: ...
@@ -57,6 +59,9 @@ class NoSocketEvents:
         pass
 
     def socket_disconnected(self, socket: Socket, reason: str) -> None:
+        pass
+
+    def socket_updated(self, socket: Socket) -> None:
         pass
 
     def room_joined(self, socket: Socket, room: str) -> None:

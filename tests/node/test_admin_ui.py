@@ -4,10 +4,12 @@ while no admin socket is connected anywhere, and read-only mode."""
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import socketio
 from support.admin_ui_client import ADMIN_NS, admin_clients, admin_ui_config
 from support.cluster_harness import TIMEOUT, wait_until
@@ -141,3 +143,28 @@ async def test_app_data_the_wire_cannot_carry_never_breaks_a_connect(
             assert socket["data"] == {"opaque": "{1, 2}"}
         finally:
             await client.disconnect()
+
+
+async def test_an_upgrade_updates_the_sockets_transport(start_node: NodeFactory) -> None:
+    """A raw Engine.IO client connects by long-polling, then upgrades: the UI is told it
+    connected on polling, then that its transport is the WebSocket."""
+    server: Server = await start_node(**admin_node_settings())
+    base = server.url + "/socket.io/?EIO=4&transport="
+    async with admin_clients() as connect_admin, aiohttp.ClientSession() as http:
+        admin = await connect_admin(server.url)
+        await admin.wait_for("all_sockets", count=2, namespace=ADMIN_NS)
+        async with http.get(base + "polling") as r:
+            eio_sid = json.loads((await r.text())[1:])["sid"]
+        polling = f"{base}polling&sid={eio_sid}"
+        async with http.post(polling, data="40") as r:
+            assert r.status == 200
+        async with http.get(polling) as r:
+            sid = json.loads((await r.text())[2:])["sid"]  # 40{"sid": ...}
+        [(socket, _)] = await admin.wait_for("socket_connected", namespace=ADMIN_NS)
+        assert (socket["id"], socket["transport"]) == (sid, "polling")
+        async with http.ws_connect(f"{base}websocket&sid={eio_sid}") as ws:
+            await ws.send_str("2probe")
+            assert await ws.receive_str() == "3probe"
+            await ws.send_str("5")
+            [update] = await admin.wait_for("socket_updated", namespace=ADMIN_NS)
+            assert update == {"id": sid, "nsp": "/", "transport": "websocket"}
