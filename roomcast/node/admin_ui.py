@@ -54,6 +54,8 @@ log = logging.getLogger("roomcast.node.admin_ui")
 VIEWERS = "roomcast:admin-ui"
 #: What a refused login gets (the UI shows this message in its login form).
 INVALID_CREDENTIALS = "invalid credentials"
+#: Session ids issued and not yet sent (their socket is connecting) kept at most.
+ISSUED_KEPT = 1024
 #: Concurrent bcrypt checks per node: each takes a core for a few hundred milliseconds.
 LOGIN_CHECKS = 2
 
@@ -374,6 +376,9 @@ class AdminUI:
             and await self._check_password(password)
         ):
             ttl = self.settings.session_ttl_ms / 1000
+            if len(self._issued) >= ISSUED_KEPT:
+                # Logins whose connection went before its connect handler ran.
+                del self._issued[next(iter(self._issued))]
             self._issued[socket.id] = new_session(self._key, time.time(), ttl)
             return
         raise ConnectRefusedError(INVALID_CREDENTIALS)
