@@ -31,6 +31,8 @@ from prometheus_client.registry import Collector
 from roomcast.access import MetricsAccess
 
 K = TypeVar("K", bound=tuple[str, ...])  #: label values, one per label
+#: A family with label values (a counter or a gauge).
+F = TypeVar("F", CounterMetricFamily, GaugeMetricFamily)
 
 #: Seconds a join may take: from a room this node already holds (no subscription: ~0) to the
 #: proof of a new subscription through a router, and to ``cluster.join_timeout_ms`` (5 s).
@@ -109,17 +111,18 @@ def counter_by(
     name: str, doc: str, labels: Sequence[str], values: Mapping[K, float]
 ) -> CounterMetricFamily:
     """A counter with several labels: one series per key (a tuple of label values)."""
-    family = CounterMetricFamily(name, doc, labels=list(labels))
-    for key in sorted(values):
-        family.add_metric(list(key), values[key])
-    return family
+    return _series(CounterMetricFamily(name, doc, labels=list(labels)), values)
 
 
 def labelled_gauge(
     name: str, doc: str, labels: Sequence[str], values: Mapping[K, float]
 ) -> GaugeMetricFamily:
     """A gauge with labels: one series per key (a tuple of label values)."""
-    family = GaugeMetricFamily(name, doc, labels=list(labels))
+    return _series(GaugeMetricFamily(name, doc, labels=list(labels)), values)
+
+
+def _series(family: F, values: Mapping[K, float]) -> F:
+    """``family`` with one series per key of ``values`` (a tuple of label values), sorted."""
     for key in sorted(values):
         family.add_metric(list(key), values[key])
     return family
