@@ -29,9 +29,8 @@ from roomcast.protocol.frames import ws_text
 from .adapter import Spawn
 from .engine import BAD_SESSION, Connection, EngineClient
 from .forward import Forwarder
-from .polling import http_error, http_reply
+from .polling import body_timeout, http_error, http_reply
 from .sessions import RequestInfo, Sessions
-from .stats import BODY_TIMEOUT
 from .websocket import AiohttpWebSocket, ClosingWebSockets, NodeWebSocket
 
 log = logging.getLogger("roomcast.node")
@@ -126,11 +125,8 @@ class EngineEndpoint:
                     return await conn.polling.post(request)
             except TimeoutError:
                 # A body that trickles in (or never comes) holds a socket and a session: both go.
-                self.sessions.stats.http_refused[BODY_TIMEOUT] += 1
                 conn.close(reasons.REQUEST_TIMEOUT, "body not received in time")
-                response = web.Response(status=408, text="Request Timeout")
-                response.force_close()
-                return response
+                return body_timeout(self.sessions.stats)
         return http_error(eio.BAD_REQUEST)
 
     def _owner(self, sid: str, headers: Mapping[str, str]) -> str | None:

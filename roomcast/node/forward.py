@@ -38,8 +38,8 @@ from aiohttp import WSMsgType, web
 from roomcast.ids import NodeTag, tag_of_engine_sid
 from roomcast.protocol import engineio as eio
 
-from .polling import http_error
-from .stats import BODY_TIMEOUT, NodeStats
+from .polling import body_timeout, http_error
+from .stats import NodeStats
 
 log = logging.getLogger("roomcast.node")
 
@@ -110,10 +110,7 @@ class Forwarder:
                 # As the owner answers a body that does not arrive in time; the owner never
                 # saw the request, so its session lives on until the client reconnects or
                 # its heartbeat deadline passes.
-                self.stats.http_refused[BODY_TIMEOUT] += 1
-                response = web.Response(status=408, text="Request Timeout")
-                response.force_close()
-                return response
+                return body_timeout(self.stats)
         headers = {FORWARDED: self.node_id}
         content_type = request.headers.get("Content-Type")
         if content_type is not None:

@@ -16,7 +16,7 @@ from aiohttp import web
 from roomcast.errors import RemoteProtocolError
 from roomcast.protocol import engineio as eio
 
-from .stats import NodeStats
+from .stats import BODY_TIMEOUT, NodeStats
 
 
 class PollingConnection(Protocol):
@@ -142,3 +142,12 @@ def http_reply(reply: eio.HttpReply) -> web.Response:
 def http_error(err: eio.HttpError) -> web.Response:
     """An Engine.IO error answer: ``{"code": ..., "message": ...}`` (engine.io's Server.errors)."""
     return http_reply(eio.HttpReply.error(err))
+
+
+def body_timeout(stats: NodeStats) -> web.Response:
+    """The answer to a POST whose body did not arrive within ``http.body_timeout_ms``
+    (``408``, the connection closed after it), counted in ``http_refused``."""
+    stats.http_refused[BODY_TIMEOUT] += 1
+    response = web.Response(status=408, text="Request Timeout")
+    response.force_close()
+    return response
