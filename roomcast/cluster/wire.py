@@ -74,6 +74,7 @@ class Kind(enum.IntEnum):
     SNAPSHOT = 7  #: all facts of the origin, on the requester's direct topic
     LEAVE = 8  #: the origin is shutting down
     PROBE = 9  #: comes back through the router to prove a subscription is live
+    KEEP = 10  #: what a node tells its keeper about its sessions, on the keeper's direct topic
 
 
 @functools.lru_cache(maxsize=65_536)  # a hash per publish is measurable on the hot path
@@ -257,8 +258,28 @@ class Probe:
     nonce: int
 
 
+@dataclass(frozen=True, slots=True)
+class Keep:
+    """Records of the origin's connection state recovery for the node that keeps a copy
+    (:mod:`roomcast.node.keeper`), number ``seq`` of the origin's keep stream; ``last`` is
+    the origin's offset counter when it sent them."""
+
+    seq: int
+    last: int
+    records: list[Any]
+
+
 Body = (
-    RoomMessage | Request | Reply | Delta | Heartbeat | SnapshotRequest | Snapshot | Leave | Probe
+    RoomMessage
+    | Request
+    | Reply
+    | Delta
+    | Heartbeat
+    | SnapshotRequest
+    | Snapshot
+    | Leave
+    | Probe
+    | Keep
 )
 
 _KIND_OF: Final[dict[type, Kind]] = {
@@ -271,6 +292,7 @@ _KIND_OF: Final[dict[type, Kind]] = {
     Snapshot: Kind.SNAPSHOT,
     Leave: Kind.LEAVE,
     Probe: Kind.PROBE,
+    Keep: Kind.KEEP,
 }
 
 
@@ -308,6 +330,8 @@ def _fields(body: Body) -> list[Any]:
         ]
     if isinstance(body, Probe):
         return [body.nonce]
+    if isinstance(body, Keep):
+        return [body.seq, body.last, body.records]
     return []  # Leave
 
 
@@ -491,6 +515,11 @@ def _body(kind: Kind, f: list[Any]) -> Body:
         return Snapshot(facts_seq, tag, address, connections, float(started), _triples(rooms))
     if kind is Kind.LEAVE:
         return Leave()
+    if kind is Kind.KEEP:
+        seq, last, records = f
+        if type(seq) is not int or type(last) is not int or type(records) is not list:
+            raise WireError("bad KEEP body")
+        return Keep(seq, last, records)
     (nonce,) = f
     if not isinstance(nonce, int):
         raise WireError("bad PROBE body")

@@ -26,7 +26,7 @@ from roomcast.cluster.routing import Target
 from roomcast.ids import Namespace, NodeId, NodeTag
 from roomcast.protocol.frames import Frames
 
-from .recovery import History, Offsets, PersistedSession
+from .recovery import History, Journal, Offsets, PersistedSession, RecoverableSocket
 
 #: A server-to-server event handler: ``handler(*args)``, sync or async; its result is the answer.
 ServerEventHandler = Callable[..., Any]
@@ -185,6 +185,20 @@ class LocalNamespace(Protocol):
         old one is closed as lost (so the socket is kept); returns whether that happened."""
         ...
 
+    @property
+    def name(self) -> Namespace:
+        """The namespace's name."""
+        ...
+
+    @property
+    def window(self) -> float:
+        """Seconds a session of the namespace is kept for recovery."""
+        ...
+
+    def recoverable(self) -> list[RecoverableSocket]:
+        """This node's sockets of the namespace that recovery knows (connected and kept)."""
+        ...
+
 
 class LocalSockets(Protocol):
     """This node's namespaces, as the adapter sees them."""
@@ -195,6 +209,10 @@ class LocalSockets(Protocol):
 
     def room_counts(self, namespace: str | None) -> dict[tuple[str, str], int]:
         """(namespace, room) -> local member count, for one namespace or all."""
+        ...
+
+    def all(self) -> list[Any]:
+        """Every namespace (each a :class:`LocalNamespace`)."""
         ...
 
 
@@ -290,6 +308,8 @@ class Adapter(ABC):
     tag: NodeTag
     #: This node's offset counter (connection state recovery).
     offsets: Offsets
+    #: Told every change of what makes this node's sessions recoverable.
+    journal: Journal
 
     def __init__(self) -> None:
         self._server_handlers: dict[str, ServerEventHandler] = {}

@@ -42,6 +42,7 @@ from . import requests as rq
 from .adapter import LocalSockets, RoomTable, SessionClaim, SocketInfo, Spawn
 from .handover import Handovers
 from .health import Health
+from .keeper import Keeping
 from .local import LocalAdapter, wait_acks, write_each
 from .member import ClusterMember
 from .stats import NodeStats
@@ -88,8 +89,25 @@ class ClusterAdapter(LocalAdapter):
         self._seen: collections.OrderedDict[tuple[str, int, int], None] = collections.OrderedDict()
         self._pending: dict[int, _Pending] = {}
         self.received_rooms = 0  #: room envelopes delivered here (for inspection and tests)
+        self.keeping = Keeping(
+            sockets,
+            self.offsets,
+            node_id,
+            incarnation,
+            self.bus,
+            self.replica,
+            spawn,
+            self.request,
+            self.member.join_timeout,
+            self.cs.down_after_ms / 1000,
+            settings.limits.max_rooms_per_socket,
+            self._count_handed_over,
+        )
+        self.journal = self.keeping.log
+        self._keeping_task: asyncio.Task[None] | None = None
         self.handovers = Handovers(
             self,
+            self.keeping,
             self.bus,
             self.replica,
             self.request,
@@ -104,8 +122,14 @@ class ClusterAdapter(LocalAdapter):
 
     async def start(self, address: str) -> None:
         await self.member.start(address)
+        self._keeping_task = asyncio.ensure_future(self._follow_keepers())
 
     async def stop(self) -> None:
+        if self._keeping_task is not None:
+            self._keeping_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeping_task
+        self.keeping.stop()
         self.stop_recovery()
         await self.member.stop()
         for pending in self._pending.values():
@@ -113,12 +137,28 @@ class ClusterAdapter(LocalAdapter):
 
     # -- membership ---------------------------------------------------------------------------
 
+    async def _follow_keepers(self) -> None:
+        """Which node keeps this one, and which kept nodes died, as the replica changes."""
+        while True:
+            self.keeping.reconcile()
+            await asyncio.sleep(0.1)
+
+    def _count_handed_over(self) -> None:
+        self.stats.sessions_handed_over += 1
+
     async def rooms_changed(
         self, namespace: Namespace, counts: dict[str, int], joined: list[str], left: list[str]
     ) -> None:
         self.member.room_counts(namespace, counts)
         for room in left:
             self.bus.unsubscribe(wire.room_topic(namespace, room))
+        keeping = self.keeping
+        if keeping.log.keeper is not None and self._recovers(namespace):
+            keeping.unmirrored(namespace, [r for r in left if not counts.get(r)])
+            if joined:
+                # This node's keeper must hear these rooms before the join returns: what is
+                # published to them from now on survives this node (see node/keeper.py).
+                await keeping.mirror(namespace, joined, False)
         if joined:
             timeout = self.member.join_timeout
             loop = asyncio.get_running_loop()
@@ -140,6 +180,12 @@ class ClusterAdapter(LocalAdapter):
             await self.bus.subscribe(wire.namespace_topic(namespace), self.member.join_timeout)
         except TimeoutError:
             log.warning("socket connected to %s without a live router", namespace)
+        if self.keeping.log.keeper is not None and self._recovers(namespace):
+            await self.keeping.mirror(namespace, [], True)
+
+    def _recovers(self, namespace: str) -> bool:
+        ns = self.sockets.namespace(namespace)
+        return ns is not None and ns.history is not None
 
     def namespace_exited(self, namespace: Namespace) -> None:
         self.bus.unsubscribe(wire.namespace_topic(namespace))
@@ -163,13 +209,16 @@ class ClusterAdapter(LocalAdapter):
         ns = self.sockets.namespace(target.namespace)
         local_sids = ns.sids() if ns is not None else ()
         body = routing.room_message(msg_id, target, frames.ws)
-        for topic in routing.topics(
+        topics = routing.topics(
             target,
             local_sids=local_sids,
             sid_node=self._is_live_tag,
             max_room_topics=self.cs.max_room_topics,
-        ):
+        )
+        for topic in topics:
             self.bus.publish(topic, body)
+        if self.keeping.active:
+            self.keeping.published(topics, body)
         if target.rooms and self.moved_sids:
             self.handovers.forward(body)  # sids this node handed over: no topic reaches them
 
@@ -208,7 +257,7 @@ class ClusterAdapter(LocalAdapter):
                     source = (header.origin, header.incarnation, msg.msg_id)
                     to = (msg.rooms, msg.except_rooms, msg.except_sids)
                     delivered = self.write_numbered(
-                        history, recipients, frames, msg.volatile, to, source
+                        msg.namespace, history, recipients, frames, msg.volatile, to, source
                     )
             except ValueError:  # a polling recipient needs the packet, and the frames hold none
                 log.warning("undecodable frames in a room message from %s", header.origin)
@@ -349,6 +398,7 @@ class ClusterAdapter(LocalAdapter):
             self._pending.pop(request_id, None)
 
     def _node_down(self, node: NodeId) -> None:
+        self.keeping.reconcile()
         for pending in self._pending.values():
             pending.waiting.discard(node)
             pending.settle()
@@ -382,6 +432,13 @@ class ClusterAdapter(LocalAdapter):
             return await self.handovers.serve(request, by)
         if isinstance(request, rq.ServerSideEmit):
             return rq.Answer(await self.run_server_event(request.event, request.args))
+        if isinstance(request, rq.MirrorRooms):
+            await self.keeping.hold(by, request)
+            return rq.Answer(None)
+        if isinstance(request, rq.ResyncKeep):
+            if by == self.keeping.log.keeper:
+                self.keeping.log.sync()
+            return rq.Answer(None)
         target = request.target._replace(local=True)
         if isinstance(request, rq.FetchSockets):
             return rq.Sockets(tuple(self.snapshot(target)))
@@ -429,7 +486,11 @@ class ClusterAdapter(LocalAdapter):
 
     def _on_bus(self, topic: Topic, header: wire.Header, body: wire.Body) -> None:
         if type(body) is wire.RoomMessage:
+            if self.keeping.active:
+                self.keeping.received(topic, header, body)
             self._on_room(header, body)
+        elif type(body) is wire.Keep:
+            self.keeping.on_keep(header, body)
         elif isinstance(body, wire.Reply):
             self._on_reply(header, body)
         elif isinstance(body, wire.Request):
@@ -477,6 +538,7 @@ class ClusterAdapter(LocalAdapter):
     def describe(self) -> dict[str, Any]:
         cluster = self.member.describe()
         cluster["received_rooms"] = self.received_rooms
+        cluster["keeping"] = self.keeping.describe()
         return {"standalone": False, "cluster": cluster}
 
     def freshness(self) -> float:

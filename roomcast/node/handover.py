@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from roomcast.cluster import wire
 from roomcast.cluster.bus import Bus
@@ -43,12 +43,33 @@ from roomcast.protocol.frames import Frames
 from . import recovery
 from . import requests as rq
 from .adapter import SessionClaim, Spawn
+from .keeper import NOT_KEPT, Keeping, keepers
 from .local import LocalAdapter
 from .recovery import Entry, History, Membership, Offsets, PersistedSession
 
 #: How many times a claim follows a session that moved on (each hop a node that handed it
 #: over); a session moves once per outage, so more is a loop.
 MAX_HOPS = 4
+
+
+class Holder(Protocol):
+    """What keeps sessions that other nodes claim: this node's adapter, or its copy of a dead
+    node's sessions (:class:`~roomcast.node.keeper.Mirror`)."""
+
+    @property
+    def offsets(self) -> Offsets: ...
+
+    def lend_session(
+        self, namespace: str, pid: str, offset: str | None, to: NodeTag, timeout: float
+    ) -> PersistedSession | NodeTag: ...
+
+    def lent_to(self, pid: str, by: NodeTag) -> PersistedSession | None: ...
+
+    def drop_claim(self, pid: str, by: NodeTag) -> None: ...
+
+    def release_session(self, pid: str) -> None: ...
+
+    def hand_over(self, namespace: str, pid: str, to: NodeTag) -> list[Entry]: ...
 
 
 class Incoming:
@@ -214,7 +235,9 @@ class RemoteClaim(SessionClaim):
             if numbered is None:  # not an EVENT without ack (never kept): sent as it is
                 out.append(frames)
                 continue
-            history.record(Entry(counter, own, (), (), numbered, source))
+            entry = Entry(counter, own, (), (), numbered, source)
+            history.record(entry)
+            self.adapter.keeper.journal.packet(session.namespace, entry)
             self.last_offset = counter
             out.append(numbered)
         return out
@@ -237,6 +260,7 @@ class Handovers:
     def __init__(
         self,
         keeper: LocalAdapter,
+        keeping: Keeping,
         bus: Bus,
         replica: Replica,
         request: Callable[[set[NodeId], rq.Request], Awaitable[dict[NodeId, rq.Reply]]],
@@ -247,6 +271,7 @@ class Handovers:
         next_msg_id: Callable[[], int],
     ) -> None:
         self.keeper = keeper
+        self.keeping = keeping
         self.bus = bus
         self.replica = replica
         self._request = request
@@ -281,8 +306,14 @@ class Handovers:
                 raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
             node = self.replica.node_of_tag(tag)
             if node is None:
-                raise RecoveryRefusedError(recovery.OLD_NODE_GONE)
-            reply = await self.ask_node(node, request)
+                node, reply = await self._ask_keepers(tag, request)
+            else:
+                try:
+                    reply = await self.ask_node(node, request)
+                except RecoveryRefusedError:
+                    if not await self._went_down(node):
+                        raise
+                    node, reply = await self._ask_keepers(tag, request)
             if not isinstance(reply, rq.Moved):
                 break
             tag = NodeTag(reply.tag)
@@ -297,7 +328,11 @@ class Handovers:
         topics = [wire.namespace_topic(namespace)]
         topics += [wire.room_topic(namespace, r) for r in claim.rooms]
         try:
-            await asyncio.gather(*(self.bus.subscribe(t, self.join_timeout) for t in topics))
+            await asyncio.gather(
+                *(self.bus.subscribe(t, self.join_timeout) for t in topics),
+                # This node's keeper holds them too before the session is this node's.
+                self.keeping.mirror(namespace, claim.rooms, True),
+            )
         except TimeoutError:
             claim.cancel(release=True)
             raise RecoveryRefusedError(recovery.OLD_NODE_GONE) from None
@@ -306,9 +341,38 @@ class Handovers:
             raise
         return claim
 
+    async def _went_down(self, node: NodeId) -> bool:
+        """Whether ``node``, silent, is down (waiting as long as the replica may take to say
+        so)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.keeping.down_after
+        while node in self.replica.alive():
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def _ask_keepers(self, tag: NodeTag, request: rq.ClaimSession) -> tuple[NodeId, rq.Reply]:
+        """The node ``tag`` is down: ask the nodes that may keep its sessions, its keeper on
+        the ring first (``old node gone`` when none does)."""
+        live: dict[NodeTag, NodeId] = {self.keeper.tag: self.keeper.node_id}
+        for node in self.replica.alive():
+            node_tag = self.replica.tag(node)
+            if node_tag is not None:
+                live[node_tag] = node
+        for keeper in keepers(tag, live)[:MAX_HOPS]:
+            node = live[keeper]
+            reply = await self.ask_node(node, request)
+            if not (isinstance(reply, rq.Refused) and reply.reason == NOT_KEPT):
+                return node, reply
+        raise RecoveryRefusedError(recovery.OLD_NODE_GONE)
+
     async def ask_node(self, node: NodeId, request: rq.Request) -> rq.Reply:
         """``node``'s reply to a handover request (``old node gone`` when none comes in the
-        request timeout, or the node went down meanwhile)."""
+        request timeout, or the node went down meanwhile); this node's own answered here."""
+        if node == self.keeper.node_id:
+            assert isinstance(request, rq.ClaimSession | rq.TakeSession | rq.DropClaim)
+            return await self.serve(request, self.keeper.tag)
         try:
             replies = await self._request({node}, request)
         except ClusterTimeoutError:
@@ -322,8 +386,8 @@ class Handovers:
         """Send ``request`` to ``node``; its reply does not matter."""
 
         async def tell() -> None:
-            with contextlib.suppress(ClusterTimeoutError):
-                await self._request({node}, request)
+            with contextlib.suppress(ClusterTimeoutError, RecoveryRefusedError):
+                await self.ask_node(node, request)
 
         self._spawn(tell())
 
@@ -359,9 +423,11 @@ class Handovers:
     ) -> rq.Reply:
         """Serve the node ``by``'s claim on a session this node keeps (or handed over), its
         taking it, or its word that it will not."""
-        keeper = self.keeper
+        keeper = await self._holder(request.pid)
+        if keeper is None:
+            return rq.Refused(NOT_KEPT)
         if isinstance(request, rq.TakeSession):
-            return await self._hand_over(request, by)
+            return await self._hand_over(keeper, request, by)
         if isinstance(request, rq.DropClaim):
             if request.release and keeper.lent_to(request.pid, by) is not None:
                 keeper.release_session(request.pid)
@@ -383,12 +449,25 @@ class Handovers:
         rooms = tuple(sorted(r for r in found.rooms if r != found.sid))
         return rq.Claimed(found.sid, rooms, found.data, found.window)
 
-    async def _hand_over(self, request: rq.TakeSession, by: NodeTag) -> rq.Reply:
+    async def _holder(self, pid: str) -> Holder | None:
+        """What keeps ``pid`` here: this node (its own sessions, those handed over to it, and
+        its pointers), or its copy of the dead node that created it; None: nothing here."""
+        local = self.keeper
+        if local.keeps(pid):
+            return local
+        tag = tag_of_pid(pid)
+        if tag is None or tag == local.tag:
+            return local
+        if tag not in self.keeping.mirrors and self.replica.node_of_tag(tag) is not None:
+            return local  # a live node's session that came this way (through a pointer)
+        # The claimant saw the node die; this node may see it a moment later.
+        return await self.keeping.holder(tag)
+
+    async def _hand_over(self, keeper: Holder, request: rq.TakeSession, by: NodeTag) -> rq.Reply:
         """Hand a session the node ``by`` claimed over, once every message a router had for
         its rooms before ``by`` proved its own subscriptions is in this node's history (a
         router may have forwarded it here just before, on another connection than the
         request's)."""
-        keeper = self.keeper
         session = keeper.lent_to(request.pid, by)
         if session is None:
             return rq.Refused(recovery.UNKNOWN_SESSION)
@@ -406,5 +485,5 @@ class Handovers:
             entries = keeper.hand_over(request.namespace, request.pid, by)
         except RecoveryRefusedError as exc:
             return rq.Refused(exc.reason)
-        text = self.offsets.text
+        text = keeper.offsets.text
         return rq.HandedOver(tuple((e.frames.ws, text(e.counter), e.source) for e in entries))

@@ -29,7 +29,7 @@ from .adapter import (
     SessionClaim,
     SocketInfo,
 )
-from .recovery import Entry, History, Offsets, PersistedSession
+from .recovery import Entry, History, Journal, Offsets, PersistedSession
 from .stats import NodeStats
 
 log = logging.getLogger("roomcast.node")
@@ -125,6 +125,8 @@ class LocalAdapter(Adapter):
         self.sockets = sockets
         self.stats = stats
         self.offsets = Offsets(tag)
+        #: Told what makes this node's sessions recoverable (a cluster node's keeper hears it).
+        self.journal = Journal()
         self._kept: dict[str, _Kept] = {}  # persisted sessions by pid
         self._none_kept = asyncio.Event()
         self._none_kept.set()
@@ -191,6 +193,7 @@ class LocalAdapter(Adapter):
                 delivered = write_each(recipients, frames, target.volatile)
             elif recipients:
                 delivered = self.write_numbered(
+                    target.namespace,
                     history,
                     recipients,
                     frames,
@@ -202,6 +205,7 @@ class LocalAdapter(Adapter):
 
     def write_numbered(
         self,
+        namespace: str,
         history: History,
         recipients: Collection[Member],
         frames: Frames,
@@ -210,15 +214,20 @@ class LocalAdapter(Adapter):
         source: tuple[str, int, int] | None = None,
     ) -> int:
         """Write a broadcast to recipients in a recovery-enabled namespace with this node's next
-        offset, framed once; keep it in ``history`` unless it is volatile. ``to`` is its target
+        offset, framed once; keep it in ``namespace``'s ``history`` unless it is volatile (and
+        tell the journal). ``to`` is its target
         (rooms, except rooms, except sids), ``source`` the bus message it came in. Returns how
         many recipients took it."""
         counter = self.offsets.next()
         numbered = frames.with_offset(self.offsets.text(counter))
         if numbered is None:  # not an EVENT without ack: nothing to number
             return write_each(recipients, frames, volatile)
-        if not volatile:
-            history.record(Entry(counter, *to, numbered, source))
+        if volatile:
+            self.journal.numbered()
+        else:
+            entry = Entry(counter, *to, numbered, source)
+            history.record(entry)
+            self.journal.packet(namespace, entry)
             for member in recipients:
                 member.last_offset = counter
         return write_each(recipients, numbered, volatile)
@@ -393,6 +402,10 @@ class LocalAdapter(Adapter):
         timer = asyncio.get_running_loop().call_later(timeout, self.drop_claim, pid, to)
         kept.lent = (to, after, timer)
         return kept.session
+
+    def keeps(self, pid: str) -> bool:
+        """Whether this node keeps the session ``pid``, or handed it over (a pointer)."""
+        return pid in self._kept or pid in self._moved
 
     def moved_to(self, pid: str) -> NodeTag | None:
         """The node this node handed the session ``pid`` over to (None: it did not)."""

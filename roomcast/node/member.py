@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 from roomcast.cluster import curve, wire
 from roomcast.cluster.bus import Bus
@@ -38,6 +38,9 @@ from roomcast.discovery import Discovery, DiscoveryView, ServiceInstance, make_d
 from roomcast.ids import NodeId, NodeTag, node_tag
 
 from .health import Health
+
+#: The envelopes that go to the node itself (the rest are the membership replica's).
+_DELIVERED: Final = frozenset({wire.RoomMessage, wire.Request, wire.Reply, wire.Keep})
 
 log = logging.getLogger("roomcast.cluster")
 
@@ -361,7 +364,7 @@ class ClusterMember:
 
     def _on_message(self, topic: Topic, header: wire.Header, body: wire.Body) -> None:
         kind = type(body)
-        if kind is wire.RoomMessage or kind is wire.Request or kind is wire.Reply:
+        if kind in _DELIVERED:
             self._deliver(topic, header, body)
         elif isinstance(body, wire.SnapshotRequest):
             self.flush()

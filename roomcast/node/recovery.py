@@ -191,6 +191,10 @@ class History:
         self._sizes.clear()
         self.nbytes = 0
 
+    def entries(self) -> Iterator[Entry]:
+        """The kept packets, oldest first."""
+        return iter(self._entries)
+
     def after(self, counter: int) -> Iterator[Entry]:
         """The kept packets numbered above ``counter``, in order."""
         newer: list[Entry] = []
@@ -252,6 +256,55 @@ class Membership:
         elif not self.was_in(sid, c):  # namespace-wide: sent to it if it was connected
             return False
         return not any(self.was_in(room, c) for room in entry.except_rooms)
+
+
+class RecoverableSocket(NamedTuple):
+    """A socket recovery knows on its node: connected, or kept after its connection was lost
+    (``lost``)."""
+
+    sid: str
+    pid: str
+    data: Any
+    membership: Membership
+    lost: bool
+
+
+class Journal:
+    """Told every change of what makes this node's sessions recoverable: sockets of
+    recovery-enabled namespaces, their rooms in time, the packets kept (a cluster node tells
+    its keeper, :mod:`roomcast.node.keeper`; a standalone node tells nobody: these do
+    nothing)."""
+
+    __slots__ = ()
+
+    def connected(
+        self, namespace: str, sid: str, pid: str, data: Any, membership: Membership, window: float
+    ) -> None:
+        """A socket connected here (new, or its session handed over to this node)."""
+
+    def joined(self, namespace: str, sid: str, room: str, at: int, data: Any) -> None:
+        """It joined ``room`` when the counter was at ``at`` (``data``: its data now)."""
+
+    def left(self, namespace: str, sid: str, room: str, at: int, data: Any) -> None:
+        """It left ``room`` when the counter was at ``at``."""
+
+    def updated(self, namespace: str, sid: str, data: Any) -> None:
+        """Its ``data`` now (its ``connect`` handler ran)."""
+
+    def lost(self, namespace: str, sid: str, data: Any) -> None:
+        """Its connection was lost: it is kept for recovery, with ``data``."""
+
+    def gone(self, namespace: str, sid: str) -> None:
+        """It will not be recovered here (disconnected on purpose, released, handed over)."""
+
+    def packet(self, namespace: str, entry: Entry) -> None:
+        """``entry`` was kept in the namespace's history."""
+
+    def numbered(self) -> None:
+        """The node gave a number to a packet it did not keep (a volatile one)."""
+
+    def cleared(self, namespace: str) -> None:
+        """The namespace's history was emptied (no socket left to need it)."""
 
 
 @dataclass(frozen=True, slots=True)

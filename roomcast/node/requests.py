@@ -40,6 +40,8 @@ class Kind(enum.IntEnum):
     CLAIM_SESSION = 7
     TAKE_SESSION = 8
     DROP_CLAIM = 9
+    MIRROR_ROOMS = 10
+    RESYNC_KEEP = 11
 
 
 class ReplyKind(enum.IntEnum):
@@ -139,6 +141,23 @@ class DropClaim:
     release: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class MirrorRooms:
+    """The requester's keeper subscribes to ``rooms`` of ``namespace`` (and, with
+    ``namespace_wide``, to the namespace's topic) and answers once the subscriptions are live:
+    the requester's sockets are joining them (see :mod:`roomcast.node.keeper`)."""
+
+    namespace: str
+    rooms: tuple[str, ...]
+    namespace_wide: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncKeep:
+    """The requester keeps a copy of this node's sessions and lost part of its keep stream:
+    send it everything again."""
+
+
 Request = (
     ServerSideEmit
     | FetchSockets
@@ -149,6 +168,8 @@ Request = (
     | ClaimSession
     | TakeSession
     | DropClaim
+    | MirrorRooms
+    | ResyncKeep
 )
 
 #: Where a handed-over packet came in on the bus (origin, incarnation, message id); None for
@@ -281,6 +302,10 @@ def encode_request(request: Request) -> tuple[Kind, list[Any]]:
         return Kind.TAKE_SESSION, [request.namespace, request.pid]
     if isinstance(request, DropClaim):
         return Kind.DROP_CLAIM, [request.namespace, request.pid, request.release]
+    if isinstance(request, MirrorRooms):
+        return Kind.MIRROR_ROOMS, [request.namespace, list(request.rooms), request.namespace_wide]
+    if isinstance(request, ResyncKeep):
+        return Kind.RESYNC_KEEP, []
     return Kind.BROADCAST_WITH_ACK, [
         _target_out(request.target),
         request.event,
@@ -328,6 +353,15 @@ def decode_request(kind: int, fields: Any) -> Request:
             if type(release) is not bool:
                 raise RequestError("bad release flag")
             return DropClaim(_str(ns), _str(pid), release)
+        if k is Kind.MIRROR_ROOMS:
+            ns, rooms, namespace_wide = fields
+            if type(namespace_wide) is not bool:
+                raise RequestError("bad namespace flag")
+            return MirrorRooms(_str(ns), _strs(rooms), namespace_wide)
+        if k is Kind.RESYNC_KEEP:
+            if fields:
+                raise RequestError("bad RESYNC_KEEP fields")
+            return ResyncKeep()
         target, event, args, timeout = fields
         if type(args) is not list or type(timeout) not in (int, float) or timeout < 0:
             raise RequestError("bad ack broadcast")

@@ -33,7 +33,7 @@ from roomcast.protocol.frames import Frames
 from . import recovery
 from .adapter import Adapter, SessionClaim, Spawn
 from .broadcast import BroadcastOperator, Broadcasts
-from .recovery import History, Membership, PersistedSession
+from .recovery import History, Membership, PersistedSession, RecoverableSocket
 from .rooms import RoomRegistry
 from .sio_socket import ClientLink, NoSocketEvents, SocketEvents
 from .sio_socket import Socket as Socket
@@ -157,6 +157,19 @@ class Namespace(Broadcasts):
         """What this node's sockets of the namespace were sent (None: recovery is off)."""
         return self._history
 
+    @property
+    def window(self) -> float:
+        """Seconds a session of the namespace is kept for recovery."""
+        return self._recovery.max_disconnection_ms / 1000
+
+    def recoverable(self) -> list[RecoverableSocket]:
+        """The sockets recovery knows here: connected ones with a pid, and ghosts."""
+        return [
+            RecoverableSocket(s.sid, s.pid, s.data, s.membership, s.sid in self.ghosts)
+            for s in self._members.values()
+            if s.pid is not None and s.membership is not None
+        ]
+
     def ghost(self, sid: str) -> Socket | None:
         """The ghost of ``sid``, if it is one."""
         return self.ghosts.get(sid)
@@ -179,6 +192,7 @@ class Namespace(Broadcasts):
             return
         if self._members.get(sid) is ghost:
             del self._members[sid]
+        self.services.adapter.journal.gone(self.name, sid)
         self.services.spawn(self._gone(ghost))
 
     # -- broadcasting -------------------------------------------------------------------------
@@ -222,11 +236,14 @@ class Namespace(Broadcasts):
             raise DisconnectedError(reasons.TOO_MANY_ROOMS)
         membership = socket.membership
         events = self.services.events
+        adapter = self.services.adapter
         for room in new:
             socket.rooms.add(room)
             self.registry.add(socket, Room(room))
             if membership is not None:
-                membership.join(room, self.services.adapter.offsets.last)
+                at = adapter.offsets.last
+                membership.join(room, at)
+                adapter.journal.joined(self.name, socket.sid, room, at, socket.data)
             events.room_joined(socket, room)
         if new:
             await self._rooms_changed(joined=new, left=[])
@@ -240,7 +257,10 @@ class Namespace(Broadcasts):
             socket.rooms.discard(room)
             self.registry.discard(socket, Room(room))
             if socket.membership is not None:
-                socket.membership.leave(room, self.services.adapter.offsets.last)
+                adapter = self.services.adapter
+                at = adapter.offsets.last
+                socket.membership.leave(room, at)
+                adapter.journal.left(self.name, socket.sid, room, at, socket.data)
             left.append(room)
             self.services.events.room_left(socket, room)
         if left:
@@ -279,6 +299,7 @@ class Namespace(Broadcasts):
                 assert oldest.pid is not None
                 self.services.adapter.release_session(oldest.pid)
             self.ghosts[sid] = socket
+            self.services.adapter.journal.lost(self.name, sid, socket.data)
             self.services.adapter.persist_session(
                 PersistedSession(
                     self.name,
@@ -295,6 +316,8 @@ class Namespace(Broadcasts):
             return
         if self._members.get(sid) is socket:
             del self._members[sid]
+        if membership is not None:
+            self.services.adapter.journal.gone(self.name, sid)
         self.services.spawn(self._gone(socket, reason))
 
     async def _gone(self, socket: Socket, reason: str | None = None) -> None:
@@ -303,6 +326,7 @@ class Namespace(Broadcasts):
         await self.remove_from_rooms(socket, [r for r in socket.rooms if r != socket.sid])
         if not self._members and self._history is not None:
             self._history.clear()  # no socket is left that could need it
+            self.services.adapter.journal.cleared(self.name)
         self.services.maybe_empty(self)
         if reason is not None:
             await self._disconnected(socket, reason)
@@ -377,8 +401,11 @@ class Namespace(Broadcasts):
                 await result
         except ConnectRefusedError:
             socket.disconnect()
+            return
         except Exception:
             log.exception("connect handler of %s failed", self.name)
+        if socket.connected and socket.membership is not None:
+            self.services.adapter.journal.updated(self.name, socket.sid, socket.data)
 
     async def _claim(self, auth: Any) -> SessionClaim | None:
         """The persisted session a client asks to recover, claimed (None: it asks for none, or
@@ -436,6 +463,9 @@ class Namespace(Broadcasts):
                 socket.sid, adapter.offsets.last, self.services.limits.max_rooms_per_socket
             )
             self._pids[socket.pid] = socket
+            adapter.journal.connected(
+                self.name, socket.sid, socket.pid, socket.data, socket.membership, self.window
+            )
         self.sockets[socket.sid] = socket
         self._members[socket.sid] = socket
 
@@ -457,6 +487,12 @@ class Namespace(Broadcasts):
             self.services.adapter.rooms_adopted(self.name, counts)
         else:
             self.registry.replace(self.ghosts.pop(sid), socket, socket.rooms)
+        if socket.pid is not None and socket.membership is not None:
+            # Connected here again (its keeper's copy is no longer a lost one's), or, handed
+            # over, this node's now.
+            self.services.adapter.journal.connected(
+                self.name, sid, socket.pid, socket.data, socket.membership, self.window
+            )
         stats = self.services.stats
         stats.recoveries_succeeded += 1
         stats.replayed_messages += replayed

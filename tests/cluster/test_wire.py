@@ -43,6 +43,7 @@ BODIES: list[wire.Body] = [
     wire.Snapshot(0, TAG, "", 0, 0.0, ()),
     wire.Leave(),
     wire.Probe(2**40),
+    wire.Keep(3, 17, [[1], [8, "/", 17, ["r"], [], [], b"\x81\x012", None]]),
 ]
 
 
@@ -74,6 +75,7 @@ def test_header_kind_matches_body() -> None:
         wire.Snapshot: Kind.SNAPSHOT,
         wire.Leave: Kind.LEAVE,
         wire.Probe: Kind.PROBE,
+        wire.Keep: Kind.KEEP,
     }
     for body in BODIES:
         header, _ = wire.decode(wire.encode("n", 1, 1, body))

@@ -7,13 +7,12 @@ once and in order, each numbered by the node it is on now, then live traffic; an
 behind HAProxy round-robin, at every reconnection; on a third node, through the first node's
 pointer.
 The same when its old node drains (``roomcast drain``: the node keeps its sessions until their
-clients came back elsewhere, then exits). When the old node is killed while the client is
-away, the client gets a fresh session at once (``old node gone``). Every wait is on an event.
+clients came back elsewhere, then exits). A killed node's sessions are
+``test_recovery_keeper.py``'s. Every wait is on an event.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -34,12 +33,10 @@ from support.recovery_clients import (
     offsets,
     publish,
     recover,
-    refused,
     values,
 )
 
 from roomcast.ids import parse_offset, tag_of_sid
-from roomcast.node import recovery
 
 pytestmark = [pytest.mark.multinode, *JS_TEST_MARKS]
 
@@ -238,35 +235,6 @@ async def test_a_draining_node_keeps_sessions_until_their_clients_come_back(
     await got(a, "live")
     assert values(a) == [1, 2, 3, "live"]
     assert await cluster.nodes["n2"].proc.wait() == 0
-
-
-async def test_the_old_node_killed_while_the_client_is_away_means_a_fresh_session(
-    cluster: Cluster, js: Driver
-) -> None:
-    """n2 is killed (SIGKILL) while its client is away: on n1 the client gets a fresh session
-    within the request timeout (``old node gone``), in its rooms no more, then live traffic."""
-    n1, n2 = cluster.nodes["n1"].url, cluster.nodes["n2"].url
-    room = unique("r")
-    a = js.connect("a", n2, "websocket", namespace="/any")
-    b = js.connect("b", n1, "websocket", namespace="/any")
-    await a.connected()
-    await b.connected()
-    await a.call("join", room)
-    await cluster.wait_room(room, {"n2": 1}, namespace="/any")
-    a.cut()
-    await a.disconnected(0)
-    await kept(cluster, "n2", 1)
-    n2proc = cluster.nodes["n2"].proc
-    n2proc.kill9()
-    await asyncio.wait_for(n2proc.wait(), 10)
-    await refused(a, 1, url=n1)
-    doc = await stats(cluster, "n1")
-    assert doc["recoveries_refused"] == {recovery.OLD_NODE_GONE: 1}
-    assert doc["sessions_kept"] == 0
-    await a.call("join", room)
-    await publish(b, room, "fresh")
-    await got(a, "fresh")
-    assert values(a) == ["fresh"]
 
 
 async def test_a_third_node_follows_the_old_nodes_pointer(tmp_path: Path, js: Driver) -> None:

@@ -69,6 +69,9 @@ class Sockets:
     def room_counts(self, namespace: str | None) -> dict[tuple[str, str], int]:
         return {}
 
+    def all(self) -> list[Any]:
+        return [self.ns]
+
 
 @pytest.fixture
 async def clock(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[float]]:

@@ -1,0 +1,233 @@
+"""Connection state recovery that survives ``kill -9``: a node's sessions kept by its keeper.
+
+Nodes started by the CLI (uvloop), the official Node client. A node is killed (SIGKILL) while
+its client is away, or under its client; messages are published to the client's rooms from
+another node before the kill (the dead node had them: its keeper has its log) and after it
+(nobody wrote them: the keeper's shadow and then its own copy have them). The client comes
+back to the keeper, or to a node that is not the keeper: ``recovered: true``, the same sid,
+every missed message once and in order, then live traffic. When the keeper is killed too,
+the client gets a fresh session (``old node gone``). Every wait is on an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from support.cluster_harness import Cluster, running_cluster, unique, wait_until
+from support.js_harness import (
+    JS_TEST_MARKS,
+    Driver,
+    JsClient,
+    js_fixture,  # noqa: F401 (a fixture, taken as ``js``)
+)
+from support.recovery_clients import got, offsets, publish, recover, refused, values
+
+from roomcast.ids import node_tag, parse_offset
+from roomcast.node import recovery
+
+pytestmark = [pytest.mark.multinode, *JS_TEST_MARKS]
+
+CONFIG = """
+[recovery]
+enabled = true
+"""
+
+
+@pytest_asyncio.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with running_cluster(tmp_path, "n1", "n2", "n3", extra_config=CONFIG) as c:
+        yield c
+
+
+async def stats(cluster: Cluster, node: str) -> dict[str, Any]:
+    doc: dict[str, Any] = await cluster.admin(node, "/admin/stats")
+    return doc
+
+
+async def keeper_of(cluster: Cluster, node: str, sessions: int, packets: int = 0) -> str:
+    """Until a node keeps an exact copy of ``node`` with ``sessions`` sessions and ``packets``
+    kept packets; returns it. (A packet reaches its client before the node's keeper hears of
+    it: a node killed in between makes that client's recovery refused, ``unknown offset``.)"""
+    found: list[str] = []
+
+    async def check() -> bool:
+        found.clear()
+        own = await cluster.admin(node, "/admin/cluster")
+        alive = {n["node"] for n in own["cluster"]["nodes"] if n["status"] == "alive"}
+        if alive != set(cluster.alive_nodes()) - {node}:
+            return False  # it does not know every node yet: its keeper may change
+        for name in cluster.alive_nodes():
+            if name == node:
+                continue
+            doc = await cluster.admin(name, "/admin/cluster")
+            tag = node_tag(doc["cluster"]["node"], doc["cluster"]["incarnation"])
+            if own["cluster"]["keeping"]["keeper"] != tag.hex():
+                continue  # the ring has not settled on it (yet)
+            for kept in doc["cluster"]["keeping"]["kept"].values():
+                if (
+                    kept["node"] == node
+                    and kept["synced"]
+                    and kept["broken"] is None
+                    and kept["sessions"] == sessions
+                    and kept["packets"] == packets
+                ):
+                    found.append(name)
+        return len(found) == 1
+
+    await wait_until(check, what=f"a keeper of {node} with {sessions} sessions")
+    return found[0]
+
+
+async def kept(cluster: Cluster, node: str, count: int) -> None:
+    """Until ``node`` keeps ``count`` sessions for recovery."""
+
+    async def check() -> bool:
+        return bool((await stats(cluster, node))["sessions_kept"] == count)
+
+    await wait_until(check, what=f"{node} to keep {count} sessions")
+
+
+async def kill(cluster: Cluster, node: str) -> None:
+    proc = cluster.nodes[node].proc
+    proc.kill9()
+    await asyncio.wait_for(proc.wait(), 10)
+
+
+async def publish_to(cluster: Cluster, node: str, client: JsClient, room: str, *data: Any) -> None:
+    """Publish through ``client``, and wait until ``node`` has them all."""
+    before = (await cluster.bus(node))["received_rooms"]
+    await publish(client, room, *data)
+
+    async def arrived() -> bool:
+        return bool((await cluster.bus(node))["received_rooms"] >= before + len(data))
+
+    await wait_until(arrived, what=f"{node} to receive {len(data)} messages")
+
+
+async def recovered_on(cluster: Cluster, client: JsClient, nth: int, node: str) -> dict[str, Any]:
+    """:func:`recover` on ``node``; when it fails, with why every node refused."""
+    try:
+        return await recover(client, nth, url=cluster.nodes[node].url)
+    except AssertionError as exc:
+        why = {n: (await stats(cluster, n))["recoveries_refused"] for n in cluster.alive_nodes()}
+        raise AssertionError(f"{exc}; refused: {why}") from None
+
+
+def others(cluster: Cluster, *names: str) -> list[str]:
+    return [n for n in cluster.nodes if n not in names]
+
+
+async def test_killed_while_its_client_is_away_the_keeper_hands_the_session_over(
+    cluster: Cluster, js: Driver
+) -> None:
+    """n2 keeps a's session (a lost its connection) and gets messages for it; n2 is killed;
+    more are published. a comes back to the node that is *not* n2's keeper: it claims the
+    session from the keeper, and a gets everything, once, in order, then live traffic."""
+    room, other = unique("r"), unique("o")
+    a = js.connect("a", cluster.nodes["n2"].url, "websocket", namespace="/any")
+    await a.connected()
+    await a.call("join", room)
+    await a.call("join", other)
+    keeper = await keeper_of(cluster, "n2", 1)
+    (third,) = others(cluster, "n2", keeper)
+    b = js.connect("b", cluster.nodes[third].url, "websocket", namespace="/any")
+    await b.connected()
+    await publish(b, room, "before")
+    await got(a, "before")
+
+    a.cut()
+    await a.disconnected(0)
+    await kept(cluster, "n2", 1)
+    await publish_to(cluster, "n2", b, room, 1, 2)  # n2 wrote them (to its ghost)
+    await publish_to(cluster, "n2", b, other, {"blob": b"\x00\xff"})
+    assert await keeper_of(cluster, "n2", 1, packets=4) == keeper
+    await kill(cluster, "n2")
+    await publish(b, room, 3)  # nobody wrote it: the keeper has it
+    await publish(b, other, 4)
+
+    event = await recovered_on(cluster, a, 1, third)
+    await got(a, 4)
+    await cluster.wait_room(room, {third: 1}, namespace="/any", on=[third, keeper])
+    await publish(b, room, "live")
+    await got(a, "live")
+    assert values(a) == ["before", 1, 2, {"blob": b"\x00\xff"}, 3, 4, "live"]
+    # Numbered by the node it is on now, in order.
+    replayed = [parse_offset(o) for o in offsets(a)[1:]]
+    assert all(p is not None for p in replayed)
+    counters = [p[1] for p in replayed if p is not None]
+    assert counters == sorted(set(counters))
+    assert event["pid"] is not None
+    s_third, s_keeper = await stats(cluster, third), await stats(cluster, keeper)
+    assert s_third["recoveries_succeeded"] == 1
+    assert s_keeper["sessions_handed_over"] == 1
+    assert not s_third["recoveries_refused"] and not s_keeper["recoveries_refused"]
+
+
+async def test_killed_under_its_client_the_client_recovers_on_the_keeper(
+    cluster: Cluster, js: Driver
+) -> None:
+    """n2 is killed while a is connected to it: a's connection dies with it; messages are
+    published meanwhile; a comes back to n2's keeper itself: recovered, nothing missed."""
+    room = unique("r")
+    a = js.connect("a", cluster.nodes["n2"].url, "websocket", namespace="/any")
+    await a.connected()
+    await a.call("join", room)
+    keeper = await keeper_of(cluster, "n2", 1)
+    b = js.connect("b", cluster.nodes[keeper].url, "websocket", namespace="/any")
+    await b.connected()
+    await publish(b, room, "before")
+    await got(a, "before")
+    assert await keeper_of(cluster, "n2", 1, packets=1) == keeper
+
+    await kill(cluster, "n2")
+    await a.disconnected(0)
+    await publish(b, room, 1, 2)
+    await recovered_on(cluster, a, 1, keeper)
+    await got(a, 2)
+    await publish(b, room, "live")
+    await got(a, "live")
+    assert values(a) == ["before", 1, 2, "live"]
+    doc = await stats(cluster, keeper)
+    assert (doc["recoveries_succeeded"], doc["sessions_handed_over"]) == (1, 1)
+    assert doc["sessions_kept"] == 0
+
+    # Lost again, on the keeper now: recovered there like any session of its own.
+    a.cut()
+    await a.disconnected(1)
+    await kept(cluster, keeper, 1)
+    await publish(b, room, 3)
+    await recovered_on(cluster, a, 2, keeper)
+    await got(a, 3)
+    assert values(a) == ["before", 1, 2, "live", 3]
+
+
+async def test_a_dead_node_whose_keeper_died_too_means_a_fresh_session(
+    cluster: Cluster, js: Driver
+) -> None:
+    """Both n2 and its keeper are killed: the client gets a fresh session on the third node
+    (``old node gone``), nothing hangs, and it works as a new one."""
+    room = unique("r")
+    a = js.connect("a", cluster.nodes["n2"].url, "websocket", namespace="/any")
+    await a.connected()
+    await a.call("join", room)
+    keeper = await keeper_of(cluster, "n2", 1)
+    (third,) = others(cluster, "n2", keeper)
+    a.cut()
+    await a.disconnected(0)
+    await kept(cluster, "n2", 1)
+    await kill(cluster, "n2")
+    await kill(cluster, keeper)
+    await refused(a, 1, url=cluster.nodes[third].url)
+    doc = await stats(cluster, third)
+    assert doc["recoveries_refused"] == {recovery.OLD_NODE_GONE: 1}
+    b = js.connect("b", cluster.nodes[third].url, "websocket", namespace="/any")
+    await b.connected()
+    await a.call("join", room)
+    await publish(b, room, "fresh")
+    await got(a, "fresh")
+    assert values(a) == ["fresh"]
