@@ -42,42 +42,39 @@ that overflowed, or a keeper that had not yet received a full copy refuses its s
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from roomcast.cluster import wire
 from roomcast.cluster.bus import Bus
 from roomcast.cluster.membership import Replica
 from roomcast.cluster.wire import Topic
-from roomcast.errors import ClusterTimeoutError, RecoveryRefusedError
+from roomcast.errors import ClusterTimeoutError
 from roomcast.ids import NodeId, NodeTag, node_tag
-from roomcast.protocol.frames import Frames
 
-from . import recovery
 from . import requests as rq
 from .adapter import LocalSockets, Spawn
-from .recovery import Entry, History, Journal, Membership, Offsets, PersistedSession
+from .mirror import (
+    CLEAR,
+    DATA,
+    GONE,
+    JOIN,
+    LEAVE,
+    LOST,
+    NS,
+    OWN,
+    PKT,
+    RELEASE,
+    SESS,
+    SYNC,
+    WM,
+    Mirror,
+)
+from .recovery import Entry, Journal, Membership, Offsets
 
 log = logging.getLogger("roomcast.keeper")
-
-# Record codes of the keep stream (each record is a list, its code first).
-SYNC: Final = 1  #: [SYNC]: what follows is all of the node's state; forget the copy
-NS: Final = 2  #: [NS, ns, max_packets, max_bytes, floor]: a namespace's history bounds
-SESS: Final = 3  #: [SESS, ns, sid, pid, [data] or [], first, window, joined, left, floor, lost]
-JOIN: Final = 4  #: [JOIN, ns, sid, room, at, [data] or []]
-LEAVE: Final = 5  #: [LEAVE, ns, sid, room, at, [data] or []]
-LOST: Final = 6  #: [LOST, ns, sid, [data] or []]: its connection was lost (kept for recovery)
-GONE: Final = 7  #: [GONE, ns, sid]: it will not be recovered on the node
-PKT: Final = 8  #: [PKT, ns, counter, rooms, except_rooms, except_sids, ws, source or None]
-CLEAR: Final = 9  #: [CLEAR, ns]: the namespace's history was emptied
-WM: Final = 10  #: [WM, origin, incarnation, topic, msg_id]: handled up to msg_id
-OWN: Final = 11  #: [OWN, msg_id]: the node's own broadcasts up to msg_id were handled
-RELEASE: Final = 12  #: [RELEASE]: another node keeps this one now
-DATA: Final = 13  #: [DATA, ns, sid, [data] or []]: its data now
 
 #: A keeper's reply to a claim on a session it does not keep (the claimant asks the next).
 NOT_KEPT: Final = "not kept here"
@@ -96,21 +93,6 @@ def keepers(tag: NodeTag, live: Iterable[NodeTag]) -> list[NodeTag]:
 def _carried(data: Any) -> list[Any]:
     """``data`` as a record carries it: ``[data]``, or ``[]`` when msgpack cannot."""
     return [data] if wire.can_carry(data) else []
-
-
-def _source(value: Any) -> tuple[str, int, int] | None:
-    if value is None:
-        return None
-    origin, incarnation, msg_id = value
-    if type(origin) is not str or type(incarnation) is not int or type(msg_id) is not int:
-        raise ValueError("bad source")
-    return (origin, incarnation, msg_id)
-
-
-def _strs(value: Any) -> tuple[str, ...]:
-    if type(value) is not list or any(type(v) is not str for v in value):
-        raise ValueError("expected a list of strings")
-    return tuple(value)
 
 
 class KeepLog(Journal):
@@ -132,6 +114,8 @@ class KeepLog(Journal):
         #: Whether this node has sockets whose sessions recovery keeps (set as soon as one
         #: connects; recomputed as the keeper is followed).
         self.recovering = False
+        #: Told when :attr:`keeper` or :attr:`recovering` change.
+        self.on_change: Callable[[], None] = lambda: None
         self._records: list[list[Any]] = []
         self._wm: dict[tuple[str, int, bytes], int] = {}
         self._own = 0
@@ -160,7 +144,9 @@ class KeepLog(Journal):
     def connected(
         self, namespace: str, sid: str, pid: str, data: Any, membership: Membership, window: float
     ) -> None:
-        self.recovering = True
+        if not self.recovering:
+            self.recovering = True
+            self.on_change()
         if self.keeper is not None:
             self._namespace(namespace)
             self._add(_session_record(namespace, sid, pid, data, membership, window, False))
@@ -246,6 +232,7 @@ class KeepLog(Journal):
         if self.keeper is not None:
             self._send([[RELEASE]])
         self.keeper = keeper
+        self.on_change()
         self.mirrored.clear()
         self._announced.clear()
         if keeper is not None:
@@ -319,506 +306,6 @@ def _packet_record(namespace: str, entry: Entry) -> list[Any]:
     ]
 
 
-@dataclass
-class _Session:
-    """One socket of the kept node, as its log tells it."""
-
-    namespace: str
-    sid: str
-    pid: str
-    data: list[Any]  #: ``[data]``, or ``[]``: msgpack could not carry it
-    window: float
-    membership: Membership
-    lost_at: float | None = None
-    deadline: float = 0.0
-    timer: asyncio.TimerHandle | None = None
-    #: The node that claimed it, the client's offset, and the claim's expiry.
-    lent: tuple[NodeTag, int | None, asyncio.TimerHandle] | None = None
-
-    def rooms(self) -> list[str]:
-        return [r for r in self.membership.joined if r != self.sid]
-
-
-@dataclass
-class _Shadow:
-    """A message for the kept node's rooms that it has not handled yet (as far as the keeper
-    knows)."""
-
-    namespace: str
-    rooms: tuple[str, ...]
-    except_rooms: tuple[str, ...]
-    except_sids: tuple[str, ...]
-    ws: bytes
-    source: tuple[str, int, int]
-    topics: set[bytes] = field(default_factory=set)
-
-
-class Mirror:
-    """A keeper's copy of one node's sessions (see the module's docstring)."""
-
-    def __init__(
-        self,
-        node: NodeId,
-        tag: NodeTag,
-        incarnation: int,
-        bus: Bus,
-        spawn: Spawn,
-        join_timeout: float,
-        max_rooms: int,
-        handed_over: Callable[[], None],
-    ) -> None:
-        self.node = node
-        self.tag = tag
-        self.incarnation = incarnation
-        self.bus = bus
-        self._spawn = spawn
-        self.join_timeout = join_timeout
-        self.max_rooms = max_rooms
-        self._handed_over = handed_over
-        #: The node's counter as its log last said (what a client may present).
-        self.offsets = Offsets(tag)
-        self.seq = 0
-        self.synced = False
-        #: Why the copy cannot be exact (None: it can).
-        self.broken: str | None = None
-        self.adopted = False
-        self.histories: dict[str, History] = {}
-        self.sessions: dict[str, _Session] = {}  # by sid
-        self.pids: dict[str, str] = {}  # pid -> sid
-        self.moved: dict[str, tuple[NodeTag, asyncio.TimerHandle]] = {}  # pid -> node
-        self.topics: set[Topic] = set()  # held on the bus, one interest each
-        self.requested: set[Topic] = set()  # held at the node's request, before its log says
-        self.wm: dict[tuple[str, int, bytes], int] = {}
-        self.own = 0
-        self.shadow: dict[tuple[str, int, int], _Shadow] = {}
-        self.streams: dict[tuple[str, int, bytes], collections.deque[tuple[int, Any]]] = {}
-        self.shadow_bytes = 0
-        self.tail = 0  #: the last number the keeper gave after adopting
-        self._seen_tail: collections.OrderedDict[tuple[str, int, int], None] = (
-            collections.OrderedDict()
-        )
-
-    # -- the stream --------------------------------------------------------------------------
-
-    def receive(self, keep: wire.Keep) -> bool:
-        """Apply one message of the node's keep stream; False when the copy needs a new
-        sync (a message was lost, or one did not make sense)."""
-        records = keep.records
-        syncing = bool(records) and type(records[0]) is list and records[0][:1] == [SYNC]
-        if not syncing and (not self.synced or keep.seq != self.seq + 1):
-            if self.synced:
-                log.warning("keep stream of %s lost messages: its copy waits for a sync", self.node)
-            self.synced = False
-            self.seq = keep.seq
-            return False
-        self.seq = keep.seq
-        try:
-            for record in records:
-                self._apply(record)
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
-            log.warning("bad keep record from %s: %s", self.node, exc)
-            self.synced = False
-            return False
-        self.offsets.last = max(self.offsets.last, keep.last)
-        self._resubscribe()
-        return True
-
-    def _apply(self, record: Any) -> None:
-        if type(record) is not list or not record:
-            raise ValueError("not a record")
-        code = record[0]
-        if code == PKT:
-            _, ns, counter, rooms, except_rooms, except_sids, ws, source = record
-            if type(ws) is not bytes or type(counter) is not int:
-                raise ValueError("bad PKT")
-            entry = Entry(
-                counter,
-                _strs(rooms),
-                _strs(except_rooms),
-                _strs(except_sids),
-                Frames.from_ws(ws),
-                _source(source),
-            )
-            self.histories[ns].record(entry)
-        elif code == WM:
-            _, origin, incarnation, topic, msg_id = record
-            key = (origin, incarnation, topic)
-            if msg_id > self.wm.get(key, 0):
-                self.wm[key] = msg_id
-            self._prune(key, msg_id)
-        elif code == OWN:
-            self.own = max(self.own, record[1])
-            for key in [k for k in self.streams if k[0] == self.node and k[1] == self.incarnation]:
-                self._prune(key, self.own)
-        elif code in (JOIN, LEAVE):
-            _, ns, sid, room, at, data = record
-            session = self.sessions.get(sid)
-            if session is None or type(at) is not int or type(room) is not str:
-                return
-            if code == JOIN:
-                session.membership.join(room, at)
-                self.requested.discard(wire.room_topic(ns, room))
-            else:
-                session.membership.leave(room, at)
-            session.data = data if type(data) is list else []
-        elif code == SESS:
-            _, ns, sid, pid, data, first, window, joined, left, floor, lost = record
-            membership = Membership(sid, first, self.max_rooms)
-            membership.joined = {str(room): int(at) for room, at in joined}
-            membership.left.extend((str(r), int(s), int(u)) for r, s, u in left)
-            membership.floor = int(floor)
-            session = _Session(ns, sid, pid, data, float(window), membership)
-            if lost:
-                session.lost_at = asyncio.get_running_loop().time()
-            self._forget(sid)
-            self.sessions[sid] = session
-            self.pids[pid] = sid
-        elif code in (LOST, DATA):
-            _, _, sid, data = record
-            session = self.sessions.get(sid)
-            if session is not None:
-                session.data = data if type(data) is list else []
-                if code == LOST:
-                    session.lost_at = asyncio.get_running_loop().time()
-        elif code == GONE:
-            self._forget(record[2])
-        elif code == NS:
-            _, ns, max_packets, max_bytes, floor = record
-            history = self.histories.get(ns)
-            if history is None:
-                history = self.histories[ns] = History(int(max_packets), int(max_bytes))
-            history.floor = max(history.floor, int(floor))
-        elif code == CLEAR:
-            history = self.histories.get(record[1])
-            if history is not None:
-                history.clear()
-        elif code == SYNC:
-            self._reset()
-        elif code == RELEASE:
-            self.synced = False
-            self.broken = "released"
-        else:
-            raise ValueError(f"unknown record {code!r}")
-
-    def _reset(self) -> None:
-        self.synced = True
-        self.broken = None
-        self.histories.clear()
-        for sid in list(self.sessions):
-            self._forget(sid)
-        self.requested.clear()
-        self.wm.clear()
-        self.own = 0
-
-    def _forget(self, sid: str) -> None:
-        session = self.sessions.pop(sid, None)
-        if session is None:
-            return
-        if self.pids.get(session.pid) == sid:
-            del self.pids[session.pid]
-        if session.timer is not None:
-            session.timer.cancel()
-        if session.lent is not None:
-            session.lent[2].cancel()
-
-    # -- the rooms it holds --------------------------------------------------------------------
-
-    def wanted(self) -> set[Topic]:
-        """The topics the kept node's sessions need: their rooms and namespaces."""
-        topics = set(self.requested)
-        for session in self.sessions.values():
-            topics.add(wire.namespace_topic(session.namespace))
-            for room in session.rooms():
-                topics.add(wire.room_topic(session.namespace, room))
-        return topics
-
-    def _resubscribe(self) -> None:
-        wanted = self.wanted()
-        for topic in self.topics - wanted:
-            self.bus.unsubscribe(topic)
-        for topic in wanted - self.topics:
-            self._spawn(self._subscribe(topic))
-        self.topics = wanted
-
-    async def _subscribe(self, topic: Topic) -> None:
-        try:
-            await self.bus.subscribe(topic, self.join_timeout)
-        except TimeoutError:
-            log.warning("a topic kept for %s was not proved live", self.node)
-
-    async def hold(self, namespace: str, rooms: Iterable[str], namespace_wide: bool) -> None:
-        """Subscribe to ``rooms`` (and the namespace) for the node, proved: its sockets are
-        joining them."""
-        topics = [wire.room_topic(namespace, r) for r in rooms]
-        if namespace_wide:
-            topics.append(wire.namespace_topic(namespace))
-        fresh = []
-        for topic in topics:
-            self.requested.add(topic)
-            if topic not in self.topics:
-                self.topics.add(topic)
-                fresh.append(topic)
-        try:
-            await asyncio.gather(*(self.bus.subscribe(t, self.join_timeout) for t in fresh))
-            # Those held already may still be proving: wait for it (an interest taken and
-            # given back at once).
-            held = [t for t in topics if t not in fresh]
-            await asyncio.gather(*(self.bus.subscribe(t, self.join_timeout) for t in held))
-            for topic in held:
-                self.bus.unsubscribe(topic)
-        except TimeoutError:
-            log.warning("rooms kept for %s were not proved live", self.node)
-
-    def close(self) -> None:
-        """Let everything go."""
-        for topic in self.topics:
-            self.bus.unsubscribe(topic)
-        self.topics.clear()
-        for sid in list(self.sessions):
-            self._forget(sid)
-        for _, timer in self.moved.values():
-            timer.cancel()
-        self.moved.clear()
-
-    # -- what the node has not handled yet ---------------------------------------------------
-
-    def offer(self, topic: bytes, origin: str, incarnation: int, msg: wire.RoomMessage) -> None:
-        """A message came on ``topic``: shadowed if the node may not have handled it, or, once
-        the node is dead, kept in its history."""
-        if topic not in self.topics or msg.volatile:
-            return
-        key = (origin, incarnation, msg.msg_id)
-        if self.adopted:
-            self._keep_tail(
-                key, msg.namespace, msg.rooms, msg.except_rooms, msg.except_sids, msg.ws
-            )
-            return
-        stream = (origin, incarnation, topic)
-        if msg.msg_id <= self.wm.get(stream, 0):
-            return  # handled already (its watermark came first)
-        if origin == self.node and incarnation == self.incarnation and msg.msg_id <= self.own:
-            return
-        shadow = self.shadow.get(key)
-        if shadow is None:
-            shadow = self.shadow[key] = _Shadow(
-                msg.namespace, msg.rooms, msg.except_rooms, msg.except_sids, msg.ws, key
-            )
-            self.shadow_bytes += len(msg.ws)
-            history = self.histories.get(msg.namespace)
-            if history is not None and (
-                len(self.shadow) > history.max_packets or self.shadow_bytes > history.max_bytes
-            ):
-                log.warning("%s is too far behind its keeper: its copy cannot be exact", self.node)
-                self.broken = "shadow overflow"
-                self.shadow.clear()
-                self.streams.clear()
-                self.shadow_bytes = 0
-                return
-        shadow.topics.add(topic)
-        self.streams.setdefault(stream, collections.deque()).append((msg.msg_id, key))
-
-    def _prune(self, stream: tuple[str, int, bytes], upto: int) -> None:
-        queue = self.streams.get(stream)
-        if queue is None:
-            return
-        while queue and queue[0][0] <= upto:
-            _, key = queue.popleft()
-            shadow = self.shadow.pop(key, None)
-            if shadow is not None:
-                self.shadow_bytes -= len(shadow.ws)
-        if not queue:
-            del self.streams[stream]
-
-    def _keep_tail(
-        self,
-        key: tuple[str, int, int],
-        namespace: str,
-        rooms: tuple[str, ...],
-        except_rooms: tuple[str, ...],
-        except_sids: tuple[str, ...],
-        ws: bytes,
-    ) -> None:
-        history = self.histories.get(namespace)
-        if history is None or key in self._seen_tail:
-            return
-        self._seen_tail[key] = None
-        if len(self._seen_tail) > 65_536:
-            self._seen_tail.popitem(last=False)
-        self.tail += 1
-        numbered = Frames.from_ws(ws).with_offset(self.offsets.text(self.tail))
-        if numbered is not None:
-            history.record(Entry(self.tail, rooms, except_rooms, except_sids, numbered, key))
-
-    # -- the node died -----------------------------------------------------------------------
-
-    def adopt(self, on_empty: Callable[[], None]) -> None:
-        """The node is down: its sessions are this keeper's to hand over, for their window."""
-        self.adopted = True
-        self._on_empty = on_empty
-        if not self.synced or self.broken is not None:
-            log.warning(
-                "%s died; its copy here is not exact (%s): its sessions are lost",
-                self.node,
-                self.broken or "never complete",
-            )
-            self.close()
-            on_empty()
-            return
-        self.tail = self.offsets.last
-        for key, shadow in self.shadow.items():
-            self._keep_tail(
-                key,
-                shadow.namespace,
-                shadow.rooms,
-                shadow.except_rooms,
-                shadow.except_sids,
-                shadow.ws,
-            )
-        self.shadow.clear()
-        self.streams.clear()
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for session in self.sessions.values():
-            session.deadline = (session.lost_at or now) + session.window
-            session.timer = loop.call_at(session.deadline, self._expire, session.sid)
-        log.info("%s died: %d of its sessions kept here", self.node, len(self.sessions))
-        self._check_empty()
-
-    def _expire(self, sid: str) -> None:
-        session = self.sessions.get(sid)
-        if session is None or session.lent is not None:
-            return
-        self._release(sid)
-
-    def _release(self, sid: str) -> None:
-        self._forget(sid)
-        self._resubscribe()
-        self._check_empty()
-
-    def _check_empty(self) -> None:
-        if self.adopted and not self.sessions and not self.moved:
-            self.close()
-            self._on_empty()
-
-    # -- handing its sessions over (the holder's side of a handover) ---------------------------
-
-    def lend_session(
-        self, namespace: str, pid: str, offset: str | None, to: NodeTag, timeout: float
-    ) -> PersistedSession | NodeTag:
-        """As :meth:`LocalAdapter.lend_session`, for a session of the dead node."""
-        sid = self.pids.get(pid)
-        session = self.sessions.get(sid) if sid is not None else None
-        if session is None:
-            moved = self.moved.get(pid)
-            if moved is not None:
-                return moved[0]
-            raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
-        if session.namespace != namespace:
-            raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
-        if session.lent is not None:
-            raise RecoveryRefusedError(recovery.SESSION_BUSY)
-        loop = asyncio.get_running_loop()
-        try:
-            if loop.time() >= session.deadline:
-                raise RecoveryRefusedError(recovery.SESSION_EXPIRED)
-            if not session.data:
-                raise RecoveryRefusedError(recovery.UNMOVABLE_DATA)
-            after = self.offsets.parse(offset)
-        except RecoveryRefusedError:
-            self._release(session.sid)
-            raise
-        timer = loop.call_later(timeout, self.drop_claim, pid, to)
-        session.lent = (to, after, timer)
-        return self._persisted(session, session.deadline - loop.time())
-
-    def _persisted(self, session: _Session, window: float) -> PersistedSession:
-        return PersistedSession(
-            session.namespace,
-            session.sid,
-            session.pid,
-            frozenset(session.membership.joined),
-            session.data[0] if session.data else None,
-            session.membership.first,
-            session.membership,
-            max(0.0, window),
-        )
-
-    def moved_to(self, pid: str) -> NodeTag | None:
-        moved = self.moved.get(pid)
-        return moved[0] if moved is not None else None
-
-    def lent_to(self, pid: str, by: NodeTag) -> PersistedSession | None:
-        sid = self.pids.get(pid)
-        session = self.sessions.get(sid) if sid is not None else None
-        if session is None or session.lent is None or session.lent[0] != by:
-            return None
-        return self._persisted(session, session.deadline - asyncio.get_running_loop().time())
-
-    def drop_claim(self, pid: str, by: NodeTag) -> None:
-        sid = self.pids.get(pid)
-        session = self.sessions.get(sid) if sid is not None else None
-        if session is None or session.lent is None or session.lent[0] != by:
-            return
-        session.lent[2].cancel()
-        session.lent = None
-        if asyncio.get_running_loop().time() >= session.deadline:
-            self._release(session.sid)
-
-    def release_session(self, pid: str) -> None:
-        sid = self.pids.get(pid)
-        if sid is not None:
-            self._release(sid)
-
-    def hand_over(self, namespace: str, pid: str, to: NodeTag) -> list[Entry]:
-        """As :meth:`LocalAdapter.hand_over`: the packets the client missed, judged as the
-        dead node would have; the session is the node ``to``'s from now on."""
-        sid = self.pids.get(pid)
-        session = self.sessions.get(sid) if sid is not None else None
-        if session is None or session.lent is None or session.lent[0] != to:
-            raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
-        _, after, timer = session.lent
-        timer.cancel()
-        session.lent = None
-        history = self.histories.get(session.namespace)
-        try:
-            if history is None or session.namespace != namespace:
-                raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
-            # What the node last numbered for anyone: whether it reached this socket is
-            # judged packet by packet (a quiet socket whose packets were dropped is refused:
-            # the keeper cannot tell they were not its).
-            delivered = max(self.tail, self.offsets.last)
-            persisted = self._persisted(session, 0.0)
-            entries = recovery.missed_entries(history, persisted, delivered, after)
-        finally:
-            self._forget(session.sid)
-        loop = asyncio.get_running_loop()
-        left = max(0.0, session.deadline - loop.time())
-        self.moved[pid] = (to, loop.call_later(left, self._forget_pointer, pid))
-        self._handed_over()
-        self._resubscribe()
-        return entries
-
-    def _forget_pointer(self, pid: str) -> None:
-        moved = self.moved.pop(pid, None)
-        if moved is not None:
-            moved[1].cancel()
-        self._check_empty()
-
-    def describe(self) -> dict[str, Any]:
-        """For inspection."""
-        return {
-            "node": str(self.node),
-            "synced": self.synced,
-            "broken": self.broken,
-            "adopted": self.adopted,
-            "sessions": len(self.sessions),
-            "packets": sum(len(h) for h in self.histories.values()),
-            "bytes": sum(h.nbytes for h in self.histories.values()),
-            "shadow": len(self.shadow),
-            "topics": len(self.topics),
-        }
-
-
 class Keeping:
     """Both sides for a node's cluster adapter: its own keep stream (:attr:`log`, its
     journal) and the copies it keeps of other nodes (:attr:`mirrors`)."""
@@ -856,18 +343,20 @@ class Keeping:
         self._was_live: set[NodeTag] = set()
         self._resync_asked: dict[NodeTag, float] = {}
         self._mirroring = False  # a copy here holds topics
+        #: Whether room messages concern it at all: this node has recoverable sockets and a
+        #: keeper, or keeps a copy that holds topics (with recovery off everywhere, never).
+        self.active = False
+        self.log.on_change = self._refresh
 
     def _publish(self, tag: NodeTag, keep: wire.Keep) -> None:
         self.bus.publish(wire.node_topic(tag), keep)
 
-    @property
-    def active(self) -> bool:
-        """Whether room messages concern it at all: this node has recoverable sockets and a
-        keeper, or keeps a copy that holds topics (with recovery off everywhere, never)."""
-        return (self.log.keeper is not None and self.log.recovering) or self._mirroring
+    def _refresh(self) -> None:
+        self.active = (self.log.keeper is not None and self.log.recovering) or self._mirroring
 
     def _update_mirroring(self) -> None:
         self._mirroring = any(m.topics for m in self.mirrors.values())
+        self._refresh()
 
     def reconcile(self) -> None:
         """Follow the live nodes: this node's keeper, and the kept nodes that died."""
@@ -876,7 +365,10 @@ class Keeping:
             tag = self.replica.tag(node)
             if tag is not None:
                 live.add(tag)
-        self.log.recovering = any(ns.history is not None for ns in self.sockets.all())
+        recovering = any(ns.history is not None for ns in self.sockets.all())
+        if recovering != self.log.recovering:
+            self.log.recovering = recovering
+            self._refresh()
         order = keepers(self.tag, live)
         self.log.switch(order[0] if order else None)
         for tag, mirror in list(self.mirrors.items()):
@@ -923,7 +415,9 @@ class Keeping:
             mirror.close()
             self._drop(tag)
         elif exact:
-            self._mirroring = self._mirroring or bool(mirror.topics)
+            if mirror.topics and not self._mirroring:
+                self._mirroring = True
+                self._refresh()
         else:
             self._resync(header.origin, tag)
 
@@ -998,6 +492,7 @@ class Keeping:
         mirror = self.mirrors.get(by)
         if mirror is not None and not mirror.adopted:
             self._mirroring = True
+            self._refresh()
             await mirror.hold(request.namespace, request.rooms, request.namespace_wide)
 
     # -- sessions of dead nodes --------------------------------------------------------------

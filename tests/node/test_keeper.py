@@ -18,7 +18,8 @@ from roomcast.cluster import wire
 from roomcast.errors import RecoveryRefusedError
 from roomcast.ids import NodeId, NodeTag, new_pid, new_sid, node_tag
 from roomcast.node import recovery
-from roomcast.node.keeper import KeepLog, Mirror, keepers
+from roomcast.node.keeper import KeepLog, keepers
+from roomcast.node.mirror import Mirror
 from roomcast.node.recovery import Entry, History, Membership, Offsets, RecoverableSocket
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
