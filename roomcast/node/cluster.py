@@ -101,7 +101,7 @@ class ClusterAdapter(LocalAdapter):
             self.member.join_timeout,
             self.cs.down_after_ms / 1000,
             settings.limits.max_rooms_per_socket,
-            self._count_handed_over,
+            stats,
         )
         self.journal = self.keeping.log
         self._keeping_task: asyncio.Task[None] | None = None
@@ -142,9 +142,6 @@ class ClusterAdapter(LocalAdapter):
         while True:
             self.keeping.reconcile()
             await asyncio.sleep(0.1)
-
-    def _count_handed_over(self) -> None:
-        self.stats.sessions_handed_over += 1
 
     async def rooms_changed(
         self, namespace: Namespace, counts: dict[str, int], joined: list[str], left: list[str]

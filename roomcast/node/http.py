@@ -187,6 +187,9 @@ class NodeHTTP:
                 "sessions_kept": s.sessions_kept,
                 "sessions_dropped": s.sessions_dropped,
                 "sessions_handed_over": s.sessions_handed_over,
+                "keeper_adopted": s.keeper_adopted,
+                "keeper_lost": s.keeper_lost,
+                "keeper_resyncs": s.keeper_resyncs,
             }
         )
 

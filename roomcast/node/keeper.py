@@ -73,6 +73,7 @@ from .mirror import (
     Mirror,
 )
 from .recovery import Entry, Journal, Membership, Offsets
+from .stats import NodeStats
 
 log = logging.getLogger("roomcast.keeper")
 
@@ -323,9 +324,10 @@ class Keeping:
         join_timeout: float,
         down_after: float,
         max_rooms: int,
-        handed_over: Callable[[], None],
+        stats: NodeStats,
     ) -> None:
         self.sockets = sockets
+        self.stats = stats
         self.tag = offsets.tag
         self.node_id = node_id
         self.incarnation = incarnation
@@ -336,7 +338,6 @@ class Keeping:
         self.join_timeout = join_timeout
         self.down_after = down_after
         self.max_rooms = max_rooms
-        self._handed_over = handed_over
         self.log = KeepLog(sockets, offsets, self._publish)
         #: Copies of other nodes' sessions, by their tag.
         self.mirrors: dict[NodeTag, Mirror] = {}
@@ -378,8 +379,14 @@ class Keeping:
                 self._was_live.add(tag)
             elif tag in self._was_live:
                 self._was_live.discard(tag)
-                mirror.adopt(lambda tag=tag: self._drop(tag))  # type: ignore[misc]
+                if mirror.adopt(lambda tag=tag: self._drop(tag)):  # type: ignore[misc]
+                    self.stats.keeper_adopted += 1
+                else:
+                    self.stats.keeper_lost += 1
         self._update_mirroring()
+
+    def _handed_over(self) -> None:
+        self.stats.sessions_handed_over += 1
 
     def _drop(self, tag: NodeTag) -> None:
         self.mirrors.pop(tag, None)
@@ -426,6 +433,7 @@ class Keeping:
         if now - self._resync_asked.get(tag, -1e9) < 1.0:
             return  # asked already: the sync is on its way
         self._resync_asked[tag] = now
+        self.stats.keeper_resyncs += 1
 
         async def ask() -> None:
             with contextlib.suppress(ClusterTimeoutError):
@@ -513,6 +521,17 @@ class Keeping:
                 return None
             await asyncio.sleep(0.05)
             self.reconcile()
+
+    def totals(self) -> dict[str, int]:
+        """What the copies kept here hold now: sessions, packets and their bytes, messages
+        in shadows."""
+        out = {"sessions": 0, "packets": 0, "bytes": 0, "shadow": 0}
+        for mirror in self.mirrors.values():
+            out["sessions"] += len(mirror.sessions)
+            out["packets"] += sum(len(h) for h in mirror.histories.values())
+            out["bytes"] += sum(h.nbytes for h in mirror.histories.values())
+            out["shadow"] += len(mirror.shadow)
+        return out
 
     def describe(self) -> dict[str, Any]:
         """For inspection."""

@@ -279,7 +279,36 @@ def node_metrics(node: MetricsNode) -> Iterator[Metric]:
 
 
 def cluster_metrics(adapter: ClusterAdapter) -> Iterator[Metric]:
-    """A cluster node's families: joins, its bus, its replica, its discovery view."""
+    """A cluster node's families: joins, its keeper's copies, its bus, its replica, its
+    discovery view."""
+    s = adapter.stats
+    kept = adapter.keeping.totals()
+    yield metrics.gauge(
+        "roomcast_keeper_sessions",
+        "Sessions of other nodes whose copy this node keeps (connection state recovery "
+        "that survives their node).",
+        kept["sessions"],
+    )
+    yield metrics.gauge(
+        "roomcast_keeper_bytes",
+        "Bytes of the packets those copies hold.",
+        kept["bytes"],
+    )
+    yield metrics.counter(
+        "roomcast_keeper_adopted",
+        "Dead nodes whose copy this node adopted (their sessions recoverable here).",
+        s.keeper_adopted,
+    )
+    yield metrics.counter(
+        "roomcast_keeper_lost",
+        "Dead nodes whose copy here was not exact (their sessions lost).",
+        s.keeper_lost,
+    )
+    yield metrics.counter(
+        "roomcast_keeper_resyncs",
+        "Copies found not exact while their node lived (everything asked for again).",
+        s.keeper_resyncs,
+    )
     join = adapter.stats.join_seconds
     if join is not None:
         yield metrics.histogram(

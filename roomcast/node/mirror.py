@@ -392,8 +392,9 @@ class Mirror:
 
     # -- the node died -----------------------------------------------------------------------
 
-    def adopt(self, on_empty: Callable[[], None]) -> None:
-        """The node is down: its sessions are this keeper's to hand over, for their window."""
+    def adopt(self, on_empty: Callable[[], None]) -> bool:
+        """The node is down: its sessions are this keeper's to hand over, for their window;
+        False when the copy was not exact (they are lost)."""
         self.adopted = True
         self._on_empty = on_empty
         if not self.synced or self.broken is not None:
@@ -404,7 +405,7 @@ class Mirror:
             )
             self.close()
             on_empty()
-            return
+            return False
         self.tail = self.offsets.last
         for key, shadow in self.shadow.items():
             self._keep_tail(
@@ -424,6 +425,7 @@ class Mirror:
             session.timer = loop.call_at(session.deadline, self._expire, session.sid)
         log.info("%s died: %d of its sessions kept here", self.node, len(self.sessions))
         self._check_empty()
+        return True
 
     def _expire(self, sid: str) -> None:
         session = self.sessions.get(sid)

@@ -77,6 +77,12 @@ class NodeStats:
     sessions_dropped: int = 0
     #: Kept sessions handed over to another node whose client came back there.
     sessions_handed_over: int = 0
+    #: As a keeper (``roomcast.node.keeper``): dead nodes whose copy this node adopted, those
+    #: whose copy was not exact (their sessions lost), and copies found not exact while their
+    #: node lived (a gap in its keep stream: everything was asked for again).
+    keeper_adopted: int = 0
+    keeper_lost: int = 0
+    keeper_resyncs: int = 0
     #: With ``metrics.enabled``: local recipients per broadcast started here, per broadcast
     #: from the bus, and seconds per join (None: not recorded).
     fanout: Histogram | None = None

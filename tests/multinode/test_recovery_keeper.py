@@ -26,6 +26,7 @@ from support.js_harness import (
     js_fixture,  # noqa: F401 (a fixture, taken as ``js``)
 )
 from support.recovery_clients import got, offsets, publish, recover, refused, values
+from support.scrape import scrape
 
 from roomcast.ids import node_tag, parse_offset
 from roomcast.node import recovery
@@ -165,7 +166,16 @@ async def test_killed_while_its_client_is_away_the_keeper_hands_the_session_over
     s_third, s_keeper = await stats(cluster, third), await stats(cluster, keeper)
     assert s_third["recoveries_succeeded"] == 1
     assert s_keeper["sessions_handed_over"] == 1
+    assert (s_keeper["keeper_adopted"], s_keeper["keeper_lost"]) == (1, 0)
+    assert s_third["keeper_adopted"] == 0
     assert not s_third["recoveries_refused"] and not s_keeper["recoveries_refused"]
+    metrics = await scrape(cluster.nodes[keeper].url + "/metrics")
+    assert metrics.value("roomcast_keeper_adopted_total") == 1
+    copies = (await cluster.admin(keeper, "/admin/cluster"))["cluster"]["keeping"]["kept"]
+    # Handed over: n2's copy keeps only where the session went (for the rest of its window).
+    assert [c["sessions"] for c in copies.values() if c["node"] == "n2"] == [0]
+    # What it keeps now is the third node's (a and b are there).
+    assert metrics.value("roomcast_keeper_sessions") == sum(c["sessions"] for c in copies.values())
 
 
 async def test_killed_under_its_client_the_client_recovers_on_the_keeper(
