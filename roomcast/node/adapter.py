@@ -343,6 +343,11 @@ class Adapter(ABC):
         """A socket of ``namespace`` is gone."""
 
     @abstractmethod
+    def socket_gone(self, namespace: Namespace, sid: str) -> None:
+        """The socket ``sid`` of ``namespace`` (or its ghost) is gone for good (after
+        :meth:`namespace_exited`): what was held for it alone can go."""
+
+    @abstractmethod
     def rooms_adopted(self, namespace: Namespace, counts: dict[str, int]) -> None:
         """A socket recovered from another node joined rooms (``counts``: their new local
         sizes) whose subscriptions, and the namespace's, its claim made and proved: they are

@@ -102,6 +102,7 @@ class ClusterAdapter(LocalAdapter):
             self.cs.down_after_ms / 1000,
             settings.limits.max_rooms_per_socket,
             stats,
+            self.point,
         )
         self.journal = self.keeping.log
         self._keeping_task: asyncio.Task[None] | None = None
@@ -186,6 +187,9 @@ class ClusterAdapter(LocalAdapter):
 
     def namespace_exited(self, namespace: Namespace) -> None:
         self.bus.unsubscribe(wire.namespace_topic(namespace))
+
+    def socket_gone(self, namespace: Namespace, sid: str) -> None:
+        self.handovers.sid_gone(namespace, sid)
 
     def rooms_adopted(self, namespace: Namespace, counts: dict[str, int]) -> None:
         self.member.room_counts(namespace, counts)
@@ -396,6 +400,7 @@ class ClusterAdapter(LocalAdapter):
 
     def _node_down(self, node: NodeId) -> None:
         self.keeping.reconcile()
+        self.handovers.nodes_down()
         for pending in self._pending.values():
             pending.waiting.discard(node)
             pending.settle()
@@ -536,6 +541,7 @@ class ClusterAdapter(LocalAdapter):
         cluster = self.member.describe()
         cluster["received_rooms"] = self.received_rooms
         cluster["keeping"] = self.keeping.describe()
+        cluster["handovers"] = self.handovers.describe()
         return {"standalone": False, "cluster": cluster}
 
     def freshness(self) -> float:

@@ -37,7 +37,7 @@ from roomcast.cluster.bus import Bus
 from roomcast.cluster.membership import Replica
 from roomcast.cluster.routing import Target
 from roomcast.errors import ClusterTimeoutError, RecoveryRefusedError
-from roomcast.ids import Namespace, NodeId, NodeTag, parse_offset, tag_of_pid
+from roomcast.ids import Namespace, NodeId, NodeTag, parse_offset, tag_of_pid, tag_of_sid
 from roomcast.protocol.frames import Frames
 
 from . import recovery
@@ -170,6 +170,13 @@ class RemoteClaim(SessionClaim):
         )
         self.incoming = Incoming(namespace, rooms, history)
         self._rooms = [r for r in rooms if r != claimed.sid]
+        #: The node the sid names, when not this one (a session created elsewhere).
+        self.sid_tag = tag_of_sid(claimed.sid)
+        if self.sid_tag == adapter.keeper.tag:
+            self.sid_tag = None
+        #: Whether the claim holds the sid's own topic: an emit to the sid of a socket whose
+        #: node is down goes there.
+        self.sid_topic = self.sid_tag is not None and not adapter.live_tag(self.sid_tag)
         self._done = False
 
     @property
@@ -182,7 +189,8 @@ class RemoteClaim(SessionClaim):
             return
         self._done = True
         self.adapter.incoming.pop(self.session.sid, None)
-        self.adapter.release_rooms(self.session.namespace, self._rooms)
+        rooms = [*self._rooms, self.session.sid] if self.sid_topic else self._rooms
+        self.adapter.release_rooms(self.session.namespace, rooms)
 
     async def complete(self) -> list[Frames]:
         session = self.session
@@ -221,6 +229,10 @@ class RemoteClaim(SessionClaim):
         # No await from here: the socket takes its place in the step this returns in.
         self._done = True
         self.adapter.incoming.pop(session.sid, None)
+        if self.sid_tag is not None:
+            self.adapter.foreign[(session.namespace, session.sid)] = self.sid_tag
+            if self.sid_topic:  # the socket's now, until it is gone
+                self.adapter.sid_topics.add((session.namespace, session.sid))
         self.adapter.keeper.forget_pointer(session.pid)  # it is back here, if it was here once
         offsets = self.adapter.offsets
         first = offsets.last
@@ -282,6 +294,12 @@ class Handovers:
         self._next_msg_id = next_msg_id
         #: Sessions being handed over to this node, by sid.
         self.incoming: dict[str, Incoming] = {}
+        #: The sockets handed over to this node whose sid names another node (the node's
+        #: tag), and those whose sid's topic this node holds: their node is down, and an emit
+        #: to their sid goes on that topic (while it lives, it gets them and forwards them).
+        self.foreign: dict[tuple[str, str], NodeTag] = {}
+        self.sid_topics: set[tuple[str, str]] = set()
+        self._proving_sids = 0
 
     @property
     def offsets(self) -> Offsets:
@@ -327,6 +345,8 @@ class Handovers:
         self.incoming[reply.sid] = claim.incoming
         topics = [wire.namespace_topic(namespace)]
         topics += [wire.room_topic(namespace, r) for r in claim.rooms]
+        if claim.sid_topic:
+            topics.append(wire.room_topic(namespace, reply.sid))
         try:
             await asyncio.gather(
                 *(self.bus.subscribe(t, self.join_timeout) for t in topics),
@@ -390,6 +410,42 @@ class Handovers:
                 await self.ask_node(node, request)
 
         self._spawn(tell())
+
+    def live_tag(self, tag: NodeTag) -> bool:
+        """Whether the node ``tag`` names is live."""
+        return self.replica.node_of_tag(tag) is not None
+
+    def sid_gone(self, namespace: str, sid: str) -> None:
+        """A socket is gone: the sid topic held for it, if any, goes too."""
+        self.foreign.pop((namespace, sid), None)
+        if (namespace, sid) in self.sid_topics:
+            self.sid_topics.discard((namespace, sid))
+            self.bus.unsubscribe(wire.room_topic(namespace, sid))
+
+    def nodes_down(self) -> None:
+        """Some node went down: the sids of this node's sockets that it named are reached
+        through their own topics from now on."""
+        for key, tag in self.foreign.items():
+            if key not in self.sid_topics and not self.live_tag(tag):
+                self.sid_topics.add(key)
+                self._spawn(self._hold_sid(wire.room_topic(*key)))
+
+    async def _hold_sid(self, topic: wire.Topic) -> None:
+        self._proving_sids += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await self.bus.subscribe(topic, self.join_timeout)
+        finally:
+            self._proving_sids -= 1
+
+    def describe(self) -> dict[str, int]:
+        """For inspection: sockets here whose sid names another node, the sid topics held
+        (their node is down), and those not proved yet."""
+        return {
+            "foreign_sids": len(self.foreign),
+            "sid_topics": len(self.sid_topics),
+            "proving": self._proving_sids,
+        }
 
     def release_rooms(self, namespace: str, rooms: list[str]) -> None:
         """Drop the interest a claim took in ``namespace`` and ``rooms``."""

@@ -325,9 +325,11 @@ class Keeping:
         down_after: float,
         max_rooms: int,
         stats: NodeStats,
+        point: Callable[[str, str, NodeTag, float, bool], None],
     ) -> None:
         self.sockets = sockets
         self.stats = stats
+        self._point = point
         self.tag = offsets.tag
         self.node_id = node_id
         self.incarnation = incarnation
@@ -385,8 +387,9 @@ class Keeping:
                     self.stats.keeper_lost += 1
         self._update_mirroring()
 
-    def _handed_over(self) -> None:
+    def _handed_over(self, pid: str, sid: str, to: NodeTag, seconds: float) -> None:
         self.stats.sessions_handed_over += 1
+        self._point(pid, sid, to, seconds, False)
 
     def _drop(self, tag: NodeTag) -> None:
         self.mirrors.pop(tag, None)

@@ -167,6 +167,9 @@ class LocalAdapter(Adapter):
     def namespace_exited(self, namespace: Namespace) -> None:
         pass
 
+    def socket_gone(self, namespace: Namespace, sid: str) -> None:
+        pass
+
     def rooms_adopted(self, namespace: Namespace, counts: dict[str, int]) -> None:
         pass
 
@@ -451,12 +454,21 @@ class LocalAdapter(Adapter):
             entries = recovery.missed_entries(history, session, ghost.last_offset, after)
         finally:
             self.release_session(pid)
-        loop = asyncio.get_running_loop()
-        left = max(0.0, kept.deadline - loop.time())
-        self._moved[pid] = _Moved(to, session.sid, loop.call_later(left, self.forget_pointer, pid))
-        self.moved_sids[session.sid] = to
+        left = max(0.0, kept.deadline - asyncio.get_running_loop().time())
+        self.point(pid, session.sid, to, left)
         self.stats.sessions_handed_over += 1
         return entries
+
+    def point(self, pid: str, sid: str, to: NodeTag, seconds: float, forward: bool = True) -> None:
+        """The session ``pid`` (socket ``sid``) went to the node ``to``: claims on it are sent
+        there for ``seconds``, and, with ``forward``, broadcasts to ``sid`` that come here go
+        on to it (an emit to the sid of a socket whose node is dead does not come here: the
+        new node holds the sid's topic)."""
+        self.forget_pointer(pid)
+        timer = asyncio.get_running_loop().call_later(seconds, self.forget_pointer, pid)
+        self._moved[pid] = _Moved(to, sid, timer)
+        if forward:
+            self.moved_sids[sid] = to
 
     def forget_pointer(self, pid: str) -> None:
         """Forget where ``pid`` went (its window ended here, or it is back on this node)."""

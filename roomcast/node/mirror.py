@@ -106,7 +106,7 @@ class Mirror:
         spawn: Spawn,
         join_timeout: float,
         max_rooms: int,
-        handed_over: Callable[[], None],
+        handed_over: Callable[[str, str, NodeTag, float], None],
     ) -> None:
         self.node = node
         self.tag = tag
@@ -126,8 +126,8 @@ class Mirror:
         self.histories: dict[str, History] = {}
         self.sessions: dict[str, _Session] = {}  # by sid
         self.pids: dict[str, str] = {}  # pid -> sid
-        self.moved: dict[str, tuple[NodeTag, asyncio.TimerHandle]] = {}  # pid -> node
         self.topics: set[Topic] = set()  # held on the bus, one interest each
+        self.proving = 0  # of them, those whose subscription is not proved yet
         self.requested: set[Topic] = set()  # held at the node's request, before its log says
         self.wm: dict[tuple[str, int, bytes], int] = {}
         self.own = 0
@@ -265,12 +265,18 @@ class Mirror:
     # -- the rooms it holds --------------------------------------------------------------------
 
     def wanted(self) -> set[Topic]:
-        """The topics the kept node's sessions need: their rooms and namespaces."""
+        """The topics the kept node's sessions need: their rooms and namespaces, and once
+        the node is dead, their sids' own (an emit to the sid of a dead node's socket goes
+        on that topic)."""
         topics = set(self.requested)
+        adopted = self.adopted
         for session in self.sessions.values():
-            topics.add(wire.namespace_topic(session.namespace))
+            ns = session.namespace
+            topics.add(wire.namespace_topic(ns))
             for room in session.rooms():
-                topics.add(wire.room_topic(session.namespace, room))
+                topics.add(wire.room_topic(ns, room))
+            if adopted:
+                topics.add(wire.room_topic(ns, session.sid))
         return topics
 
     def _resubscribe(self) -> None:
@@ -282,10 +288,13 @@ class Mirror:
         self.topics = wanted
 
     async def _subscribe(self, topic: Topic) -> None:
+        self.proving += 1
         try:
             await self.bus.subscribe(topic, self.join_timeout)
         except TimeoutError:
             log.warning("a topic kept for %s was not proved live", self.node)
+        finally:
+            self.proving -= 1
 
     async def hold(self, namespace: str, rooms: Iterable[str], namespace_wide: bool) -> None:
         """Subscribe to ``rooms`` (and the namespace) for the node, proved: its sockets are
@@ -317,9 +326,6 @@ class Mirror:
         self.topics.clear()
         for sid in list(self.sessions):
             self._forget(sid)
-        for _, timer in self.moved.values():
-            timer.cancel()
-        self.moved.clear()
 
     # -- what the node has not handled yet ---------------------------------------------------
 
@@ -423,6 +429,7 @@ class Mirror:
         for session in self.sessions.values():
             session.deadline = (session.lost_at or now) + session.window
             session.timer = loop.call_at(session.deadline, self._expire, session.sid)
+        self._resubscribe()  # the sids' own topics too, now
         log.info("%s died: %d of its sessions kept here", self.node, len(self.sessions))
         self._check_empty()
         return True
@@ -439,7 +446,7 @@ class Mirror:
         self._check_empty()
 
     def _check_empty(self) -> None:
-        if self.adopted and not self.sessions and not self.moved:
+        if self.adopted and not self.sessions:
             self.close()
             self._on_empty()
 
@@ -452,9 +459,6 @@ class Mirror:
         sid = self.pids.get(pid)
         session = self.sessions.get(sid) if sid is not None else None
         if session is None:
-            moved = self.moved.get(pid)
-            if moved is not None:
-                return moved[0]
             raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
         if session.namespace != namespace:
             raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
@@ -485,10 +489,6 @@ class Mirror:
             session.membership,
             max(0.0, window),
         )
-
-    def moved_to(self, pid: str) -> NodeTag | None:
-        moved = self.moved.get(pid)
-        return moved[0] if moved is not None else None
 
     def lent_to(self, pid: str, by: NodeTag) -> PersistedSession | None:
         sid = self.pids.get(pid)
@@ -533,19 +533,12 @@ class Mirror:
             persisted = self._persisted(session, 0.0)
             entries = recovery.missed_entries(history, persisted, delivered, after)
         finally:
-            self._forget(session.sid)
-        loop = asyncio.get_running_loop()
-        left = max(0.0, session.deadline - loop.time())
-        self.moved[pid] = (to, loop.call_later(left, self._forget_pointer, pid))
-        self._handed_over()
-        self._resubscribe()
+            self._release(session.sid)
+        left = max(0.0, session.deadline - asyncio.get_running_loop().time())
+        # The keeper's node points to the new one for the rest of the window, as for a
+        # session of its own (and forwards what still comes to it for the sid).
+        self._handed_over(pid, session.sid, to, left)
         return entries
-
-    def _forget_pointer(self, pid: str) -> None:
-        moved = self.moved.pop(pid, None)
-        if moved is not None:
-            moved[1].cancel()
-        self._check_empty()
 
     def describe(self) -> dict[str, Any]:
         """For inspection."""
@@ -559,4 +552,5 @@ class Mirror:
             "bytes": sum(h.nbytes for h in self.histories.values()),
             "shadow": len(self.shadow),
             "topics": len(self.topics),
+            "proving": self.proving,
         }

@@ -323,6 +323,7 @@ class Namespace(Broadcasts):
     async def _gone(self, socket: Socket, reason: str | None = None) -> None:
         """A socket (or ghost) left for good: out of its rooms, the namespace may be empty."""
         self.services.adapter.namespace_exited(self.name)
+        self.services.adapter.socket_gone(self.name, socket.sid)
         await self.remove_from_rooms(socket, [r for r in socket.rooms if r != socket.sid])
         if not self._members and self._history is not None:
             self._history.clear()  # no socket is left that could need it

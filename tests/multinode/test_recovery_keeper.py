@@ -28,8 +28,9 @@ from support.js_harness import (
 from support.recovery_clients import got, offsets, publish, recover, refused, values
 from support.scrape import scrape
 
-from roomcast.ids import node_tag, parse_offset
+from roomcast.ids import NodeTag, node_tag, parse_offset
 from roomcast.node import recovery
+from roomcast.node.keeper import keepers
 
 pytestmark = [pytest.mark.multinode, *JS_TEST_MARKS]
 
@@ -51,37 +52,34 @@ async def stats(cluster: Cluster, node: str) -> dict[str, Any]:
 
 
 async def keeper_of(cluster: Cluster, node: str, sessions: int, packets: int = 0) -> str:
-    """Until a node keeps an exact copy of ``node`` with ``sessions`` sessions and ``packets``
-    kept packets; returns it. (A packet reaches its client before the node's keeper hears of
-    it: a node killed in between makes that client's recovery refused, ``unknown offset``.)"""
-    found: list[str] = []
+    """The node that keeps ``node`` (the next live one on the ring of tags), once its copy is
+    exact with ``sessions`` sessions and ``packets`` kept packets. (A packet reaches its
+    client before the node's keeper hears of it: a node killed in between makes that
+    client's recovery refused, ``unknown offset``.)"""
+    tags: dict[bytes, str] = {}
+    for name in cluster.alive_nodes():
+        doc = await cluster.admin(name, "/admin/cluster")
+        tags[node_tag(doc["cluster"]["node"], doc["cluster"]["incarnation"])] = name
+    mine = next(t for t, n in tags.items() if n == node)
+    keeper = tags[keepers(NodeTag(mine), [NodeTag(t) for t in tags])[0]]
 
     async def check() -> bool:
-        found.clear()
         own = await cluster.admin(node, "/admin/cluster")
-        alive = {n["node"] for n in own["cluster"]["nodes"] if n["status"] == "alive"}
-        if alive != set(cluster.alive_nodes()) - {node}:
-            return False  # it does not know every node yet: its keeper may change
-        for name in cluster.alive_nodes():
-            if name == node:
-                continue
-            doc = await cluster.admin(name, "/admin/cluster")
-            tag = node_tag(doc["cluster"]["node"], doc["cluster"]["incarnation"])
-            if own["cluster"]["keeping"]["keeper"] != tag.hex():
-                continue  # the ring has not settled on it (yet)
-            for kept in doc["cluster"]["keeping"]["kept"].values():
-                if (
-                    kept["node"] == node
-                    and kept["synced"]
-                    and kept["broken"] is None
-                    and kept["sessions"] == sessions
-                    and kept["packets"] == packets
-                ):
-                    found.append(name)
-        return len(found) == 1
+        doc = await cluster.admin(keeper, "/admin/cluster")
+        tag = node_tag(doc["cluster"]["node"], doc["cluster"]["incarnation"])
+        if own["cluster"]["keeping"]["keeper"] != tag.hex():
+            return False  # its ring has not settled yet
+        return any(
+            kept["node"] == node
+            and kept["synced"]
+            and kept["broken"] is None
+            and kept["sessions"] == sessions
+            and kept["packets"] == packets
+            for kept in doc["cluster"]["keeping"]["kept"].values()
+        )
 
-    await wait_until(check, what=f"a keeper of {node} with {sessions} sessions")
-    return found[0]
+    await wait_until(check, what=f"{keeper} to keep {node} with {sessions} sessions")
+    return keeper
 
 
 async def kept(cluster: Cluster, node: str, count: int) -> None:
@@ -119,6 +117,23 @@ async def recovered_on(cluster: Cluster, client: JsClient, nth: int, node: str) 
         raise AssertionError(f"{exc}; refused: {why}") from None
 
 
+async def dead_to_all(cluster: Cluster, node: str, keeper: str) -> None:
+    """Until every live node calls ``node`` down, and its keeper adopted its copy, every
+    subscription of it proved (an emit to one of its sockets' sids goes on the sid's topic
+    from then on, and the keeper holds it)."""
+
+    async def check() -> bool:
+        for name in cluster.alive_nodes():
+            doc = await cluster.admin(name, "/admin/cluster")
+            if any(n["node"] == node and n["status"] != "down" for n in doc["cluster"]["nodes"]):
+                return False
+        doc = await cluster.admin(keeper, "/admin/cluster")
+        copies = [c for c in doc["cluster"]["keeping"]["kept"].values() if c["node"] == node]
+        return len(copies) == 1 and copies[0]["adopted"] and copies[0]["proving"] == 0
+
+    await wait_until(check, what=f"{node} down everywhere, adopted by {keeper}")
+
+
 def others(cluster: Cluster, *names: str) -> list[str]:
     return [n for n in cluster.nodes if n not in names]
 
@@ -150,13 +165,19 @@ async def test_killed_while_its_client_is_away_the_keeper_hands_the_session_over
     await kill(cluster, "n2")
     await publish(b, room, 3)  # nobody wrote it: the keeper has it
     await publish(b, other, 4)
+    await dead_to_all(cluster, "n2", keeper)
+    await publish(b, a.sid, 5)  # on the sid's topic now: the keeper holds it
 
     event = await recovered_on(cluster, a, 1, third)
-    await got(a, 4)
+    await got(a, 5)
     await cluster.wait_room(room, {third: 1}, namespace="/any", on=[third, keeper])
     await publish(b, room, "live")
     await got(a, "live")
-    assert values(a) == ["before", 1, 2, {"blob": b"\x00\xff"}, 3, 4, "live"]
+    c = js.connect("c", cluster.nodes[keeper].url, "websocket", namespace="/any")
+    await c.connected()
+    await publish(c, a.sid, "direct")  # its new node holds the sid's topic
+    await got(a, "direct")
+    assert values(a) == ["before", 1, 2, {"blob": b"\x00\xff"}, 3, 4, 5, "live", "direct"]
     # Numbered by the node it is on now, in order.
     replayed = [parse_offset(o) for o in offsets(a)[1:]]
     assert all(p is not None for p in replayed)
@@ -172,8 +193,8 @@ async def test_killed_while_its_client_is_away_the_keeper_hands_the_session_over
     metrics = await scrape(cluster.nodes[keeper].url + "/metrics")
     assert metrics.value("roomcast_keeper_adopted_total") == 1
     copies = (await cluster.admin(keeper, "/admin/cluster"))["cluster"]["keeping"]["kept"]
-    # Handed over: n2's copy keeps only where the session went (for the rest of its window).
-    assert [c["sessions"] for c in copies.values() if c["node"] == "n2"] == [0]
+    # Handed over: n2's copy is let go (the keeper points to where its session went).
+    assert all(c["node"] != "n2" for c in copies.values())
     # What it keeps now is the third node's (a and b are there).
     assert metrics.value("roomcast_keeper_sessions") == sum(c["sessions"] for c in copies.values())
 
@@ -241,3 +262,37 @@ async def test_a_dead_node_whose_keeper_died_too_means_a_fresh_session(
     await publish(b, room, "fresh")
     await got(a, "fresh")
     assert values(a) == ["fresh"]
+
+
+async def test_an_emit_to_a_handed_over_sid_reaches_it_after_its_first_node_died(
+    cluster: Cluster, js: Driver
+) -> None:
+    """a was created on n2 and recovered on n1 while n2 lived (n2 forwards emits to a's sid);
+    then n2 is killed: emits to a's sid go on the sid's own topic, which n1 holds from then
+    on. Each arrives once."""
+    a = js.connect("a", cluster.nodes["n2"].url, "websocket", namespace="/any")
+    c = js.connect("c", cluster.nodes["n3"].url, "websocket", namespace="/any")
+    await a.connected()
+    await c.connected()
+    await keeper_of(cluster, "n2", 1)
+    a.cut()
+    await a.disconnected(0)
+    await kept(cluster, "n2", 1)
+    await recovered_on(cluster, a, 1, "n1")
+    await publish(c, a.sid, "forwarded by n2")
+    await got(a, "forwarded by n2")
+    await kill(cluster, "n2")
+
+    async def held() -> bool:
+        for name in ("n1", "n3"):
+            doc = await cluster.admin(name, "/admin/cluster")
+            if any(n["node"] == "n2" and n["status"] != "down" for n in doc["cluster"]["nodes"]):
+                return False
+        h = (await cluster.admin("n1", "/admin/cluster"))["cluster"]["handovers"]
+        return bool(h == {"foreign_sids": 1, "sid_topics": 1, "proving": 0})
+
+    await wait_until(held, what="n2 down everywhere, n1 holding a's sid topic")
+    await publish(c, a.sid, "on its topic")
+    await publish(c, [a.sid, unique("nobody")], "with a room")
+    await got(a, "with a room")
+    assert values(a) == ["forwarded by n2", "on its topic", "with a room"]

@@ -124,6 +124,10 @@ def room_message(msg_id: int, room: str, text: str, volatile: bool = False) -> w
     return wire.RoomMessage(msg_id, NS, (room,), (), (), volatile, frames(text).ws)
 
 
+#: Where each copy's sessions went (pid -> (sid, node)), as its keeper's node points.
+POINTED: dict[str, tuple[str, NodeTag]] = {}
+
+
 def mirror(bus: FakeBus | None = None) -> Mirror:
     return Mirror(
         NODE,
@@ -133,7 +137,7 @@ def mirror(bus: FakeBus | None = None) -> Mirror:
         lambda coro: asyncio.ensure_future(coro),
         1.0,
         100,
-        lambda: None,
+        lambda pid, sid, to, _seconds: POINTED.__setitem__(pid, (sid, to)),
     )
 
 
@@ -181,13 +185,17 @@ async def test_what_the_node_logs_the_copy_has_and_hands_over_after_the_offset()
     assert wire.namespace_topic(NS) in bus.interest
 
     copy.adopt(lambda: None)
+    await asyncio.sleep(0)
+    # An emit to the sid of a dead node's socket goes on the sid's topic: held now.
+    assert wire.room_topic(NS, sid) in bus.interest
     session = copy.lend_session(NS, pid, node.offsets.text(seen), CLAIMANT, 5.0)
     assert not isinstance(session, bytes)
     assert session.sid == sid and session.data == {"user": 7}
     assert session.rooms == frozenset({sid, "red"})
     entries = copy.hand_over(NS, pid, CLAIMANT)
     assert texts(entries, copy.offsets) == ['2["b"]', '2["c"]']
-    assert copy.moved_to(pid) == CLAIMANT
+    assert POINTED[pid] == (sid, CLAIMANT)
+    assert pid not in copy.pids
 
 
 async def test_with_no_offset_the_client_gets_everything_since_it_connected() -> None:
