@@ -106,6 +106,7 @@ class ClusterAdapter(LocalAdapter):
         )
         self.journal = self.keeping.log
         self._keeping_task: asyncio.Task[None] | None = None
+        self.keeping.on_gone = lambda: self.handovers.nodes_down()
         self.handovers = Handovers(
             self,
             self.keeping,
@@ -400,7 +401,6 @@ class ClusterAdapter(LocalAdapter):
 
     def _node_down(self, node: NodeId) -> None:
         self.keeping.reconcile()
-        self.handovers.nodes_down()
         for pending in self._pending.values():
             pending.waiting.discard(node)
             pending.settle()

@@ -374,18 +374,25 @@ class Handovers:
 
     async def _ask_keepers(self, tag: NodeTag, request: rq.ClaimSession) -> tuple[NodeId, rq.Reply]:
         """The node ``tag`` is down: ask the nodes that may keep its sessions, its keeper on
-        the ring first (``old node gone`` when none does)."""
-        live: dict[NodeTag, NodeId] = {self.keeper.tag: self.keeper.node_id}
-        for node in self.replica.alive():
-            node_tag = self.replica.tag(node)
-            if node_tag is not None:
-                live[node_tag] = node
-        for keeper in keepers(tag, live)[:MAX_HOPS]:
-            node = live[keeper]
-            reply = await self.ask_node(node, request)
-            if not (isinstance(reply, rq.Refused) and reply.reason == NOT_KEPT):
-                return node, reply
-        raise RecoveryRefusedError(recovery.OLD_NODE_GONE)
+        the ring first (``old node gone`` when none does). Asked again for as long as the
+        replica may take to know every node (this node may have just started: the client of
+        a node that was killed and started again comes back to it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.keeping.down_after
+        while True:
+            live: dict[NodeTag, NodeId] = {self.keeper.tag: self.keeper.node_id}
+            for node in self.replica.alive():
+                node_tag = self.replica.tag(node)
+                if node_tag is not None:
+                    live[node_tag] = node
+            for keeper in keepers(tag, live)[:MAX_HOPS]:
+                node = live[keeper]
+                reply = await self.ask_node(node, request)
+                if not (isinstance(reply, rq.Refused) and reply.reason == NOT_KEPT):
+                    return node, reply
+            if loop.time() >= deadline:
+                raise RecoveryRefusedError(recovery.OLD_NODE_GONE)
+            await asyncio.sleep(0.2)
 
     async def ask_node(self, node: NodeId, request: rq.Request) -> rq.Reply:
         """``node``'s reply to a handover request (``old node gone`` when none comes in the

@@ -344,6 +344,9 @@ class Keeping:
         #: Copies of other nodes' sessions, by their tag.
         self.mirrors: dict[NodeTag, Mirror] = {}
         self._was_live: set[NodeTag] = set()
+        self._live: set[NodeTag] = set()
+        #: Told when a tag left the live set (its node died or restarted).
+        self.on_gone: Callable[[], None] = lambda: None
         self._resync_asked: dict[NodeTag, float] = {}
         self._mirroring = False  # a copy here holds topics
         #: Whether room messages concern it at all: this node has recoverable sockets and a
@@ -368,6 +371,11 @@ class Keeping:
             tag = self.replica.tag(node)
             if tag is not None:
                 live.add(tag)
+        if live != self._live:
+            gone = self._live - live
+            self._live = live
+            if gone:
+                self.on_gone()  # a node died, or restarted (its old tag is gone)
         recovering = any(ns.history is not None for ns in self.sockets.all())
         if recovering != self.log.recovering:
             self.log.recovering = recovering

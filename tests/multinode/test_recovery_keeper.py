@@ -296,3 +296,29 @@ async def test_an_emit_to_a_handed_over_sid_reaches_it_after_its_first_node_died
     await publish(c, [a.sid, unique("nobody")], "with a room")
     await got(a, "with a room")
     assert values(a) == ["forwarded by n2", "on its topic", "with a room"]
+
+
+async def test_a_node_restarted_at_once_after_kill_9_its_clients_recover_through_it(
+    cluster: Cluster, js: Driver
+) -> None:
+    """n2 is killed and started again at once (a crash and a supervisor's restart): the new
+    n2 has a new tag, so its old sessions are its keeper's; a client that comes back to the
+    new n2 recovers through the keeper, with what was published meanwhile."""
+    room = unique("r")
+    a = js.connect("a", cluster.nodes["n2"].url, "websocket", namespace="/any")
+    await a.connected()
+    await a.call("join", room)
+    keeper = await keeper_of(cluster, "n2", 1)
+    b = js.connect("b", cluster.nodes[keeper].url, "websocket", namespace="/any")
+    await b.connected()
+    await kill(cluster, "n2")
+    await a.disconnected(0)
+    await publish(b, room, 1)
+    await cluster.start_node("n2")
+    await publish(b, room, 2)
+    await recovered_on(cluster, a, 1, "n2")
+    await got(a, 2)
+    await publish(b, room, "live")
+    await got(a, "live")
+    assert values(a) == [1, 2, "live"]
+    assert (await stats(cluster, keeper))["keeper_adopted"] == 1
