@@ -58,6 +58,19 @@ INVALID_CREDENTIALS = "invalid credentials"
 ISSUED_KEPT = 1024
 #: Concurrent bcrypt checks per node: each takes a core for a few hundred milliseconds.
 LOGIN_CHECKS = 2
+#: What a node sends the viewers (counted by event in ``NodeStats.admin_ui_sent``).
+VIEWER_EVENTS = frozenset(
+    (
+        "server_stats",
+        "socket_connected",
+        "socket_updated",
+        "socket_disconnected",
+        "room_joined",
+        "room_left",
+        "event_received",
+        "event_sent",
+    )
+)
 
 
 class Feature(enum.StrEnum):
@@ -331,12 +344,17 @@ class AdminUI:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def _to_viewers(self, event: str, *args: Any) -> None:
+        """Send ``event`` to the admin sockets of the whole cluster, and count it."""
+        self.viewers.emit(event, *args)
+        self._stats.admin_ui_sent[event] += 1
+
     async def _send_stats(self) -> None:
         interval = self.settings.stats_interval_ms / 1000
         while True:
             if self.watched:
                 try:
-                    self.viewers.emit("server_stats", self.server_stats(time.time()))
+                    self._to_viewers("server_stats", self.server_stats(time.time()))
                 except Exception:
                     log.exception("server_stats not sent")
             else:
@@ -444,7 +462,7 @@ class AdminUI:
         """Send an event to the viewers; a failure (app data the wire cannot carry) is logged,
         never raised into the path of the socket it describes."""
         try:
-            self.viewers.emit(event, *args)
+            self._to_viewers(event, *args)
         except Exception:
             log.warning("admin event %s not sent", event, exc_info=True)
 

@@ -23,6 +23,7 @@ from roomcast.config import Settings
 from roomcast.ids import namespace_name
 
 from .adapter import Adapter, RoomTable
+from .admin_ui import AdminUI
 from .endpoint import EngineEndpoint
 from .engine import Connection
 from .namespaces import Namespaces
@@ -43,6 +44,7 @@ class AdminNode(Protocol):
     namespace_registry: Namespaces
     draining: bool
     metrics_registry: CollectorRegistry | None
+    admin_ui: AdminUI | None
 
     @property
     def connections(self) -> dict[str, Connection]: ...
@@ -153,7 +155,7 @@ class NodeHTTP:
         return web.json_response(self.server.health(), status=200 if self.server.healthy else 503)
 
     async def _admin_stats(self, request: web.Request) -> web.Response:
-        s = self.server.stats
+        s, ui = self.server.stats, self.server.admin_ui
         return web.json_response(
             {
                 "node": self.server.node_id,
@@ -190,6 +192,9 @@ class NodeHTTP:
                 "keeper_adopted": s.keeper_adopted,
                 "keeper_lost": s.keeper_lost,
                 "keeper_resyncs": s.keeper_resyncs,
+                # None: the Admin UI is off; else whether an admin socket is connected anywhere.
+                "admin_ui_watched": None if ui is None else ui.watched,
+                "admin_ui_sent": dict(s.admin_ui_sent),
             }
         )
 

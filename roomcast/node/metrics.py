@@ -24,6 +24,7 @@ from roomcast.discovery.metrics import discovery_metrics
 from roomcast.protocol import reasons
 
 from .adapter import Adapter
+from .admin_ui import VIEWER_EVENTS, AdminUI
 from .cluster import ClusterAdapter
 from .engine import Connection
 from .namespaces import Namespaces
@@ -50,6 +51,7 @@ class MetricsNode(Protocol):
     adapter: Adapter
     namespace_registry: Namespaces
     draining: bool
+    admin_ui: AdminUI | None
 
     @property
     def connections(self) -> dict[str, Connection]: ...
@@ -265,6 +267,18 @@ def node_metrics(node: MetricsNode) -> Iterator[Metric]:
         "roomcast_sessions_handed_over",
         "Kept sessions handed over to another node, whose client came back there.",
         s.sessions_handed_over,
+    )
+    yield metrics.labelled_counter(
+        "roomcast_admin_ui_sent",
+        "Messages this node sent the Admin UI's viewers (every node's admin sockets), by event.",
+        "event",
+        _bounded(s.admin_ui_sent, VIEWER_EVENTS),
+        VIEWER_EVENTS,
+    )
+    yield metrics.gauge(
+        "roomcast_admin_ui_watched",
+        "1 while an admin socket is connected to some node (this node sends the UI its stats).",
+        1 if node.admin_ui is not None and node.admin_ui.watched else 0,
     )
     yield metrics.gauge(
         "roomcast_node_healthy",

@@ -83,6 +83,10 @@ class NodeStats:
     keeper_adopted: int = 0
     keeper_lost: int = 0
     keeper_resyncs: int = 0
+    #: What this node sent the Admin UI's viewers (the admin sockets of the whole cluster, one
+    #: room broadcast each), by event: ``server_stats`` and the development events. Nothing
+    #: moves while no admin socket is connected anywhere (``roomcast.node.admin_ui``).
+    admin_ui_sent: collections.Counter[str] = field(default_factory=collections.Counter)
     #: With ``metrics.enabled``: local recipients per broadcast started here, per broadcast
     #: from the bus, and seconds per join (None: not recorded).
     fanout: Histogram | None = None

@@ -13,6 +13,7 @@ import aiohttp
 import socketio
 from support.admin_ui_client import ADMIN_NS, admin_clients, admin_ui_config
 from support.cluster_harness import TIMEOUT, wait_until
+from support.scrape import scrape
 
 from roomcast.config import AdminUISettings
 from roomcast.node import admin_ui
@@ -93,14 +94,21 @@ def admin_node_settings(**overrides: Any) -> dict[str, Any]:
 
 async def test_a_node_is_silent_until_an_admin_socket_connects(start_node: NodeFactory) -> None:
     """The node knows whether an admin socket is connected: it sends stats only then, and stops
-    when the last one leaves."""
+    when the last one leaves; /metrics shows both (what it sent, whether anyone watches)."""
     server: Server = await start_node(**admin_node_settings())
     ui = server.admin_ui
     assert ui is not None and not ui.watched
+    idle = await scrape(server.url + "/metrics")
+    assert idle.value("roomcast_admin_ui_watched") == 0
+    assert idle.total("roomcast_admin_ui_sent_total") == 0
     async with admin_clients() as connect_admin:
         admin = await connect_admin(server.url)
         await admin.wait_for("server_stats", namespace=ADMIN_NS)
         assert ui.watched
+        watched = await scrape(server.url + "/metrics")
+        assert watched.value("roomcast_admin_ui_watched") == 1
+        sent = watched.value("roomcast_admin_ui_sent_total", event="server_stats")
+        assert 1 <= sent <= server.stats.admin_ui_sent["server_stats"]  # it goes on sending
         await admin.client.disconnect()
         await wait_until(lambda: not ui.watched, what="the node to see nobody watching")
 
