@@ -154,16 +154,23 @@ def serialize_socket(info: SocketInfo) -> dict[str, Any]:
             "url": hs.url,
             "xdomain": "origin" in headers,
         }
-    data = info.data if isinstance(info.data, dict) else {}
     return {
         "id": info.id,
         "clientId": info.id,
         "transport": info.transport,
         "nsp": info.namespace,
-        "data": {k: _plain(v) for k, v in data.items() if isinstance(k, str)},
+        "data": serialize_data(info.data),
         "handshake": handshake,
         "rooms": sorted(info.rooms | {info.id}),
     }
+
+
+def serialize_data(data: Any) -> dict[str, Any]:
+    """A socket's ``data`` as the UI shows it: a dict's string keys, each value JSON can carry
+    (anything else as its repr); nothing for data that is not a dict."""
+    if not isinstance(data, dict):
+        return {}
+    return {k: _plain(v) for k, v in data.items() if isinstance(k, str)}
 
 
 def _plain(value: Any) -> Any:
@@ -483,6 +490,13 @@ class AdminUI:
         if self._telling():
             info = socket.info()
             update = {"id": info.id, "nsp": info.namespace, "transport": info.transport}
+            self._tell("socket_updated", update)
+
+    def data_assigned(self, socket: ObservedSocket) -> None:
+        """``socket_updated`` with the data: a key of ``socket.data`` was assigned."""
+        if self._telling():
+            info = socket.info()
+            update = {"id": info.id, "nsp": info.namespace, "data": serialize_data(info.data)}
             self._tell("socket_updated", update)
 
     def room_joined(self, socket: ObservedSocket, room: str) -> None:

@@ -43,6 +43,8 @@ class SocketEvents(Protocol):
 
     def socket_updated(self, socket: Socket) -> None: ...
 
+    def data_assigned(self, socket: Socket) -> None: ...
+
     def room_joined(self, socket: Socket, room: str) -> None: ...
 
     def room_left(self, socket: Socket, room: str) -> None: ...
@@ -62,6 +64,9 @@ class NoSocketEvents:
         pass
 
     def socket_updated(self, socket: Socket) -> None:
+        pass
+
+    def data_assigned(self, socket: Socket) -> None:
         pass
 
     def room_joined(self, socket: Socket, room: str) -> None:
@@ -206,6 +211,54 @@ def _ack_args(result: Any) -> list[Any]:
     return [result]
 
 
+class SocketData(dict[str, Any]):
+    """``socket.data``: a dict that tells its socket's observers when a key is assigned, once
+    the socket is connected (the Admin UI's ``socket_updated``, which the original sends from
+    a proxy of ``socket.data``). Like that proxy's ``set`` trap, it sees assignments to its
+    keys (``data[k] = v``, ``update``, ``setdefault`` of a missing key, ``|=``), not deletions;
+    and a change inside a value (``data["user"]["name"] = ...``) has no hook in Python:
+    assigning the key again reports it. A copy or a pickle of it is a plain dict."""
+
+    __slots__ = ("_socket",)
+
+    _socket: Socket | None
+
+    def _assigned(self) -> None:
+        socket = getattr(self, "_socket", None)
+        if socket is not None and socket.connected:
+            socket.namespace.services.events.data_assigned(socket)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._assigned()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """``dict.update``, reported once."""
+        super().update(*args, **kwargs)
+        self._assigned()
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """``dict.setdefault``, reported when it adds ``key``."""
+        if key in self:
+            return self[key]
+        self[key] = default
+        return default
+
+    def __ior__(self, other: Any) -> SocketData:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
+
+
+def socket_data(socket: Socket, data: Any = ()) -> SocketData:
+    """A :class:`SocketData` of ``socket`` holding ``data``'s items."""
+    out = SocketData(data)
+    out._socket = socket
+    return out
+
+
 class Socket:
     """One client's connection to one namespace."""
 
@@ -245,8 +298,9 @@ class Socket:
         self.last_offset = 0
         if restored is None:
             self.sid: str = new_sid(namespace.services.adapter.tag)
-            #: Free-form application data (socket.io's ``socket.data``); shown by fetch_sockets.
-            self.data: dict[str, Any] = {}
+            #: Free-form application data (socket.io's ``socket.data``); shown by fetch_sockets,
+            #: and its keys' assignments are reported to the Admin UI (:class:`SocketData`).
+            self.data: dict[str, Any] = socket_data(self)
             #: The rooms this socket is in, its own sid room included.
             self.rooms: set[str] = {self.sid}
             #: The private session id its client recovers it with (None: recovery is off).
@@ -259,7 +313,7 @@ class Socket:
             self.recovered = False
         else:
             self.sid = restored.sid
-            self.data = restored.data
+            self.data = socket_data(self, restored.data)
             self.rooms = set(restored.rooms)
             self.pid = restored.pid
             self.membership = restored.membership

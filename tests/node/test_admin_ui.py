@@ -4,6 +4,7 @@ while no admin socket is connected anywhere, and read-only mode."""
 
 from __future__ import annotations
 
+import copy
 import json
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -176,3 +177,49 @@ async def test_an_upgrade_updates_the_sockets_transport(start_node: NodeFactory)
             await ws.send_str("5")
             [update] = await admin.wait_for("socket_updated", namespace=ADMIN_NS)
             assert update == {"id": sid, "nsp": "/", "transport": "websocket"}
+
+
+async def test_assigning_socket_data_updates_the_socket(start_node: NodeFactory) -> None:
+    """As the original's proxy of ``socket.data``: what a middleware sets arrives with
+    ``socket_connected``; each assignment to a key afterwards (in the connect handler, in an
+    event handler, by ``update``) is one ``socket_updated`` with the whole data; a deletion
+    alone sends nothing, and a copy of the data is a plain dict."""
+
+    def setup(server: Server) -> None:
+        @server.use
+        def mark(socket: Any, auth: Any) -> None:
+            socket.data["user"] = "ann"
+
+        def connected(socket: Any, auth: Any) -> None:
+            socket.data["lobby"] = True
+
+        def rename(socket: Any, name: str) -> bool:
+            socket.data.update(user=name)
+            del socket.data["lobby"]
+            socket.data.setdefault("renames", 1)
+            return type(copy.copy(socket.data)) is dict
+
+        server.on("connect", connected)
+        server.on("rename", rename)
+
+    server: Server = await start_node(setup, **admin_node_settings())
+    async with admin_clients() as connect_admin:
+        admin = await connect_admin(server.url)
+        await admin.wait_for("all_sockets", count=2, namespace=ADMIN_NS)
+        client = socketio.AsyncClient(reconnection=False)
+        await client.connect(server.url, transports=["websocket"], wait_timeout=TIMEOUT)
+        try:
+            sid = client.get_sid("/")
+            [(socket, _)] = await admin.wait_for("socket_connected", namespace=ADMIN_NS)
+            assert (socket["id"], socket["data"]) == (sid, {"user": "ann"})
+            [update] = await admin.wait_for("socket_updated", namespace=ADMIN_NS)
+            assert update == {"id": sid, "nsp": "/", "data": {"user": "ann", "lobby": True}}
+            assert await client.call("rename", "bob", timeout=TIMEOUT) is True
+            updates = await admin.wait_for("socket_updated", count=3, namespace=ADMIN_NS)
+            assert [u["data"] for u in updates[1:]] == [
+                {"user": "bob", "lobby": True},
+                {"user": "bob", "renames": 1},
+            ]
+            assert all(u.keys() == {"id", "nsp", "data"} for u in updates)
+        finally:
+            await client.disconnect()
