@@ -160,7 +160,10 @@ def _rates(
     return {k: round(max(after[k] - before[k], 0) / interval, 1) for k in keys}
 
 
-def _print_status(doc: dict[str, Any]) -> None:
+def print_status(doc: dict[str, Any]) -> None:
+    """``status``' human output of ``doc`` (what ``status --json`` prints): the nodes, then
+    the asked node's counters a line per subject (the subjects its ``/admin/stats`` has), the
+    bus and the routers."""
     print(f"asked {doc['asked']} (node {doc['self']['node']})")
     print()
     print(_table(_nodes_rows(doc), _NODE_HEADERS))
@@ -174,22 +177,25 @@ def _print_status(doc: dict[str, Any]) -> None:
     if "rates" in s:
         r = s["rates"]
         print(f"rates: {r['messages_in']} messages/s in, {r['messages_out']} deliveries/s out")
+    for line in _traffic_lines(s):
+        print(line)
     if "forwarded_requests" in s and not doc.get("standalone"):
         print(
             f"forwarded for other nodes' sessions: {s['forwarded_requests']} requests, "
             f"{s['spliced_websockets']} websockets, {s['forwarded_bytes']} bytes, "
-            f"{s['forward_failed']} failed"
+            f"{s['forward_failed']} failed, {s.get('forwards_in_flight', 0)} in flight now"
         )
     if "recoveries_attempted" in s:
-        refused = ", ".join(
-            f"{n} {reason}" for reason, n in sorted(s["recoveries_refused"].items())
-        )
         print(
             f"recovery: {s['recoveries_attempted']} attempted, "
             f"{s['recoveries_succeeded']} recovered ({s['replayed_messages']} messages "
-            f"replayed), refused: {refused or 'none'}; {s['sessions_kept']} sessions kept now, "
-            f"{s.get('sessions_handed_over', 0)} handed over to other nodes"
+            f"replayed), refused: {_counts(s['recoveries_refused'])}; "
+            f"{s['sessions_kept']} sessions kept now, "
+            f"{s.get('sessions_handed_over', 0)} handed over to other nodes, "
+            f"{s.get('sessions_dropped', 0)} dropped early (max_sessions)"
         )
+    for line in _operator_lines(s):
+        print(line)
     bus = doc.get("cluster", {}).get("bus")
     if bus:
         print(
@@ -219,6 +225,54 @@ def _print_status(doc: dict[str, Any]) -> None:
         print(_table(rows, headers))
 
 
+def _counts(counts: dict[str, int]) -> str:
+    """``{"a": 2, "b": 1}`` as ``2 a, 1 b`` (largest first), or ``none``."""
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{n} {key}" for key, n in ordered) or "none"
+
+
+def _traffic_lines(s: dict[str, Any]) -> list[str]:
+    """Sessions, packets and bytes of a node's ``/admin/stats`` (those an older node has)."""
+    lines = []
+    if "connections_opened" in s:
+        lines.append(
+            f"sessions: {s['connections_opened']} opened "
+            f"({_counts(s.get('opened_by_transport', {}))}), {s.get('upgrades', 0)} upgraded; "
+            f"closed: {_counts(s.get('closed_by_reason', {}))}"
+        )
+    if "socket_connects" in s:
+        connects = {f"to {ns}": n for ns, n in s["socket_connects"].items()}
+        lines.append(f"socket connects: {_counts(connects)}")
+    if "broadcasts" in s:
+        lines.append(
+            f"packets: {s['broadcasts']} broadcasts from here, {s['bus_broadcasts']} from the "
+            f"bus; {s['messages_out']} deliveries ({s['bus_deliveries']} from the bus), "
+            f"{s['direct_out']} to one socket; {s.get('late_packets', 0)} late"
+        )
+    if "bytes_in" in s:
+        b_in, b_out = s["bytes_in"], s["bytes_out"]
+        lines.append(
+            f"bytes: {b_in['websocket']} in, {b_out['websocket']} out by WebSocket; "
+            f"{b_in['polling']} in, {b_out['polling']} out by polling"
+        )
+    if "http_refused" in s:
+        lines.append(f"refused at the HTTP edge: {_counts(s['http_refused'])}")
+    return lines
+
+
+def _operator_lines(s: dict[str, Any]) -> list[str]:
+    """The Admin UI and ``/metrics`` lines of a node's ``/admin/stats``."""
+    lines = []
+    if "admin_ui_watched" in s:
+        watched = s["admin_ui_watched"]
+        state = "off" if watched is None else "watched" if watched else "nobody watching"
+        sent = _counts(s.get("admin_ui_sent", {}))
+        lines.append(f"admin UI: {state}" + ("" if watched is None else f"; sent {sent}"))
+    if "metrics" in s:
+        lines.append(f"metrics: {s['metrics'] or 'off'}")
+    return lines
+
+
 def _router_bus(stats: dict[str, Any]) -> str:
     """How a router guards its bus: open, or CURVE and the handshakes it refused."""
     if "curve" not in stats:
@@ -228,7 +282,7 @@ def _router_bus(stats: dict[str, Any]) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Nodes, health, connections, rooms, message counters, router stats."""
-    return _main(args, _status, _print_status)
+    return _main(args, _status, print_status)
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:

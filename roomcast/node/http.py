@@ -156,6 +156,7 @@ class NodeHTTP:
 
     async def _admin_stats(self, request: web.Request) -> web.Response:
         s, ui = self.server.stats, self.server.admin_ui
+        metrics_settings = self.server.settings.metrics
         return web.json_response(
             {
                 "node": self.server.node_id,
@@ -195,6 +196,8 @@ class NodeHTTP:
                 # None: the Admin UI is off; else whether an admin socket is connected anywhere.
                 "admin_ui_watched": None if ui is None else ui.watched,
                 "admin_ui_sent": dict(s.admin_ui_sent),
+                # Where Prometheus scrapes this node (None: metrics are off).
+                "metrics": metrics_settings.path if metrics_settings.enabled else None,
             }
         )
 

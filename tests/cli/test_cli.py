@@ -70,6 +70,11 @@ async def test_status_and_nodes(cluster: Cluster) -> None:
     )
 
     assert "rates:" in out and "in/s" in out
+    # The node's other counters, one line per subject; this cluster has no Admin UI.
+    lines = out.splitlines()
+    for subject in ("sessions", "packets", "bytes", "refused at the HTTP edge", "recovery"):
+        assert any(line.startswith(subject + ": ") for line in lines), (subject, out)
+    assert "admin UI: off" in lines and "metrics: /metrics" in lines
 
     code, out, err = await cluster.cli("status", "--json", "--interval", "0.2")
     assert code == 0, err
