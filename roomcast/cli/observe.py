@@ -194,6 +194,14 @@ def print_status(doc: dict[str, Any]) -> None:
             f"{s.get('sessions_handed_over', 0)} handed over to other nodes, "
             f"{s.get('sessions_dropped', 0)} dropped early (max_sessions)"
         )
+    kept = s.get("kept_for_others")
+    if kept is not None:
+        print(
+            f"keeper: {kept['sessions']} sessions of other nodes kept here "
+            f"({kept['packets']} packets, {kept['bytes']} bytes); dead nodes' copies: "
+            f"{s['keeper_adopted']} adopted, {s['keeper_lost']} lost; "
+            f"{s['keeper_resyncs']} resyncs"
+        )
     for line in _operator_lines(s):
         print(line)
     bus = doc.get("cluster", {}).get("bus")

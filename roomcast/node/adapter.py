@@ -342,6 +342,11 @@ class Adapter(ABC):
     def namespace_exited(self, namespace: Namespace) -> None:
         """A socket of ``namespace`` is gone."""
 
+    def kept_for_others(self) -> dict[str, int] | None:
+        """What this node keeps of other nodes' sessions now (sessions, packets, bytes,
+        shadow: see :mod:`roomcast.node.keeper`); None for a standalone node."""
+        return None
+
     @abstractmethod
     def socket_gone(self, namespace: Namespace, sid: str) -> None:
         """The socket ``sid`` of ``namespace`` (or its ghost) is gone for good (after

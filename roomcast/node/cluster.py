@@ -189,6 +189,9 @@ class ClusterAdapter(LocalAdapter):
     def namespace_exited(self, namespace: Namespace) -> None:
         self.bus.unsubscribe(wire.namespace_topic(namespace))
 
+    def kept_for_others(self) -> dict[str, int]:
+        return self.keeping.totals()
+
     def socket_gone(self, namespace: Namespace, sid: str) -> None:
         self.handovers.sid_gone(namespace, sid)
 

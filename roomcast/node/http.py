@@ -193,6 +193,8 @@ class NodeHTTP:
                 "keeper_adopted": s.keeper_adopted,
                 "keeper_lost": s.keeper_lost,
                 "keeper_resyncs": s.keeper_resyncs,
+                # None: a standalone node (nobody to keep).
+                "kept_for_others": self.server.adapter.kept_for_others(),
                 # None: the Admin UI is off; else whether an admin socket is connected anywhere.
                 "admin_ui_watched": None if ui is None else ui.watched,
                 "admin_ui_sent": dict(s.admin_ui_sent),

@@ -42,6 +42,10 @@ STATS: dict[str, Any] = {
     "sessions_kept": 1,
     "sessions_dropped": 0,
     "sessions_handed_over": 1,
+    "keeper_adopted": 1,
+    "keeper_lost": 0,
+    "keeper_resyncs": 2,
+    "kept_for_others": {"sessions": 3, "packets": 40, "bytes": 5000, "shadow": 0},
     "admin_ui_watched": True,
     "admin_ui_sent": {"server_stats": 10, "socket_connected": 2},
     "metrics": None,
@@ -59,7 +63,7 @@ def test_every_counter_has_its_line(capsys: pytest.CaptureFixture[str]) -> None:
     recovery, the Admin UI and /metrics each get one line, reasons largest first."""
     print_status(document(STATS))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-9:] == [
+    assert lines[-10:] == [
         "sessions: 7 opened (5 websocket, 2 polling), 1 upgraded; "
         "closed: 3 transport close, 1 ping timeout",
         "socket connects: 6 to /, 2 to /chat",
@@ -71,6 +75,8 @@ def test_every_counter_has_its_line(capsys: pytest.CaptureFixture[str]) -> None:
         "1 in flight now",
         "recovery: 2 attempted, 1 recovered (4 messages replayed), refused: 1 unknown session; "
         "1 sessions kept now, 1 handed over to other nodes, 0 dropped early (max_sessions)",
+        "keeper: 3 sessions of other nodes kept here (40 packets, 5000 bytes); "
+        "dead nodes' copies: 1 adopted, 0 lost; 2 resyncs",
         "admin UI: watched; sent 10 server_stats, 2 socket_connected",
         "metrics: off",
     ]

@@ -190,6 +190,11 @@ async def test_killed_while_its_client_is_away_the_keeper_hands_the_session_over
     assert (s_keeper["keeper_adopted"], s_keeper["keeper_lost"]) == (1, 0)
     assert s_third["keeper_adopted"] == 0
     assert not s_third["recoveries_refused"] and not s_keeper["recoveries_refused"]
+    code, out, err = await cluster.cli(
+        "status", "--node", cluster.nodes[keeper].url, "--interval", "0"
+    )
+    assert code == 0, err
+    assert "dead nodes' copies: 1 adopted, 0 lost" in out
     metrics = await scrape(cluster.nodes[keeper].url + "/metrics")
     assert metrics.value("roomcast_keeper_adopted_total") == 1
     copies = (await cluster.admin(keeper, "/admin/cluster"))["cluster"]["keeping"]["kept"]
