@@ -399,6 +399,11 @@ class Bus:
         Interests are counted: the first subscribes and probes, later ones wait for that probe
         (or return at once when it already came back), the last :meth:`unsubscribe` ends it.
         """
+        await self.proved(topic, self.hold(topic, timeout))
+
+    def hold(self, topic: Topic, timeout: float) -> asyncio.Future[None] | None:
+        """Add one interest in ``topic`` now (an :meth:`unsubscribe` right after it undoes it);
+        returns what proves it live (None: nothing to wait for), for :meth:`proved`."""
         count = self._subscribed.get(topic, 0)
         self._subscribed[topic] = count + 1
         if count == 0:
@@ -409,9 +414,12 @@ class Bus:
             self._order.forget(topic)
             self.stats.subscriptions += 1
             if not self._links:
-                return  # no router known yet: ZeroMQ sends the subscription when one connects
+                return None  # no router known yet: ZeroMQ sends it when one connects
             self._live[topic] = asyncio.ensure_future(self._prove(topic, timeout))
-        task = self._live.get(topic)
+        return self._live.get(topic)
+
+    async def proved(self, topic: Topic, task: asyncio.Future[None] | None) -> None:
+        """Wait for the proof :meth:`hold` returned (TimeoutError as :meth:`subscribe`)."""
         if task is None:
             return
         try:

@@ -195,6 +195,10 @@ class LocalNamespace(Protocol):
         """Seconds a session of the namespace is kept for recovery."""
         ...
 
+    def has_pid(self, pid: str) -> bool:
+        """Whether a socket connected here has the session ``pid``."""
+        ...
+
     def recoverable(self) -> list[RecoverableSocket]:
         """This node's sockets of the namespace that recovery knows (connected and kept)."""
         ...

@@ -129,7 +129,7 @@ class ClusterAdapter(LocalAdapter):
     async def stop(self) -> None:
         if self._keeping_task is not None:
             self._keeping_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._keeping_task
         self.keeping.stop()
         self.stop_recovery()
@@ -142,7 +142,10 @@ class ClusterAdapter(LocalAdapter):
     async def _follow_keepers(self) -> None:
         """Which node keeps this one, and which kept nodes died, as the replica changes."""
         while True:
-            self.keeping.reconcile()
+            try:
+                self.keeping.reconcile()
+            except Exception:
+                log.exception("following the keepers failed")
             await asyncio.sleep(0.1)
 
     async def rooms_changed(
@@ -152,19 +155,20 @@ class ClusterAdapter(LocalAdapter):
         for room in left:
             self.bus.unsubscribe(wire.room_topic(namespace, room))
         keeping = self.keeping
-        if keeping.log.keeper is not None and self._recovers(namespace):
+        kept = keeping.log.keeper is not None and self._recovers(namespace)
+        if kept:
             keeping.unmirrored(namespace, [r for r in left if not counts.get(r)])
-            if joined:
-                # This node's keeper must hear these rooms before the join returns: what is
-                # published to them from now on survives this node (see node/keeper.py).
-                await keeping.mirror(namespace, joined, False)
         if joined:
             timeout = self.member.join_timeout
             loop = asyncio.get_running_loop()
             start = loop.time()
+            # With recovery on, this node's keeper hears these rooms too before the join
+            # returns: what is published to them from now on survives this node.
+            mirror = keeping.mirror(namespace, joined, False) if kept else None
             try:
                 await asyncio.gather(
-                    *(self.bus.subscribe(wire.room_topic(namespace, r), timeout) for r in joined)
+                    *(self.bus.subscribe(wire.room_topic(namespace, r), timeout) for r in joined),
+                    *((mirror,) if mirror is not None else ()),
                 )
             except TimeoutError:
                 # No router answered: the socket is in its rooms here and the subscription is
@@ -175,12 +179,15 @@ class ClusterAdapter(LocalAdapter):
                 self.stats.join_seconds.observe(loop.time() - start)
 
     async def namespace_entered(self, namespace: Namespace) -> None:
+        kept = self.keeping.log.keeper is not None and self._recovers(namespace)
+        mirror = self.keeping.mirror(namespace, [], True) if kept else None
         try:
-            await self.bus.subscribe(wire.namespace_topic(namespace), self.member.join_timeout)
+            await asyncio.gather(
+                self.bus.subscribe(wire.namespace_topic(namespace), self.member.join_timeout),
+                *((mirror,) if mirror is not None else ()),
+            )
         except TimeoutError:
             log.warning("socket connected to %s without a live router", namespace)
-        if self.keeping.log.keeper is not None and self._recovers(namespace):
-            await self.keeping.mirror(namespace, [], True)
 
     def _recovers(self, namespace: str) -> bool:
         ns = self.sockets.namespace(namespace)
@@ -443,6 +450,10 @@ class ClusterAdapter(LocalAdapter):
         if isinstance(request, rq.ResyncKeep):
             if by == self.keeping.log.keeper:
                 self.keeping.log.sync()
+            return rq.Answer(None)
+        if isinstance(request, rq.ReleaseSessions):
+            for pid, sid, tag in request.sessions:
+                self.let_go(pid, sid, NodeTag(tag))
             return rq.Answer(None)
         target = request.target._replace(local=True)
         if isinstance(request, rq.FetchSockets):

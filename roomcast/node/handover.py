@@ -233,6 +233,8 @@ class RemoteClaim(SessionClaim):
             self.adapter.foreign[(session.namespace, session.sid)] = self.sid_tag
             if self.sid_topic:  # the socket's now, until it is gone
                 self.adapter.sid_topics.add((session.namespace, session.sid))
+            else:
+                self.adapter.nodes_down()  # its node may have died since the claim began
         self.adapter.keeper.forget_pointer(session.pid)  # it is back here, if it was here once
         offsets = self.adapter.offsets
         first = offsets.last
@@ -486,7 +488,7 @@ class Handovers:
     ) -> rq.Reply:
         """Serve the node ``by``'s claim on a session this node keeps (or handed over), its
         taking it, or its word that it will not."""
-        keeper = await self._holder(request.pid)
+        keeper = await self._holder(request.namespace, request.pid)
         if keeper is None:
             return rq.Refused(NOT_KEPT)
         if isinstance(request, rq.TakeSession):
@@ -512,11 +514,13 @@ class Handovers:
         rooms = tuple(sorted(r for r in found.rooms if r != found.sid))
         return rq.Claimed(found.sid, rooms, found.data, found.window)
 
-    async def _holder(self, pid: str) -> Holder | None:
-        """What keeps ``pid`` here: this node (its own sessions, those handed over to it, and
-        its pointers), or its copy of the dead node that created it; None: nothing here."""
+    async def _holder(self, namespace: str, pid: str) -> Holder | None:
+        """What keeps ``pid`` here: this node (its own sessions, those handed over to it,
+        connected or kept, and its pointers), or its copy of the dead node that created it;
+        None: nothing here."""
         local = self.keeper
-        if local.keeps(pid):
+        ns = local.sockets.namespace(namespace)
+        if local.keeps(pid) or (ns is not None and ns.has_pid(pid)):
             return local
         tag = tag_of_pid(pid)
         if tag is None or tag == local.tag:
@@ -537,6 +541,8 @@ class Handovers:
         ns = session.namespace
         topics = [wire.namespace_topic(ns)]
         topics += [wire.room_topic(ns, r) for r in session.rooms if r != session.sid]
+        if keeper is not self.keeper:  # a dead node's copy: an emit to the sid comes on its topic
+            topics.append(wire.room_topic(ns, session.sid))
         try:
             # Half the request timeout: the claimant waits that long for the answer.
             wait = self.request_timeout / 2

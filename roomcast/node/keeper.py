@@ -59,6 +59,7 @@ from .adapter import LocalSockets, Spawn
 from .mirror import (
     CLEAR,
     DATA,
+    END,
     GONE,
     JOIN,
     LEAVE,
@@ -82,6 +83,9 @@ NOT_KEPT: Final = "not kept here"
 
 #: About how many bytes of packets one snapshot message carries.
 SNAPSHOT_CHUNK: Final = 1 << 20
+
+#: How many streams' last handled message a node remembers for its keeper's snapshots.
+HANDLED_STREAMS: Final = 65_536
 
 
 def keepers(tag: NodeTag, live: Iterable[NodeTag]) -> list[NodeTag]:
@@ -117,8 +121,12 @@ class KeepLog(Journal):
         self.recovering = False
         #: Told when :attr:`keeper` or :attr:`recovering` change.
         self.on_change: Callable[[], None] = lambda: None
+        #: Told when the first recoverable socket connects (the keeper is chosen then).
+        self.on_recovering: Callable[[], None] = lambda: None
         self._records: list[list[Any]] = []
         self._wm: dict[tuple[str, int, bytes], int] = {}
+        #: The last message handled per stream, for the snapshots (the most recent streams).
+        self.handled: dict[tuple[str, int, bytes], int] = {}
         self._own = 0
         self._own_sent = 0
         self._last_sent = 0
@@ -148,6 +156,7 @@ class KeepLog(Journal):
         if not self.recovering:
             self.recovering = True
             self.on_change()
+            self.on_recovering()  # a keeper now, sent everything (this socket follows)
         if self.keeper is not None:
             self._namespace(namespace)
             self._add(_session_record(namespace, sid, pid, data, membership, window, False))
@@ -203,17 +212,26 @@ class KeepLog(Journal):
         """Send what the pass recorded."""
         self._flush = None
         records, self._records = self._records, []
+        if self.keeper is not None:
+            records.extend([WM, *key, msg_id] for key, msg_id in self._wm.items())
+        self._fold_watermarks()
         if self.keeper is None:
-            self._wm.clear()
             return
-        for (origin, incarnation, topic), msg_id in self._wm.items():
-            records.append([WM, origin, incarnation, topic, msg_id])
-        self._wm.clear()
         if self._own != self._own_sent:
             self._own_sent = self._own
             records.append([OWN, self._own])
         if records or self._last_sent != self.offsets.last:
             self._send(records)
+
+    def _fold_watermarks(self) -> None:
+        """The pass's watermarks join :attr:`handled` (the most recent last)."""
+        handled = self.handled
+        for key, msg_id in self._wm.items():
+            handled.pop(key, None)
+            handled[key] = msg_id
+        self._wm.clear()
+        while len(handled) > HANDLED_STREAMS:
+            del handled[next(iter(handled))]
 
     def _send(self, records: list[list[Any]]) -> None:
         assert self.keeper is not None
@@ -246,28 +264,38 @@ class KeepLog(Journal):
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
-        self._records = []
+        self._records = []  # all in the snapshot
+        self._fold_watermarks()
         self._announced.clear()
-        self._own_sent = 0
         chunk: list[list[Any]] = [[SYNC]]
         size = 0
-        for ns in self.sockets.all():
-            history = ns.history
-            if history is None:
-                continue
-            name = ns.name
+        recoverable = [ns for ns in self.sockets.all() if ns.history is not None]
+        for ns in recoverable:  # sessions first: the keeper holds their rooms meanwhile
+            name, history = ns.name, ns.history
             self._announced.add(name)
             chunk.append([NS, name, history.max_packets, history.max_bytes, history.floor])
-            for entry in history.entries():
-                chunk.append(_packet_record(name, entry))
+            window = ns.window
+            for sid, pid, data, membership, lost in ns.recoverable():
+                chunk.append(_session_record(name, sid, pid, data, membership, window, lost))
+        for ns in recoverable:
+            for entry in ns.history.entries():
+                chunk.append(_packet_record(ns.name, entry))
                 size += entry.frames.nbytes
                 if size >= SNAPSHOT_CHUNK:
                     self._send(chunk)
                     chunk, size = [], 0
-            window = ns.window
-            for sid, pid, data, membership, lost in ns.recoverable():
-                chunk.append(_session_record(name, sid, pid, data, membership, window, lost))
+        chunk.extend([WM, *key, msg_id] for key, msg_id in self.handled.items())
+        chunk.append([OWN, self._own])
+        self._own_sent = self._own
+        chunk.append([END])
         self._send(chunk)
+
+    def stop(self) -> None:
+        """The node stops: nothing more is sent."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        self.keeper = None
 
 
 def _session_record(
@@ -353,6 +381,7 @@ class Keeping:
         #: keeper, or keeps a copy that holds topics (with recovery off everywhere, never).
         self.active = False
         self.log.on_change = self._refresh
+        self.log.on_recovering = self.reconcile
 
     def _publish(self, tag: NodeTag, keep: wire.Keep) -> None:
         self.bus.publish(wire.node_topic(tag), keep)
@@ -361,11 +390,12 @@ class Keeping:
         self.active = (self.log.keeper is not None and self.log.recovering) or self._mirroring
 
     def _update_mirroring(self) -> None:
-        self._mirroring = any(m.topics for m in self.mirrors.values())
+        self._mirroring = any(m.held for m in self.mirrors.values())
         self._refresh()
 
     def reconcile(self) -> None:
-        """Follow the live nodes: this node's keeper, and the kept nodes that died."""
+        """Follow the live nodes: this node's keeper (none while it has no recoverable
+        socket: nothing is sent), the kept nodes that died, and copies nobody needs."""
         live = {self.tag}
         for node in self.replica.alive():
             tag = self.replica.tag(node)
@@ -381,19 +411,56 @@ class Keeping:
             self.log.recovering = recovering
             self._refresh()
         order = keepers(self.tag, live)
-        self.log.switch(order[0] if order else None)
+        self.log.switch(order[0] if order and self.log.recovering else None)
+        now = asyncio.get_running_loop().time()
         for tag, mirror in list(self.mirrors.items()):
             if mirror.adopted:
+                if tag in live:
+                    self._revived(tag, mirror)
                 continue
             if tag in live:
                 self._was_live.add(tag)
+                # A copy this node is not the keeper of (a release that was lost, a ring
+                # that moved on) goes once the ring has had time to settle.
+                if keepers(tag, live)[:1] != [self.tag]:
+                    if mirror.not_mine_since is None:
+                        mirror.not_mine_since = now
+                    elif now - mirror.not_mine_since > self.down_after:
+                        mirror.close()
+                        self._drop(tag)
+                else:
+                    mirror.not_mine_since = None
             elif tag in self._was_live:
                 self._was_live.discard(tag)
                 if mirror.adopt(lambda tag=tag: self._drop(tag)):  # type: ignore[misc]
                     self.stats.keeper_adopted += 1
                 else:
                     self.stats.keeper_lost += 1
+            elif now - mirror.created > 2 * self.down_after:
+                mirror.close()  # of a node never seen live here: it died at once, or is gone
+                self._drop(tag)
         self._update_mirroring()
+
+    def _revived(self, tag: NodeTag, mirror: Mirror) -> None:
+        """A node called down, whose copy this node adopted, speaks again (it was stalled or
+        cut off): the sessions handed over meanwhile are not its any more; its copy starts
+        again from a sync."""
+        log.warning(
+            "%s is back after it was called down: %d of its sessions were handed over meanwhile",
+            mirror.node,
+            len(mirror.handed),
+        )
+        handed = list(mirror.handed)
+        mirror.discard()
+        self._drop(tag)
+        node = self.replica.node_of_tag(tag)
+        if node is not None and handed:
+
+            async def tell() -> None:
+                with contextlib.suppress(ClusterTimeoutError):
+                    await self._request({node}, rq.ReleaseSessions(tuple(handed)))
+
+            self._spawn(tell())
 
     def _handed_over(self, pid: str, sid: str, to: NodeTag, seconds: float) -> None:
         self.stats.sessions_handed_over += 1
@@ -401,12 +468,15 @@ class Keeping:
 
     def _drop(self, tag: NodeTag) -> None:
         self.mirrors.pop(tag, None)
+        self._resync_asked.pop(tag, None)
+        self._was_live.discard(tag)
         self._update_mirroring()
 
     def stop(self) -> None:
-        """The node stops: its copies go with it."""
+        """The node stops: its copies go with it, and its own stream."""
+        self.log.stop()
         for mirror in self.mirrors.values():
-            mirror.close()
+            mirror.discard()
         self.mirrors.clear()
 
     # -- bus input ---------------------------------------------------------------------------
@@ -421,7 +491,6 @@ class Keeping:
                 tag,
                 header.incarnation,
                 self.bus,
-                self._spawn,
                 self.join_timeout,
                 self.max_rooms,
                 self._handed_over,
@@ -433,7 +502,7 @@ class Keeping:
             mirror.close()
             self._drop(tag)
         elif exact:
-            if mirror.topics and not self._mirroring:
+            if mirror.held and not self._mirroring:
                 self._mirroring = True
                 self._refresh()
         else:
@@ -459,8 +528,11 @@ class Keeping:
             ns = self.sockets.namespace(msg.namespace)
             if ns is not None and ns.history is not None:
                 self.log.watermark(header.origin, header.incarnation, topic, msg.msg_id)
-        for mirror in self.mirrors.values():
+        for tag, mirror in self.mirrors.items():
             mirror.offer(topic, header.origin, header.incarnation, msg)
+            if mirror.wants_sync:
+                mirror.wants_sync = False
+                self._resync(mirror.node, tag)
 
     def published(self, topics: list[Topic], msg: wire.RoomMessage) -> None:
         """This node published ``msg`` on ``topics`` (and delivered it here first)."""

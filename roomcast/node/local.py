@@ -406,6 +406,20 @@ class LocalAdapter(Adapter):
         kept.lent = (to, after, timer)
         return kept.session
 
+    def let_go(self, pid: str, sid: str, to: NodeTag) -> None:
+        """The session ``pid`` (socket ``sid``) went to the node ``to`` while this node was
+        taken for dead: a socket still connected with it is closed, it is not kept, and this
+        node points to ``to`` for what was left of its window."""
+        for ns in self.sockets.all():
+            ns.supersede(pid)
+        kept = self._kept.get(pid)
+        left = 0.0
+        if kept is not None:
+            left = max(0.0, kept.deadline - asyncio.get_running_loop().time())
+            self.release_session(pid)
+        if left > 0:
+            self.point(pid, sid, to, left)
+
     def keeps(self, pid: str) -> bool:
         """Whether this node keeps the session ``pid``, or handed it over (a pointer)."""
         return pid in self._kept or pid in self._moved

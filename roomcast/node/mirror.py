@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -24,7 +25,6 @@ from roomcast.ids import NodeId, NodeTag
 from roomcast.protocol.frames import Frames
 
 from . import recovery
-from .adapter import Spawn
 from .recovery import Entry, History, Membership, Offsets, PersistedSession
 
 log = logging.getLogger("roomcast.keeper")
@@ -43,6 +43,11 @@ WM: Final = 10  #: [WM, origin, incarnation, topic, msg_id]: handled up to msg_i
 OWN: Final = 11  #: [OWN, msg_id]: the node's own broadcasts up to msg_id were handled
 RELEASE: Final = 12  #: [RELEASE]: another node keeps this one now
 DATA: Final = 13  #: [DATA, ns, sid, [data] or []]: its data now
+END: Final = 14  #: [END]: the state a SYNC opened is all there (the copy is exact from here)
+
+#: How many shadowed messages the node was seen to handle are remembered: a copy of one that
+#: comes later on another of its topics is not shadowed again.
+HANDLED_KEYS: Final = 65_536
 
 
 def _source(value: Any) -> tuple[str, int, int] | None:
@@ -58,6 +63,24 @@ def _strs(value: Any) -> tuple[str, ...]:
     if type(value) is not list or any(type(v) is not str for v in value):
         raise ValueError("expected a list of strings")
     return tuple(value)
+
+
+def _str(value: Any) -> str:
+    if type(value) is not str:
+        raise ValueError("expected a string")
+    return value
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int:
+        raise ValueError("expected an integer")
+    return value
+
+
+def _data(value: Any) -> list[Any]:
+    if type(value) is not list or len(value) > 1:
+        raise ValueError("bad data")
+    return value
 
 
 @dataclass
@@ -103,7 +126,6 @@ class Mirror:
         tag: NodeTag,
         incarnation: int,
         bus: Bus,
-        spawn: Spawn,
         join_timeout: float,
         max_rooms: int,
         handed_over: Callable[[str, str, NodeTag, float], None],
@@ -112,32 +134,50 @@ class Mirror:
         self.tag = tag
         self.incarnation = incarnation
         self.bus = bus
-        self._spawn = spawn
         self.join_timeout = join_timeout
         self.max_rooms = max_rooms
         self._handed_over = handed_over
+        self.created = asyncio.get_running_loop().time()
+        #: Since when the ring says another node keeps this one (None: it says this one).
+        self.not_mine_since: float | None = None
         #: The node's counter as its log last said (what a client may present).
         self.offsets = Offsets(tag)
         self.seq = 0
+        #: Exact: a SYNC and everything after it arrived, in order.
         self.synced = False
+        self._syncing = False  # between a SYNC and its END
         #: Why the copy cannot be exact (None: it can).
         self.broken: str | None = None
+        #: A new sync must be asked for (the copy broke while its node lives).
+        self.wants_sync = False
         self.adopted = False
         self.histories: dict[str, History] = {}
         self.sessions: dict[str, _Session] = {}  # by sid
         self.pids: dict[str, str] = {}  # pid -> sid
-        self.topics: set[Topic] = set()  # held on the bus, one interest each
-        self.proving = 0  # of them, those whose subscription is not proved yet
-        self.requested: set[Topic] = set()  # held at the node's request, before its log says
+        #: The sessions handed over since the node died: (pid, sid, the node they went to).
+        self.handed: list[tuple[str, str, NodeTag]] = []
+        # Topics: how many sessions want each, those the node asked for (until when), those
+        # held on the bus (one interest each, with the proof of its subscription), and those
+        # whose want changed since they were last looked at.
+        self._refs: collections.Counter[Topic] = collections.Counter()
+        self._requested: dict[Topic, float] = {}
+        self.held: dict[Topic, asyncio.Future[None] | None] = {}
+        self._dirty: set[Topic] = set()
         self.wm: dict[tuple[str, int, bytes], int] = {}
         self.own = 0
         self.shadow: dict[tuple[str, int, int], _Shadow] = {}
         self.streams: dict[tuple[str, int, bytes], collections.deque[tuple[int, Any]]] = {}
         self.shadow_bytes = 0
+        self._handled: collections.OrderedDict[tuple[str, int, int], None] = (
+            collections.OrderedDict()
+        )
         self.tail = 0  #: the last number the keeper gave after adopting
         self._seen_tail: collections.OrderedDict[tuple[str, int, int], None] = (
             collections.OrderedDict()
         )
+        self._on_empty: Callable[[], None] = lambda: None
+        self._handed_until = 0.0
+        self._forget_handed: asyncio.TimerHandle | None = None
 
     # -- the stream --------------------------------------------------------------------------
 
@@ -146,23 +186,27 @@ class Mirror:
         sync (a message was lost, or one did not make sense)."""
         records = keep.records
         syncing = bool(records) and type(records[0]) is list and records[0][:1] == [SYNC]
-        if not syncing and (not self.synced or keep.seq != self.seq + 1):
+        if not syncing and (not (self.synced or self._syncing) or keep.seq != self.seq + 1):
             if self.synced:
                 log.warning("keep stream of %s lost messages: its copy waits for a sync", self.node)
-            self.synced = False
+            self._unsync()
             self.seq = keep.seq
             return False
         self.seq = keep.seq
         try:
             for record in records:
                 self._apply(record)
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            self.offsets.last = max(self.offsets.last, _int(keep.last))
+            self.sync_topics()
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
             log.warning("bad keep record from %s: %s", self.node, exc)
-            self.synced = False
+            self._unsync()
             return False
-        self.offsets.last = max(self.offsets.last, keep.last)
-        self._resubscribe()
         return True
+
+    def _unsync(self) -> None:
+        self.synced = False
+        self._syncing = False
 
     def _apply(self, record: Any) -> None:
         if type(record) is not list or not record:
@@ -170,84 +214,110 @@ class Mirror:
         code = record[0]
         if code == PKT:
             _, ns, counter, rooms, except_rooms, except_sids, ws, source = record
-            if type(ws) is not bytes or type(counter) is not int:
+            if type(ws) is not bytes:
                 raise ValueError("bad PKT")
             entry = Entry(
-                counter,
+                _int(counter),
                 _strs(rooms),
                 _strs(except_rooms),
                 _strs(except_sids),
                 Frames.from_ws(ws),
                 _source(source),
             )
-            self.histories[ns].record(entry)
+            self.histories[_str(ns)].record(entry)
         elif code == WM:
             _, origin, incarnation, topic, msg_id = record
-            key = (origin, incarnation, topic)
-            if msg_id > self.wm.get(key, 0):
+            if type(topic) is not bytes:
+                raise ValueError("bad WM")
+            key = (_str(origin), _int(incarnation), topic)
+            if _int(msg_id) > self.wm.get(key, 0):
                 self.wm[key] = msg_id
             self._prune(key, msg_id)
         elif code == OWN:
-            self.own = max(self.own, record[1])
-            for key in [k for k in self.streams if k[0] == self.node and k[1] == self.incarnation]:
+            self.own = max(self.own, _int(record[1]))
+            mine = [k for k in self.streams if k[0] == self.node and k[1] == self.incarnation]
+            for key in mine:
                 self._prune(key, self.own)
         elif code in (JOIN, LEAVE):
             _, ns, sid, room, at, data = record
-            session = self.sessions.get(sid)
-            if session is None or type(at) is not int or type(room) is not str:
+            session = self.sessions.get(_str(sid))
+            if session is None:
                 return
+            room, at = _str(room), _int(at)
+            joined = session.membership.joined
+            topic = wire.room_topic(session.namespace, room)
             if code == JOIN:
+                if room not in joined:
+                    self._want(topic, 1)
                 session.membership.join(room, at)
-                self.requested.discard(wire.room_topic(ns, room))
             else:
+                if room in joined and room != sid:
+                    self._want(topic, -1)
                 session.membership.leave(room, at)
-            session.data = data if type(data) is list else []
+            session.data = _data(data)
         elif code == SESS:
             _, ns, sid, pid, data, first, window, joined, left, floor, lost = record
-            membership = Membership(sid, first, self.max_rooms)
-            membership.joined = {str(room): int(at) for room, at in joined}
-            membership.left.extend((str(r), int(s), int(u)) for r, s, u in left)
-            membership.floor = int(floor)
-            session = _Session(ns, sid, pid, data, float(window), membership)
+            ns, sid, pid = _str(ns), _str(sid), _str(pid)
+            if type(window) not in (int, float) or not math.isfinite(window) or window < 0:
+                raise ValueError("bad window")
+            if type(lost) is not bool or type(joined) is not list or type(left) is not list:
+                raise ValueError("bad SESS")
+            membership = Membership(sid, _int(first), self.max_rooms)
+            membership.joined = {_str(room): _int(at) for room, at in joined}
+            membership.left.extend((_str(r), _int(s), _int(u)) for r, s, u in left)
+            membership.floor = _int(floor)
+            session = _Session(ns, sid, pid, _data(data), float(window), membership)
             if lost:
                 session.lost_at = asyncio.get_running_loop().time()
             self._forget(sid)
             self.sessions[sid] = session
             self.pids[pid] = sid
+            self._count(session, 1)
         elif code in (LOST, DATA):
             _, _, sid, data = record
-            session = self.sessions.get(sid)
+            session = self.sessions.get(_str(sid))
             if session is not None:
-                session.data = data if type(data) is list else []
+                session.data = _data(data)
                 if code == LOST:
                     session.lost_at = asyncio.get_running_loop().time()
         elif code == GONE:
-            self._forget(record[2])
+            self._forget(_str(record[2]))
         elif code == NS:
             _, ns, max_packets, max_bytes, floor = record
-            history = self.histories.get(ns)
+            history = self.histories.get(_str(ns))
             if history is None:
-                history = self.histories[ns] = History(int(max_packets), int(max_bytes))
-            history.floor = max(history.floor, int(floor))
+                history = self.histories[ns] = History(_int(max_packets), _int(max_bytes))
+            history.floor = max(history.floor, _int(floor))
         elif code == CLEAR:
-            history = self.histories.get(record[1])
+            history = self.histories.get(_str(record[1]))
             if history is not None:
                 history.clear()
         elif code == SYNC:
             self._reset()
+        elif code == END:
+            if not self._syncing:
+                raise ValueError("END without SYNC")
+            self._syncing = False
+            self.synced = True
         elif code == RELEASE:
-            self.synced = False
+            self._unsync()
             self.broken = "released"
         else:
             raise ValueError(f"unknown record {code!r}")
 
     def _reset(self) -> None:
-        self.synced = True
+        """A SYNC: the node's whole state follows (the shadow stays: the snapshot's
+        watermarks prune it)."""
+        self.synced = False
+        self._syncing = True
         self.broken = None
+        self.wants_sync = False
         self.histories.clear()
         for sid in list(self.sessions):
             self._forget(sid)
-        self.requested.clear()
+        for topic in self._requested:
+            self._dirty.add(topic)
+        self._requested.clear()
         self.wm.clear()
         self.own = 0
 
@@ -261,78 +331,110 @@ class Mirror:
             session.timer.cancel()
         if session.lent is not None:
             session.lent[2].cancel()
+        self._count(session, -1)
 
-    # -- the rooms it holds --------------------------------------------------------------------
+    # -- the topics it holds -----------------------------------------------------------------
 
-    def wanted(self) -> set[Topic]:
-        """The topics the kept node's sessions need: their rooms and namespaces, and once
-        the node is dead, their sids' own (an emit to the sid of a dead node's socket goes
-        on that topic)."""
-        topics = set(self.requested)
-        adopted = self.adopted
-        for session in self.sessions.values():
-            ns = session.namespace
-            topics.add(wire.namespace_topic(ns))
-            for room in session.rooms():
-                topics.add(wire.room_topic(ns, room))
-            if adopted:
-                topics.add(wire.room_topic(ns, session.sid))
-        return topics
+    def _count(self, session: _Session, delta: int) -> None:
+        """A session's topics: its namespace's, its rooms', and once the node is dead its
+        sid's own (an emit to the sid of a dead node's socket goes on that topic)."""
+        ns = session.namespace
+        self._want(wire.namespace_topic(ns), delta)
+        for room in session.rooms():
+            self._want(wire.room_topic(ns, room), delta)
+        if self.adopted:
+            self._want(wire.room_topic(ns, session.sid), delta)
 
-    def _resubscribe(self) -> None:
-        wanted = self.wanted()
-        for topic in self.topics - wanted:
-            self.bus.unsubscribe(topic)
-        for topic in wanted - self.topics:
-            self._spawn(self._subscribe(topic))
-        self.topics = wanted
+    def _want(self, topic: Topic, delta: int) -> None:
+        count = self._refs[topic] + delta
+        if count > 0:
+            self._refs[topic] = count
+        else:
+            del self._refs[topic]
+        self._dirty.add(topic)
 
-    async def _subscribe(self, topic: Topic) -> None:
-        self.proving += 1
-        try:
-            await self.bus.subscribe(topic, self.join_timeout)
-        except TimeoutError:
-            log.warning("a topic kept for %s was not proved live", self.node)
-        finally:
-            self.proving -= 1
+    def wanted(self, topic: Topic) -> bool:
+        """Whether the copy needs ``topic`` now."""
+        return topic in self._refs or topic in self._requested
+
+    def sync_topics(self) -> None:
+        """Hold what is wanted, let go of what is not (not while a snapshot is arriving: a
+        session of it may still come). Each interest is taken at once (a release that
+        follows cannot come first)."""
+        now = asyncio.get_running_loop().time()
+        for topic, until in list(self._requested.items()):
+            if until <= now:
+                del self._requested[topic]
+                self._dirty.add(topic)
+        if self._syncing:
+            for topic in self._dirty:
+                if topic not in self.held and self.wanted(topic):
+                    self.held[topic] = self.bus.hold(topic, self.join_timeout)
+            return
+        dirty, self._dirty = self._dirty, set()
+        for topic in dirty:
+            wanted = self.wanted(topic)
+            if wanted and topic not in self.held:
+                self.held[topic] = self.bus.hold(topic, self.join_timeout)
+            elif not wanted and topic in self.held:
+                del self.held[topic]
+                self.bus.unsubscribe(topic)
+                self._drop_shadow(topic)
+
+    @property
+    def proving(self) -> int:
+        """Held topics whose subscription is not proved yet."""
+        return sum(1 for f in self.held.values() if f is not None and not f.done())
 
     async def hold(self, namespace: str, rooms: Iterable[str], namespace_wide: bool) -> None:
         """Subscribe to ``rooms`` (and the namespace) for the node, proved: its sockets are
-        joining them."""
+        joining them (its log will say so; until then, for at most twice the join timeout,
+        the request holds them)."""
         topics = [wire.room_topic(namespace, r) for r in rooms]
         if namespace_wide:
             topics.append(wire.namespace_topic(namespace))
-        fresh = []
+        until = asyncio.get_running_loop().time() + 2 * self.join_timeout
         for topic in topics:
-            self.requested.add(topic)
-            if topic not in self.topics:
-                self.topics.add(topic)
-                fresh.append(topic)
-        try:
-            await asyncio.gather(*(self.bus.subscribe(t, self.join_timeout) for t in fresh))
-            # Those held already may still be proving: wait for it (an interest taken and
-            # given back at once).
-            held = [t for t in topics if t not in fresh]
-            await asyncio.gather(*(self.bus.subscribe(t, self.join_timeout) for t in held))
-            for topic in held:
-                self.bus.unsubscribe(topic)
-        except TimeoutError:
+            if topic not in self._refs:
+                self._requested[topic] = until
+                self._dirty.add(topic)
+        self.sync_topics()
+        waits = [self.bus.proved(t, self.held.get(t)) for t in topics if t in self.held]
+        results = await asyncio.gather(*waits, return_exceptions=True)
+        if any(isinstance(r, BaseException) for r in results):
             log.warning("rooms kept for %s were not proved live", self.node)
 
     def close(self) -> None:
-        """Let everything go."""
-        for topic in self.topics:
+        """Let everything go (what was handed over is still remembered)."""
+        for topic in self.held:
             self.bus.unsubscribe(topic)
-        self.topics.clear()
+        self.held.clear()
         for sid in list(self.sessions):
             self._forget(sid)
+        self._refs.clear()
+        self._requested.clear()
+        self._dirty.clear()
+        self.shadow.clear()
+        self.streams.clear()
+        self.shadow_bytes = 0
+        self.histories.clear()
+        self._seen_tail.clear()
+        self._handled.clear()
+
+    def discard(self) -> None:
+        """Let everything go, what was handed over too."""
+        self.close()
+        self.handed.clear()
+        if self._forget_handed is not None:
+            self._forget_handed.cancel()
+            self._forget_handed = None
 
     # -- what the node has not handled yet ---------------------------------------------------
 
     def offer(self, topic: bytes, origin: str, incarnation: int, msg: wire.RoomMessage) -> None:
         """A message came on ``topic``: shadowed if the node may not have handled it, or, once
         the node is dead, kept in its history."""
-        if topic not in self.topics or msg.volatile:
+        if topic not in self.held or msg.volatile:
             return
         key = (origin, incarnation, msg.msg_id)
         if self.adopted:
@@ -340,9 +442,11 @@ class Mirror:
                 key, msg.namespace, msg.rooms, msg.except_rooms, msg.except_sids, msg.ws
             )
             return
+        if self.broken is not None:
+            return
         stream = (origin, incarnation, topic)
-        if msg.msg_id <= self.wm.get(stream, 0):
-            return  # handled already (its watermark came first)
+        if msg.msg_id <= self.wm.get(stream, 0) or key in self._handled:
+            return  # handled already (its watermark came first, or it came on another topic)
         if origin == self.node and incarnation == self.incarnation and msg.msg_id <= self.own:
             return
         shadow = self.shadow.get(key)
@@ -355,8 +459,9 @@ class Mirror:
             if history is not None and (
                 len(self.shadow) > history.max_packets or self.shadow_bytes > history.max_bytes
             ):
-                log.warning("%s is too far behind its keeper: its copy cannot be exact", self.node)
+                log.warning("%s is too far behind its keeper: its copy waits for a sync", self.node)
                 self.broken = "shadow overflow"
+                self.wants_sync = True
                 self.shadow.clear()
                 self.streams.clear()
                 self.shadow_bytes = 0
@@ -368,13 +473,29 @@ class Mirror:
         queue = self.streams.get(stream)
         if queue is None:
             return
+        handled = self._handled
         while queue and queue[0][0] <= upto:
             _, key = queue.popleft()
             shadow = self.shadow.pop(key, None)
             if shadow is not None:
                 self.shadow_bytes -= len(shadow.ws)
+                handled[key] = None
+                if len(handled) > HANDLED_KEYS:
+                    handled.popitem(last=False)
         if not queue:
             del self.streams[stream]
+
+    def _drop_shadow(self, topic: Topic) -> None:
+        """``topic`` is let go: what was shadowed only for it goes too."""
+        for stream in [s for s in self.streams if s[2] == topic]:
+            for _, key in self.streams.pop(stream):
+                shadow = self.shadow.get(key)
+                if shadow is None:
+                    continue
+                shadow.topics.discard(topic)
+                if not shadow.topics:
+                    del self.shadow[key]
+                    self.shadow_bytes -= len(shadow.ws)
 
     def _keep_tail(
         self,
@@ -389,7 +510,7 @@ class Mirror:
         if history is None or key in self._seen_tail:
             return
         self._seen_tail[key] = None
-        if len(self._seen_tail) > 65_536:
+        if len(self._seen_tail) > HANDLED_KEYS:
             self._seen_tail.popitem(last=False)
         self.tail += 1
         numbered = Frames.from_ws(ws).with_offset(self.offsets.text(self.tail))
@@ -413,6 +534,10 @@ class Mirror:
             on_empty()
             return False
         self.tail = self.offsets.last
+        # What the history has (a packet the node wrote, whose watermark died with it) is
+        # not the tail.
+        logged = {e.source for h in self.histories.values() for e in h.entries() if e.source}
+        self._seen_tail.update(dict.fromkeys(logged))
         for key, shadow in self.shadow.items():
             self._keep_tail(
                 key,
@@ -424,12 +549,14 @@ class Mirror:
             )
         self.shadow.clear()
         self.streams.clear()
+        self.shadow_bytes = 0
         loop = asyncio.get_running_loop()
         now = loop.time()
         for session in self.sessions.values():
             session.deadline = (session.lost_at or now) + session.window
             session.timer = loop.call_at(session.deadline, self._expire, session.sid)
-        self._resubscribe()  # the sids' own topics too, now
+            self._want(wire.room_topic(session.namespace, session.sid), 1)
+        self.sync_topics()
         log.info("%s died: %d of its sessions kept here", self.node, len(self.sessions))
         self._check_empty()
         return True
@@ -442,13 +569,27 @@ class Mirror:
 
     def _release(self, sid: str) -> None:
         self._forget(sid)
-        self._resubscribe()
+        self.sync_topics()
         self._check_empty()
 
     def _check_empty(self) -> None:
-        if self.adopted and not self.sessions:
-            self.close()
+        """Once every session went: the copy is let go, but what was handed over is
+        remembered for the rest of its windows (the node may be back: it was only taken for
+        dead)."""
+        if not self.adopted or self.sessions:
+            return
+        self.close()
+        loop = asyncio.get_running_loop()
+        left = self._handed_until - loop.time()
+        if left <= 0 or not self.handed:
+            self.handed.clear()
             self._on_empty()
+        elif self._forget_handed is None:
+            self._forget_handed = loop.call_later(left, self._check_handed)
+
+    def _check_handed(self) -> None:
+        self._forget_handed = None
+        self._check_empty()
 
     # -- handing its sessions over (the holder's side of a handover) ---------------------------
 
@@ -532,11 +673,16 @@ class Mirror:
             delivered = max(self.tail, self.offsets.last)
             persisted = self._persisted(session, 0.0)
             entries = recovery.missed_entries(history, persisted, delivered, after)
-        finally:
+        except RecoveryRefusedError:
             self._release(session.sid)
+            raise
+        # Remembered (before the copy may empty: if the node was only taken for dead, it is
+        # told), and this keeper's node points to the new one for the rest of the window, as
+        # for a session of its own.
+        self.handed.append((pid, session.sid, to))
+        self._handed_until = max(self._handed_until, session.deadline)
+        self._release(session.sid)
         left = max(0.0, session.deadline - asyncio.get_running_loop().time())
-        # The keeper's node points to the new one for the rest of the window, as for a
-        # session of its own (and forwards what still comes to it for the sid).
         self._handed_over(pid, session.sid, to, left)
         return entries
 
@@ -551,6 +697,6 @@ class Mirror:
             "packets": sum(len(h) for h in self.histories.values()),
             "bytes": sum(h.nbytes for h in self.histories.values()),
             "shadow": len(self.shadow),
-            "topics": len(self.topics),
+            "topics": len(self.held),
             "proving": self.proving,
         }

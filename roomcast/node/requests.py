@@ -42,6 +42,7 @@ class Kind(enum.IntEnum):
     DROP_CLAIM = 9
     MIRROR_ROOMS = 10
     RESYNC_KEEP = 11
+    RELEASE_SESSIONS = 12
 
 
 class ReplyKind(enum.IntEnum):
@@ -153,6 +154,14 @@ class MirrorRooms:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleaseSessions:
+    """The requester, keeper of this node, handed these sessions over while it took this node
+    for dead: this node lets them go and points to where each went (pid, sid, node tag)."""
+
+    sessions: tuple[tuple[str, str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ResyncKeep:
     """The requester keeps a copy of this node's sessions and lost part of its keep stream:
     send it everything again."""
@@ -170,6 +179,7 @@ Request = (
     | DropClaim
     | MirrorRooms
     | ResyncKeep
+    | ReleaseSessions
 )
 
 #: Where a handed-over packet came in on the bus (origin, incarnation, message id); None for
@@ -306,6 +316,8 @@ def encode_request(request: Request) -> tuple[Kind, list[Any]]:
         return Kind.MIRROR_ROOMS, [request.namespace, list(request.rooms), request.namespace_wide]
     if isinstance(request, ResyncKeep):
         return Kind.RESYNC_KEEP, []
+    if isinstance(request, ReleaseSessions):
+        return Kind.RELEASE_SESSIONS, [[list(s) for s in request.sessions]]
     return Kind.BROADCAST_WITH_ACK, [
         _target_out(request.target),
         request.event,
@@ -362,6 +374,17 @@ def decode_request(kind: int, fields: Any) -> Request:
             if fields:
                 raise RequestError("bad RESYNC_KEEP fields")
             return ResyncKeep()
+        if k is Kind.RELEASE_SESSIONS:
+            (sessions,) = fields
+            if type(sessions) is not list:
+                raise RequestError("bad sessions")
+            out = []
+            for item in sessions:
+                pid, sid, tag = item
+                if type(tag) is not bytes:
+                    raise RequestError("bad tag")
+                out.append((_str(pid), _str(sid), tag))
+            return ReleaseSessions(tuple(out))
         target, event, args, timeout = fields
         if type(args) is not list or type(timeout) not in (int, float) or timeout < 0:
             raise RequestError("bad ack broadcast")

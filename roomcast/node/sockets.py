@@ -162,6 +162,10 @@ class Namespace(Broadcasts):
         """Seconds a session of the namespace is kept for recovery."""
         return self._recovery.max_disconnection_ms / 1000
 
+    def has_pid(self, pid: str) -> bool:
+        """Whether a socket connected here has the session ``pid``."""
+        return pid in self._pids
+
     def recoverable(self) -> list[RecoverableSocket]:
         """The sockets recovery knows here: connected ones with a pid, and ghosts."""
         return [

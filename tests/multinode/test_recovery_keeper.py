@@ -12,6 +12,7 @@ the client gets a fresh session (``old node gone``). Every wait is on an event.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -117,13 +118,17 @@ async def recovered_on(cluster: Cluster, client: JsClient, nth: int, node: str) 
         raise AssertionError(f"{exc}; refused: {why}") from None
 
 
-async def dead_to_all(cluster: Cluster, node: str, keeper: str) -> None:
+async def dead_to_all(
+    cluster: Cluster, node: str, keeper: str, exclude: list[str] | None = None
+) -> None:
     """Until every live node calls ``node`` down, and its keeper adopted its copy, every
     subscription of it proved (an emit to one of its sockets' sids goes on the sid's topic
     from then on, and the keeper holds it)."""
 
     async def check() -> bool:
         for name in cluster.alive_nodes():
+            if name in (exclude or []):
+                continue  # stopped: it answers nothing
             doc = await cluster.admin(name, "/admin/cluster")
             if any(n["node"] == node and n["status"] != "down" for n in doc["cluster"]["nodes"]):
                 return False
@@ -198,8 +203,10 @@ async def test_killed_while_its_client_is_away_the_keeper_hands_the_session_over
     metrics = await scrape(cluster.nodes[keeper].url + "/metrics")
     assert metrics.value("roomcast_keeper_adopted_total") == 1
     copies = (await cluster.admin(keeper, "/admin/cluster"))["cluster"]["keeping"]["kept"]
-    # Handed over: n2's copy is let go (the keeper points to where its session went).
-    assert all(c["node"] != "n2" for c in copies.values())
+    # Handed over: n2's copy holds nothing more (the keeper points to where its session
+    # went, and remembers it in case n2 was only taken for dead).
+    n2_copy = [c for c in copies.values() if c["node"] == "n2"]
+    assert [(c["sessions"], c["packets"], c["topics"]) for c in n2_copy] in ([], [(0, 0, 0)])
     # What it keeps now is the third node's (a and b are there).
     assert metrics.value("roomcast_keeper_sessions") == sum(c["sessions"] for c in copies.values())
 
@@ -327,3 +334,51 @@ async def test_a_node_restarted_at_once_after_kill_9_its_clients_recover_through
     await got(a, "live")
     assert values(a) == [1, 2, "live"]
     assert (await stats(cluster, keeper))["keeper_adopted"] == 1
+
+
+async def test_a_node_taken_for_dead_that_comes_back_lets_its_handed_over_sessions_go(
+    cluster: Cluster, js: Driver
+) -> None:
+    """n2 stalls (SIGSTOP) past the time the others take to call it down: its keeper adopts
+    its copy and a's session goes to the third node. n2 resumes: its keeper tells it the
+    session went, and n2 points there; a later outage recovers through n2's pointer, with no
+    message twice."""
+    room = unique("r")
+    a = js.connect("a", cluster.nodes["n2"].url, "websocket", namespace="/any")
+    await a.connected()
+    await a.call("join", room)
+    keeper = await keeper_of(cluster, "n2", 1)
+    (third,) = others(cluster, "n2", keeper)
+    b = js.connect("b", cluster.nodes[third].url, "websocket", namespace="/any")
+    await b.connected()
+    a.cut()
+    await a.disconnected(0)
+    await kept(cluster, "n2", 1)
+    proc = cluster.nodes["n2"].proc.process
+    assert proc is not None
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        await publish(b, room, 1)
+        await dead_to_all(cluster, "n2", keeper, exclude=["n2"])
+        await recovered_on(cluster, a, 1, third)
+        await got(a, 1)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+    async def back() -> bool:
+        for name in cluster.alive_nodes():
+            doc = await cluster.admin(name, "/admin/cluster")
+            if any(n["node"] == "n2" and n["status"] != "alive" for n in doc["cluster"]["nodes"]):
+                return False
+        return bool((await stats(cluster, "n2"))["sessions_kept"] == 0)
+
+    await wait_until(back, what="n2 back, its handed-over session let go")
+    a.cut()
+    await a.disconnected(1)
+    await kept(cluster, third, 1)
+    await publish(b, room, 2)
+    await recovered_on(cluster, a, 2, keeper)  # asks n2 (the pid's node), which points on
+    await got(a, 2)
+    await publish(b, room, "live")
+    await got(a, "live")
+    assert values(a) == [1, 2, "live"]

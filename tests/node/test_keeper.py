@@ -38,7 +38,13 @@ class FakeBus:
         self.interest: dict[bytes, int] = {}
 
     async def subscribe(self, topic: bytes, timeout: float) -> None:
+        self.hold(topic, timeout)
+
+    def hold(self, topic: bytes, timeout: float) -> None:
         self.interest[topic] = self.interest.get(topic, 0) + 1
+
+    async def proved(self, topic: bytes, task: Any) -> None:
+        pass
 
     def unsubscribe(self, topic: bytes) -> None:
         count = self.interest.get(topic, 0)
@@ -134,7 +140,6 @@ def mirror(bus: FakeBus | None = None) -> Mirror:
         TAG,
         1,
         bus or FakeBus(),  # type: ignore[arg-type]
-        lambda coro: asyncio.ensure_future(coro),
         1.0,
         100,
         lambda pid, sid, to, _seconds: POINTED.__setitem__(pid, (sid, to)),
@@ -418,3 +423,117 @@ async def test_a_record_that_makes_no_sense_asks_for_a_sync_and_crashes_nothing(
         for keep in node.flush():
             assert copy.receive(keep)
         assert copy.synced
+
+
+async def test_a_room_the_node_asked_for_is_let_go_when_its_log_says_it_left() -> None:
+    """The node's request for a room (before its JOIN arrives) and the JOIN itself hold one
+    subscription; when the socket leaves, the keeper lets the room go."""
+    node, copy, bus = await synced_pair()
+    sid, _, membership = node.connect()
+    for keep in node.flush():
+        copy.receive(keep)
+    topic = wire.room_topic(NS, "red")
+    node.join(sid, membership, "red")
+    (keep,) = node.flush()
+    assert copy.receive(keep)  # the JOIN arrives before the request is served
+    await copy.hold(NS, ["red"], False)
+    assert bus.interest[topic] == 1
+    membership.leave("red", node.offsets.last)
+    node.log.left(NS, sid, "red", node.offsets.last, None)
+    for keep in node.flush():
+        assert copy.receive(keep)
+    assert topic not in bus.interest
+    assert topic not in copy.held
+
+
+async def test_a_message_on_two_topics_handled_through_one_is_not_shadowed_again() -> None:
+    """A broadcast to two rooms comes to the keeper on both topics; the node's watermark on
+    the first prunes it; the copy that comes later on the second is not shadowed again (it
+    would be replayed a second time)."""
+    node, copy, _ = await synced_pair()
+    sid, pid, membership = node.connect()
+    node.join(sid, membership, "red")
+    node.join(sid, membership, "blue")
+    for keep in node.flush():
+        copy.receive(keep)
+    red, blue = wire.room_topic(NS, "red"), wire.room_topic(NS, "blue")
+    both = wire.RoomMessage(1, NS, ("red", "blue"), (), (), False, frames('2["both"]').ws)
+    copy.offer(red, "n3", 1, both)
+    node.write(("red", "blue"), '2["both"]', ("n3", 1, 1))
+    node.log.watermark("n3", 1, red, 1)
+    for keep in node.flush():
+        copy.receive(keep)
+    copy.offer(blue, "n3", 1, both)
+    assert not copy.shadow
+    copy.adopt(lambda: None)
+    copy.lend_session(NS, pid, None, CLAIMANT, 5.0)
+    assert texts(copy.hand_over(NS, pid, CLAIMANT), copy.offsets) == ['2["both"]']
+
+
+async def test_a_sync_brings_the_nodes_watermarks() -> None:
+    """The copy lost part of the stream and its shadow kept filling with messages the node
+    handled meanwhile; the sync carries the node's watermarks, so they are not replayed."""
+    node, copy, _ = await synced_pair()
+    sid, pid, membership = node.connect()
+    node.join(sid, membership, "red")
+    for keep in node.flush():
+        copy.receive(keep)
+    red = wire.room_topic(NS, "red")
+    copy.offer(red, "n3", 1, room_message(1, "red", '2["m1"]'))
+    node.write(("red",), '2["m1"]', ("n3", 1, 1))
+    node.log.watermark("n3", 1, red, 1)
+    assert node.flush()  # lost on the way
+    node.log.sync()
+    for keep in node.flush():
+        assert copy.receive(keep)
+    assert copy.synced and not copy.shadow
+    copy.adopt(lambda: None)
+    copy.lend_session(NS, pid, None, CLAIMANT, 5.0)
+    assert texts(copy.hand_over(NS, pid, CLAIMANT), copy.offsets) == ['2["m1"]']
+
+
+async def test_an_overflowing_shadow_asks_for_a_sync_and_recovers_with_it() -> None:
+    node, copy, _ = await synced_pair(max_packets=2)
+    sid, _, membership = node.connect()
+    node.join(sid, membership, "red")
+    for keep in node.flush():
+        copy.receive(keep)
+    red = wire.room_topic(NS, "red")
+    for i in range(1, 4):
+        copy.offer(red, "n3", 1, room_message(i, "red", f'2["m{i}"]'))
+    assert copy.broken == "shadow overflow" and copy.wants_sync
+    node.log.watermark("n3", 1, red, 3)
+    node.log.sync()
+    for keep in node.flush():
+        assert copy.receive(keep)
+    assert copy.synced and copy.broken is None and not copy.shadow
+
+
+async def test_a_snapshot_in_several_messages_lets_no_room_go_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A snapshot bigger than a message: the copy is exact only at its END, and holds the
+    rooms of its sessions from its first message on."""
+    monkeypatch.setattr("roomcast.node.keeper.SNAPSHOT_CHUNK", 10)
+    node, bus = Node(), FakeBus()
+    sid, _, membership = node.connect()
+    node.join(sid, membership, "red")
+    for i in range(5):
+        node.write(("red",), f'2["m{i}"]')
+    copy = mirror(bus)
+    node.log.switch(KEEPER)
+    keeps = node.flush()
+    assert len(keeps) > 2
+    for keep in keeps[:-1]:
+        assert copy.receive(keep)
+        assert not copy.synced
+        assert wire.room_topic(NS, "red") in bus.interest
+    assert copy.receive(keeps[-1])
+    assert copy.synced and len(copy.histories[NS]) == 5
+
+
+async def test_a_session_record_of_the_wrong_shape_raises_nothing() -> None:
+    _, copy, _ = await synced_pair()
+    bad = [3, 7, "sid", "pid", [], 0, 120.0, [], [], 0, False]  # a namespace that is no string
+    assert not copy.receive(wire.Keep(copy.seq + 1, 0, [bad]))
+    assert not copy.synced
