@@ -137,11 +137,19 @@ class Driver:
         return next(self._refs)
 
     async def wait_for(
-        self, predicate: Callable[[Event], bool], what: str, timeout: float = 5.0, nth: int = 0
+        self,
+        predicate: Callable[[Event], bool],
+        what: str,
+        timeout: float = 5.0,
+        nth: int = 0,
+        since: int = 0,
     ) -> Event:
-        """The first report (from the start) matching ``predicate``, waiting for it if needed;
-        with ``nth``, the one after ``nth`` earlier matches.
+        """The first report (from the start, or from ``events[since]``) matching ``predicate``,
+        waiting for it if needed; with ``nth``, the one after ``nth`` earlier matches.
 
+        ``since`` is for tests with many reports: the answer to a command cannot come before
+        the command was sent, so its wait need not read what came before (each report read
+        wakes every waiter, which reads again from its start).
         A driver error or exit fails at once instead of waiting for the timeout.
         """
 
@@ -149,7 +157,7 @@ class Driver:
 
         def find() -> bool:
             seen = 0
-            for event in self.events:
+            for event in itertools.islice(self.events, since, None):
                 if event["type"] == "error":
                     raise AssertionError(f"driver error: {event['message']}")
                 if predicate(event):
@@ -282,9 +290,10 @@ class JsClient:
     async def call(self, event: str, *args: Any) -> list[Any]:
         """Emit with an ack and return the ack's arguments."""
         ref = self.driver.ref()
+        since = len(self.driver.events)
         self.driver.send(cmd="emit", id=self.id, event=event, args=list(args), ref=ref)
         ack = await self.driver.wait_for(
-            self.mine("ack", lambda e: e["ref"] == ref), f"{self.id} ack of {event}"
+            self.mine("ack", lambda e: e["ref"] == ref), f"{self.id} ack of {event}", since=since
         )
         assert ack["error"] is None, ack
         return list(ack["args"])
