@@ -10,7 +10,10 @@ drops a log line rather than wait for a full pipe, so a pipe would lose lines), 
 answers, and stops it at the end (SIGTERM, then SIGKILL). Clients use ``lb.url``; ``await
 lb.request_counts()`` reads how many requests each backend was sent, from HAProxy's own
 statistics (served on a second port, so that nothing on ``lb.url`` is intercepted and the
-readiness probe never reaches, nor shifts, the backends).
+readiness probe never reaches, nor shifts, the backends). ``await lb.replace_backend(old,
+new)`` points the server that balanced ``old`` at ``new`` from then on, through HAProxy's
+runtime API (its admin socket, in a short temporary directory), as a rolling deploy that replaces
+a node by a new one at another address would.
 
 What makes the distribution per request, and WebSocket work (see :func:`render_config`):
 
@@ -52,12 +55,14 @@ missing HAProxy fails the tests instead of skipping them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
 import os
 import shutil
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,16 +125,22 @@ def server_address(url: str) -> str:
 
 
 def render_config(
-    servers: dict[str, str], port: int, stats_port: int, balance: Balance = "roundrobin"
+    servers: dict[str, str],
+    port: int,
+    stats_port: int,
+    balance: Balance = "roundrobin",
+    admin_socket: Path | None = None,
 ) -> str:
-    """The text of ``haproxy.cfg``: ``servers`` maps server names to their ``address:port``."""
+    """The text of ``haproxy.cfg``: ``servers`` maps server names to their ``address:port``;
+    ``admin_socket``: where HAProxy serves its runtime API (a Unix socket)."""
     server_lines = "".join(f"    server {name} {addr}\n" for name, addr in servers.items())
+    admin = f"    stats socket {admin_socket} mode 600 level admin\n" if admin_socket else ""
     return f"""\
 global
     nbthread 2
     maxconn 2000
     log stdout format raw daemon
-
+{admin}
 defaults
     mode http
     log global
@@ -196,6 +207,39 @@ class Balancer:
     access_log: Path
     #: HAProxy's server names, by backend URL.
     servers: dict[str, str] = field(default_factory=dict)
+    #: HAProxy's runtime API (``stats socket ... level admin``); None: not served.
+    admin_socket: Path | None = None
+
+    async def command(self, line: str) -> str:
+        """Run one command of HAProxy's runtime API and return its answer (HAProxy answers a
+        connection's one command, then closes it)."""
+        assert self.admin_socket is not None, "this balancer serves no runtime API"
+        reader, writer = await asyncio.open_unix_connection(str(self.admin_socket))
+        try:
+            writer.write(line.encode() + b"\n")
+            await writer.drain()
+            async with asyncio.timeout(TIMEOUT):
+                answer = await reader.read()
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        return answer.decode()
+
+    async def replace_backend(self, old: str, new: str) -> None:
+        """Send what went to the backend ``old`` (a base URL) to ``new`` from now on: the same
+        HAProxy server, at another address. Connections already open (a WebSocket's tunnel)
+        stay where they are."""
+        if old not in self.servers or new in self.servers:
+            raise ValueError(f"replace {old!r} (one of {self.backends}) by a new backend {new!r}")
+        name = self.servers[old]
+        host, _, port = server_address(new).rpartition(":")
+        answer = await self.command(f"set server nodes/{name} addr {host.strip('[]')} port {port}")
+        if "changed" not in answer:
+            raise AssertionError(f"haproxy did not move {name} to {new}: {answer!r}")
+        del self.servers[old]
+        self.servers[new] = name
+        self.backends[self.backends.index(old)] = new
 
     async def stats(self) -> list[dict[str, str]]:
         """HAProxy's ``show stat`` rows (frontends, servers, backend) as dicts keyed by the
@@ -247,13 +291,23 @@ async def balancer(
         raise RuntimeError(
             "haproxy is not installed: `make test` installs it (apt-get install haproxy)"
         )
-    with _hold_port() as held, _hold_port() as stats_held:
+    with (
+        _hold_port() as held,
+        _hold_port() as stats_held,
+        tempfile.TemporaryDirectory(prefix="haproxy-") as short_dir,
+    ):
         port: int = held.getsockname()[1]
         stats_port: int = stats_held.getsockname()[1]
         config_path = tmp_path / f"{name}.cfg"
+        # A Unix socket's path is at most 107 bytes: a test's tmp_path can be longer.
+        admin_socket = Path(short_dir) / f"{name}.sock"
         config_path.write_text(
             render_config(
-                {servers[url]: addresses[url] for url in backends}, port, stats_port, balance
+                {servers[url]: addresses[url] for url in backends},
+                port,
+                stats_port,
+                balance,
+                admin_socket,
             )
         )
         access_log = tmp_path / f"{name}-access.log"
@@ -270,6 +324,7 @@ async def balancer(
             proc=proc,
             access_log=access_log,
             servers=servers,
+            admin_socket=admin_socket,
         )
         try:
             await proc.start()
