@@ -22,7 +22,8 @@ origin, the old node's packets come first and the copies are dropped, so nothing
 reordered. After the handover the old node points to the new one for the rest of the window
 (a later claim is sent there) and forwards broadcasts to the socket's sid, which are routed
 to it by the sid's tag (except to the socket if it is in another room they name: it gets
-them through that room).
+them through that room). A node that has left takes its pointers with it: a claim on a pid
+whose node is gone asks every live node, and the one that keeps the session claims it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from roomcast.protocol.frames import Frames
 from . import recovery
 from . import requests as rq
 from .adapter import SessionClaim, Spawn
-from .keeper import NOT_KEPT, Keeping, keepers
+from .keeper import NOT_KEPT, Keeping
 from .local import LocalAdapter
 from .recovery import Entry, History, Membership, Offsets, PersistedSession
 
@@ -131,6 +132,18 @@ def forwards(
         return {}
     others = [r for r in rooms if r not in moved]
     return {tag: (mine, others) for tag, mine in sids.items()}
+
+
+def _rank(reply: rq.Reply) -> int:
+    """Which of several nodes' replies to a claim counts: the keeper's claim first, then a
+    pointer, then a refusal by a node that kept the session; last, the nodes that did not."""
+    if isinstance(reply, rq.Claimed):
+        return 0
+    if isinstance(reply, rq.Moved):
+        return 1
+    if isinstance(reply, rq.Refused) and reply.reason not in (NOT_KEPT, recovery.UNKNOWN_SESSION):
+        return 2
+    return 3
 
 
 def known_reason(reason: str) -> str:
@@ -375,23 +388,31 @@ class Handovers:
         return True
 
     async def _ask_keepers(self, tag: NodeTag, request: rq.ClaimSession) -> tuple[NodeId, rq.Reply]:
-        """The node ``tag`` is down: ask the nodes that may keep its sessions, its keeper on
-        the ring first (``old node gone`` when none does). Asked again for as long as the
-        replica may take to know every node (this node may have just started: the client of
-        a node that was killed and started again comes back to it)."""
+        """The node ``tag`` is gone (dead, or drained and left: its pointers went with it):
+        ask every live node at once, this one included. The one that keeps the session claims
+        it: the dead node's keeper, from its copy, or the node a session was handed over to
+        before its first node left (the others answer that they do not keep it); ``old node
+        gone`` when none does. Asked again for as long as the replica may take to know every
+        node (this node may have just started: the client of a node that was killed and
+        started again comes back to it)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.keeping.down_after
         while True:
-            live: dict[NodeTag, NodeId] = {self.keeper.tag: self.keeper.node_id}
-            for node in self.replica.alive():
-                node_tag = self.replica.tag(node)
-                if node_tag is not None:
-                    live[node_tag] = node
-            for keeper in keepers(tag, live)[:MAX_HOPS]:
-                node = live[keeper]
-                reply = await self.ask_node(node, request)
-                if not (isinstance(reply, rq.Refused) and reply.reason == NOT_KEPT):
-                    return node, reply
+            nodes = [self.keeper.node_id, *self.replica.alive()]
+            results = await asyncio.gather(
+                *(self.ask_node(n, request) for n in nodes), return_exceptions=True
+            )
+            replies = [
+                (n, r)
+                for n, r in zip(nodes, results, strict=True)
+                if not isinstance(r, BaseException)
+            ]
+            replies.sort(key=lambda item: _rank(item[1]))
+            if replies and _rank(replies[0][1]) < 3:
+                for node, reply in replies[1:]:
+                    if isinstance(reply, rq.Claimed):  # a stale copy too: it keeps it
+                        self.tell_node(node, rq.DropClaim(request.namespace, request.pid))
+                return replies[0]
             if loop.time() >= deadline:
                 raise RecoveryRefusedError(recovery.OLD_NODE_GONE)
             await asyncio.sleep(0.2)
