@@ -3,7 +3,8 @@ cluster of two, scaled out to more nodes, and how fast they take connections; an
 roomcast's forwarding costs behind a load balancer with no affinity.
 
     python -m bench [--scenario single,cluster,scaleout,connect,balancer]
-                    [--servers roomcast,roomcast-nometrics,roomcast-curve,node,python-socketio]
+                    [--servers roomcast,roomcast-nometrics,roomcast-curve,roomcast-recovery,
+                               node,python-socketio]
                     [--clients 1000] [--rooms 100] [--duration 10] [--modes max,rate]
                     [--rate 30] [--window 8] [--workers 1] [--repeat 1] [--profile DIR]
                     [--nodes 2] [--spread 0] [--joins 200]
@@ -19,11 +20,22 @@ server) records the latency from the message's send timestamp. Five scenarios (a
 
 * ``single``: one server process (roomcast, Node socket.io@4, python-socketio), and roomcast
   with ``metrics.enabled = false`` (roomcast-nometrics: the table then says what metrics cost
-  on the hot path, CPU per delivery with and without).
+  on the hot path, CPU per delivery with and without), and roomcast with connection state
+  recovery on (roomcast-recovery: ``recovery.enabled = true``, the same fan-out; the table
+  then says what recovery costs per delivery, on / off as a ratio). For roomcast and
+  roomcast-recovery the bench also reads the process's VmRSS (once its CPU settled) with the
+  clients joined, after the phases (recovery on: its history is full by then, 10,000 packets
+  at most), and after every client dropped its connection without a Socket.IO DISCONNECT
+  (recovery on: every session kept), with ``sessions_kept`` from ``/admin/stats`` and, after
+  the phases, the packets its history keeps and their frames' bytes (the server process
+  prints them on SIGUSR1: roomcast exposes no such figure); the *RECOVERY MEMORY* table prints
+  them and the differences between on and off.
 * ``cluster``: ``--nodes`` (2) server processes and what connects them. roomcast: the nodes and
   1 router (``python -m roomcast router`` / ``node``, with a cluster.toml of free ports written
   to a temporary directory); roomcast-curve: the same with CURVE on the bus (keys made for the
-  run; the table then says what authentication and encryption cost); node: socket.io@4
+  run; the table then says what authentication and encryption cost); roomcast-recovery: the
+  same with connection state recovery on (its cost per delivery beside the open bus's);
+  node: socket.io@4
   processes (bench/js/cluster-server.mjs) with the
   official Redis adapter and a Debian ``redis-server`` (installed with apt-get when missing).
   Every room has members on ``--spread`` nodes (0: all; with 2 nodes the clients of a room
@@ -107,6 +119,7 @@ from bench.report import (
     print_balancer,
     print_connects,
     print_joins,
+    print_memory,
     print_scaleout,
     print_table,
 )
@@ -133,10 +146,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--servers",
-        default="roomcast,roomcast-nometrics,roomcast-curve,node,python-socketio",
+        default="roomcast,roomcast-nometrics,roomcast-curve,roomcast-recovery,node,python-socketio",
         help="servers to run (cluster and scaleout run roomcast and node only; roomcast-curve, "
         "roomcast with CURVE on its bus, runs in the cluster scenario only; roomcast-nometrics, "
-        "roomcast with metrics off, in the single scenario only)",
+        "roomcast with metrics off, in the single scenario only; roomcast-recovery, roomcast "
+        "with connection state recovery on, in the single and cluster scenarios)",
     )
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--rooms", type=int, default=100)
@@ -295,6 +309,7 @@ def raise_fd_limit() -> None:
 def print_report(args: argparse.Namespace, results: Results) -> None:
     """Every table of what was measured, the scale-out figure beside its table."""
     print_table(args, results.rows)
+    print_memory(args, results.memory)
     print_joins(args, results.joins)
     print_scaleout(args, results.rows)
     if any(row.scenario == "scaleout" for row in results.rows):

@@ -2,7 +2,8 @@
 write-syscall figures of the server processes read from /proc meanwhile (a load balancer's CPU
 apart); in a cluster also the bytes each node received from its bus (bench/traffic.py) and
 join latencies; behind a load balancer the requests the nodes forwarded to each other; in the
-connect scenario the connection rate and the server's memory per connection.
+connect scenario the connection rate and the server's memory per connection; in the single
+scenario, roomcast's memory with recovery off and on (its history, its kept sessions).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +33,7 @@ from bench.report import (
     SCALEOUT_COLUMNS,
     ConnectRow,
     JoinSample,
+    MemoryRow,
     Results,
     Row,
     format_cpu_parts,
@@ -128,6 +132,53 @@ def wait_idle(pid: int, timeout: float = 5.0) -> None:
         last = now
 
 
+#: The servers of the single scenario whose memory is read at each step (recovery off, on).
+MEMORY_SERVERS = ("roomcast", "roomcast-recovery")
+
+
+def settled_rss(pid: int) -> int | None:
+    """A process's VmRSS (KB) once it has stopped using CPU (at most 5 s)."""
+    wait_idle(pid)
+    return rss_kb(pid)
+
+
+def recovery_held(pid: int, log: Path, timeout: float = 5.0) -> dict[str, int] | None:
+    """What recovery holds in the roomcast process ``pid`` (bench/roomcast_server.py), from the
+    line it prints in ``log`` on SIGUSR1; None if no line came in ``timeout`` seconds."""
+
+    def lines() -> list[str]:
+        try:
+            return [line for line in log.read_text().splitlines() if '{"recovery"' in line]
+        except OSError:
+            return []
+
+    before = len(lines())
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = lines()
+        if len(found) > before:
+            held: dict[str, int] = json.loads(found[-1])["recovery"]
+            return held
+        time.sleep(0.05)
+    return None
+
+
+def clients_gone(port: int, timeout: float = 30.0) -> dict[str, Any] | None:
+    """A roomcast node's ``/admin/stats`` once it has no connection nor socket left (None:
+    not in ``timeout`` seconds, or it did not answer)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            doc: dict[str, Any] = get_json(f"http://{HOST}:{port}/admin/stats")
+        except (OSError, ValueError):
+            return None
+        if doc.get("connections") == 0 and doc.get("sockets") == 0:
+            return doc
+        time.sleep(0.1)
+    return None
+
+
 def _sum_or_none(values: list[float | None]) -> float | None:
     return None if any(v is None for v in values) else sum(v for v in values if v is not None)
 
@@ -167,6 +218,7 @@ class Workers:
         ctx = multiprocessing.get_context("spawn")
         self.procs: list[BaseProcess] = []
         self.conns: list[Connection] = []
+        self.closed = False
         for cfg in configs:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=target, args=(child, cfg), daemon=True)
@@ -193,6 +245,11 @@ class Workers:
             conn.send(message)
 
     def close(self) -> None:
+        """Tell every worker to close its clients and quit, and wait (a second call does
+        nothing)."""
+        if self.closed:
+            return
+        self.closed = True
         for conn in self.conns:
             with contextlib.suppress(OSError):
                 conn.send(("quit", None))
@@ -397,7 +454,9 @@ def bench_fanout(
         args = copy.copy(args)
         args.spread = 2
     cluster = scenario == "cluster"
+    memory = scenario == "single" and name in MEMORY_SERVERS
     with deploy(scenario, name, log_dir, nodes) as deployment:
+        pid = deployment.procs[name].pid if memory else 0
         label = server_label(scenario, name, nodes if scenario == "scaleout" else 0)
         began = time.monotonic()
         workers = Workers(fanout_configs(args, deployment.ports, cluster and args.joins > 0))
@@ -415,6 +474,7 @@ def bench_fanout(
                 f"{probe:.2f}s{note}",
                 file=sys.stderr,
             )
+            joined_kb = settled_rss(pid) if memory else None
             joins = results.joins if cluster and args.joins > 0 else None
             if joins is not None:
                 sample = idle_joins(args, name, workers)
@@ -437,8 +497,52 @@ def bench_fanout(
                     print(f"    server CPU: {format_cpu_parts(row)}", file=sys.stderr, flush=True)
                 results.rows.append(row)
                 time.sleep(0.5)
+            if memory:
+                log = log_dir / f"{name}.log"
+                port = deployment.ports[0]
+                results.memory.append(memory_after(args, name, pid, port, log, joined_kb, workers))
         finally:
             workers.close()
+
+
+def memory_after(
+    args: argparse.Namespace,
+    name: str,
+    pid: int,
+    port: int,
+    log: Path,
+    joined_kb: int | None,
+    workers: Workers,
+) -> MemoryRow:
+    """The server's memory after the phases, then once every client dropped its connection
+    (the workers close their WebSockets without a Socket.IO DISCONNECT: a lost connection,
+    whose session recovery keeps); and what its history holds after the phases."""
+    traffic_kb = settled_rss(pid)
+    held = recovery_held(pid, log)
+    workers.close()
+    doc = clients_gone(port)
+    if doc is None:
+        print(f"  [{name}: its clients did not all leave in 30 s]", file=sys.stderr)
+    gone_kb = settled_rss(pid)
+    kept = None if doc is None else int(doc.get("sessions_kept", 0))
+    row = MemoryRow(
+        name,
+        args.clients,
+        joined_kb,
+        traffic_kb,
+        gone_kb,
+        kept,
+        None if held is None else held["history_packets"],
+        None if held is None else held["history_bytes"],
+    )
+    print(
+        f"  memory (VmRSS): {joined_kb} KB joined, {traffic_kb} KB after the phases "
+        f"(history: {row.history_packets} packets, {row.history_bytes} bytes of frames), "
+        f"{gone_kb} KB with the clients gone, {kept} sessions kept",
+        file=sys.stderr,
+        flush=True,
+    )
+    return row
 
 
 def bench_connect(args: argparse.Namespace, name: str, log_dir: Path, results: Results) -> None:

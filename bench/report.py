@@ -18,6 +18,8 @@ LABELS = {
     ("cluster", "roomcast"): "roomcast 2+rtr",
     ("cluster", "roomcast-curve"): "roomcast CURVE",
     ("single", "roomcast-nometrics"): "roomcast no-metr",
+    ("single", "roomcast-recovery"): "roomcast recov",
+    ("cluster", "roomcast-recovery"): "roomcast recov",
     ("cluster", "node"): "node 2+redis",
     ("balancer", "poll-pinned"): "polling pinned",
     ("balancer", "poll-balanced"): "polling balanced",
@@ -265,12 +267,14 @@ def print_table(args: argparse.Namespace, rows: list[Row]) -> None:
         if scenario == "single":
             print(
                 "SINGLE: one server process (roomcast no-metr = roomcast with "
-                "metrics.enabled = false)."
+                "metrics.enabled = false; roomcast recov = roomcast\nwith connection state "
+                "recovery on)."
             )
         else:
             print(
                 "CLUSTER: 2 nodes. roomcast 2+rtr = 2 roomcast nodes + 1 router (ZeroMQ); "
                 "roomcast CURVE = the same with\nits bus authenticated and encrypted (CURVE); "
+                "roomcast recov = the same with connection state recovery on;\n"
                 "node 2+redis = 2 Node socket.io@4 processes +\n@socket.io/redis-adapter + "
                 f"redis-server. Each room has {members - half} members on one node and {half} "
                 "on the other (publisher on\neither, half the rooms each); 'rem' = deliveries "
@@ -290,6 +294,7 @@ def print_table(args: argparse.Namespace, rows: list[Row]) -> None:
             print_curve_cost(summary)
         else:
             print_metrics_cost(summary)
+        print_recovery_cost(summary)
     print()
     print(
         "max: closed loop, --window messages in flight per room; rate: open loop, --rate per room."
@@ -301,15 +306,17 @@ def print_table(args: argparse.Namespace, rows: list[Row]) -> None:
     print("system calls per delivered message (below 1: frames to one client were coalesced).")
 
 
-def variant_cost(base: Row, variant: Row) -> str:
+def variant_cost(base: Row, variant: Row, as_ratio: bool = False) -> str:
     """What a variant of a server cost in one phase against the base of the same run (CURVE
-    against an open bus, metrics on against off): CPU per delivery and latency."""
+    against an open bus, metrics on against off): CPU per delivery (as a change, or
+    ``as_ratio``: variant / base) and latency."""
     parts = []
     if base.cpu_us_per_delivery and variant.cpu_us_per_delivery:
         ratio = variant.cpu_us_per_delivery / base.cpu_us_per_delivery
+        change = f"{ratio:.2f}x" if as_ratio else f"{(ratio - 1) * 100:+.1f}%"
         parts.append(
             f"CPU µs/deliv {_num(base.cpu_us_per_delivery)} -> "
-            f"{_num(variant.cpu_us_per_delivery)} ({(ratio - 1) * 100:+.1f}%)"
+            f"{_num(variant.cpu_us_per_delivery)} ({change})"
         )
     parts.append(f"deliv/s {_int(base.delivered_per_s)} -> {_int(variant.delivered_per_s)}")
     parts.append(
@@ -335,6 +342,125 @@ def print_metrics_cost(summary: list[Row]) -> None:
         off, on = rows.get(("roomcast-nometrics", mode)), rows.get(("roomcast", mode))
         if off is not None and on is not None:
             print(f"  metrics off -> on, {mode}: {variant_cost(off, on)}")
+
+
+def print_recovery_cost(summary: list[Row]) -> None:
+    """One line per phase comparing roomcast with connection state recovery off (the
+    default) and on, in the same run."""
+    rows = {(row.server, row.mode): row for row in summary}
+    for mode in ("max", "rate"):
+        off, on = rows.get(("roomcast", mode)), rows.get(("roomcast-recovery", mode))
+        if off is not None and on is not None:
+            print(f"  recovery off -> on, {mode}: {variant_cost(off, on, as_ratio=True)}")
+
+
+# -- what recovery holds in memory (single scenario) ------------------------------------------
+
+
+@dataclass
+class MemoryRow:
+    """A roomcast process's memory (VmRSS, KB, each read once its CPU settled) with the
+    single scenario's clients: connected and joined, after the phases, and after every client
+    dropped its connection (with recovery on, each one's session is then kept)."""
+
+    server: str
+    clients: int
+    joined_kb: int | None
+    traffic_kb: int | None
+    gone_kb: int | None
+    #: Sessions kept (``/admin/stats``) once the clients were gone; None: not read.
+    sessions_kept: int | None
+    #: After the phases: the packets the history keeps, and their frames' bytes (what
+    #: ``recovery.max_bytes`` bounds), as the process reports them; None: not read.
+    history_packets: int | None = None
+    history_bytes: int | None = None
+
+
+def _bytes_mb(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:,.1f}"
+
+
+MEMORY_COLUMNS: tuple[Column[MemoryRow], ...] = (
+    Column("server", 15, lambda r: server_label("single", r.server), left=True),
+    Column("clients", 7, lambda r: str(r.clients)),
+    Column("joined MB", 9, lambda r: _mb(r.joined_kb)),
+    Column("after phases MB", 15, lambda r: _mb(r.traffic_kb)),
+    Column("history packets", 15, lambda r: _int(r.history_packets)),
+    Column("frames MB", 9, lambda r: _bytes_mb(r.history_bytes)),
+    Column("clients gone MB", 15, lambda r: _mb(r.gone_kb)),
+    Column("sessions kept", 13, lambda r: _int(r.sessions_kept)),
+)
+
+
+def summarize_memory(rows: list[MemoryRow]) -> list[MemoryRow]:
+    """One row per server: the median of each figure over the repeats."""
+    groups: dict[str, list[MemoryRow]] = {}
+    for row in rows:
+        groups.setdefault(row.server, []).append(row)
+    return [
+        MemoryRow(
+            server,
+            group[0].clients,
+            _median_int([r.joined_kb for r in group]),
+            _median_int([r.traffic_kb for r in group]),
+            _median_int([r.gone_kb for r in group]),
+            _median_int([r.sessions_kept for r in group]),
+            _median_int([r.history_packets for r in group]),
+            _median_int([r.history_bytes for r in group]),
+        )
+        for server, group in groups.items()
+    ]
+
+
+def _delta_kb(on: int | None, off: int | None) -> int | None:
+    return None if on is None or off is None else on - off
+
+
+def _signed_mb(kb: float | None) -> str:
+    return "-" if kb is None else f"{kb / 1024:+,.1f} MB"
+
+
+def print_memory(args: argparse.Namespace, rows: list[MemoryRow]) -> None:
+    """What connection state recovery holds in memory: the RSS of roomcast with recovery off
+    and on at each point of the single scenario, and the differences."""
+    if not rows:
+        return
+    summary = summarize_memory(rows)
+    print()
+    print(
+        f"RECOVERY MEMORY (single scenario, one roomcast process): VmRSS with {args.clients} "
+        "clients connected and joined,\nafter the phases (recovery on: the node's history, "
+        "at most recovery.max_packets = 10,000 packets or\nmax_bytes = 16 MiB per namespace), "
+        "and after every client dropped its connection (recovery on: each\nsession kept for "
+        "max_disconnection_ms). Each read once the process's CPU settled"
+        + (f"; median of {args.repeat} runs" if args.repeat > 1 else "")
+        + "."
+    )
+    print_rows(MEMORY_COLUMNS, summary)
+    by_server = {row.server: row for row in summary}
+    off, on = by_server.get("roomcast"), by_server.get("roomcast-recovery")
+    if off is None or on is None:
+        return
+    joined = _delta_kb(on.joined_kb, off.joined_kb)
+    traffic = _delta_kb(on.traffic_kb, off.traffic_kb)
+    gone = _delta_kb(on.gone_kb, off.gone_kb)
+    history = None if traffic is None or joined is None else traffic - joined
+    sessions = None if gone is None or traffic is None else gone - traffic
+    kept = on.sessions_kept or 0
+    each = f": {sessions * 1024 / kept:,.0f} bytes each" if sessions is not None and kept else ""
+    packets = on.history_packets or 0
+    per_packet = (
+        f": {history * 1024 / packets:,.0f} bytes per packet kept" if history and packets else ""
+    )
+    print(
+        f"  recovery off -> on: {_signed_mb(joined)} joined, {_signed_mb(traffic)} after the "
+        f"phases, {_signed_mb(gone)} with the clients gone;\n  the history "
+        f"{_signed_mb(history)} (after the phases, less joined{per_packet}), the {kept:,} "
+        f"sessions kept\n  {_signed_mb(sessions)} (clients gone, less after the phases{each}). "
+        "RSS rarely shrinks (freed memory stays with\n  the process): these are what the "
+        "process grew by, and noisy; compare them within one run. frames MB: the\n  bytes of "
+        "the kept packets' frames, which recovery.max_bytes bounds (the process's own count)."
+    )
 
 
 # -- the scale-out scenario -------------------------------------------------------------------
@@ -656,3 +782,4 @@ class Results:
     rows: list[Row] = field(default_factory=list)  #: fan-out phases, every scenario
     joins: list[JoinSample] = field(default_factory=list)  #: the cluster scenario
     connects: list[ConnectRow] = field(default_factory=list)  #: the connect scenario
+    memory: list[MemoryRow] = field(default_factory=list)  #: the single scenario, roomcast

@@ -6,7 +6,9 @@ bench/sio_server.py; ``cluster`` and ``scaleout`` run a roomcast router and N no
 cluster.toml written for them), or a redis-server and N bench/js/cluster-server.mjs; in the
 ``cluster`` scenario, ``roomcast-curve`` is the roomcast cluster with CURVE on its bus (keys
 made for the run); in the ``single`` scenario, ``roomcast-nometrics`` is the roomcast node with
-``metrics.enabled = false``. :func:`deploy` picks one and yields its :class:`Deployment`.
+``metrics.enabled = false``; in both, ``roomcast-recovery`` is roomcast with connection state
+recovery on (``[recovery] enabled = true``). :func:`deploy` picks one and yields its
+:class:`Deployment`.
 """
 
 from __future__ import annotations
@@ -39,14 +41,21 @@ SINGLE_SERVERS: dict[str, Callable[[int], list[str]]] = {
         sys.executable,
         *("-m", "bench.roomcast_server", "--port", str(port), "--no-metrics"),
     ],
+    # The same with connection state recovery on: what numbering and keeping packets cost.
+    "roomcast-recovery": lambda port: [
+        sys.executable,
+        *("-m", "bench.roomcast_server", "--port", str(port), "--recovery"),
+    ],
     "node": lambda port: ["node", str(JS_DIR / "server.mjs"), "--port", str(port)],
     "python-socketio": lambda port: [sys.executable, "-m", "bench.sio_server", "--port", str(port)],
 }
-CLUSTER_SERVERS = ("roomcast", "roomcast-curve", "node")
+CLUSTER_SERVERS = ("roomcast", "roomcast-curve", "roomcast-recovery", "node")
 #: Servers run in the cluster scenario only (not in scaleout, to keep its run time).
-CLUSTER_ONLY = ("roomcast-curve",)
+CLUSTER_ONLY = ("roomcast-curve", "roomcast-recovery")
 #: Servers run in the single scenario only (not in connect).
-SINGLE_ONLY = ("roomcast-nometrics",)
+SINGLE_ONLY = ("roomcast-nometrics", "roomcast-recovery")
+#: The roomcast servers of the single scenario: one Python process, with /admin/stats.
+ROOMCAST_SINGLE = ("roomcast", "roomcast-nometrics", "roomcast-recovery")
 
 
 def _die_with_parent() -> None:
@@ -178,7 +187,7 @@ class Deployment:
 def single_server(name: str, log_dir: Path) -> Iterator[Deployment]:
     port = free_port()
     with started(name, SINGLE_SERVERS[name](port), log_dir, lambda: port_open(port)) as proc:
-        python = (name,) if name in ("roomcast", "roomcast-nometrics", "python-socketio") else ()
+        python = (name,) if name in (*ROOMCAST_SINGLE, "python-socketio") else ()
         yield Deployment((port,), {name: proc}, python)
 
 
@@ -242,12 +251,16 @@ http = "http://{HOST}:{http}"
 
 
 @contextlib.contextmanager
-def roomcast_cluster(log_dir: Path, nodes: int = 2, curve: bool = False) -> Iterator[Deployment]:
+def roomcast_cluster(
+    log_dir: Path, nodes: int = 2, curve: bool = False, recovery: bool = False
+) -> Iterator[Deployment]:
     """``python -m roomcast router`` and ``nodes`` ``... node`` processes (``curve``: with
-    CURVE on their bus)."""
+    CURVE on their bus; ``recovery``: with connection state recovery on)."""
     xsub, xpub, http, *node_ports = free_ports(3 + nodes)
     config = log_dir / "cluster.toml"
     extra = curve_keys(log_dir, nodes) if curve else ("", "")
+    if recovery:
+        extra = (extra[0], extra[1] + "\n[recovery]\nenabled = true\n")
     roomcast_config(config, xsub, xpub, http, node_ports, extra)
     base = [sys.executable, "-m", "roomcast", "--config", str(config), "--log-level", "warning"]
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -339,6 +352,8 @@ def deploy(
     """The servers of ``name`` in ``scenario`` (``nodes`` edge nodes in a cluster)."""
     if scenario in ("single", "connect"):
         return single_server(name, log_dir)
-    if name in ("roomcast", "roomcast-curve"):
-        return roomcast_cluster(log_dir, nodes, curve=name == "roomcast-curve")
+    if name in ("roomcast", "roomcast-curve", "roomcast-recovery"):
+        return roomcast_cluster(
+            log_dir, nodes, curve=name == "roomcast-curve", recovery=name == "roomcast-recovery"
+        )
     return node_redis_cluster(log_dir, nodes)
