@@ -7,8 +7,8 @@ once and in order, each numbered by the node it is on now, then live traffic; an
 behind HAProxy round-robin, at every reconnection; on a third node, through the first node's
 pointer.
 The same when its old node drains (``roomcast drain``: the node keeps its sessions until their
-clients came back elsewhere, then exits). A killed node's sessions are
-``test_recovery_keeper.py``'s. Every wait is on an event.
+clients came back elsewhere, then exits), and again once that node has left. A killed node's
+sessions are ``test_recovery_keeper.py``'s. Every wait is on an event.
 """
 
 from __future__ import annotations
@@ -261,3 +261,44 @@ async def test_a_third_node_follows_the_old_nodes_pointer(tmp_path: Path, js: Dr
         assert values(a) == [0, 1, "live"]
         handed = [(await stats(cluster, n))["sessions_handed_over"] for n in ("n1", "n2", "n3")]
         assert handed == [1, 0, 1]
+
+
+async def test_a_session_whose_first_node_has_left_recovers_where_it_went(
+    tmp_path: Path, js: Driver
+) -> None:
+    """Created on n1, which drains (its client recovers on n2) and exits; the client then
+    loses its connection to n2 and comes back to n3: n3 cannot ask n1 (gone, with its
+    pointer), so it asks every live node, and n2 hands the session over; nothing lost."""
+    async with running_cluster(tmp_path, "n1", "n2", "n3", extra_config=CONFIG) as cluster:
+        urls = {name: node.url for name, node in cluster.nodes.items()}
+        room = unique("r")
+        a = js.connect("a", urls["n1"], "websocket", namespace="/any")
+        b = js.connect("b", urls["n3"], "websocket", namespace="/any")
+        await a.connected()
+        await b.connected()
+        await a.call("join", room)
+        await cluster.wait_room(room, {"n1": 1}, namespace="/any")
+
+        code, _, err = await cluster.cli("drain", "n1", "--window", "0.1")
+        assert code == 0, err
+        await a.disconnected(0)
+        await kept(cluster, "n1", 1)
+        await publish_to(cluster, "n1", b, room, 1)
+        await recover(a, 1, url=urls["n2"])
+        await got(a, 1)
+        assert await cluster.nodes["n1"].proc.wait() == 0
+        await cluster.converged(["n2", "n3"])
+
+        a.cut()
+        await a.disconnected(1)
+        await kept(cluster, "n2", 1)
+        await publish_to(cluster, "n2", b, room, 2)
+        await recover(a, 2, url=urls["n3"])
+        await got(a, 2)
+        await publish(b, room, "live")
+        await got(a, "live")
+        assert values(a) == [1, 2, "live"]
+        s2, s3 = await stats(cluster, "n2"), await stats(cluster, "n3")
+        assert (s2["sessions_handed_over"], s3["recoveries_succeeded"]) == (1, 1)
+        assert not s3["recoveries_refused"]
+        assert s2["sessions_kept"] == s3["sessions_kept"] == 0
