@@ -335,18 +335,25 @@ class Handovers:
         tag = self.keeper.moved_to(pid) or tag_of_pid(pid)
         request = rq.ClaimSession(namespace, pid, offset)
         for _ in range(MAX_HOPS):
-            if tag is None or tag == self.keeper.tag:
+            if tag is None:
                 raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
-            node = self.replica.node_of_tag(tag)
-            if node is None:
-                node, reply = await self._ask_keepers(tag, request)
+            node = self.replica.node_of_tag(tag) if tag != self.keeper.tag else None
+            if tag == self.keeper.tag:
+                # Created here, not here now, and this node forgot where it went (its pointer
+                # lasts the window it had here): the node that has it says so.
+                node, reply = await self._ask_keepers(request, gone=False)
+            elif node is None:
+                node, reply = await self._ask_keepers(request, gone=True)
             else:
                 try:
                     reply = await self.ask_node(node, request)
                 except RecoveryRefusedError:
                     if not await self._went_down(node):
                         raise
-                    node, reply = await self._ask_keepers(tag, request)
+                    node, reply = await self._ask_keepers(request, gone=True)
+                else:
+                    if isinstance(reply, rq.Refused) and reply.reason == recovery.UNKNOWN_SESSION:
+                        node, reply = await self._ask_keepers(request, gone=False)
             if not isinstance(reply, rq.Moved):
                 break
             tag = NodeTag(reply.tag)
@@ -387,16 +394,17 @@ class Handovers:
             await asyncio.sleep(0.05)
         return True
 
-    async def _ask_keepers(self, tag: NodeTag, request: rq.ClaimSession) -> tuple[NodeId, rq.Reply]:
-        """The node ``tag`` is gone (dead, or drained and left: its pointers went with it):
-        ask every live node at once, this one included. The one that keeps the session claims
-        it: the dead node's keeper, from its copy, or the node a session was handed over to
-        before its first node left (the others answer that they do not keep it); ``old node
-        gone`` when none does. Asked again for as long as the replica may take to know every
-        node (this node may have just started: the client of a node that was killed and
-        started again comes back to it)."""
+    async def _ask_keepers(self, request: rq.ClaimSession, gone: bool) -> tuple[NodeId, rq.Reply]:
+        """The node the pid names does not know the session: it is ``gone`` (dead, or drained
+        and left: its pointers went with it), or it forgot where the session went. Ask every
+        live node at once, this one included: the one that keeps the session claims it (the
+        dead node's keeper, from its copy, or the node it was handed over to) and the others
+        say they do not keep it; ``old node gone`` (``unknown session`` for a node that lives)
+        when none does. For a gone node, asked again for as long as the replica may take to
+        know every node (this node may have just started: the client of a node that was
+        killed and started again comes back to it)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.keeping.down_after
+        deadline = loop.time() + (self.keeping.down_after if gone else 0.0)
         while True:
             nodes = [self.keeper.node_id, *self.replica.alive()]
             results = await asyncio.gather(
@@ -414,7 +422,8 @@ class Handovers:
                         self.tell_node(node, rq.DropClaim(request.namespace, request.pid))
                 return replies[0]
             if loop.time() >= deadline:
-                raise RecoveryRefusedError(recovery.OLD_NODE_GONE)
+                reason = recovery.OLD_NODE_GONE if gone else recovery.UNKNOWN_SESSION
+                raise RecoveryRefusedError(reason)
             await asyncio.sleep(0.2)
 
     async def ask_node(self, node: NodeId, request: rq.Request) -> rq.Reply:

@@ -343,16 +343,17 @@ class LocalAdapter(Adapter):
     async def restore_session(self, namespace: str, pid: Any, offset: Any) -> SessionClaim:
         kept = self._kept_here(namespace, pid)
         if kept is None:
-            tag = tag_of_pid(pid) if isinstance(pid, str) else None
-            if tag is not None and (tag != self.tag or pid in self._moved):
+            if isinstance(pid, str) and tag_of_pid(pid) is not None:
                 return await self.restore_elsewhere(namespace, pid, offset)
             raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
         after = self._claim_kept(kept, namespace, offset)
         return _LocalClaim(self, kept, after)
 
     async def restore_elsewhere(self, namespace: str, pid: str, offset: Any) -> SessionClaim:
-        """Claim ``pid``, a session another node keeps (its tag names that node, or this node
-        handed it over): a standalone node has none to ask."""
+        """Claim ``pid``, a session this node does not keep: another node's (its tag names
+        it), or one this node handed over, or forgot: a standalone node has none to ask."""
+        if tag_of_pid(pid) == self.tag and pid not in self._moved:
+            raise RecoveryRefusedError(recovery.UNKNOWN_SESSION)
         raise RecoveryRefusedError(recovery.OTHER_NODE)
 
     def _kept_here(self, namespace: str, pid: Any) -> _Kept | None:
