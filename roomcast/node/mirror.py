@@ -14,8 +14,8 @@ import collections
 import logging
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
 
 from roomcast.cluster import wire
 from roomcast.cluster.bus import Bus
@@ -103,18 +103,12 @@ class _Session:
         return [r for r in self.membership.joined if r != self.sid]
 
 
-@dataclass
-class _Shadow:
+class _Shadow(NamedTuple):
     """A message for the kept node's rooms that it has not handled yet (as far as the keeper
-    knows)."""
+    knows), and the topics it came on."""
 
-    namespace: str
-    rooms: tuple[str, ...]
-    except_rooms: tuple[str, ...]
-    except_sids: tuple[str, ...]
-    ws: bytes
-    source: tuple[str, int, int]
-    topics: set[bytes] = field(default_factory=set)
+    msg: wire.RoomMessage
+    topics: set[bytes]
 
 
 class Mirror:
@@ -436,7 +430,8 @@ class Mirror:
         the node is dead, kept in its history."""
         if topic not in self.held or msg.volatile:
             return
-        key = (origin, incarnation, msg.msg_id)
+        msg_id = msg.msg_id
+        key = (origin, incarnation, msg_id)
         if self.adopted:
             self._keep_tail(
                 key, msg.namespace, msg.rooms, msg.except_rooms, msg.except_sids, msg.ws
@@ -445,15 +440,16 @@ class Mirror:
         if self.broken is not None:
             return
         stream = (origin, incarnation, topic)
-        if msg.msg_id <= self.wm.get(stream, 0) or key in self._handled:
-            return  # handled already (its watermark came first, or it came on another topic)
-        if origin == self.node and incarnation == self.incarnation and msg.msg_id <= self.own:
+        if msg_id <= self.wm.get(stream, 0):
+            return  # handled already (its watermark came first)
+        several = len(msg.rooms) > 1  # it comes on several topics
+        if several and key in self._handled:
+            return  # handled, and pruned, when it came on another topic
+        if origin == self.node and incarnation == self.incarnation and msg_id <= self.own:
             return
         shadow = self.shadow.get(key)
         if shadow is None:
-            shadow = self.shadow[key] = _Shadow(
-                msg.namespace, msg.rooms, msg.except_rooms, msg.except_sids, msg.ws, key
-            )
+            shadow = self.shadow[key] = _Shadow(msg, set())
             self.shadow_bytes += len(msg.ws)
             history = self.histories.get(msg.namespace)
             if history is not None and (
@@ -467,7 +463,10 @@ class Mirror:
                 self.shadow_bytes = 0
                 return
         shadow.topics.add(topic)
-        self.streams.setdefault(stream, collections.deque()).append((msg.msg_id, key))
+        queue = self.streams.get(stream)
+        if queue is None:
+            queue = self.streams[stream] = collections.deque()
+        queue.append((msg_id, key))
 
     def _prune(self, stream: tuple[str, int, bytes], upto: int) -> None:
         queue = self.streams.get(stream)
@@ -478,10 +477,11 @@ class Mirror:
             _, key = queue.popleft()
             shadow = self.shadow.pop(key, None)
             if shadow is not None:
-                self.shadow_bytes -= len(shadow.ws)
-                handled[key] = None
-                if len(handled) > HANDLED_KEYS:
-                    handled.popitem(last=False)
+                self.shadow_bytes -= len(shadow.msg.ws)
+                if len(shadow.msg.rooms) > 1:  # its copies on other topics may come later
+                    handled[key] = None
+                    if len(handled) > HANDLED_KEYS:
+                        handled.popitem(last=False)
         if not queue:
             del self.streams[stream]
 
@@ -495,7 +495,7 @@ class Mirror:
                 shadow.topics.discard(topic)
                 if not shadow.topics:
                     del self.shadow[key]
-                    self.shadow_bytes -= len(shadow.ws)
+                    self.shadow_bytes -= len(shadow.msg.ws)
 
     def _keep_tail(
         self,
@@ -539,14 +539,8 @@ class Mirror:
         logged = {e.source for h in self.histories.values() for e in h.entries() if e.source}
         self._seen_tail.update(dict.fromkeys(logged))
         for key, shadow in self.shadow.items():
-            self._keep_tail(
-                key,
-                shadow.namespace,
-                shadow.rooms,
-                shadow.except_rooms,
-                shadow.except_sids,
-                shadow.ws,
-            )
+            m = shadow.msg
+            self._keep_tail(key, m.namespace, m.rooms, m.except_rooms, m.except_sids, m.ws)
         self.shadow.clear()
         self.streams.clear()
         self.shadow_bytes = 0
