@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
-from support.cluster_harness import Cluster, running_cluster, unique, wait_until
+from support.cluster_harness import Cluster, running_cluster, unique
 from support.js_harness import (
     JS_TEST_MARKS,
     Driver,
@@ -33,6 +32,7 @@ from support.recovery_clients import (
     refused,
     values,
 )
+from support.recovery_cluster import kept, publish_to, stats
 
 from roomcast.ids import tag_of_sid
 from roomcast.node import recovery
@@ -58,32 +58,6 @@ max_packets = 10
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     async with running_cluster(tmp_path, "n1", "n2", extra_config=CONFIG) as c:
         yield c
-
-
-async def stats(cluster: Cluster, node: str) -> dict[str, Any]:
-    doc: dict[str, Any] = await cluster.admin(node, "/admin/stats")
-    return doc
-
-
-async def kept(cluster: Cluster, node: str, count: int) -> None:
-    """Until ``node`` keeps ``count`` sessions for recovery."""
-
-    async def check() -> bool:
-        return bool((await stats(cluster, node))["sessions_kept"] == count)
-
-    await wait_until(check, what=f"{node} to keep {count} sessions")
-
-
-async def publish_to(cluster: Cluster, node: str, client: JsClient, room: str, *data: Any) -> None:
-    """Publish through ``client`` (on another node), and wait until ``node`` has them all (a
-    publish is acked before the bus has carried it)."""
-    before = (await cluster.bus(node))["received_rooms"]
-    await publish(client, room, *data)
-
-    async def arrived() -> bool:
-        return bool((await cluster.bus(node))["received_rooms"] >= before + len(data))
-
-    await wait_until(arrived, what=f"{node} to receive {len(data)} messages")
 
 
 async def lose(cluster: Cluster, client: JsClient, node: str, nth: int = 0) -> None:

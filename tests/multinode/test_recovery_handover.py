@@ -24,7 +24,6 @@ from support.haproxy import balancer, needs_haproxy
 from support.js_harness import (
     JS_TEST_MARKS,
     Driver,
-    JsClient,
     js_fixture,  # noqa: F401 (a fixture, taken as ``js``)
 )
 from support.recovery_clients import (
@@ -35,6 +34,7 @@ from support.recovery_clients import (
     recover,
     values,
 )
+from support.recovery_cluster import kept, publish_to, stats
 
 from roomcast.ids import parse_offset, tag_of_sid
 
@@ -50,31 +50,6 @@ enabled = true
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     async with running_cluster(tmp_path, "n1", "n2", extra_config=CONFIG) as c:
         yield c
-
-
-async def stats(cluster: Cluster, node: str) -> dict[str, Any]:
-    doc: dict[str, Any] = await cluster.admin(node, "/admin/stats")
-    return doc
-
-
-async def kept(cluster: Cluster, node: str, count: int) -> None:
-    """Until ``node`` keeps ``count`` sessions for recovery."""
-
-    async def check() -> bool:
-        return bool((await stats(cluster, node))["sessions_kept"] == count)
-
-    await wait_until(check, what=f"{node} to keep {count} sessions")
-
-
-async def publish_to(cluster: Cluster, node: str, client: JsClient, room: str, *data: Any) -> None:
-    """Publish through ``client``, and wait until ``node`` has them all."""
-    before = (await cluster.bus(node))["received_rooms"]
-    await publish(client, room, *data)
-
-    async def arrived() -> bool:
-        return bool((await cluster.bus(node))["received_rooms"] >= before + len(data))
-
-    await wait_until(arrived, what=f"{node} to receive {len(data)} messages")
 
 
 async def test_a_client_recovers_on_the_other_node_and_back(cluster: Cluster, js: Driver) -> None:

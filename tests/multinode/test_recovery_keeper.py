@@ -27,6 +27,7 @@ from support.js_harness import (
     js_fixture,  # noqa: F401 (a fixture, taken as ``js``)
 )
 from support.recovery_clients import got, offsets, publish, recover, refused, values
+from support.recovery_cluster import kept, publish_to, stats
 from support.scrape import scrape
 
 from roomcast.ids import NodeTag, node_tag, parse_offset
@@ -45,11 +46,6 @@ enabled = true
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     async with running_cluster(tmp_path, "n1", "n2", "n3", extra_config=CONFIG) as c:
         yield c
-
-
-async def stats(cluster: Cluster, node: str) -> dict[str, Any]:
-    doc: dict[str, Any] = await cluster.admin(node, "/admin/stats")
-    return doc
 
 
 async def keeper_of(cluster: Cluster, node: str, sessions: int, packets: int = 0) -> str:
@@ -83,30 +79,10 @@ async def keeper_of(cluster: Cluster, node: str, sessions: int, packets: int = 0
     return keeper
 
 
-async def kept(cluster: Cluster, node: str, count: int) -> None:
-    """Until ``node`` keeps ``count`` sessions for recovery."""
-
-    async def check() -> bool:
-        return bool((await stats(cluster, node))["sessions_kept"] == count)
-
-    await wait_until(check, what=f"{node} to keep {count} sessions")
-
-
 async def kill(cluster: Cluster, node: str) -> None:
     proc = cluster.nodes[node].proc
     proc.kill9()
     await asyncio.wait_for(proc.wait(), 10)
-
-
-async def publish_to(cluster: Cluster, node: str, client: JsClient, room: str, *data: Any) -> None:
-    """Publish through ``client``, and wait until ``node`` has them all."""
-    before = (await cluster.bus(node))["received_rooms"]
-    await publish(client, room, *data)
-
-    async def arrived() -> bool:
-        return bool((await cluster.bus(node))["received_rooms"] >= before + len(data))
-
-    await wait_until(arrived, what=f"{node} to receive {len(data)} messages")
 
 
 async def recovered_on(cluster: Cluster, client: JsClient, nth: int, node: str) -> dict[str, Any]:
@@ -137,6 +113,15 @@ async def dead_to_all(
         return len(copies) == 1 and copies[0]["adopted"] and copies[0]["proving"] == 0
 
     await wait_until(check, what=f"{node} down everywhere, adopted by {keeper}")
+
+
+async def member_on_n2(cluster: Cluster, js: Driver, room: str) -> tuple[JsClient, str]:
+    """Client ``a`` on n2, in ``room``; returns it and the node that keeps n2 (once it has
+    a's session)."""
+    a = js.connect("a", cluster.nodes["n2"].url, "websocket", namespace="/any")
+    await a.connected()
+    await a.call("join", room)
+    return a, await keeper_of(cluster, "n2", 1)
 
 
 def others(cluster: Cluster, *names: str) -> list[str]:
@@ -217,10 +202,7 @@ async def test_killed_under_its_client_the_client_recovers_on_the_keeper(
     """n2 is killed while a is connected to it: a's connection dies with it; messages are
     published meanwhile; a comes back to n2's keeper itself: recovered, nothing missed."""
     room = unique("r")
-    a = js.connect("a", cluster.nodes["n2"].url, "websocket", namespace="/any")
-    await a.connected()
-    await a.call("join", room)
-    keeper = await keeper_of(cluster, "n2", 1)
+    a, keeper = await member_on_n2(cluster, js, room)
     b = js.connect("b", cluster.nodes[keeper].url, "websocket", namespace="/any")
     await b.connected()
     await publish(b, room, "before")
@@ -255,10 +237,7 @@ async def test_a_dead_node_whose_keeper_died_too_means_a_fresh_session(
     """Both n2 and its keeper are killed: the client gets a fresh session on the third node
     (``old node gone``), nothing hangs, and it works as a new one."""
     room = unique("r")
-    a = js.connect("a", cluster.nodes["n2"].url, "websocket", namespace="/any")
-    await a.connected()
-    await a.call("join", room)
-    keeper = await keeper_of(cluster, "n2", 1)
+    a, keeper = await member_on_n2(cluster, js, room)
     (third,) = others(cluster, "n2", keeper)
     a.cut()
     await a.disconnected(0)
@@ -317,10 +296,7 @@ async def test_a_node_restarted_at_once_after_kill_9_its_clients_recover_through
     n2 has a new tag, so its old sessions are its keeper's; a client that comes back to the
     new n2 recovers through the keeper, with what was published meanwhile."""
     room = unique("r")
-    a = js.connect("a", cluster.nodes["n2"].url, "websocket", namespace="/any")
-    await a.connected()
-    await a.call("join", room)
-    keeper = await keeper_of(cluster, "n2", 1)
+    a, keeper = await member_on_n2(cluster, js, room)
     b = js.connect("b", cluster.nodes[keeper].url, "websocket", namespace="/any")
     await b.connected()
     await kill(cluster, "n2")
@@ -344,10 +320,7 @@ async def test_a_node_taken_for_dead_that_comes_back_lets_its_handed_over_sessio
     session went, and n2 points there; a later outage recovers through n2's pointer, with no
     message twice."""
     room = unique("r")
-    a = js.connect("a", cluster.nodes["n2"].url, "websocket", namespace="/any")
-    await a.connected()
-    await a.call("join", room)
-    keeper = await keeper_of(cluster, "n2", 1)
+    a, keeper = await member_on_n2(cluster, js, room)
     (third,) = others(cluster, "n2", keeper)
     b = js.connect("b", cluster.nodes[third].url, "websocket", namespace="/any")
     await b.connected()
