@@ -164,6 +164,16 @@ async def synced_pair(max_packets: int = 100) -> tuple[Node, Mirror, FakeBus]:
     return node, copy, bus
 
 
+async def in_red(node: Node, copy: Mirror) -> tuple[str, str, Membership]:
+    """A socket of the node in room red, its copy told (and its topics held)."""
+    sid, pid, membership = node.connect()
+    node.join(sid, membership, "red")
+    for keep in node.flush():
+        assert copy.receive(keep)
+    await asyncio.sleep(0)
+    return sid, pid, membership
+
+
 def test_the_keeper_is_the_next_live_tag_on_the_ring() -> None:
     a, b, c = NodeTag(b"\x01" * 8), NodeTag(b"\x05" * 8), NodeTag(b"\x09" * 8)
     assert keepers(b, [a, b, c]) == [c, a]
@@ -238,11 +248,7 @@ async def test_what_the_node_had_not_handled_is_replayed_after_its_log() -> None
     not pass are the tail, in arrival order; those they pass (or its own broadcasts up to
     OWN) are not, even when the watermark came before the message."""
     node, copy, _ = await synced_pair()
-    sid, pid, membership = node.connect()
-    node.join(sid, membership, "red")
-    for keep in node.flush():
-        copy.receive(keep)
-    await asyncio.sleep(0)
+    _sid, pid, _membership = await in_red(node, copy)
     topic = wire.room_topic(NS, "red")
     # n3's messages 1..4 on red; the node handled 1 and 2 (2 written to the socket).
     copy.offer(topic, "n3", 1, room_message(1, "red", '2["m1"]'))
@@ -331,11 +337,7 @@ async def test_a_shadow_past_the_history_bounds_breaks_the_copy() -> None:
     """A node that handles nothing while its rooms' traffic piles up at its keeper: past the
     bounds the copy cannot be exact, and its sessions are refused if the node dies."""
     node, copy, _ = await synced_pair(max_packets=3)
-    sid, pid, membership = node.connect()
-    node.join(sid, membership, "red")
-    for keep in node.flush():
-        copy.receive(keep)
-    await asyncio.sleep(0)
+    _sid, pid, _membership = await in_red(node, copy)
     topic = wire.room_topic(NS, "red")
     for i in range(1, 5):
         copy.offer(topic, "n3", 1, room_message(i, "red", f'2["m{i}"]'))
@@ -348,11 +350,7 @@ async def test_a_shadow_past_the_history_bounds_breaks_the_copy() -> None:
 async def test_a_session_the_node_let_go_is_not_kept() -> None:
     """Disconnected on purpose (or handed over): GONE; the copy forgets it and its rooms."""
     node, copy, bus = await synced_pair()
-    sid, pid, membership = node.connect()
-    node.join(sid, membership, "red")
-    for keep in node.flush():
-        copy.receive(keep)
-    await asyncio.sleep(0)
+    sid, pid, _membership = await in_red(node, copy)
     assert wire.room_topic(NS, "red") in bus.interest
     node.log.gone(NS, sid)
     for keep in node.flush():
