@@ -52,7 +52,7 @@ from roomcast.cluster.bus import Bus
 from roomcast.cluster.membership import Replica
 from roomcast.cluster.wire import Topic
 from roomcast.errors import ClusterTimeoutError
-from roomcast.ids import NodeId, NodeTag, node_tag
+from roomcast.ids import SID_CHARS, NodeId, NodeTag, is_sid_shaped, node_tag
 
 from . import requests as rq
 from .adapter import LocalSockets, Spawn
@@ -67,6 +67,7 @@ from .mirror import (
     NS,
     OWN,
     PKT,
+    PKTREF,
     RELEASE,
     SESS,
     SYNC,
@@ -86,6 +87,9 @@ SNAPSHOT_CHUNK: Final = 1 << 20
 
 #: How many streams' last handled message a node remembers for its keeper's snapshots.
 HANDLED_STREAMS: Final = 65_536
+
+#: The first bytes of the topics a node's keeper holds too (rooms', namespaces').
+_SHARED_TOPICS: Final = frozenset((b"R", b"A"))
 
 
 def keepers(tag: NodeTag, live: Iterable[NodeTag]) -> list[NodeTag]:
@@ -119,6 +123,9 @@ class KeepLog(Journal):
         #: Whether this node has sockets whose sessions recovery keeps (set as soon as one
         #: connects; recomputed as the keeper is followed).
         self.recovering = False
+        #: The bus message being handled, when it came on a topic the keeper holds too (a
+        #: room's or a namespace's): a packet that is it is recorded by reference.
+        self.by_reference: tuple[str, int, int] | None = None
         #: Told when :attr:`keeper` or :attr:`recovering` change.
         self.on_change: Callable[[], None] = lambda: None
         #: Told when the first recoverable socket connects (the keeper is chosen then).
@@ -184,7 +191,12 @@ class KeepLog(Journal):
     def packet(self, namespace: str, entry: Entry) -> None:
         if self.keeper is not None:
             self._namespace(namespace)
-            self._add(_packet_record(namespace, entry))
+            source = entry.source
+            if source is not None and source == self.by_reference:
+                # The bus message it came as reached the keeper too: its number is enough.
+                self._add([PKTREF, namespace, entry.counter, *source])
+            else:
+                self._add(_packet_record(namespace, entry))
 
     def cleared(self, namespace: str) -> None:
         if self.keeper is not None:
@@ -524,10 +536,19 @@ class Keeping:
     def received(self, topic: bytes, header: wire.Header, msg: wire.RoomMessage) -> None:
         """A room message came on ``topic``: this node's watermark for its keeper, and the
         copies whose rooms it is for."""
-        if self.log.keeper is not None:
+        log = self.log
+        if log.keeper is not None:
             ns = self.sockets.namespace(msg.namespace)
             if ns is not None and ns.history is not None:
-                self.log.watermark(header.origin, header.incarnation, topic, msg.msg_id)
+                log.watermark(header.origin, header.incarnation, topic, msg.msg_id)
+                # A room's or namespace's topic: the keeper holds it for this node's sockets
+                # (not a sid's: a socket handed over here has its sid's topic to itself).
+                shared = topic[:1] in _SHARED_TOPICS and not any(
+                    len(r) == SID_CHARS and is_sid_shaped(r) for r in msg.rooms
+                )
+                log.by_reference = (
+                    (header.origin, header.incarnation, msg.msg_id) if shared else None
+                )
         for tag, mirror in self.mirrors.items():
             mirror.offer(topic, header.origin, header.incarnation, msg)
             if mirror.wants_sync:

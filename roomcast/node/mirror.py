@@ -44,10 +44,27 @@ OWN: Final = 11  #: [OWN, msg_id]: the node's own broadcasts up to msg_id were h
 RELEASE: Final = 12  #: [RELEASE]: another node keeps this one now
 DATA: Final = 13  #: [DATA, ns, sid, [data] or []]: its data now
 END: Final = 14  #: [END]: the state a SYNC opened is all there (the copy is exact from here)
+#: [PKTREF, ns, counter, origin, incarnation, msg_id]: a kept packet that is the bus message
+#: (origin, incarnation, msg_id) the node got on a room or namespace topic: the keeper got it
+#: too, on its own subscription, and takes its frames from there.
+PKTREF: Final = 15
+
+#: How many packets recorded by reference may wait for their bus message at once.
+MAX_PENDING: Final = 65_536
 
 #: How many shadowed messages the node was seen to handle are remembered: a copy of one that
 #: comes later on another of its topics is not shadowed again.
 HANDLED_KEYS: Final = 65_536
+
+
+class _Unnumbered(Frames):
+    """The frames of a packet recorded by reference: the bus message's, without the node's
+    offset (added when the packet is handed over)."""
+
+    __slots__ = ()
+
+
+_MISSING: Final = _Unnumbered.from_ws(b"")  #: a packet whose bus message has not come yet
 
 
 def _source(value: Any) -> tuple[str, int, int] | None:
@@ -165,6 +182,8 @@ class Mirror:
         self._handled: collections.OrderedDict[tuple[str, int, int], None] = (
             collections.OrderedDict()
         )
+        #: Packets recorded by reference whose bus message has not come yet: (ns, number).
+        self._pending: dict[tuple[str, int, int], tuple[str, int]] = {}
         self.tail = 0  #: the last number the keeper gave after adopting
         self._seen_tail: collections.OrderedDict[tuple[str, int, int], None] = (
             collections.OrderedDict()
@@ -206,7 +225,22 @@ class Mirror:
         if type(record) is not list or not record:
             raise ValueError("not a record")
         code = record[0]
-        if code == PKT:
+        if code == PKTREF:
+            _, ns, counter, origin, incarnation, msg_id = record
+            ref = (_str(origin), _int(incarnation), _int(msg_id))
+            number = _int(counter)
+            shadow = self.shadow.get(ref)
+            if shadow is None:  # it has not come here yet: it fills the place when it does
+                entry = Entry(number, (), (), (), _MISSING, ref)
+                self._pending[ref] = (_str(ns), number)
+                if len(self._pending) > MAX_PENDING:
+                    del self._pending[next(iter(self._pending))]
+            else:
+                m = shadow.msg
+                frames = _Unnumbered.from_ws(m.ws)
+                entry = Entry(number, m.rooms, m.except_rooms, m.except_sids, frames, ref)
+            self.histories[_str(ns)].record(entry)
+        elif code == PKT:
             _, ns, counter, rooms, except_rooms, except_sids, ws, source = record
             if type(ws) is not bytes:
                 raise ValueError("bad PKT")
@@ -414,6 +448,7 @@ class Mirror:
         self.histories.clear()
         self._seen_tail.clear()
         self._handled.clear()
+        self._pending.clear()
 
     def discard(self) -> None:
         """Let everything go, what was handed over too."""
@@ -432,6 +467,8 @@ class Mirror:
             return
         msg_id = msg.msg_id
         key = (origin, incarnation, msg_id)
+        if self._pending and key in self._pending:
+            self._fill(key, msg)
         if self.adopted:
             self._keep_tail(
                 key, msg.namespace, msg.rooms, msg.except_rooms, msg.except_sids, msg.ws
@@ -467,6 +504,14 @@ class Mirror:
         if queue is None:
             queue = self.streams[stream] = collections.deque()
         queue.append((msg_id, key))
+
+    def _fill(self, key: tuple[str, int, int], msg: wire.RoomMessage) -> None:
+        """The bus message of a packet recorded by reference came: its place is filled."""
+        ns, counter = self._pending.pop(key)
+        history = self.histories.get(ns)
+        if history is not None:
+            targets = (msg.rooms, msg.except_rooms, msg.except_sids)
+            history.fill(counter, Entry(counter, *targets, _Unnumbered.from_ws(msg.ws), key))
 
     def _prune(self, stream: tuple[str, int, bytes], upto: int) -> None:
         queue = self.streams.get(stream)
@@ -666,7 +711,10 @@ class Mirror:
             # the keeper cannot tell they were not its).
             delivered = max(self.tail, self.offsets.last)
             persisted = self._persisted(session, 0.0)
-            entries = recovery.missed_entries(history, persisted, delivered, after)
+            entries = [
+                self._numbered(e)
+                for e in recovery.missed_entries(history, persisted, delivered, after)
+            ]
         except RecoveryRefusedError:
             self._release(session.sid)
             raise
@@ -679,6 +727,19 @@ class Mirror:
         left = max(0.0, session.deadline - asyncio.get_running_loop().time())
         self._handed_over(pid, session.sid, to, left)
         return entries
+
+    def _numbered(self, entry: Entry) -> Entry:
+        """``entry`` as the node wrote it (with its offset); a packet whose bus message never
+        came cannot be handed over (``history evicted``: the replay would not be exact)."""
+        frames = entry.frames
+        if frames is _MISSING:
+            raise RecoveryRefusedError(recovery.HISTORY_EVICTED)
+        if isinstance(frames, _Unnumbered):
+            numbered = Frames.from_ws(frames.ws).with_offset(self.offsets.text(entry.counter))
+            if numbered is None:
+                raise RecoveryRefusedError(recovery.HISTORY_EVICTED)
+            return entry._replace(frames=numbered)
+        return entry
 
     def describe(self) -> dict[str, Any]:
         """For inspection."""

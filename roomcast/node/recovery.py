@@ -183,6 +183,17 @@ class History:
             self.floor = self._entries.popleft().counter
             self.nbytes -= self._sizes.popleft()
 
+    def fill(self, counter: int, entry: Entry) -> None:
+        """Put ``entry`` in the place of the kept packet numbered ``counter`` (if it is still
+        kept: a copy's packet whose content came after its number)."""
+        entries = self._entries
+        for i in range(len(entries) - 1, -1, -1):
+            if entries[i].counter == counter:
+                entries[i] = entry
+                return
+            if entries[i].counter < counter:
+                return
+
     def clear(self) -> None:
         """Drop everything (no socket of the namespace is left to need it)."""
         if self._entries:

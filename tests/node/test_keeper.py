@@ -19,7 +19,7 @@ from roomcast.errors import RecoveryRefusedError
 from roomcast.ids import NodeId, NodeTag, new_pid, new_sid, node_tag
 from roomcast.node import recovery
 from roomcast.node.keeper import KeepLog, keepers
-from roomcast.node.mirror import Mirror
+from roomcast.node.mirror import PKTREF, Mirror
 from roomcast.node.recovery import Entry, History, Membership, Offsets, RecoverableSocket
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.frames import Frames
@@ -535,3 +535,52 @@ async def test_a_session_record_of_the_wrong_shape_raises_nothing() -> None:
     bad = [3, 7, "sid", "pid", [], 0, 120.0, [], [], 0, False]  # a namespace that is no string
     assert not copy.receive(wire.Keep(copy.seq + 1, 0, [bad]))
     assert not copy.synced
+
+
+async def test_a_packet_that_is_a_bus_message_the_keeper_got_is_recorded_by_reference() -> None:
+    """The node writes a bus message that came on a room's topic: its record carries only its
+    number and the message's id; the keeper takes the frames from its own copy of the
+    message and hands them over with the node's offset."""
+    node, copy, _ = await synced_pair()
+    _sid, pid, _ = await in_red(node, copy)
+    red = wire.room_topic(NS, "red")
+    msg = room_message(7, "red", '2["by reference"]')
+    copy.offer(red, "n3", 1, msg)
+    node.log.by_reference = ("n3", 1, 7)
+    node.write(("red",), '2["by reference"]', ("n3", 1, 7))
+    node.log.watermark("n3", 1, red, 7)
+    (keep,) = node.flush()
+    assert keep.records[0][0] == PKTREF and not any(type(f) is bytes for f in keep.records[0])
+    assert copy.receive(keep)
+    copy.adopt(lambda: None)
+    copy.lend_session(NS, pid, None, CLAIMANT, 5.0)
+    assert texts(copy.hand_over(NS, pid, CLAIMANT), copy.offsets) == ['2["by reference"]']
+
+
+@pytest.mark.parametrize("comes", [True, False])
+async def test_a_packet_by_reference_whose_message_comes_later_is_filled_or_refused(
+    comes: bool,
+) -> None:
+    """The record comes before the bus message (it took another router): its place waits
+    for it and is filled when it comes, even after the node died; if it never comes, the
+    session is refused rather than replayed without it."""
+    node, copy, _ = await synced_pair()
+    _, pid, _ = await in_red(node, copy)
+    red = wire.room_topic(NS, "red")
+    for msg_id in (1, 2):
+        node.log.by_reference = ("n3", 1, msg_id)
+        node.write(("red",), f'2["m{msg_id}"]', ("n3", 1, msg_id))
+        node.log.watermark("n3", 1, red, msg_id)
+    for keep in node.flush():
+        assert copy.receive(keep)
+    copy.offer(red, "n3", 1, room_message(1, "red", '2["m1"]'))
+    copy.adopt(lambda: None)
+    if comes:
+        copy.offer(red, "n3", 1, room_message(2, "red", '2["m2"]'))
+    copy.lend_session(NS, pid, None, CLAIMANT, 5.0)
+    if comes:
+        assert texts(copy.hand_over(NS, pid, CLAIMANT), copy.offsets) == ['2["m1"]', '2["m2"]']
+    else:
+        with pytest.raises(RecoveryRefusedError) as refused:
+            copy.hand_over(NS, pid, CLAIMANT)
+        assert refused.value.reason == recovery.HISTORY_EVICTED
