@@ -504,7 +504,12 @@ class ClusterAdapter(LocalAdapter):
         if type(body) is wire.RoomMessage:
             if self.keeping.active:
                 self.keeping.received(topic, header, body)
-            self._on_room(header, body)
+                self._on_room(header, body)
+                # Only the packet this message is can be recorded by reference (not a later
+                # one with the same source: a handed-over packet is addressed to its socket).
+                self.keeping.log.by_reference = None
+            else:
+                self._on_room(header, body)
         elif type(body) is wire.Keep:
             self.keeping.on_keep(header, body)
         elif isinstance(body, wire.Reply):
