@@ -419,20 +419,29 @@ class Bus:
         return self._live.get(topic)
 
     async def proved(self, topic: Topic, task: asyncio.Future[None] | None) -> None:
-        """Wait for the proof :meth:`hold` returned (TimeoutError as :meth:`subscribe`)."""
+        """Wait for the proof :meth:`hold` returned (TimeoutError as :meth:`subscribe`); a
+        proof given up (the topic's last interest went meanwhile) ends the wait too."""
         if task is None:
             return
         try:
             await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not task.cancelled() or (current is not None and current.cancelling()):
+                raise  # the waiter itself is cancelled
         finally:
             if task.done() and self._live.get(topic) is task:
                 del self._live[topic]
 
     def unsubscribe(self, topic: Topic) -> None:
-        """Drop one interest in ``topic``; the subscription goes when the last one does."""
+        """Drop one interest in ``topic``; the subscription goes when the last one does (and
+        its proof, if it is still probing: nobody waits for it any more)."""
         count = self._subscribed.get(topic, 0)
         if count <= 1:
             self._subscribed.pop(topic, None)
+            proof = self._live.pop(topic, None)
+            if proof is not None and not proof.done():
+                proof.cancel()
             if count == 1 and self._sub is not None:
                 self._sub.setsockopt(zmq.UNSUBSCRIBE, topic)
                 self._kick()

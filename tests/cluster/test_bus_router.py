@@ -224,6 +224,32 @@ async def test_subscribe_times_out_without_a_router() -> None:
             await bus.subscribe(fresh_topic(), 0.2)
 
 
+async def test_the_last_unsubscribe_stops_a_proof_still_probing() -> None:
+    """A subscription given up while its probes go unanswered (a socket left the room while
+    its join waited): the join's wait ends, and no more probes are sent for it."""
+    with zmq.Context() as ctx:
+        socks = [ctx.socket(zmq.PULL) for _ in range(2)]
+        ports = [s.bind_to_random_port("tcp://127.0.0.1") for s in socks]
+        for s in socks:
+            s.close(0)
+    bus = Bus(
+        "lonely",
+        1,
+        [("nobody", f"tcp://127.0.0.1:{ports[0]}", f"tcp://127.0.0.1:{ports[1]}")],
+        Inbox(),
+    )
+    async with bus:
+        topic = fresh_topic()
+        waiting = asyncio.ensure_future(bus.subscribe(topic, 30.0))
+        while bus.stats.probes_sent < 2:  # probing, unanswered
+            await asyncio.sleep(0.01)
+        bus.unsubscribe(topic)
+        await waiting  # the wait ends: nothing to wait for
+        sent = bus.stats.probes_sent
+        await asyncio.sleep(0.3)  # a retry would have gone out by now (they start at 5 ms)
+        assert bus.stats.probes_sent == sent
+
+
 async def test_concurrent_subscribers_of_one_topic_share_the_probe(make_bus: BusFactory) -> None:
     """Several interests in one topic subscribe once; each waits for the live subscription and
     the topic stays subscribed until the last interest goes."""
