@@ -55,7 +55,7 @@ MAX_HOPS = 4
 
 class Holder(Protocol):
     """What keeps sessions that other nodes claim: this node's adapter, or its copy of a dead
-    node's sessions (:class:`~roomcast.node.keeper.Mirror`)."""
+    node's sessions (:class:`~roomcast.node.mirror.Mirror`)."""
 
     @property
     def offsets(self) -> Offsets: ...
@@ -341,19 +341,19 @@ class Handovers:
             if tag == self.keeper.tag:
                 # Created here, not here now, and this node forgot where it went (its pointer
                 # lasts the window it had here): the node that has it says so.
-                node, reply = await self._ask_keepers(request, gone=False)
+                node, reply = await self._ask_every_node(request, gone=False)
             elif node is None:
-                node, reply = await self._ask_keepers(request, gone=True)
+                node, reply = await self._ask_every_node(request, gone=True)
             else:
                 try:
                     reply = await self.ask_node(node, request)
                 except RecoveryRefusedError:
                     if not await self._went_down(node):
                         raise
-                    node, reply = await self._ask_keepers(request, gone=True)
+                    node, reply = await self._ask_every_node(request, gone=True)
                 else:
                     if isinstance(reply, rq.Refused) and reply.reason == recovery.UNKNOWN_SESSION:
-                        node, reply = await self._ask_keepers(request, gone=False)
+                        node, reply = await self._ask_every_node(request, gone=False)
             if not isinstance(reply, rq.Moved):
                 break
             tag = NodeTag(reply.tag)
@@ -394,7 +394,9 @@ class Handovers:
             await asyncio.sleep(0.05)
         return True
 
-    async def _ask_keepers(self, request: rq.ClaimSession, gone: bool) -> tuple[NodeId, rq.Reply]:
+    async def _ask_every_node(
+        self, request: rq.ClaimSession, gone: bool
+    ) -> tuple[NodeId, rq.Reply]:
         """The node the pid names does not know the session: it is ``gone`` (dead, or drained
         and left: its pointers went with it), or it forgot where the session went. Ask every
         live node at once, this one included: the one that keeps the session claims it (the
