@@ -205,21 +205,24 @@ async def test_subscribe_returns_only_after_probe_round_trip(
     assert not any(isinstance(body, wire.Probe) for _, _, body in inbox.messages)
 
 
-async def test_subscribe_times_out_without_a_router() -> None:
-    """With no router at the endpoints, subscribe raises TimeoutError after its timeout."""
+def lonely_bus() -> Bus:
+    """A bus whose one router is at two ports nobody listens on."""
     with zmq.Context() as ctx:
-        # Reserve two ports nobody listens on.
         socks = [ctx.socket(zmq.PULL) for _ in range(2)]
         ports = [s.bind_to_random_port("tcp://127.0.0.1") for s in socks]
         for s in socks:
             s.close(0)
-    bus = Bus(
+    return Bus(
         "lonely",
         1,
         [("nobody", f"tcp://127.0.0.1:{ports[0]}", f"tcp://127.0.0.1:{ports[1]}")],
         Inbox(),
     )
-    async with bus:
+
+
+async def test_subscribe_times_out_without_a_router() -> None:
+    """With no router at the endpoints, subscribe raises TimeoutError after its timeout."""
+    async with lonely_bus() as bus:
         with pytest.raises(TimeoutError):
             await bus.subscribe(fresh_topic(), 0.2)
 
@@ -227,18 +230,7 @@ async def test_subscribe_times_out_without_a_router() -> None:
 async def test_the_last_unsubscribe_stops_a_proof_still_probing() -> None:
     """A subscription given up while its probes go unanswered (a socket left the room while
     its join waited): the join's wait ends, and no more probes are sent for it."""
-    with zmq.Context() as ctx:
-        socks = [ctx.socket(zmq.PULL) for _ in range(2)]
-        ports = [s.bind_to_random_port("tcp://127.0.0.1") for s in socks]
-        for s in socks:
-            s.close(0)
-    bus = Bus(
-        "lonely",
-        1,
-        [("nobody", f"tcp://127.0.0.1:{ports[0]}", f"tcp://127.0.0.1:{ports[1]}")],
-        Inbox(),
-    )
-    async with bus:
+    async with lonely_bus() as bus:
         topic = fresh_topic()
         waiting = asyncio.ensure_future(bus.subscribe(topic, 30.0))
         while bus.stats.probes_sent < 2:  # probing, unanswered
