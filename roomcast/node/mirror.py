@@ -26,6 +26,7 @@ from roomcast.protocol.frames import Frames
 
 from . import recovery
 from .recovery import Entry, History, Membership, Offsets, PersistedSession
+from .requests import str_field, str_list
 
 log = logging.getLogger("roomcast.keeper")
 
@@ -74,18 +75,6 @@ def _source(value: Any) -> tuple[str, int, int] | None:
     if type(origin) is not str or type(incarnation) is not int or type(msg_id) is not int:
         raise ValueError("bad source")
     return (origin, incarnation, msg_id)
-
-
-def _strs(value: Any) -> tuple[str, ...]:
-    if type(value) is not list or any(type(v) is not str for v in value):
-        raise ValueError("expected a list of strings")
-    return tuple(value)
-
-
-def _str(value: Any) -> str:
-    if type(value) is not str:
-        raise ValueError("expected a string")
-    return value
 
 
 def _int(value: Any) -> int:
@@ -227,37 +216,37 @@ class Mirror:
         code = record[0]
         if code == PKTREF:
             _, ns, counter, origin, incarnation, msg_id = record
-            ref = (_str(origin), _int(incarnation), _int(msg_id))
+            ref = (str_field(origin), _int(incarnation), _int(msg_id))
             number = _int(counter)
             shadow = self.shadow.get(ref)
             if shadow is None:  # it has not come here yet: it fills the place when it does
                 entry = Entry(number, (), (), (), _MISSING, ref)
-                self._pending[ref] = (_str(ns), number)
+                self._pending[ref] = (str_field(ns), number)
                 if len(self._pending) > MAX_PENDING:
                     del self._pending[next(iter(self._pending))]
             else:
                 m = shadow.msg
                 frames = _Unnumbered.from_ws(m.ws)
                 entry = Entry(number, m.rooms, m.except_rooms, m.except_sids, frames, ref)
-            self.histories[_str(ns)].record(entry)
+            self.histories[str_field(ns)].record(entry)
         elif code == PKT:
             _, ns, counter, rooms, except_rooms, except_sids, ws, source = record
             if type(ws) is not bytes:
                 raise ValueError("bad PKT")
             entry = Entry(
                 _int(counter),
-                _strs(rooms),
-                _strs(except_rooms),
-                _strs(except_sids),
+                str_list(rooms),
+                str_list(except_rooms),
+                str_list(except_sids),
                 Frames.from_ws(ws),
                 _source(source),
             )
-            self.histories[_str(ns)].record(entry)
+            self.histories[str_field(ns)].record(entry)
         elif code == WM:
             _, origin, incarnation, topic, msg_id = record
             if type(topic) is not bytes:
                 raise ValueError("bad WM")
-            key = (_str(origin), _int(incarnation), topic)
+            key = (str_field(origin), _int(incarnation), topic)
             if _int(msg_id) > self.wm.get(key, 0):
                 self.wm[key] = msg_id
             self._prune(key, msg_id)
@@ -268,10 +257,10 @@ class Mirror:
                 self._prune(key, self.own)
         elif code in (JOIN, LEAVE):
             _, ns, sid, room, at, data = record
-            session = self.sessions.get(_str(sid))
+            session = self.sessions.get(str_field(sid))
             if session is None:
                 return
-            room, at = _str(room), _int(at)
+            room, at = str_field(room), _int(at)
             joined = session.membership.joined
             topic = wire.room_topic(session.namespace, room)
             if code == JOIN:
@@ -285,14 +274,14 @@ class Mirror:
             session.data = _data(data)
         elif code == SESS:
             _, ns, sid, pid, data, first, window, joined, left, floor, lost = record
-            ns, sid, pid = _str(ns), _str(sid), _str(pid)
+            ns, sid, pid = str_field(ns), str_field(sid), str_field(pid)
             if type(window) not in (int, float) or not math.isfinite(window) or window < 0:
                 raise ValueError("bad window")
             if type(lost) is not bool or type(joined) is not list or type(left) is not list:
                 raise ValueError("bad SESS")
             membership = Membership(sid, _int(first), self.max_rooms)
-            membership.joined = {_str(room): _int(at) for room, at in joined}
-            membership.left.extend((_str(r), _int(s), _int(u)) for r, s, u in left)
+            membership.joined = {str_field(room): _int(at) for room, at in joined}
+            membership.left.extend((str_field(r), _int(s), _int(u)) for r, s, u in left)
             membership.floor = _int(floor)
             session = _Session(ns, sid, pid, _data(data), float(window), membership)
             if lost:
@@ -303,21 +292,21 @@ class Mirror:
             self._count(session, 1)
         elif code in (LOST, DATA):
             _, _, sid, data = record
-            session = self.sessions.get(_str(sid))
+            session = self.sessions.get(str_field(sid))
             if session is not None:
                 session.data = _data(data)
                 if code == LOST:
                     session.lost_at = asyncio.get_running_loop().time()
         elif code == GONE:
-            self._forget(_str(record[2]))
+            self._forget(str_field(record[2]))
         elif code == NS:
             _, ns, max_packets, max_bytes, floor = record
-            history = self.histories.get(_str(ns))
+            history = self.histories.get(str_field(ns))
             if history is None:
                 history = self.histories[ns] = History(_int(max_packets), _int(max_bytes))
             history.floor = max(history.floor, _int(floor))
         elif code == CLEAR:
-            history = self.histories.get(_str(record[1]))
+            history = self.histories.get(str_field(record[1]))
             if history is not None:
                 history.clear()
         elif code == SYNC:

@@ -269,13 +269,15 @@ def _target_out(t: Target) -> list[Any]:
     return [t.namespace, sorted(t.rooms), sorted(t.except_rooms), sorted(t.except_sids), t.volatile]
 
 
-def _strs(value: Any) -> tuple[str, ...]:
+def str_list(value: Any) -> tuple[str, ...]:
+    """``value`` if it is a list of strings (as a tuple); else RequestError (a ValueError)."""
     if type(value) is not list or any(type(v) is not str for v in value):
         raise RequestError("expected a list of strings")
     return tuple(value)
 
 
-def _str(value: Any) -> str:
+def str_field(value: Any) -> str:
+    """``value`` if it is a string; else RequestError (a ValueError)."""
     if type(value) is not str:
         raise RequestError("expected a string")
     return value
@@ -286,10 +288,10 @@ def _target_in(value: Any) -> Target:
         raise RequestError("bad target")
     ns, rooms, except_rooms, except_sids, volatile = value
     return Target(
-        Namespace(_str(ns)),
-        frozenset(_strs(rooms)),
-        frozenset(_strs(except_rooms)),
-        frozenset(_strs(except_sids)),
+        Namespace(str_field(ns)),
+        frozenset(str_list(rooms)),
+        frozenset(str_list(except_rooms)),
+        frozenset(str_list(except_sids)),
         volatile,
     )
 
@@ -339,14 +341,14 @@ def decode_request(kind: int, fields: Any) -> Request:
             event, args = fields
             if type(args) is not list:
                 raise RequestError("bad arguments")
-            return ServerSideEmit(_str(event), tuple(args))
+            return ServerSideEmit(str_field(event), tuple(args))
         if k is Kind.FETCH_SOCKETS:
             (target,) = fields
             return FetchSockets(_target_in(target))
         if k is Kind.ADD_SOCKETS or k is Kind.DEL_SOCKETS:
             target, rooms = fields
             cls = AddSockets if k is Kind.ADD_SOCKETS else DelSockets
-            return cls(_target_in(target), _strs(rooms))
+            return cls(_target_in(target), str_list(rooms))
         if k is Kind.DISCONNECT_SOCKETS:
             target, close = fields
             if type(close) is not bool:
@@ -356,20 +358,20 @@ def decode_request(kind: int, fields: Any) -> Request:
             ns, pid, offset = fields
             if offset is not None and type(offset) is not str:
                 raise RequestError("bad offset")
-            return ClaimSession(_str(ns), _str(pid), offset)
+            return ClaimSession(str_field(ns), str_field(pid), offset)
         if k is Kind.TAKE_SESSION:
             ns, pid = fields
-            return TakeSession(_str(ns), _str(pid))
+            return TakeSession(str_field(ns), str_field(pid))
         if k is Kind.DROP_CLAIM:
             ns, pid, release = fields
             if type(release) is not bool:
                 raise RequestError("bad release flag")
-            return DropClaim(_str(ns), _str(pid), release)
+            return DropClaim(str_field(ns), str_field(pid), release)
         if k is Kind.MIRROR_ROOMS:
             ns, rooms, namespace_wide = fields
             if type(namespace_wide) is not bool:
                 raise RequestError("bad namespace flag")
-            return MirrorRooms(_str(ns), _strs(rooms), namespace_wide)
+            return MirrorRooms(str_field(ns), str_list(rooms), namespace_wide)
         if k is Kind.RESYNC_KEEP:
             if fields:
                 raise RequestError("bad RESYNC_KEEP fields")
@@ -383,12 +385,12 @@ def decode_request(kind: int, fields: Any) -> Request:
                 pid, sid, tag = item
                 if type(tag) is not bytes:
                     raise RequestError("bad tag")
-                out.append((_str(pid), _str(sid), tag))
+                out.append((str_field(pid), str_field(sid), tag))
             return ReleaseSessions(tuple(out))
         target, event, args, timeout = fields
         if type(args) is not list or type(timeout) not in (int, float) or timeout < 0:
             raise RequestError("bad ack broadcast")
-        return BroadcastWithAck(_target_in(target), _str(event), tuple(args), float(timeout))
+        return BroadcastWithAck(_target_in(target), str_field(event), tuple(args), float(timeout))
     except (TypeError, ValueError) as exc:  # wrong number of fields
         if isinstance(exc, RequestError):
             raise
@@ -423,9 +425,15 @@ def _info_in(value: Any) -> SocketInfo:
             and type(secure) is bool
         ):
             raise RequestError("bad handshake")
-        handshake = Handshake(headers, query, auth, address, float(time), _str(url), secure)
+        handshake = Handshake(headers, query, auth, address, float(time), str_field(url), secure)
     return SocketInfo(
-        _str(sid), _str(ns), frozenset(_strs(rooms)), data, handshake, _str(node), transport
+        str_field(sid),
+        str_field(ns),
+        frozenset(str_list(rooms)),
+        data,
+        handshake,
+        str_field(node),
+        transport,
     )
 
 
@@ -464,8 +472,8 @@ def _packet_in(value: Any) -> tuple[bytes, str, Source]:
         origin, incarnation, msg_id = src
         if type(incarnation) is not int or type(msg_id) is not int:
             raise RequestError("bad packet source")
-        source = (_str(origin), incarnation, msg_id)
-    return ws, _str(offset), source
+        source = (str_field(origin), incarnation, msg_id)
+    return ws, str_field(offset), source
 
 
 def decode_reply(value: Any) -> Reply:
@@ -494,12 +502,12 @@ def decode_reply(value: Any) -> Reply:
             return Acks(tuple(responses), expected)
         if kind == ReplyKind.FAILED:
             (error,) = fields
-            return Failed(_str(error))
+            return Failed(str_field(error))
         if kind == ReplyKind.CLAIMED:
             sid, rooms, data, window = fields
             if type(window) not in (int, float) or window < 0:
                 raise RequestError("bad window")
-            return Claimed(_str(sid), _strs(rooms), data, float(window))
+            return Claimed(str_field(sid), str_list(rooms), data, float(window))
         if kind == ReplyKind.MOVED:
             (tag,) = fields
             if type(tag) is not bytes:
@@ -507,7 +515,7 @@ def decode_reply(value: Any) -> Reply:
             return Moved(tag)
         if kind == ReplyKind.REFUSED:
             (reason,) = fields
-            return Refused(_str(reason))
+            return Refused(str_field(reason))
         if kind == ReplyKind.HANDED_OVER:
             (packets,) = fields
             if type(packets) is not list:
