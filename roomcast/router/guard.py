@@ -2,11 +2,12 @@
 
 :class:`Guard` makes the router's XSUB and XPUB sockets CURVE servers and answers ZeroMQ's
 ZAP requests (ZeroMQ RFC 27) itself, on ``inproc://zeromq.zap.01`` in the router's context:
-a client whose public key is among the allowed ones is let in, any other is refused. A socket
-monitor on both sockets counts every handshake that fails, whatever the reason: a key not
-allowed (ZAP said no), a peer without CURVE (a process with no key: the mechanisms differ), a
-handshake that does not decrypt (a client expecting another router key, or garbage). A
-refused peer gets no connection, so it can neither publish nor subscribe.
+a client whose public key is among the allowed ones is let in, any other is refused.
+Refusals by ZAP are counted as they are answered (before the peer can know of them); a socket
+monitor on both sockets counts the handshakes that fail for other reasons: a peer without
+CURVE (a process with no key: the mechanisms differ), a handshake that does not decrypt (a
+client expecting another router key, or garbage). A refused peer gets no connection, so it
+can neither publish nor subscribe.
 
 Everything here but :attr:`Guard.allowed` lives in the router's forwarding thread (ZeroMQ
 sockets never cross threads): the thread polls :meth:`Guard.sockets` with its own and calls
@@ -56,7 +57,6 @@ _EVENTS = (
     | zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 _MAX_ADDRESSES = 65_536  #: addresses whose let-in keys are remembered (for cutting)
 _LOG_EVERY = 1.0  #: seconds: refusals are logged at most this often (a flood is summed up)
@@ -126,6 +126,7 @@ class Guard:
             if len(request) < 7 or request[0] != b"1.0":
                 # Only ZeroMQ itself talks to this socket; a REP socket must answer anyway.
                 rid = request[1] if len(request) > 1 else b""
+                self.refused[BAD_HANDSHAKE] += 1
                 self._zap.send_multipart([b"1.0", rid, b"500", b"bad request", b"", b""])
                 continue
             _, rid, _, address, _, mechanism, credential = request[:7]
@@ -134,6 +135,9 @@ class Guard:
                 self._remember(address.decode(errors="replace"), key)
                 self._zap.send_multipart([b"1.0", rid, b"200", b"OK", key, b""])
             else:
+                # Counted here, before the answer: the peer learns of its refusal from this
+                # answer, and the monitor's FAILED_AUTH event may come to us after it does.
+                self.refused[KEY_NOT_ALLOWED] += 1
                 self._note_refusal(address, key)
                 self._zap.send_multipart([b"1.0", rid, b"400", b"key not allowed", b"", b""])
 
@@ -174,8 +178,6 @@ class Guard:
                 self._fds.discard(value)
             elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.accepted += 1
-            elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                self.refused[KEY_NOT_ALLOWED] += 1  # logged by the ZAP answer, with the key
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
                 mismatch = value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
                 self.refused[NO_CURVE if mismatch else BAD_HANDSHAKE] += 1
