@@ -136,6 +136,9 @@ class Listener:
         #: Connections whose first request has not been seen whole yet.
         self.pending: set[_FirstRequest] = set()
         self._server: asyncio.Server | None = None
+        #: Stopped: a connection made from now on (a TLS handshake that was under way at the
+        #: stop and ends later) is closed at once, not handed to a stopped aiohttp.
+        self.stopped = False
 
     async def start(
         self, host: str, port: int, backlog: int, tls: ssl.SSLContext | None = None
@@ -157,6 +160,7 @@ class Listener:
 
     def stop(self) -> None:
         """Stop listening and drop the connections that have sent no whole request."""
+        self.stopped = True
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -178,7 +182,11 @@ class _FirstRequest(asyncio.Protocol):
         self._lingering = False  # refused: what the peer still sends is read and dropped
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport = cast(asyncio.Transport, transport)  # uvloop's is not one
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not one
+        if self._listener.stopped:
+            transport.abort()
+            return
+        self._transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # As aiohttp does for every connection it serves.

@@ -8,6 +8,7 @@ error at start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -27,7 +28,10 @@ from support.js_harness import (
     js_fixture,  # noqa: F401 (a fixture, taken as ``js``)
     transport_fixture,  # noqa: F401 (a fixture, taken as ``transport``)
 )
+from support.nodes import node_settings
 from support.python_client_harness import TRANSPORTS, Inbox
+
+from roomcast.node.server import Server
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -221,3 +225,42 @@ async def test_a_tls_cluster_forwards_requests_over_https(
         stats = await cluster.admin("b", "/admin/stats")
         assert stats["forwarded_requests"] == 2 and stats["spliced_websockets"] == 1
         assert stats["forward_failed"] == 0
+
+
+async def test_a_handshake_that_ends_after_the_node_stopped_is_closed_unanswered(
+    certs: Certificates,
+) -> None:
+    """A TLS handshake still going on when the node stops (the listener closed, aiohttp shut
+    down) and finishing afterwards opens nothing: the connection is closed, its request is
+    not answered, and no request handler is left to a loop that is about to close."""
+    settings = node_settings(
+        **{
+            "http.tls_cert_file": str(certs.cert),
+            "http.tls_key_file": str(certs.key),
+            "cluster.enabled": False,
+        }
+    )
+    tls = trusting(certs)
+    tls.minimum_version = ssl.TLSVersion.TLSv1_3
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = tls.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    async with Server(settings) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        with pytest.raises(ssl.SSLWantReadError):
+            client.do_handshake()  # the ClientHello
+        writer.write(outgoing.read())
+        async with asyncio.timeout(TIMEOUT):
+            incoming.write(await reader.read(65536))  # the ServerHello: it is in the handshake
+    # The node has stopped; the client finishes its handshake and sends a request.
+    client.do_handshake()
+    client.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    writer.write(outgoing.read())
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            answer = await reader.read()
+    finally:
+        writer.close()
+    incoming.write(answer)
+    with contextlib.suppress(ssl.SSLError):
+        assert b"HTTP/" not in client.read(65536)
+    assert not answer or b"HTTP/" not in answer
