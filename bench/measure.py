@@ -354,6 +354,7 @@ def run_phase(
     busy0 = machine_busy_seconds()
     w0 = _sum_or_none([write_syscalls(pid) for pid in pids.values()])
     bus0 = traffic.sample(deployment) if scenario == "scaleout" else None
+    batches0 = traffic.router_counts(deployment.router_url) if deployment.router_url else None
     forwarding = scenario == "balancer"
     fwd0 = traffic.forwarded(deployment.admin_urls) if forwarding else None
     sleep_until(t1)
@@ -362,6 +363,7 @@ def run_phase(
     w1 = _sum_or_none([write_syscalls(pid) for pid in pids.values()])
     bus1 = traffic.sample(deployment) if scenario == "scaleout" else None
     fwd1 = traffic.forwarded(deployment.admin_urls) if forwarding else None
+    batches1 = traffic.router_counts(deployment.router_url) if deployment.router_url else None
     bus = traffic.per_second(bus0, bus1)
     if scenario == "scaleout" and bus is None:
         print(f"  [{name}/{mode}: the nodes' bus bytes could not be read]", file=sys.stderr)
@@ -419,6 +421,7 @@ def run_phase(
         nodes=len(deployment.ports) if scenario == "scaleout" else 0,
         bus_in_per_node=None if bus is None else sum(bus) / len(bus),
         bus_in_max_node=None if bus is None else max(bus),
+        bus_batch=traffic.messages_per_batch(batches0, batches1),
         balancer_cpu=side_cpu if deployment.side else None,
         requests_per_s=sum(r.requests for r in results) / seconds if route else None,
         forwarded_per_s=None if fwd is None else fwd.requests / seconds,

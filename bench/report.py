@@ -62,6 +62,9 @@ class Row:
     #: The balancer scenario: cores HAProxy used (not in ``server_cpu``), the HTTP requests
     #: the polling clients sent per second, what the nodes forwarded to each other per second
     #: (requests, bytes), the forwards that failed, and the WebSockets spliced at the end.
+    #: A roomcast cluster: the messages per batch its router received (a node's batch is what
+    #: it published in one event-loop pass).
+    bus_batch: float | None = None
     balancer_cpu: float | None = None
     requests_per_s: float | None = None
     forwarded_per_s: float | None = None
@@ -242,6 +245,7 @@ def summarize(rows: list[Row]) -> list[Row]:
                 nodes=nodes,
                 bus_in_per_node=_median([r.bus_in_per_node for r in group]),
                 bus_in_max_node=_median([r.bus_in_max_node for r in group]),
+                bus_batch=_median([r.bus_batch for r in group]),
                 balancer_cpu=_median([r.balancer_cpu for r in group]),
                 requests_per_s=_median([r.requests_per_s for r in group]),
                 forwarded_per_s=_median([r.forwarded_per_s for r in group]),

@@ -181,6 +181,7 @@ class Deployment:
     #: Labels of processes in ``procs`` that are not the server's (a load balancer): their CPU
     #: is reported apart.
     side: tuple[str, ...] = ()
+    router_url: str = ""  #: a roomcast cluster's router (its ``/stats``), "": none
 
 
 @contextlib.contextmanager
@@ -283,7 +284,14 @@ def roomcast_cluster(
             )
             urls.append(url)
         labels = tuple(f"n{i}" for i in range(1, nodes + 1))
-        yield Deployment(tuple(node_ports), procs, tuple(procs), tuple(urls), labels)
+        yield Deployment(
+            tuple(node_ports),
+            procs,
+            tuple(procs),
+            tuple(urls),
+            labels,
+            router_url=f"http://{HOST}:{http}",
+        )
 
 
 def ensure_redis_server() -> str:

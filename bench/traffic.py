@@ -152,3 +152,21 @@ def forwarded(admin_urls: tuple[str, ...]) -> Forwarded | None:
         except (OSError, ValueError, KeyError, TypeError):
             return None
     return total
+
+
+def router_counts(router_url: str) -> tuple[int, int] | None:
+    """The batches and the messages a roomcast router received so far (``GET /stats``)."""
+    try:
+        body = get_json(f"{router_url}/stats")
+        return int(body["batches_in"]), int(body["messages_in"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def messages_per_batch(
+    before: tuple[int, int] | None, after: tuple[int, int] | None
+) -> float | None:
+    """Messages per batch the router received between two :func:`router_counts`."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return (after[1] - before[1]) / (after[0] - before[0])
