@@ -95,6 +95,13 @@ its probe to come back through the router before acking) and leaves it, one join
 the time from sending ``join`` to reading the ack. At idle (after setup, back to back) and
 during the ``max`` phase (spread evenly over its measured window: 20 joins/s with the defaults).
 
+The bus's floor (cluster scenario with roomcast, ``--no-floor`` to leave it out; bench/floor.py):
+after the runs, the cluster's bus traffic on bare ZeroMQ (2 node processes, libzmq's own proxy
+as the router, no roomcast code), at the rate phase's publishes per second and in bursts as
+fast as it goes; the *BUS FLOOR* table prints its CPU per message, and per phase what
+roomcast's bus costs per publish (the cluster's CPU per publish over one node's, same run),
+what the phase's target leaves it, and the floor of that shape.
+
 ``--profile DIR`` records the Python server processes (roomcast's nodes and router too) with
 py-spy during each measured window and prints their hottest functions (see bench/profile.py).
 ``make bench`` installs the Node servers (``npm ci`` in bench/js) and matplotlib, and passes
@@ -112,12 +119,14 @@ import tempfile
 from pathlib import Path
 
 from bench.balancer import bench_balancer
+from bench.floor import bench_floor
 from bench.measure import bench_server
 from bench.plot import plot_scaleout
 from bench.report import (
     Results,
     print_balancer,
     print_connects,
+    print_floor,
     print_joins,
     print_memory,
     print_scaleout,
@@ -198,6 +207,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--balancer-rate", type=float, default=5.0, help="balancer: rate phase msgs/s per room"
     )
     parser.add_argument("--repeat", type=int, default=1, help="rounds over every server")
+    parser.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="cluster: do not measure the bus's floor on bare ZeroMQ (bench/floor.py)",
+    )
     parser.add_argument(
         "--profile",
         type=Path,
@@ -311,6 +326,7 @@ def print_report(args: argparse.Namespace, results: Results) -> None:
     print_table(args, results.rows)
     print_memory(args, results.memory)
     print_joins(args, results.joins)
+    print_floor(args, results.rows, results.floor)
     print_scaleout(args, results.rows)
     if any(row.scenario == "scaleout" for row in results.rows):
         title = f"{args.clients} clients in {args.rooms} rooms, each room on 2 nodes"
@@ -342,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                             bench_server(args, scenario, name, log_dir, results, nodes)
                     except RuntimeError as exc:
                         print(f"{scenario}/{where}: failed: {exc}", file=sys.stderr)
+            if args.floor and ("cluster", "roomcast", args.nodes) in runs:
+                results.floor = bench_floor(args)
     except (KeyboardInterrupt, SystemExit):
         print("\ninterrupted", file=sys.stderr)
         print_report(args, results)

@@ -665,6 +665,102 @@ def print_joins(args: argparse.Namespace, samples: list[JoinSample]) -> None:
             print(f"  {sample.server} {sample.condition}: {error}")
 
 
+# -- the bus's floor (bench/floor.py) ---------------------------------------------------------
+
+
+@dataclass
+class FloorRow:
+    """One shape of bus traffic on bare ZeroMQ: messages per second and CPU per message."""
+
+    shape: str  #: "rate" or "burst k"
+    messages_per_s: float
+    node_us: float  #: both nodes' CPU (every thread) per message published, microseconds
+    router_us: float  #: the router's
+
+    @property
+    def total_us(self) -> float:
+        return self.node_us + self.router_us
+
+
+FLOOR_COLUMNS: tuple[Column[FloorRow], ...] = (
+    Column("shape", 10, lambda r: r.shape, left=True),
+    Column("msgs/s", 10, lambda r: _int(r.messages_per_s)),
+    Column("nodes µs/msg", 13, lambda r: f"{r.node_us:.1f}"),
+    Column("router µs/msg", 14, lambda r: f"{r.router_us:.1f}"),
+    Column("total µs/msg", 13, lambda r: f"{r.total_us:.1f}"),
+)
+
+#: The cluster targets (issue 7): 2 nodes + router deliver per server CPU-second at least this
+#: share of one roomcast node (max phase), and spend per delivery at most this share of Node +
+#: Redis's CPU (rate phase).
+MAX_TARGET_OF_SINGLE = 0.75
+RATE_TARGET_OF_REDIS = 0.6
+
+
+def _floor_for(floor: list[FloorRow], mode: str, batch: float | None) -> FloorRow | None:
+    """The floor shape of a phase: ``rate``; for max, the biggest burst not above roomcast's
+    messages per batch (burst 1 when unknown)."""
+    if mode == "rate":
+        return next((f for f in floor if f.shape == "rate"), None)
+    bursts = [f for f in floor if f.shape.startswith("burst ")]
+    fitting = [f for f in bursts if int(f.shape.split()[1]) <= (batch or 1)]
+    return max(fitting, key=lambda f: int(f.shape.split()[1]), default=None)
+
+
+def bus_budget(rows: list[Row], floor: list[FloorRow], mode: str) -> str | None:
+    """One phase: what roomcast's bus costs per publish (the cluster's CPU per publish over one
+    node's, in the same run), what the phase's target leaves it, and the floor of that shape."""
+    summary = {(r.scenario, r.server, r.mode): r for r in summarize(rows)}
+    single = summary.get(("single", "roomcast", mode))
+    cluster = summary.get(("cluster", "roomcast", mode))
+    redis = summary.get(("cluster", "node", mode))
+    if single is None or cluster is None or not cluster.published_per_s:
+        return None
+    one, two = single.cpu_us_per_delivery, cluster.cpu_us_per_delivery
+    if one is None or two is None:
+        return None
+    per_publish = cluster.delivered_per_s / cluster.published_per_s
+    if mode == "max":
+        allowed, target = one / MAX_TARGET_OF_SINGLE, f"{MAX_TARGET_OF_SINGLE}x one node"
+    elif redis is not None and redis.cpu_us_per_delivery is not None:
+        allowed = RATE_TARGET_OF_REDIS * redis.cpu_us_per_delivery
+        target = f"{RATE_TARGET_OF_REDIS}x node 2+redis's CPU/deliv"
+    else:
+        return None
+    shape = _floor_for(floor, mode, cluster.bus_batch)
+    batch = "" if cluster.bus_batch is None else f", {cluster.bus_batch:.1f} msgs per batch"
+    return (
+        f"  {mode}: roomcast's bus costs {(two - one) * per_publish:.1f} µs per publish "
+        f"(({two:.2f} - {one:.2f}) µs/deliv x {per_publish:.1f} deliv/publish{batch}); "
+        f"the target ({target}) leaves it {(allowed - one) * per_publish:.1f}; "
+        + (
+            "no floor measured"
+            if shape is None
+            else f"bare ZeroMQ's floor ({shape.shape}) is {shape.total_us:.1f}"
+        )
+    )
+
+
+def print_floor(args: argparse.Namespace, rows: list[Row], floor: list[FloorRow]) -> None:
+    """The floor table and, per phase, roomcast's bus cost against its budget and the floor."""
+    if not floor:
+        return
+    print()
+    print(
+        "BUS FLOOR (bench/floor.py): the cluster scenario's bus traffic on bare ZeroMQ, no "
+        "roomcast code: 2 node processes\n(uvloop, PUB + SUB on every room topic, so each "
+        "message reaches both, its publisher's echo too) and libzmq's\nown proxy as the "
+        f"router. rate: {args.rate * args.rooms:g} msgs/s (the nodes' pacing loop taken out); "
+        "burst k: as fast as it goes,\nk messages per loop pass in one batch the proxy routes "
+        "whole (a lower bound). Server CPU per message published."
+    )
+    print_rows(FLOOR_COLUMNS, floor)
+    for mode in ("max", "rate"):
+        line = bus_budget(rows, floor, mode)
+        if line is not None:
+            print(line)
+
+
 # -- the connect scenario ---------------------------------------------------------------------
 
 
@@ -786,4 +882,5 @@ class Results:
     rows: list[Row] = field(default_factory=list)  #: fan-out phases, every scenario
     joins: list[JoinSample] = field(default_factory=list)  #: the cluster scenario
     connects: list[ConnectRow] = field(default_factory=list)  #: the connect scenario
+    floor: list[FloorRow] = field(default_factory=list)  #: the cluster scenario's bus floor
     memory: list[MemoryRow] = field(default_factory=list)  #: the single scenario, roomcast
