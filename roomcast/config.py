@@ -19,7 +19,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from roomcast.errors import ConfigError
@@ -347,11 +347,47 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
             raise ConfigError(f"config file not found: {path}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
+        _resolve_paths(data, Path(path).parent)
     for name, raw in (os.environ if env is None else env).items():
         if name.startswith(ENV_PREFIX):
             keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
             _set_dotted(data, keys, _parse_env_value(raw))
     return from_dict(data)
+
+
+#: The keys whose values are paths of files or directories (and ``discovery.routers`` entries'
+#: ``public_key_file`` too): in a config file, a relative one is relative to that file.
+PATH_KEYS: Final = (
+    ("http", "tls_cert_file"),
+    ("http", "tls_key_file"),
+    ("http", "tls_ca_file"),
+    ("router", "secret_key_file"),
+    ("router", "allowed_keys_dir"),
+    ("bus", "secret_key_file"),
+    ("bus", "router_public_key_file"),
+)
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Make the relative paths of a config file's :data:`PATH_KEYS` relative to ``base``,
+    the file's directory (where they were written from), not to the working directory. A
+    value of the wrong type is left for validation to name."""
+
+    def resolved(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return str(base / value)
+        return value
+
+    for section, key in PATH_KEYS:
+        table = data.get(section)
+        if isinstance(table, dict) and key in table:
+            table[key] = resolved(table[key])
+    discovery = data.get("discovery")
+    routers = discovery.get("routers") if isinstance(discovery, dict) else None
+    if isinstance(routers, list):
+        for router in routers:
+            if isinstance(router, dict) and "public_key_file" in router:
+                router["public_key_file"] = resolved(router["public_key_file"])
 
 
 def from_dict(data: Mapping[str, Any]) -> Settings:

@@ -286,8 +286,9 @@ def test_bad_ranges_name_the_dotted_key(tmp_path: Path, text: str, key: str) -> 
 
 
 def test_bus_settings_load_from_file_and_environment(tmp_path: Path) -> None:
-    """``[bus]``, the router's keys and a router's own public key load from the file; the
-    environment reaches them as any other key (paths stay strings)."""
+    """``[bus]``, the router's keys and a router's own public key load from the file (their
+    relative paths from the file's directory); the environment reaches them as any other
+    key."""
     settings = load_text(
         tmp_path,
         """
@@ -306,10 +307,10 @@ public_key_file = "keys/r1.key"
 """,
         env={"ROOMCAST__BUS__ALLOW_OPEN_BUS": "true", "ROOMCAST__BUS__SECRET_KEY_FILE": "1"},
     )
-    assert settings.bus == config.BusSettings(True, "1", "keys/router.key", True)
-    assert settings.router.secret_key_file == "keys/router.key_secret"
-    assert settings.router.allowed_keys_dir == "allowed"
-    assert settings.discovery.routers[0].public_key_file == "keys/r1.key"
+    assert settings.bus == config.BusSettings(True, "1", str(tmp_path / "keys/router.key"), True)
+    assert settings.router.secret_key_file == str(tmp_path / "keys/router.key_secret")
+    assert settings.router.allowed_keys_dir == str(tmp_path / "allowed")
+    assert settings.discovery.routers[0].public_key_file == str(tmp_path / "keys/r1.key")
     assert Settings().bus == config.BusSettings(False, "", "", False)
 
 
@@ -411,6 +412,66 @@ def test_auth_with_secret_is_accepted(tmp_path: Path) -> None:
     """``auth = "secret"`` is valid once a secret is given."""
     settings = load_text(tmp_path, '[namespaces."/a"]\nauth = "secret"\nsecret = "s3"\n')
     assert settings.namespace_policy("/a") == NamespacePolicy(name="/a", auth="secret", secret="s3")
+
+
+# --- paths ------------------------------------------------------------------------------------
+
+
+def test_relative_paths_in_the_file_are_relative_to_its_directory(tmp_path: Path) -> None:
+    """Every file and directory key, and a router's own key file: a relative path in
+    cluster.toml names a file next to it wherever the process runs; an absolute one stays."""
+    where = tmp_path / "etc" / "roomcast"
+    where.mkdir(parents=True)
+    path = where / "cluster.toml"
+    path.write_text(
+        """
+[http]
+tls_cert_file = "tls/node.pem"
+tls_key_file = "tls/node.key"
+tls_ca_file = "/srv/ca.pem"
+
+[router]
+secret_key_file = "keys/router.key_secret"
+allowed_keys_dir = "allowed"
+
+[bus]
+secret_key_file = "keys/web-1.key_secret"
+router_public_key_file = "../shared/router.key"
+
+[[discovery.routers]]
+xsub = "tcp://127.0.0.1:5555"
+xpub = "tcp://127.0.0.1:5556"
+public_key_file = "keys/r1.key"
+""",
+        encoding="utf-8",
+    )
+    settings = config.load(path, env={})
+    assert settings.http.tls_cert_file == str(where / "tls/node.pem")
+    assert settings.http.tls_key_file == str(where / "tls/node.key")
+    assert settings.http.tls_ca_file == "/srv/ca.pem"
+    assert settings.router.secret_key_file == str(where / "keys/router.key_secret")
+    assert settings.router.allowed_keys_dir == str(where / "allowed")
+    assert settings.bus.secret_key_file == str(where / "keys/web-1.key_secret")
+    assert settings.bus.router_public_key_file == str(where / "../shared/router.key")
+    assert settings.discovery.routers[0].public_key_file == str(where / "keys/r1.key")
+
+
+def test_relative_paths_from_the_environment_are_relative_to_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    """An environment override is not in the file: its relative path stays as given (the
+    process's working directory), and it replaces the file's value."""
+    settings = load_text(
+        tmp_path,
+        '[bus]\nsecret_key_file = "keys/a.key_secret"\n',
+        env={"ROOMCAST__BUS__SECRET_KEY_FILE": "keys/b.key_secret"},
+    )
+    assert settings.bus.secret_key_file == "keys/b.key_secret"
+    assert load_text(tmp_path, "").bus.secret_key_file == ""  # empty: none, not a directory
+
+
+def test_a_path_key_of_the_wrong_type_is_still_named(tmp_path: Path) -> None:
+    assert "http.tls_cert_file" in config_error(tmp_path, "[http]\ntls_cert_file = 3\n")
 
 
 # --- Settings.replace and the dict form ------------------------------------------------------

@@ -99,7 +99,7 @@ enabled = true
         (
             "router",
             '[bus]\ncurve = true\n[router]\nsecret_key_file = "missing.key_secret"\n',
-            "router.secret_key_file: no key file at missing.key_secret",
+            "router.secret_key_file: no key file at {dir}/missing.key_secret",
         ),
         (
             "router",
@@ -114,7 +114,7 @@ enabled = true
         (
             "node",
             CLUSTER + '[bus]\ncurve = true\nsecret_key_file = "keys/r.key"\n',
-            "bus.secret_key_file: keys/r.key holds no secret key",
+            "bus.secret_key_file: {dir}/keys/r.key holds no secret key",
         ),
     ],
     ids=[
@@ -130,12 +130,13 @@ async def test_bad_bus_settings_stop_a_process_at_start(
     tmp_path: Path, command: str, text: str, error: str
 ) -> None:
     """A router or node with an open bus beyond loopback, or missing or wrong keys, exits
-    with code 2 and a config error naming the setting (and the file)."""
+    with code 2 and a config error naming the setting (and the file, from the config file's
+    directory)."""
     for name in ("r", "n1"):
         code, _, _ = await run_cli(UNUSED, "keys", name, "--dir", "keys", cwd=tmp_path)
         assert code == 0
     args = [command] + (["--port", "0"] if command == "node" else [])
     code, out, err = await run_cli(config_file(tmp_path, text), *args, cwd=tmp_path, timeout=30)
     assert code == 2, (out, err)
-    assert f"roomcast: config error: {error}" in err, err
+    assert f"roomcast: config error: {error.format(dir=tmp_path)}" in err, err
     assert "ready" not in out

@@ -264,3 +264,30 @@ async def test_a_handshake_that_ends_after_the_node_stopped_is_closed_unanswered
     with contextlib.suppress(ssl.SSLError):
         assert b"HTTP/" not in client.read(65536)
     assert not answer or b"HTTP/" not in answer
+
+
+async def test_certificate_paths_relative_to_the_config_file(
+    certs: Certificates, tmp_path: Path
+) -> None:
+    """Relative file names in cluster.toml name files next to it: a node started from
+    another working directory finds its certificate and serves https."""
+    etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    (etc / "tls").mkdir(parents=True)
+    elsewhere.mkdir()
+    for source in (certs.cert, certs.key):
+        (etc / "tls" / source.name).write_bytes(source.read_bytes())
+    relative = Certificates(ca=certs.ca, cert=Path("tls/node.pem"), key=Path("tls/node.key"))
+    path = etc / "cluster.toml"
+    path.write_text(config(relative))
+    argv = roomcast_argv(path, "node", "--id", "rel", "--host", "127.0.0.1", "--port", "0")
+    proc = Proc("rel", argv, elsewhere, clean_env())
+    await proc.start()
+    try:
+        url = (await proc.wait_line(NODE_READY)).group(2)
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusting(certs))) as http,
+            http.get(url + "/health") as resp,
+        ):
+            assert resp.status == 200
+    finally:
+        await proc.stop()
