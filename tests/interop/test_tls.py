@@ -70,13 +70,12 @@ enabled = false
 """
 
 
-@pytest.fixture
-async def node_url(certs: Certificates, tmp_path: Path) -> AsyncIterator[str]:
-    """A TLS node started by the CLI; its https URL. No traceback in its log at the end."""
-    path = tmp_path / "cluster.toml"
-    path.write_text(config(certs))
-    argv = roomcast_argv(path, "node", "--id", "tls", "--host", "127.0.0.1", "--port", "0")
-    proc = Proc("tls", argv, tmp_path, clean_env())
+@contextlib.asynccontextmanager
+async def tls_node(path: Path, name: str, cwd: Path) -> AsyncIterator[str]:
+    """A TLS node started by the CLI with the config file ``path``, in ``cwd``; its https
+    URL. No traceback in its log at the end."""
+    argv = roomcast_argv(path, "node", "--id", name, "--host", "127.0.0.1", "--port", "0")
+    proc = Proc(name, argv, cwd, clean_env())
     await proc.start()
     try:
         url = (await proc.wait_line(NODE_READY)).group(2)
@@ -85,6 +84,15 @@ async def node_url(certs: Certificates, tmp_path: Path) -> AsyncIterator[str]:
     finally:
         await proc.stop()
     assert not [line for line in proc.lines if "Traceback" in line], proc.tail(60)
+
+
+@pytest.fixture
+async def node_url(certs: Certificates, tmp_path: Path) -> AsyncIterator[str]:
+    """A TLS node (:func:`tls_node`) with the test's certificate."""
+    path = tmp_path / "cluster.toml"
+    path.write_text(config(certs))
+    async with tls_node(path, "tls", tmp_path) as url:
+        yield url
 
 
 def trusting(certs: Certificates) -> ssl.SSLContext:
@@ -279,15 +287,9 @@ async def test_certificate_paths_relative_to_the_config_file(
     relative = Certificates(ca=certs.ca, cert=Path("tls/node.pem"), key=Path("tls/node.key"))
     path = etc / "cluster.toml"
     path.write_text(config(relative))
-    argv = roomcast_argv(path, "node", "--id", "rel", "--host", "127.0.0.1", "--port", "0")
-    proc = Proc("rel", argv, elsewhere, clean_env())
-    await proc.start()
-    try:
-        url = (await proc.wait_line(NODE_READY)).group(2)
-        async with (
-            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusting(certs))) as http,
-            http.get(url + "/health") as resp,
-        ):
-            assert resp.status == 200
-    finally:
-        await proc.stop()
+    async with (
+        tls_node(path, "rel", elsewhere) as url,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusting(certs))) as http,
+        http.get(url + "/health") as resp,
+    ):
+        assert resp.status == 200
