@@ -404,11 +404,13 @@ def _info_out(info: SocketInfo) -> list[Any]:
 
 
 def _info_in(value: Any) -> SocketInfo:
-    # 6 fields from a node older than the transport's (a rolling upgrade), else 7.
-    if type(value) is not list or len(value) not in (6, 7):
+    # 6 fields from a node older than the transport's (a rolling upgrade), 7 from this
+    # version, more from a newer one: fields it added are left for it (so that a rolling
+    # upgrade past a later field does not break fetch_sockets between the versions).
+    if type(value) is not list or len(value) < 6:
         raise RequestError("bad socket info")
     sid, ns, rooms, data, hs, node = value[:6]
-    transport = value[6] if len(value) == 7 else None
+    transport = value[6] if len(value) > 6 else None
     if transport is not None and type(transport) is not str:
         raise RequestError("bad socket info")
     handshake = None

@@ -1,5 +1,6 @@
 """A socket snapshot in a node-to-node reply: its transport travels, and a reply from a node
-older than the transport field (6 fields) is still read."""
+older than the transport field (6 fields), or from a newer one with more fields, is still
+read."""
 
 from __future__ import annotations
 
@@ -31,3 +32,13 @@ def test_a_snapshot_without_transport_is_read() -> None:
     assert older == rq.Sockets((dataclasses.replace(INFO, transport=None),))
     with pytest.raises(rq.RequestError):
         rq.decode_reply([int(kind), [[*fields[:6], 7]]])
+
+
+def test_a_snapshot_with_fields_of_a_newer_node_is_read() -> None:
+    """More than seven fields (a newer node, during a rolling upgrade): the ones this version
+    knows are read, the rest left alone; fewer than six is refused."""
+    kind, [fields] = rq.encode_reply(rq.Sockets((INFO,)))
+    newer = rq.decode_reply([int(kind), [[*fields, {"later": True}, 3]]])
+    assert newer == rq.Sockets((INFO,))
+    with pytest.raises(rq.RequestError):
+        rq.decode_reply([int(kind), [fields[:5]]])
