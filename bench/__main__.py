@@ -98,9 +98,10 @@ during the ``max`` phase (spread evenly over its measured window: 20 joins/s wit
 The bus's floor (cluster scenario with roomcast, ``--no-floor`` to leave it out; bench/floor.py):
 after the runs, the cluster's bus traffic on bare ZeroMQ (2 node processes, libzmq's own proxy
 as the router, no roomcast code), at the rate phase's publishes per second and in bursts as
-fast as it goes; the *BUS FLOOR* table prints its CPU per message, and per phase what
-roomcast's bus costs per publish (the cluster's CPU per publish over one node's, same run),
-what the phase's target leaves it, and the floor of that shape.
+fast as it goes; the *BUS FLOOR* table prints its CPU per message, and per phase what the
+2-node cluster spends per publish beyond one node (its CPU per publish over one node's, same
+run: the bus, and the load split over two processes), what the phase's target leaves for it,
+and the floor of that shape.
 
 ``--profile DIR`` records the Python server processes (roomcast's nodes and router too) with
 py-spy during each measured window and prints their hottest functions (see bench/profile.py).

@@ -676,6 +676,7 @@ class FloorRow:
     messages_per_s: float
     node_us: float  #: both nodes' CPU (every thread) per message published, microseconds
     router_us: float  #: the router's
+    received: float  #: messages the nodes received per message published, over the 2 expected
 
     @property
     def total_us(self) -> float:
@@ -688,6 +689,7 @@ FLOOR_COLUMNS: tuple[Column[FloorRow], ...] = (
     Column("nodes µs/msg", 13, lambda r: f"{r.node_us:.1f}"),
     Column("router µs/msg", 14, lambda r: f"{r.router_us:.1f}"),
     Column("total µs/msg", 13, lambda r: f"{r.total_us:.1f}"),
+    Column("received", 8, lambda r: _pct(r.received)),
 )
 
 #: The cluster targets (issue 7): 2 nodes + router deliver per server CPU-second at least this
@@ -708,8 +710,9 @@ def _floor_for(floor: list[FloorRow], mode: str, batch: float | None) -> FloorRo
 
 
 def bus_budget(rows: list[Row], floor: list[FloorRow], mode: str) -> str | None:
-    """One phase: what roomcast's bus costs per publish (the cluster's CPU per publish over one
-    node's, in the same run), what the phase's target leaves it, and the floor of that shape."""
+    """One phase: what the 2-node cluster spends per publish beyond what one node does (the
+    bus, and splitting the load over two processes; same run), what the phase's target
+    leaves for it, and the floor of that shape."""
     summary = {(r.scenario, r.server, r.mode): r for r in summarize(rows)}
     single = summary.get(("single", "roomcast", mode))
     cluster = summary.get(("cluster", "roomcast", mode))
@@ -730,8 +733,8 @@ def bus_budget(rows: list[Row], floor: list[FloorRow], mode: str) -> str | None:
     shape = _floor_for(floor, mode, cluster.bus_batch)
     batch = "" if cluster.bus_batch is None else f", {cluster.bus_batch:.1f} msgs per batch"
     return (
-        f"  {mode}: roomcast's bus costs {(two - one) * per_publish:.1f} µs per publish "
-        f"(({two:.2f} - {one:.2f}) µs/deliv x {per_publish:.1f} deliv/publish{batch}); "
+        f"  {mode}: the cluster spends {(two - one) * per_publish:.1f} µs per publish over one "
+        f"node (({two:.2f} - {one:.2f}) µs/deliv x {per_publish:.1f} deliv/publish{batch}); "
         f"the target ({target}) leaves it {(allowed - one) * per_publish:.1f}; "
         + (
             "no floor measured"
@@ -750,9 +753,11 @@ def print_floor(args: argparse.Namespace, rows: list[Row], floor: list[FloorRow]
         "BUS FLOOR (bench/floor.py): the cluster scenario's bus traffic on bare ZeroMQ, no "
         "roomcast code: 2 node processes\n(uvloop, PUB + SUB on every room topic, so each "
         "message reaches both, its publisher's echo too) and libzmq's\nown proxy as the "
-        f"router. rate: {args.rate * args.rooms:g} msgs/s (the nodes' pacing loop taken out); "
-        "burst k: as fast as it goes,\nk messages per loop pass in one batch the proxy routes "
-        "whole (a lower bound). Server CPU per message published."
+        f"router, one frame per loop pass. rate: {args.rate * args.rooms:g} msgs/s (the "
+        "nodes' pacing loop taken out);\nburst k: as fast as it goes, k messages per pass, "
+        "routed whole (a lower bound). Measured once, after the rounds,\nwith nothing else "
+        "running. Server CPU per message published; received: of the 2 copies each should "
+        "get."
     )
     print_rows(FLOOR_COLUMNS, floor)
     for mode in ("max", "rate"):
