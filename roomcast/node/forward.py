@@ -25,6 +25,7 @@ Counters: ``forwarded_requests``, ``forwarded_bytes`` (both directions), ``forwa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import ssl
@@ -70,6 +71,8 @@ class Forwarder:
         self.poll_timeout = poll_timeout
         self._tls = ssl.create_default_context(cafile=ca_file or None)
         self._http: aiohttp.ClientSession | None = None
+        self._idle = asyncio.Event()  # set while no polling request is being forwarded
+        self._idle.set()
 
     def owner(self, sid: str, headers: Mapping[str, str] | None = None) -> str | None:
         """The base URL of the other live node that holds session ``sid``; None when this
@@ -79,6 +82,15 @@ class Forwarder:
             return None
         tag = tag_of_engine_sid(sid)
         return None if tag is None else self._node_address(tag)
+
+    async def settled(self, timeout: float) -> bool:
+        """Wait, at most ``timeout`` seconds, until no polling request is being forwarded (a
+        stopping node lets the long-polls of other nodes' clients that went through it get
+        their answers, rather than cutting them); whether none is."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        return self._idle.is_set()
 
     async def close(self) -> None:
         """Close the HTTP client (at the node's stop)."""
@@ -119,6 +131,7 @@ class Forwarder:
             total=self.poll_timeout if request.method == "GET" else self.body_timeout
         )
         self.stats.forwards_in_flight += 1
+        self._idle.clear()
         try:
             async with self._client().request(
                 request.method,
@@ -136,6 +149,8 @@ class Forwarder:
             return http_error(eio.UNKNOWN_SID)
         finally:
             self.stats.forwards_in_flight -= 1
+            if not self.stats.forwards_in_flight:
+                self._idle.set()
         self.stats.forwarded_requests += 1
         self.stats.forwarded_bytes += len(body or b"") + len(data)
         return web.Response(status=status, body=data, headers={"Content-Type": answer_type})

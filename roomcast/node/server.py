@@ -289,8 +289,9 @@ class Server(Broadcasts):
         then closes its connections spread evenly over ``window`` seconds, so that their
         clients reconnect elsewhere without a reconnect storm; it keeps the sessions of those
         connections for recovery until each client came back elsewhere (the node it reached
-        takes its session over) or its window ended; then it stops (announcing its departure
-        and deregistering).
+        takes its session over) or its window ended; the polling requests it forwards for
+        other nodes' sessions get their answers (within a long-poll's deadline); then it stops
+        (announcing its departure and deregistering).
         """
         self.draining = True
         self.set_unhealthy("draining", "node is draining")
@@ -309,6 +310,12 @@ class Server(Broadcasts):
         # The sessions of the connections closed are kept (connection state recovery) until
         # their clients come back on other nodes, which take them over, or their windows end.
         await self.adapter.sessions_settled()
+        # Long-polls of other nodes' sessions that came through this node get their answers
+        # (a load balancer sends it no new ones once its health fails).
+        if self.forwarder is not None and not await self.forwarder.settled(
+            self.forwarder.poll_timeout
+        ):
+            log.warning("drained with forwarded requests still unanswered: they are cut")
         self.stop()
 
     def set_unhealthy(self, problem: str, detail: str | None) -> None:
@@ -386,6 +393,8 @@ class Server(Broadcasts):
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=deadline - loop.time())
         await self.endpoint.closing.wait(max(0.0, deadline - loop.time()))
+        if self.forwarder is not None:  # as a drain does, within the grace
+            await self.forwarder.settled(max(0.0, deadline - loop.time()))
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
