@@ -339,14 +339,19 @@ async def test_drain_moves_clients_and_leaves(
         assert [(n["node"], n["status"]) for n in doc["cluster"]["nodes"]] == [("n1", "down")]
 
 
-async def test_a_draining_node_answers_the_polls_it_forwards_before_it_leaves(
-    tmp_path: Path,
+@pytest.mark.parametrize("leaving", ["drain", "sigterm"])
+async def test_a_leaving_node_answers_the_polls_it_forwards_before_it_goes(
+    tmp_path: Path, leaving: str
 ) -> None:
     """A long-poll of n1's session that a load balancer sent through n2 is forwarded to n1;
-    when n2 drains meanwhile (it has no client of its own), it stays until that poll has its
-    answer (here the session's next ping) and only then leaves: the client gets the ping, not
-    a cut connection, and its session on n1 goes on."""
-    engine = "\n[engineio]\nping_interval_ms = 4000\nping_timeout_ms = 20000\n"
+    when n2 drains meanwhile (it has no client of its own), or is stopped with a shutdown
+    grace longer than the poll's wait, it stays until that poll has its answer (here the
+    session's next ping) and only then leaves: the client gets the ping, not a cut connection,
+    and its session on n1 goes on."""
+    engine = (
+        "\n[engineio]\nping_interval_ms = 4000\nping_timeout_ms = 20000\n"
+        "\n[node]\nshutdown_grace_ms = 15000\n"
+    )
     async with running_cluster(tmp_path, "n1", "n2", extra_config=engine) as cluster:
         n1, n2 = cluster.nodes["n1"].url, cluster.nodes["n2"].url
         eio = "/socket.io/?EIO=4&transport=polling"
@@ -365,10 +370,15 @@ async def test_a_draining_node_answers_the_polls_it_forwards_before_it_leaves(
             return bool(stats["forwards_in_flight"] == 1)
 
         await wait_until(forwarding, what="n2 to forward the poll")
-        code, _, err = await cluster.cli("drain", "n2", "--window", "0.1")
-        assert code == 0, err
+        n2_proc = cluster.nodes["n2"].proc
+        if leaving == "drain":
+            code, _, err = await cluster.cli("drain", "n2", "--window", "0.1")
+            assert code == 0, err
+        else:
+            assert n2_proc.process is not None
+            n2_proc.process.terminate()
         async with await poll as resp:
             assert (resp.status, await resp.text()) == (200, "2")  # the ping, not a cut
-        assert await cluster.nodes["n2"].proc.wait() == 0
+        assert await n2_proc.wait() == 0
         async with http.post(f"{n1}{eio}&sid={sid}", data=b"3") as resp:
             assert (resp.status, await resp.text()) == (200, "ok")  # the session goes on
