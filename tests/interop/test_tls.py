@@ -254,24 +254,29 @@ async def test_a_handshake_that_ends_after_the_node_stopped_is_closed_unanswered
     client = tls.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
     async with Server(settings) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        with pytest.raises(ssl.SSLWantReadError):
-            client.do_handshake()  # the ClientHello
-        writer.write(outgoing.read())
+        # The client's side of the handshake, all but its last flight, which it holds back.
         async with asyncio.timeout(TIMEOUT):
-            incoming.write(await reader.read(65536))  # the ServerHello: it is in the handshake
-    # The node has stopped; the client finishes its handshake and sends a request.
-    client.do_handshake()
+            while True:
+                try:
+                    client.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    writer.write(outgoing.read())
+                    incoming.write(await reader.read(65536))
+    # The node has stopped; the client ends its handshake and sends a request.
     client.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     writer.write(outgoing.read())
+    answer = b""
     try:
         async with asyncio.timeout(TIMEOUT):
-            answer = await reader.read()
+            answer = await reader.read()  # until the node closes the connection
+    except ConnectionResetError:
+        pass  # closed with a reset: unanswered all the same
     finally:
         writer.close()
     incoming.write(answer)
-    with contextlib.suppress(ssl.SSLError):
+    with contextlib.suppress(ssl.SSLError):  # no data, or no close_notify: nothing to read
         assert b"HTTP/" not in client.read(65536)
-    assert not answer or b"HTTP/" not in answer
 
 
 async def test_certificate_paths_relative_to_the_config_file(
