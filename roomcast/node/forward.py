@@ -73,6 +73,9 @@ class Forwarder:
         self._http: aiohttp.ClientSession | None = None
         self._idle = asyncio.Event()  # set while no polling request is being forwarded
         self._idle.set()
+        #: The WebSockets this node splices or relays for other nodes' sessions: each one's
+        #: close (a draining node closes them with its own connections, spread over its window).
+        self._bridges: dict[object, Callable[[], None]] = {}
 
     def owner(self, sid: str, headers: Mapping[str, str] | None = None) -> str | None:
         """The base URL of the other live node that holds session ``sid``; None when this
@@ -91,6 +94,11 @@ class Forwarder:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
         return self._idle.is_set()
+
+    def bridges(self) -> list[Callable[[], None]]:
+        """A closer for each WebSocket this node splices or relays to its session's node
+        now: its client reconnects, as one of this node's own connections does."""
+        return list(self._bridges.values())
 
     async def close(self) -> None:
         """Close the HTTP client (at the node's stop)."""
@@ -200,10 +208,11 @@ class Forwarder:
             )
             client.close()
             return
-        to_upstream = _Pipe(self.stats)
+        to_upstream = _Pipe(self.stats, lambda: self._bridges.pop(client, None))
         to_upstream.connect(client, upstream)
         to_client.connect(upstream, client)
         client.set_protocol(to_upstream)
+        self._bridges[client] = client.close  # the pipes close the other side
         self.stats.spliced_websockets += 1
         upstream.write(_mark_forwarded(head, self.node_id))
         client.resume_reading()
@@ -227,6 +236,8 @@ class Forwarder:
         ws = web.WebSocketResponse(max_msg_size=self.max_payload, compress=False, autoping=True)
         await ws.prepare(request)
         self.stats.spliced_websockets += 1
+        loop = asyncio.get_running_loop()
+        self._bridges[ws] = lambda: loop.create_task(ws.close()).add_done_callback(_done)
 
         async def relay(
             source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
@@ -253,9 +264,15 @@ class Forwarder:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         finally:
+            self._bridges.pop(ws, None)
             await upstream.close()
             await ws.close()
         return ws
+
+
+def _done(task: asyncio.Task[bool]) -> None:
+    if not task.cancelled():
+        task.exception()  # a close that failed: the connection is gone anyway
 
 
 def _mark_forwarded(head: bytes, node_id: str) -> bytes:
@@ -274,10 +291,11 @@ class _Pipe(asyncio.Protocol):
     direction's data is not leaving), the sink stops being read until it drains; either end
     closing closes the other."""
 
-    __slots__ = ("_sink", "_source", "_stats")
+    __slots__ = ("_ended", "_sink", "_source", "_stats")
 
-    def __init__(self, stats: NodeStats) -> None:
+    def __init__(self, stats: NodeStats, ended: Callable[[], object] | None = None) -> None:
         self._stats = stats
+        self._ended = ended  # called once its source is lost
         self._source: asyncio.Transport | None = None
         self._sink: asyncio.Transport | None = None
 
@@ -313,3 +331,6 @@ class _Pipe(asyncio.Protocol):
         if self._sink is not None:
             self._sink.close()
         self._sink = self._source = None
+        if self._ended is not None:
+            self._ended()
+            self._ended = None

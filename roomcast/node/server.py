@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import secrets
@@ -286,8 +287,9 @@ class Server(Broadcasts):
         """Leave the cluster gracefully, for a rolling deploy.
 
         The node takes no new sessions and fails ``/health`` (and its Consul check) at once,
-        then closes its connections spread evenly over ``window`` seconds, so that their
-        clients reconnect elsewhere without a reconnect storm; it keeps the sessions of those
+        then closes its connections (and the WebSockets it splices to other nodes' sessions)
+        spread evenly over ``window`` seconds, so that their clients reconnect elsewhere
+        without a reconnect storm; it keeps the sessions of those
         connections for recovery until each client came back elsewhere (the node it reached
         takes its session over) or its window ended; the polling requests it forwards for
         other nodes' sessions get their answers (within a long-poll's deadline); then it stops
@@ -295,16 +297,23 @@ class Server(Broadcasts):
         """
         self.draining = True
         self.set_unhealthy("draining", "node is draining")
-        conns = list(self.connections.values())
-        random.shuffle(conns)
-        log.info("draining %d connections over %.1f s", len(conns), window)
+        # Its own connections, and the WebSockets it splices to other nodes' sessions (their
+        # clients reconnect too; all at once at the exit would be a reconnect storm there).
+        closers: list[Callable[[], None]] = [
+            functools.partial(conn.close, reasons.SERVER_SHUTTING_DOWN, flush=True)
+            for conn in self.connections.values()
+        ]
+        if self.forwarder is not None:
+            closers += self.forwarder.bridges()
+        random.shuffle(closers)
+        log.info("draining %d connections over %.1f s", len(closers), window)
         loop = self.loop
         start = loop.time()
-        for i, conn in enumerate(conns):
-            delay = start + window * (i + 1) / len(conns) - loop.time()
+        for i, close in enumerate(closers):
+            delay = start + window * (i + 1) / len(closers) - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            conn.close(reasons.SERVER_SHUTTING_DOWN, flush=True)
+            close()
         for conn in list(self.connections.values()):  # any that slipped in meanwhile
             conn.close(reasons.SERVER_SHUTTING_DOWN, flush=True)
         # The sessions of the connections closed are kept (connection state recovery) until

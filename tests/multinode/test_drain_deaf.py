@@ -382,3 +382,48 @@ async def test_a_leaving_node_answers_the_polls_it_forwards_before_it_goes(
         assert await n2_proc.wait() == 0
         async with http.post(f"{n1}{eio}&sid={sid}", data=b"3") as resp:
             assert (resp.status, await resp.text()) == (200, "ok")  # the session goes on
+
+
+async def test_a_draining_node_closes_the_websockets_it_splices_over_its_window(
+    tmp_path: Path,
+) -> None:
+    """WebSockets of n1's sessions whose upgrade landed on n2 (spliced there to n1, or
+    relayed when the handshake came on a kept-alive connection aiohttp served) are closed by
+    n2's drain spread over its window, as its own connections are, not all at once when it
+    exits: their clients do not come back in one burst."""
+    async with (
+        running_cluster(tmp_path, "n1", "n2") as cluster,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        n1, n2 = cluster.nodes["n1"].url, cluster.nodes["n2"].url
+        eio = "/socket.io/?EIO=4&transport="
+        sockets = []
+        for i in range(6):
+            # Every other one on a connection that served a request first (relayed).
+            http = await stack.enter_async_context(aiohttp.ClientSession())
+            async with http.get(n1 + eio + "polling") as resp:
+                sid = json.loads((await resp.text())[1:])["sid"]
+            if i % 2:
+                async with http.get(n2 + "/health") as resp:
+                    assert resp.status == 200
+            ws = await http.ws_connect(f"{n2.replace('http', 'ws')}{eio}websocket&sid={sid}")
+            await ws.send_str("2probe")
+            assert (await ws.receive(timeout=TIMEOUT)).data == "3probe"
+            await ws.send_str("5")
+            sockets.append(ws)
+        assert (await cluster.admin("n2", "/admin/stats"))["spliced_websockets"] == 6
+        loop = asyncio.get_running_loop()
+
+        async def closed(ws: aiohttp.ClientWebSocketResponse) -> float:
+            """When the node closed it (no message comes before: no ping is due yet)."""
+            message = await ws.receive(timeout=TIMEOUT)
+            assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), message
+            return loop.time()
+
+        waits = [asyncio.ensure_future(closed(ws)) for ws in sockets]
+        code, _, err = await cluster.cli("drain", "n2", "--window", "1")
+        assert code == 0, err
+        times = sorted(await asyncio.gather(*waits))
+        # Spread over the window (one every 1/6 s ideally), not a reconnect storm.
+        assert times[-1] - times[0] >= 0.25, times
+        assert await cluster.nodes["n2"].proc.wait() == 0
