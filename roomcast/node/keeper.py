@@ -467,12 +467,7 @@ class Keeping:
         self._drop(tag)
         node = self.replica.node_of_tag(tag)
         if node is not None and handed:
-
-            async def tell() -> None:
-                with contextlib.suppress(ClusterTimeoutError):
-                    await self._request({node}, rq.ReleaseSessions(tuple(handed)))
-
-            self._spawn(tell())
+            self._tell(node, rq.ReleaseSessions(tuple(handed)))
 
     def _handed_over(self, pid: str, sid: str, to: NodeTag, seconds: float) -> None:
         self.stats.sessions_handed_over += 1
@@ -526,12 +521,16 @@ class Keeping:
             return  # asked already: the sync is on its way
         self._resync_asked[tag] = now
         self.stats.keeper_resyncs += 1
+        self._tell(node, rq.ResyncKeep())
 
-        async def ask() -> None:
+    def _tell(self, node: NodeId, request: rq.Request) -> None:
+        """Send ``request`` to ``node``; its reply does not matter (a timeout neither)."""
+
+        async def tell() -> None:
             with contextlib.suppress(ClusterTimeoutError):
-                await self._request({node}, rq.ResyncKeep())
+                await self._request({node}, request)
 
-        self._spawn(ask())
+        self._spawn(tell())
 
     def received(self, topic: bytes, header: wire.Header, msg: wire.RoomMessage) -> None:
         """A room message came on ``topic``: this node's watermark for its keeper, and the
