@@ -520,7 +520,7 @@ class Handovers:
     ) -> rq.Reply:
         """Serve the node ``by``'s claim on a session this node keeps (or handed over), its
         taking it, or its word that it will not."""
-        keeper = await self._holder(request.namespace, request.pid)
+        keeper = await self._holder(request.namespace, request.pid, by)
         if keeper is None:
             return rq.Refused(NOT_KEPT)
         if isinstance(request, rq.TakeSession):
@@ -546,17 +546,17 @@ class Handovers:
         rooms = tuple(sorted(r for r in found.rooms if r != found.sid))
         return rq.Claimed(found.sid, rooms, found.data, found.window)
 
-    async def _holder(self, namespace: str, pid: str) -> Holder | None:
-        """What keeps ``pid`` here: this node (its own sessions, those handed over to it,
-        connected or kept, and its pointers), or its copy of the dead node that created it;
-        None: nothing here."""
+    async def _holder(self, namespace: str, pid: str, by: NodeTag) -> Holder | None:
+        """What keeps ``pid`` here for the claimant ``by``: this node (its own sessions, those
+        handed over to it, connected or kept, and its pointers), or its copy of the dead node
+        that created it; None: nothing here."""
         local = self.keeper
         ns = local.sockets.namespace(namespace)
         if local.keeps(pid) or (ns is not None and ns.has_pid(pid)):
             return local
         tag = tag_of_pid(pid)
-        if tag is None or tag == local.tag:
-            return local
+        if tag is None or tag == local.tag or tag == by:
+            return local  # ours, or the claimant's own: it is not dead, its copy is no holder
         if tag not in self.keeping.mirrors and self.replica.node_of_tag(tag) is not None:
             return local  # a live node's session that came this way (through a pointer)
         # The claimant saw the node die; this node may see it a moment later.

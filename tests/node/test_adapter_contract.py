@@ -28,7 +28,9 @@ from roomcast.cluster.routing import Target
 from roomcast.errors import AckTimeoutError, RecoveryRefusedError, RoomRefusedError
 from roomcast.ids import ROOT_NAMESPACE, Namespace, NodeTag, new_pid, offset_text, parse_offset
 from roomcast.node import recovery
+from roomcast.node import requests as rq
 from roomcast.node.adapter import Adapter, SessionClaim
+from roomcast.node.cluster import ClusterAdapter
 from roomcast.node.handover import RemoteClaim
 from roomcast.node.server import Server
 from roomcast.node.sockets import Socket
@@ -493,3 +495,29 @@ async def test_ghosts_are_not_sockets_to_the_app(recovering: World) -> None:
     await world.adapter(0).add_sockets(world.target("red"), ["green"])
     await world.adapter(0).disconnect_sockets(world.target(c.sid), False)
     assert c.rooms == {c.sid, "red", "blue"} and holder.of("/").ghost(c.sid) is c
+
+
+async def test_the_keeper_answers_a_claim_of_the_node_it_keeps_without_waiting_for_its_death() -> (
+    None
+):
+    """n0 keeps a copy of n1's sessions (n1's keeper). n1's own claim on a pid of n1 that n0
+    does not keep is answered at once: the claimant is alive, so the copy will not be adopted
+    (n0 used to wait for n1 to be called down, longer than n1 waits for an answer, and n1
+    then took the silence for ``old node gone``)."""
+    never = int(TIMEOUT * 1000 * 10)  # nobody is called down during the test
+    overrides = {
+        "recovery.enabled": True,
+        "cluster.suspect_after_ms": never - 1,
+        "cluster.down_after_ms": never,
+    }
+    async with _world("cluster", **overrides) as world:
+        n0, n1 = world.nodes
+        keeper = n0.adapter
+        assert isinstance(keeper, ClusterAdapter)
+        async with asyncio.timeout(TIMEOUT):
+            while n1.tag not in keeper.keeping.mirrors:  # n1 streams to its keeper, n0
+                await asyncio.sleep(0.01)
+            reply = await keeper.handovers.serve(
+                rq.ClaimSession("/", new_pid(n1.tag), None), n1.tag
+            )
+        assert reply == rq.Refused(recovery.UNKNOWN_SESSION)
