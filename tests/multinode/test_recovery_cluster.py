@@ -32,7 +32,7 @@ from support.recovery_clients import (
     refused,
     values,
 )
-from support.recovery_cluster import kept, publish_to, stats
+from support.recovery_cluster import kept, member_and_publisher, publish_to, stats
 
 from roomcast.ids import tag_of_sid
 from roomcast.node import recovery
@@ -74,14 +74,8 @@ async def test_a_client_recovers_on_its_node_while_the_other_publishes(
     too): every message once, in order, numbered by the client's own node; the other node
     sees the client in its room all along; ``/admin/stats`` and ``roomcast status`` count it
     all."""
-    n1, n2 = cluster.nodes["n1"].url, cluster.nodes["n2"].url
     room = unique("r")
-    a = js.connect("a", n2, "websocket", namespace="/any")
-    b = js.connect("b", n1, "websocket", namespace="/any")
-    await a.connected()
-    await b.connected()
-    await a.call("join", room)
-    await cluster.wait_room(room, {"n2": 1}, namespace="/any")
+    a, b = await member_and_publisher(cluster, js, room, "n2", "n1")
     sent = 0
     for outage in range(3):
         await lose(cluster, a, "n2", outage)
@@ -105,7 +99,9 @@ async def test_a_client_recovers_on_its_node_while_the_other_publishes(
     doc = await stats(cluster, "n2")
     assert (doc["recoveries_attempted"], doc["recoveries_succeeded"]) == (4, 4)
     assert doc["replayed_messages"] == 7 and doc["sessions_kept"] == 0
-    code, out, err = await cluster.cli("status", "--node", n2, "--interval", "0")
+    code, out, err = await cluster.cli(
+        "status", "--node", cluster.nodes["n2"].url, "--interval", "0"
+    )
     assert code == 0, err
     assert "recovery: 4 attempted, 4 recovered (7 messages replayed), refused: none" in out
 

@@ -34,7 +34,7 @@ from support.recovery_clients import (
     recover,
     values,
 )
-from support.recovery_cluster import kept, publish_to, stats
+from support.recovery_cluster import kept, member_and_publisher, publish_to, stats
 
 from roomcast.ids import parse_offset, tag_of_sid
 
@@ -58,13 +58,8 @@ async def test_a_client_recovers_on_the_other_node_and_back(cluster: Cluster, js
     through the pid's tag): the same. Each old node counts a session handed over."""
     n1, n2 = cluster.nodes["n1"].url, cluster.nodes["n2"].url
     room, other = unique("r"), unique("o")
-    a = js.connect("a", n2, "websocket", namespace="/any")
-    b = js.connect("b", n1, "websocket", namespace="/any")
-    await a.connected()
-    await b.connected()
-    await a.call("join", room)
+    a, b = await member_and_publisher(cluster, js, room, "n2", "n1")
     await a.call("join", other)
-    await cluster.wait_room(room, {"n2": 1}, namespace="/any")
     await publish(b, room, "before")
     await got(a, "before")
 
@@ -189,14 +184,9 @@ async def test_a_draining_node_keeps_sessions_until_their_clients_come_back(
     """``roomcast drain n2``: n2 closes its client's connection, keeps its session while the
     client is away (messages published meanwhile reach it), hands it over when the client
     comes back on n1 (recovered, nothing lost), and only then exits."""
-    n1, n2 = cluster.nodes["n1"].url, cluster.nodes["n2"].url
+    n1 = cluster.nodes["n1"].url
     room = unique("r")
-    a = js.connect("a", n2, "websocket", namespace="/any")
-    b = js.connect("b", n1, "websocket", namespace="/any")
-    await a.connected()
-    await b.connected()
-    await a.call("join", room)
-    await cluster.wait_room(room, {"n2": 1}, namespace="/any")
+    a, b = await member_and_publisher(cluster, js, room, "n2", "n1")
 
     code, _, err = await cluster.cli("drain", "n2", "--window", "0.1")
     assert code == 0, err
@@ -218,12 +208,7 @@ async def test_a_third_node_follows_the_old_nodes_pointer(tmp_path: Path, js: Dr
     async with running_cluster(tmp_path, "n1", "n2", "n3", extra_config=CONFIG) as cluster:
         urls = {name: node.url for name, node in cluster.nodes.items()}
         room = unique("r")
-        a = js.connect("a", urls["n3"], "websocket", namespace="/any")
-        b = js.connect("b", urls["n2"], "websocket", namespace="/any")
-        await a.connected()
-        await b.connected()
-        await a.call("join", room)
-        await cluster.wait_room(room, {"n3": 1}, namespace="/any")
+        a, b = await member_and_publisher(cluster, js, room, "n3", "n2")
         for outage, (away, back) in enumerate((("n3", "n1"), ("n1", "n2"))):
             a.cut()
             await a.disconnected(outage)
@@ -247,12 +232,7 @@ async def test_a_session_whose_first_node_has_left_recovers_where_it_went(
     async with running_cluster(tmp_path, "n1", "n2", "n3", extra_config=CONFIG) as cluster:
         urls = {name: node.url for name, node in cluster.nodes.items()}
         room = unique("r")
-        a = js.connect("a", urls["n1"], "websocket", namespace="/any")
-        b = js.connect("b", urls["n3"], "websocket", namespace="/any")
-        await a.connected()
-        await b.connected()
-        await a.call("join", room)
-        await cluster.wait_room(room, {"n1": 1}, namespace="/any")
+        a, b = await member_and_publisher(cluster, js, room, "n1", "n3")
 
         code, _, err = await cluster.cli("drain", "n1", "--window", "0.1")
         assert code == 0, err

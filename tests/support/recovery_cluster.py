@@ -1,12 +1,13 @@
 """What the connection state recovery tests of CLI-started clusters read and wait for: a
-node's stats, the sessions it keeps, messages that reached it over the bus."""
+node's stats, the sessions it keeps, messages that reached it over the bus; and their usual
+pair of clients."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from support.cluster_harness import Cluster, wait_until
-from support.js_harness import JsClient
+from support.js_harness import Driver, JsClient
 from support.recovery_clients import publish
 
 
@@ -35,3 +36,17 @@ async def publish_to(cluster: Cluster, node: str, client: JsClient, room: str, *
         return bool((await cluster.bus(node))["received_rooms"] >= before + len(data))
 
     await wait_until(arrived, what=f"{node} to receive {len(data)} messages")
+
+
+async def member_and_publisher(
+    cluster: Cluster, js: Driver, room: str, member: str, publisher: str
+) -> tuple[JsClient, JsClient]:
+    """Clients ``a`` on the node ``member``, in ``room`` (the cluster sees it there), and
+    ``b`` on the node ``publisher``, both in ``/any`` (recovery on)."""
+    a = js.connect("a", cluster.nodes[member].url, "websocket", namespace="/any")
+    b = js.connect("b", cluster.nodes[publisher].url, "websocket", namespace="/any")
+    await a.connected()
+    await b.connected()
+    await a.call("join", room)
+    await cluster.wait_room(room, {member: 1}, namespace="/any")
+    return a, b
