@@ -4,15 +4,16 @@ while no admin socket is connected anywhere, and read-only mode."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import socketio
-from support.admin_ui_client import ADMIN_NS, admin_clients, admin_ui_config
+from support.admin_ui_client import ADMIN_NS, AdminPeer, admin_clients, admin_ui_config
 from support.cluster_harness import TIMEOUT, wait_until
 from support.scrape import scrape
 
@@ -128,6 +129,25 @@ async def test_readonly_has_no_commands(start_node: NodeFactory) -> None:
         assert namespace.handler(command) is None
 
 
+@contextlib.asynccontextmanager
+async def watched_client(
+    server: Server,
+) -> AsyncIterator[tuple[AdminPeer, socketio.AsyncClient, dict[str, Any]]]:
+    """An admin socket on ``server``, then a python-socketio client on ``/``: the admin,
+    the client, and the socket the UI was told connected (the client is disconnected at the
+    end)."""
+    async with admin_clients() as connect_admin:
+        admin = await connect_admin(server.url)
+        await admin.wait_for("all_sockets", count=2, namespace=ADMIN_NS)
+        client = socketio.AsyncClient(reconnection=False)
+        await client.connect(server.url, transports=["websocket"], wait_timeout=TIMEOUT)
+        try:
+            [(socket, _)] = await admin.wait_for("socket_connected", namespace=ADMIN_NS)
+            yield admin, client, socket
+        finally:
+            await client.disconnect()
+
+
 async def test_app_data_the_wire_cannot_carry_never_breaks_a_connect(
     start_node: NodeFactory,
 ) -> None:
@@ -140,18 +160,9 @@ async def test_app_data_the_wire_cannot_carry_never_breaks_a_connect(
             socket.data["opaque"] = {1, 2}
 
     server: Server = await start_node(setup, **admin_node_settings())
-    async with admin_clients() as connect_admin:
-        admin = await connect_admin(server.url)
-        await admin.wait_for("all_sockets", count=2, namespace=ADMIN_NS)
-        client = socketio.AsyncClient(reconnection=False)
-        await client.connect(server.url, transports=["websocket"], wait_timeout=TIMEOUT)
-        try:
-            sid = client.get_sid("/")
-            [(socket, _)] = await admin.wait_for("socket_connected", namespace=ADMIN_NS)
-            assert socket["id"] == sid
-            assert socket["data"] == {"opaque": "{1, 2}"}
-        finally:
-            await client.disconnect()
+    async with watched_client(server) as (_, client, socket):
+        assert socket["id"] == client.get_sid("/")
+        assert socket["data"] == {"opaque": "{1, 2}"}
 
 
 async def test_an_upgrade_updates_the_sockets_transport(start_node: NodeFactory) -> None:
@@ -203,23 +214,15 @@ async def test_assigning_socket_data_updates_the_socket(start_node: NodeFactory)
         server.on("rename", rename)
 
     server: Server = await start_node(setup, **admin_node_settings())
-    async with admin_clients() as connect_admin:
-        admin = await connect_admin(server.url)
-        await admin.wait_for("all_sockets", count=2, namespace=ADMIN_NS)
-        client = socketio.AsyncClient(reconnection=False)
-        await client.connect(server.url, transports=["websocket"], wait_timeout=TIMEOUT)
-        try:
-            sid = client.get_sid("/")
-            [(socket, _)] = await admin.wait_for("socket_connected", namespace=ADMIN_NS)
-            assert (socket["id"], socket["data"]) == (sid, {"user": "ann"})
-            [update] = await admin.wait_for("socket_updated", namespace=ADMIN_NS)
-            assert update == {"id": sid, "nsp": "/", "data": {"user": "ann", "lobby": True}}
-            assert await client.call("rename", "bob", timeout=TIMEOUT) is True
-            updates = await admin.wait_for("socket_updated", count=3, namespace=ADMIN_NS)
-            assert [u["data"] for u in updates[1:]] == [
-                {"user": "bob", "lobby": True},
-                {"user": "bob", "renames": 1},
-            ]
-            assert all(u.keys() == {"id", "nsp", "data"} for u in updates)
-        finally:
-            await client.disconnect()
+    async with watched_client(server) as (admin, client, socket):
+        sid = client.get_sid("/")
+        assert (socket["id"], socket["data"]) == (sid, {"user": "ann"})
+        [update] = await admin.wait_for("socket_updated", namespace=ADMIN_NS)
+        assert update == {"id": sid, "nsp": "/", "data": {"user": "ann", "lobby": True}}
+        assert await client.call("rename", "bob", timeout=TIMEOUT) is True
+        updates = await admin.wait_for("socket_updated", count=3, namespace=ADMIN_NS)
+        assert [u["data"] for u in updates[1:]] == [
+            {"user": "bob", "lobby": True},
+            {"user": "bob", "renames": 1},
+        ]
+        assert all(u.keys() == {"id", "nsp", "data"} for u in updates)
