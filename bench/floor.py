@@ -267,10 +267,10 @@ def _measure(
     )
 
 
-def _row(shape: str, m: _Measured, node_cpu: float | None = None) -> FloorRow:
+def _row(burst: int, m: _Measured, node_cpu: float | None = None) -> FloorRow:
     nodes = m.node_cpu if node_cpu is None else node_cpu
     return FloorRow(
-        shape,
+        burst,
         m.published / m.seconds,
         node_us=nodes / m.published * 1e6,
         router_us=m.router_cpu / m.published * 1e6,
@@ -299,9 +299,9 @@ def bench_floor(args: argparse.Namespace) -> list[FloorRow]:
     if paced is not None and pacing is not None and pacing.passes:
         # The pacing loop's own cost, per pass, times the passes it made while sending.
         pacing_cpu = pacing.node_cpu / pacing.passes * paced.passes
-        rows.append(_row("rate", paced, paced.node_cpu - pacing_cpu))
+        rows.append(_row(0, paced, paced.node_cpu - pacing_cpu))
     for k in BURSTS:
         measured = _measure(args, f"burst {k}", k, 0.0)
         if measured is not None:
-            rows.append(_row(f"burst {k}", measured))
+            rows.append(_row(k, measured))
     return rows

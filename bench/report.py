@@ -672,11 +672,15 @@ def print_joins(args: argparse.Namespace, samples: list[JoinSample]) -> None:
 class FloorRow:
     """One shape of bus traffic on bare ZeroMQ: messages per second and CPU per message."""
 
-    shape: str  #: "rate" or "burst k"
+    burst: int  #: messages per loop pass, as fast as it goes; 0: the rate phase's rate
     messages_per_s: float
     node_us: float  #: both nodes' CPU (every thread) per message published, microseconds
     router_us: float  #: the router's
     received: float  #: messages the nodes received per message published, over the 2 expected
+
+    @property
+    def shape(self) -> str:
+        return f"burst {self.burst}" if self.burst else "rate"
 
     @property
     def total_us(self) -> float:
@@ -703,10 +707,9 @@ def _floor_for(floor: list[FloorRow], mode: str, batch: float | None) -> FloorRo
     """The floor shape of a phase: ``rate``; for max, the biggest burst not above roomcast's
     messages per batch (burst 1 when unknown)."""
     if mode == "rate":
-        return next((f for f in floor if f.shape == "rate"), None)
-    bursts = [f for f in floor if f.shape.startswith("burst ")]
-    fitting = [f for f in bursts if int(f.shape.split()[1]) <= (batch or 1)]
-    return max(fitting, key=lambda f: int(f.shape.split()[1]), default=None)
+        return next((f for f in floor if not f.burst), None)
+    fitting = [f for f in floor if 0 < f.burst <= (batch or 1)]
+    return max(fitting, key=lambda f: f.burst, default=None)
 
 
 def bus_budget(rows: list[Row], floor: list[FloorRow], mode: str) -> str | None:
